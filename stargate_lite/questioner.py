@@ -1,0 +1,188 @@
+"""The Questioner backend: transformers (+ peft) models, chat-template rendering with exact character spans,
+and batched generation.
+
+Each stage loads the model it needs (the base for scoring and training, base + adapter for the policy), so no
+adapter state can leak from one stage into another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import StargateError
+from .models import questioner_source
+from .recipe import QuestionerConfig
+
+
+@dataclass
+class Encoded:
+    """Token ids of a rendered chat plus the positions whose tokens are targets (trained or scored)."""
+
+    input_ids: list[int]
+    target_positions: list[int]
+
+
+class Questioner:
+    def __init__(self, config: QuestionerConfig, home: Path):
+        import torch
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own bars say what is loading
+        self.config = config
+        self.source = questioner_source(config.model, config.gguf_file, home)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.source)
+        if self.tokenizer.chat_template is None:
+            raise StargateError(f"questioner {config.model} has no chat template: use an instruct/chat model")
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        want_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+        if want_cuda and not torch.cuda.is_available():
+            raise StargateError("questioner.device is cuda but no CUDA GPU is visible: set questioner.device=cpu")
+        self.device = torch.device("cuda" if want_cuda else "cpu")
+        if config.load_in_4bit and not want_cuda:
+            raise StargateError("questioner.load_in_4bit needs a CUDA GPU: set questioner.load_in_4bit=false on CPU")
+        names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        self.dtype = names.get(config.dtype) or (torch.bfloat16 if want_cuda else torch.float32)
+
+    # -- models ------------------------------------------------------------------------------------------------
+    def load_base(self):
+        """The initial model Q_0, in eval mode."""
+        from transformers import AutoModelForCausalLM
+
+        kwargs: dict = {"dtype": self.dtype}
+        if self.config.load_in_4bit:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=self.dtype,
+            )
+            kwargs["device_map"] = {"": self.device.index or 0}
+        model = AutoModelForCausalLM.from_pretrained(self.source, **kwargs)
+        if not self.config.load_in_4bit:
+            model.to(self.device)
+        model.eval()
+        return model
+
+    def load_policy(self, adapter: str | None):
+        """Q_eta: the base model with iteration eta's LoRA adapter (the base itself for eta = 0)."""
+        model = self.load_base()
+        if adapter is None:
+            return model
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise StargateError(f"adapter {adapter} is missing or incomplete: rerun the iteration that trains it")
+        policy = PeftModel.from_pretrained(model, adapter)
+        policy.eval()
+        return policy
+
+    # -- rendering -------------------------------------------------------------------------------------------
+    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def _tokens_in_spans(self, text: str, spans: list[tuple[int, int]]) -> Encoded:
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        targets = [
+            i
+            for i, (start, end) in enumerate(enc["offset_mapping"])
+            if end > start and any(end > s and start < e for s, e in spans)
+        ]
+        return Encoded(list(enc["input_ids"]), targets)
+
+    def _prefix(self, full: str, prefix: str) -> int:
+        if not full.startswith(prefix):
+            raise StargateError(
+                "the questioner's chat template does not render a conversation as an extension of its prefix, "
+                "so trained and scored spans cannot be located: use a model with a standard chat template"
+            )
+        return len(prefix)
+
+    def encode_for_training(self, messages: list[dict]) -> Encoded:
+        """All assistant turns are targets, each including its end-of-turn marker; the rest is masked."""
+        full = self.render(messages)
+        spans = []
+        for i, message in enumerate(messages):
+            if message["role"] == "assistant":
+                start = self._prefix(full, self.render(messages[:i], add_generation_prompt=True))
+                end = self._prefix(full, self.render(messages[: i + 1]))
+                spans.append((start, end))
+        return self._tokens_in_spans(full, spans)
+
+    def encode_for_scoring(self, prefix: list[dict], target: str) -> Encoded:
+        """The target's own tokens after the prefix: no template markers, no end-of-turn, no padding."""
+        full = self.render([*prefix, {"role": "assistant", "content": target}])
+        start = self._prefix(full, self.render(prefix, add_generation_prompt=True))
+        found = full.find(target, start)
+        if found < 0:  # some templates trim message content
+            target = target.strip()
+            found = full.find(target, start)
+        if found < 0 or not target:
+            raise StargateError("cannot locate the scored response in the rendered chat (empty target?)")
+        return self._tokens_in_spans(full, [(found, found + len(target))])
+
+    # -- generation ------------------------------------------------------------------------------------------
+    def stop_token_ids(self, model) -> list[int]:
+        ids = {self.tokenizer.eos_token_id}
+        configured = getattr(model.generation_config, "eos_token_id", None)
+        ids.update(configured if isinstance(configured, list) else [configured])
+        return sorted(i for i in ids if i is not None)
+
+    def generate(
+        self,
+        model,
+        conversations: list[list[dict]],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        batch_size: int,
+        seed: int,
+        on_batch=None,
+    ) -> list[str]:
+        """Complete each message list. Batches are length-sorted and left-padded; greedy when temperature is 0.
+
+        The seed is set once, so a given list of conversations always yields the same texts.
+        """
+        import torch
+
+        prompts = [
+            self.tokenizer(self.render(m, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+            for m in conversations
+        ]
+        order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
+        outputs: list[str] = [""] * len(prompts)
+        pad = self.tokenizer.pad_token_id
+        # top_k=0 turns off transformers' default top-k, so sampling is nucleus-only as in the paper.
+        if temperature > 0:
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        else:
+            sampling = {"do_sample": False}
+        torch.manual_seed(seed)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            width = max(len(prompts[i]) for i in batch)
+            ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in batch], device=self.device)
+            mask = torch.tensor(
+                [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch], device=self.device
+            )
+            with torch.no_grad():
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=pad,
+                    eos_token_id=self.stop_token_ids(model),
+                    **sampling,
+                )
+            for row, i in enumerate(batch):
+                outputs[i] = self.tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
+            if on_batch:
+                on_batch(len(batch))
+        return outputs

@@ -1,0 +1,246 @@
+"""Typed recipes: every setting of a run, declared once, loaded from YAML, overridable with `--set`.
+
+A recipe is validated as a whole: unknown keys and bad values are reported together, each naming its key.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import StargateError
+
+SPLITS = ("A", "B", "test")
+TRAIN_SPLITS = ("A", "B")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class QuestionerConfig(_Strict):
+    """The policy being trained, run with transformers (+ peft for LoRA)."""
+
+    model: str = Field(
+        "builtin:smollm2-135m-instruct",
+        description="A built-in model (builtin:NAME), a local Hugging Face folder, a local .gguf file, "
+        "or a Hugging Face Hub id (downloaded where the Hub is reachable).",
+    )
+    gguf_file: str | None = Field(None, description="File name of a GGUF inside `model` (a folder or Hub repo).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; auto = bfloat16 on CUDA, float32 on CPU."
+    )
+    load_in_4bit: bool = Field(False, description="Load the base weights as bitsandbytes nf4 (CUDA only): QLoRA.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the Questioner runs.")
+
+
+class ChatModelConfig(_Strict):
+    """A model used for chat completions only: Roleplayer, Oracle or Judge."""
+
+    backend: Literal["llamacpp", "openai"] = Field(
+        ..., description="llamacpp: a GGUF file in-process; openai: any OpenAI-compatible endpoint."
+    )
+    model: str = Field(
+        ...,
+        description="llamacpp: builtin:NAME, a .gguf path, or a Hub repo with gguf_file; "
+        "openai: the model name the endpoint serves.",
+    )
+    gguf_file: str | None = Field(None, description="llamacpp: file name of the GGUF inside a Hub repo.")
+    n_ctx: int = Field(4096, ge=256, description="llamacpp: context length in tokens.")
+    n_gpu_layers: int = Field(0, ge=-1, description="llamacpp: layers offloaded to the GPU (-1 = all).")
+    n_threads: int | None = Field(None, ge=1, description="llamacpp: CPU threads (default: llama.cpp's choice).")
+    repeat_penalty: float = Field(
+        1.0, ge=1.0, description="llamacpp: penalty on repeated tokens (1.0 = off); small models loop without it."
+    )
+    base_url: str | None = Field(None, description="openai: the endpoint, e.g. http://127.0.0.1:8080/v1.")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="openai: the environment variable holding the API key (never the key)."
+    )
+    max_concurrency: int = Field(4, ge=1, description="openai: requests in flight at once.")
+    request_timeout: float = Field(120.0, gt=0, description="openai: seconds before a request is abandoned.")
+    max_retries: int = Field(5, ge=0, description="openai: retries (exponential backoff) before an item fails.")
+    fold_system: bool = Field(
+        False, description="Fold system text into the first user turn, for templates without a system role."
+    )
+
+
+class RolesConfig(_Strict):
+    """Which entry of `chat_models` plays each role."""
+
+    roleplayer: str = Field(..., description="Answers the Questioner's questions as the hidden persona.")
+    oracle: str = Field(..., description="Writes personas and gold responses.")
+    judge: str = Field(..., description="Picks the better of two responses in evaluation.")
+
+
+class SplitSizes(_Strict):
+    A: int = Field(..., ge=1)
+    B: int = Field(..., ge=1)
+    test: int = Field(..., ge=1)
+
+
+class DataConfig(_Strict):
+    """Which tasks and personas a run uses, and how the Oracle writes what is missing."""
+
+    dataset: str = Field(
+        "builtin",
+        description="Name of the data set in the store. 'builtin' is made from the package's own tasks; "
+        "others come from `stargate-lite data import`.",
+    )
+    tasks: SplitSizes = Field(..., description="How many tasks of each split the run uses.")
+    personas: SplitSizes = Field(..., description="How many personas of each split the run uses.")
+    persona_max_tokens: int = Field(220, ge=16, description="Oracle's token limit for one persona.")
+    gold_max_tokens: int = Field(300, ge=16, description="Oracle's token limit for a gold response (paper: 300).")
+    gold_temperature: float = Field(0.0, ge=0, description="Oracle's temperature for gold responses (paper: 0).")
+
+
+class SimulateConfig(_Strict):
+    """How conversations are simulated between the Questioner and the Roleplayer."""
+
+    conversations_per_pair: int = Field(10, ge=1, description="n: conversations per (task, persona) (paper: 10).")
+    max_turns: int = Field(3, ge=1, description="K: each pair gets k ~ uniform(1..K) question turns (paper: 3).")
+    temperature: float = Field(0.9, ge=0, description="Questioner sampling temperature for questions.")
+    top_p: float = Field(0.9, gt=0, le=1, description="Questioner nucleus sampling for questions.")
+    question_max_tokens: int = Field(64, ge=4, description="Token limit for one question.")
+    answer_max_tokens: int = Field(128, ge=4, description="Roleplayer's token limit for one answer.")
+    answer_temperature: float = Field(0.0, ge=0, description="Roleplayer temperature (paper: greedy).")
+    batch_size: int = Field(32, ge=1, description="Questioner generation batch (sequences at once).")
+    pairs_per_chunk: int = Field(8, ge=1, description="Pairs simulated and stored together; the unit of resume.")
+
+
+class ScoreConfig(_Strict):
+    """How gold responses are scored under the base Questioner."""
+
+    batch_size: int = Field(8, ge=1, description="Sequences per forward pass.")
+    vocab_chunk_tokens: int = Field(
+        512, ge=1, description="Target positions projected to the vocabulary at once (bounds logits memory)."
+    )
+
+
+class RespondConfig(_Strict):
+    """The regularizer: the previous policy's greedy final response after the best conversation."""
+
+    max_tokens: int = Field(300, ge=4, description="Token limit for a response.")
+    batch_size: int = Field(16, ge=1, description="Generation batch.")
+
+
+class TrainConfig(_Strict):
+    """LoRA fine-tuning of the base Questioner on the kept conversations."""
+
+    target: Literal["response", "gold", "none"] = Field(
+        "response",
+        description="What follows the questions in training: the policy's response (STaR-GATE), the gold "
+        "response (ablation), or nothing: questions only (the paper's 'w/o regularization').",
+    )
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Modules that get LoRA adapters."
+    )
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (LoRA usually wants ~1e-4..3e-4).")
+    epochs: int = Field(1, ge=1, description="Passes over the kept conversations (paper: 1).")
+    batch_size: int = Field(4, ge=1, description="Sequences per micro-batch.")
+    gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_length: int = Field(1024, ge=32, description="Longer examples are cut from the left of the prompt.")
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="Share of steps with linear warm-up (paper: 0.1).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (long sequences, 7B).")
+
+
+class Recipe(_Strict):
+    """Everything that determines a run."""
+
+    name: str = Field(..., description="The recipe's name; also the default run id.")
+    description: str = Field("", description="One line on what the recipe is for.")
+    seed: int = Field(0, description="Seeds every random choice: splits, turn counts, sampling, training.")
+    questioner: QuestionerConfig = Field(default_factory=QuestionerConfig)
+    chat_models: dict[str, ChatModelConfig] = Field(..., description="Named chat models the roles refer to.")
+    roles: RolesConfig
+    data: DataConfig
+    simulate: SimulateConfig = Field(default_factory=SimulateConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    respond: RespondConfig = Field(default_factory=RespondConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _roles_exist(self) -> Recipe:
+        for role in ("roleplayer", "oracle", "judge"):
+            name = getattr(self.roles, role)
+            if name not in self.chat_models:
+                known = ", ".join(sorted(self.chat_models)) or "none"
+                raise ValueError(f"roles.{role}: no chat model named {name!r} (chat_models has: {known})")
+        for name, chat in self.chat_models.items():
+            if chat.backend == "openai" and not chat.base_url and chat.model.startswith("builtin:"):
+                raise ValueError(f"chat_models.{name}: a builtin model needs backend llamacpp")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+
+def recipes_dir() -> Path:
+    """The shipped recipes: inside the package when installed from a wheel, beside it in a checkout."""
+    packaged = Path(__file__).parent / "recipes"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "recipes"
+
+
+def shipped_recipes() -> list[str]:
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+
+
+def _parse_override(item: str) -> tuple[list[str], object]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise StargateError(f"--set {item!r}: expected section.key=value, e.g. --set simulate.max_turns=2")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` overrides (values parsed as YAML) to a raw recipe dict."""
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise StargateError(f"--set {item!r}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "recipe"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    return f"recipe {source} is invalid: " + "; ".join(parts)
+
+
+def validate_recipe(data: dict, source: str = "<dict>") -> Recipe:
+    if not isinstance(data, dict):
+        raise StargateError(f"recipe {source} must be a YAML mapping of sections")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise StargateError(_format_errors(source, err)) from None
+
+
+def load_recipe(name_or_path: str = "tiny", overrides: list[str] | None = None) -> Recipe:
+    """Load a shipped recipe by name, or a YAML file by path, then apply `--set` overrides and validate."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = recipes_dir() / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(shipped_recipes())
+        raise StargateError(f"no recipe {name_or_path!r}: give a YAML path or one of: {known}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise StargateError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    return validate_recipe(apply_overrides(data, overrides or []), str(path.name))

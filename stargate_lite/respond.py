@@ -1,0 +1,48 @@
+"""Respond stage (the regularizer): the previous policy's greedy final response after each kept conversation.
+
+The Questioner sees the conversation with the task repeated after the last answer, never the persona.
+"""
+
+from __future__ import annotations
+
+from .progress import Progress
+from .prompts import questioner_messages
+from .questioner import Questioner
+from .recipe import RespondConfig
+from .store import Store
+
+RESPONSE_CHUNK = 32  # responses generated and stored per transaction
+
+
+def respond_stage(
+    store: Store,
+    run_id: str,
+    iteration: int,
+    policy,
+    policy_name: str,
+    questioner: Questioner,
+    config: RespondConfig,
+    progress: Progress,
+) -> None:
+    pairs = {p["id"]: p for p in store.pairs(run_id, iteration)}
+    selections = store.selections(run_id, iteration)
+    have = store.responses(run_id, iteration)
+    todo = [s for s in selections if s["pair_id"] not in have]
+    with progress.stage(f"iteration {iteration}: respond", len(selections), len(selections) - len(todo)) as advance:
+        for start in range(0, len(todo), RESPONSE_CHUNK):
+            chunk = todo[start : start + RESPONSE_CHUNK]
+            turns = store.turns([s["conversation_id"] for s in chunk])
+            prompts = [
+                questioner_messages(pairs[s["pair_id"]]["persona_name"], pairs[s["pair_id"]]["task"],
+                                    turns[s["conversation_id"]], final=True)
+                for s in chunk
+            ]
+            texts = questioner.generate(policy, prompts, max_new_tokens=config.max_tokens, temperature=0.0,
+                                        top_p=1.0, batch_size=config.batch_size, seed=0)
+            rows = [
+                {"pair_id": s["pair_id"], "run_id": run_id, "iteration": iteration,
+                 "conversation_id": s["conversation_id"], "text": text, "policy": policy_name}
+                for s, text in zip(chunk, texts)
+            ]
+            store.insert_rows("responses", rows, pk="pair_id")
+            advance(len(chunk))

@@ -1,0 +1,110 @@
+"""Score stage: log p_base(gold | task, conversation), the sum over the gold response's own tokens.
+
+Logits are computed only at target positions and projected to the vocabulary a chunk of positions at a time,
+so the [batch x length x vocab] tensor of a plain forward is never built. Always the base model: the objective
+is defined under Q_0, whatever iteration produced the conversation.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from .progress import Progress
+from .prompts import questioner_messages
+from .questioner import Encoded, Questioner
+from .recipe import ScoreConfig
+from .store import Store
+
+
+def token_logprobs(model, encoded: list[Encoded], *, batch_size: int, vocab_chunk_tokens: int) -> list:
+    """Per-target-token log-probs (1-D float32 tensors, one per item, in input order)."""
+    import torch
+
+    device = next(model.parameters()).device
+    decoder = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = decoder.get_output_embeddings()
+    softcap = getattr(decoder.config, "final_logit_softcapping", None)
+    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i].input_ids), i))
+    results: list = [None] * len(encoded)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        width = max(len(encoded[i].input_ids) for i in batch)
+        ids = torch.zeros((len(batch), width), dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(batch):
+            seq = encoded[i].input_ids
+            ids[row, : len(seq)] = torch.tensor(seq, device=device)
+            mask[row, : len(seq)] = 1
+        with torch.no_grad():
+            hidden = decoder.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            rows, cols, counts = [], [], []
+            for row, i in enumerate(batch):
+                positions = [p for p in encoded[i].target_positions if p > 0]
+                rows += [row] * len(positions)
+                cols += [p - 1 for p in positions]  # the state before a token predicts it
+                counts.append(len(positions))
+            states = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
+            targets = ids[torch.tensor(rows, device=device), torch.tensor(cols, device=device) + 1]
+            logprobs = torch.empty(len(rows), dtype=torch.float32, device=device)
+            for c in range(0, len(rows), vocab_chunk_tokens):
+                logits = head(states[c : c + vocab_chunk_tokens]).float()
+                if softcap:
+                    logits = torch.tanh(logits / softcap) * softcap
+                picked = logits.gather(1, targets[c : c + vocab_chunk_tokens, None]).squeeze(1)
+                logprobs[c : c + vocab_chunk_tokens] = picked - torch.logsumexp(logits, dim=-1)
+        for i, part in zip(batch, torch.split(logprobs.cpu(), counts)):
+            results[i] = part
+    return results
+
+
+def score_sums(model, encoded: list[Encoded], *, batch_size: int, vocab_chunk_tokens: int) -> list[tuple[float, int]]:
+    """(summed log-prob, number of target tokens) per item."""
+    per_token = token_logprobs(model, encoded, batch_size=batch_size, vocab_chunk_tokens=vocab_chunk_tokens)
+    return [(float(t.sum()), int(t.numel())) for t in per_token]
+
+
+def encode_gold(questioner: Questioner, name: str, task: str, turns: list[dict], gold: str) -> Encoded:
+    """The paper's scoring format: greeting, the conversation, the task repeated, then the gold response."""
+    prefix = questioner_messages(name, task, turns, final=True, instruction=False)
+    return questioner.encode_for_scoring(prefix, gold)
+
+
+SCORE_CHUNK = 64  # conversations scored and stored per transaction
+
+
+def score_stage(
+    store: Store, run_id: str, iteration: int, model, questioner: Questioner, config: ScoreConfig, progress: Progress
+) -> None:
+    """Score every unscored conversation of an iteration under the base model (`model` with adapters off)."""
+    pairs = {p["id"]: p for p in store.pairs(run_id, iteration)}
+    todo = store.unscored_conversations(run_id, iteration)
+    total = len(store.conversation_ids(run_id, iteration))
+    with progress.stage(f"iteration {iteration}: score (conversations)", total, total - len(todo)) as advance:
+        with base_weights(model):
+            for start in range(0, len(todo), SCORE_CHUNK):
+                chunk = todo[start : start + SCORE_CHUNK]
+                turns = store.turns([c["id"] for c in chunk])
+                encoded = [
+                    encode_gold(questioner, pairs[c["pair_id"]]["persona_name"], pairs[c["pair_id"]]["task"],
+                                turns[c["id"]], pairs[c["pair_id"]]["gold"])
+                    for c in chunk
+                ]
+                sums = score_sums(model, encoded, batch_size=config.batch_size,
+                                  vocab_chunk_tokens=config.vocab_chunk_tokens)
+                rows = [
+                    {"conversation_id": c["id"], "run_id": run_id, "iteration": iteration, "logprob": lp,
+                     "n_tokens": n}
+                    for c, (lp, n) in zip(chunk, sums)
+                ]
+                store.insert_rows("scores", rows, pk="conversation_id")
+                advance(len(chunk))
+
+
+@contextmanager
+def base_weights(model):
+    """Run a policy as the base model Q_0: a peft model with its adapters switched off, or the model itself."""
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield
+    else:
+        yield

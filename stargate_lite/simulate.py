@@ -1,0 +1,107 @@
+"""Simulate stage: n conversations per (task, persona) between the current policy and the Roleplayer.
+
+All n conversations of a pair share its turn count k; each ends with the Roleplayer's answer. Work is done and
+stored a chunk of pairs at a time, with a seed derived from the chunk, so a rerun after a crash redoes at most
+one chunk and produces exactly what the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+from .chat import ChatModel, Sampling
+from .progress import Progress
+from .prompts import questioner_messages, roleplayer_messages
+from .questioner import Questioner
+from .recipe import SimulateConfig
+from .store import Store
+
+
+def conversation_id(pair_id: str, sample: int) -> str:
+    return f"{pair_id}#{sample:03d}"
+
+
+def chunk_seed(seed: int, iteration: int, chunk: int, step: int) -> int:
+    return (seed * 1_000_003 + iteration * 10_007 + chunk * 101 + step) % (2**31)
+
+
+def simulate_chunk(
+    pairs: list[dict],
+    policy,
+    questioner: Questioner,
+    roleplayer: ChatModel,
+    config: SimulateConfig,
+    seed: int,
+    on_message=None,
+) -> list[dict]:
+    """Run every conversation of these pairs to its end; returns conversation records with their messages."""
+    convs = [
+        {"pair": pair, "sample": s, "messages": []}
+        for pair in pairs
+        for s in range(config.conversations_per_pair)
+    ]
+    for turn in range(max(p["turns"] for p in pairs)):
+        active = [c for c in convs if c["pair"]["turns"] > turn]
+        questions = questioner.generate(
+            policy,
+            [questioner_messages(c["pair"]["persona_name"], c["pair"]["task"], c["messages"], final=False)
+             for c in active],
+            max_new_tokens=config.question_max_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            batch_size=config.batch_size,
+            seed=seed + 2 * turn,
+            on_batch=on_message,
+        )
+        for c, q in zip(active, questions):
+            c["messages"].append({"role": "questioner", "text": q})
+        answers = roleplayer.complete(
+            [roleplayer_messages(c["pair"]["persona"], c["pair"]["task"], c["messages"]) for c in active],
+            Sampling(config.answer_max_tokens, temperature=config.answer_temperature, seed=seed + 2 * turn + 1),
+        )
+        for c, a in zip(active, answers):
+            c["messages"].append({"role": "roleplayer", "text": a})
+        if on_message:
+            on_message(len(active))
+    return convs
+
+
+def simulate(
+    store: Store,
+    run_id: str,
+    iteration: int,
+    policy,
+    policy_name: str,
+    questioner: Questioner,
+    roleplayer: ChatModel,
+    config: SimulateConfig,
+    seed: int,
+    progress: Progress,
+) -> None:
+    pairs = store.pairs(run_id, iteration)
+    existing = store.conversation_ids(run_id, iteration)
+    chunks = [pairs[i : i + config.pairs_per_chunk] for i in range(0, len(pairs), config.pairs_per_chunk)]
+    n = config.conversations_per_pair
+    messages_per_pair = {p["id"]: 2 * p["turns"] * n for p in pairs}
+    total = sum(messages_per_pair.values())
+    done = sum(messages_per_pair[p["id"]] for p in pairs if conversation_id(p["id"], n - 1) in existing)
+    with progress.stage(f"iteration {iteration}: simulate (messages)", total, done) as advance:
+        for index, chunk in enumerate(chunks):
+            if all(conversation_id(p["id"], s) in existing for p in chunk for s in range(n)):
+                continue
+            convs = simulate_chunk(
+                chunk, policy, questioner, roleplayer, config, chunk_seed(seed, iteration, index, 0), advance
+            )
+            store.save_conversations(
+                [
+                    {
+                        "id": conversation_id(c["pair"]["id"], c["sample"]),
+                        "run_id": run_id,
+                        "iteration": iteration,
+                        "pair_id": c["pair"]["id"],
+                        "sample": c["sample"],
+                        "turns": c["pair"]["turns"],
+                        "policy": policy_name,
+                        "messages": c["messages"],
+                    }
+                    for c in convs
+                ]
+            )

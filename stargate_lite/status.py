@@ -1,0 +1,46 @@
+"""What the store holds per run and iteration: the numbers behind `stargate-lite status`."""
+
+from __future__ import annotations
+
+from .errors import StargateError
+from .loop import STAGES, split_for
+from .store import Store
+
+
+def _count(store: Store, table: str, run_id: str, iteration: int) -> int:
+    return store.value(f"select count(*) from {table} where run_id = ? and iteration = ?", [run_id, iteration])
+
+
+def run_status(store: Store, run_id: str | None = None) -> dict:
+    """{"runs": [{"id", "recipe", "created_at", "iterations": [{iteration, split, pairs, ...}]}]}"""
+    runs = store.list_runs()
+    if run_id is not None:
+        runs = [r for r in runs if r["id"] == run_id]
+        if not runs:
+            known = ", ".join(r["id"] for r in store.list_runs()) or "none yet"
+            raise StargateError(f"no run {run_id!r} in {store.path} (runs: {known})")
+    out = []
+    for run in runs:
+        iterations = []
+        for it in store.iterations(run["id"]):
+            n = it["iteration"]
+            training = store.training(run["id"], n)
+            done = [s for s in STAGES if store.stage_done(run["id"], n, s)]
+            iterations.append(
+                {
+                    "iteration": n,
+                    "split": it["split"] or split_for(n),
+                    "pairs": _count(store, "pairs", run["id"], n),
+                    "conversations": _count(store, "conversations", run["id"], n),
+                    "scored": _count(store, "scores", run["id"], n),
+                    "selected": _count(store, "selections", run["id"], n),
+                    "responses": _count(store, "responses", run["id"], n),
+                    "train_loss": training["final_loss"] if training else None,
+                    "adapter": training["adapter"] if training else None,
+                    "stages_done": done,
+                    "complete": it["finished_at"] is not None,
+                }
+            )
+        out.append({"id": run["id"], "recipe": run["recipe_name"], "dataset": run["dataset"],
+                    "created_at": run["created_at"], "iterations": iterations})
+    return {"home": str(store.home), "runs": out}

@@ -1,0 +1,302 @@
+"""The one module that owns SQLite: schema, named migrations, and every read and write of records.
+
+Every generated thing is a row keyed by what produced it, so a stage can ask what is missing and do only that.
+Writes of one unit of work happen in one transaction: after a crash a unit is either all there or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+from .errors import StargateError
+
+DB_NAME = "stargate.db"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("STARGATE_HOME", ".stargate"))
+
+
+def _m001_initial(db: sqlite_utils.Database) -> None:
+    db["runs"].create(
+        {"id": str, "recipe_name": str, "recipe": str, "dataset": str, "seed": int, "created_at": float},
+        pk="id",
+    )
+    db["tasks"].create({"id": str, "dataset": str, "split": str, "idx": int, "text": str}, pk="id")
+    db["tasks"].create_index(["dataset", "split", "idx"], unique=True)
+    db["personas"].create(
+        {"id": str, "dataset": str, "split": str, "idx": int, "name": str, "text": str, "source": str}, pk="id"
+    )
+    db["personas"].create_index(["dataset", "split", "idx"], unique=True)
+    # status: ok | empty (the oracle or an imported file gave no text; the pair is left out of every split)
+    db["golds"].create(
+        {"id": str, "dataset": str, "task_id": str, "persona_id": str, "text": str, "status": str, "source": str},
+        pk="id",
+    )
+    db["golds"].create_index(["task_id", "persona_id"], unique=True)
+    db["iterations"].create(
+        {"run_id": str, "iteration": int, "split": str, "started_at": float, "finished_at": float},
+        pk=("run_id", "iteration"),
+    )
+    db["pairs"].create(
+        {"id": str, "run_id": str, "iteration": int, "task_id": str, "persona_id": str, "turns": int, "idx": int},
+        pk="id",
+    )
+    db["pairs"].create_index(["run_id", "iteration", "idx"], unique=True)
+    db["conversations"].create(
+        {"id": str, "run_id": str, "iteration": int, "pair_id": str, "sample": int, "turns": int, "policy": str},
+        pk="id",
+    )
+    db["conversations"].create_index(["pair_id", "sample"], unique=True)
+    db["conversations"].create_index(["run_id", "iteration"])
+    # One row per message: role is 'questioner' or 'roleplayer'; is_question flags whether a question mark
+    # appears, since small models often answer or ramble instead of asking.
+    db["turns"].create(
+        {"conversation_id": str, "idx": int, "role": str, "text": str, "is_question": int},
+        pk=("conversation_id", "idx"),
+    )
+    db["scores"].create(
+        {"conversation_id": str, "run_id": str, "iteration": int, "logprob": float, "n_tokens": int},
+        pk="conversation_id",
+    )
+    db["scores"].create_index(["run_id", "iteration"])
+    db["selections"].create(
+        {"pair_id": str, "run_id": str, "iteration": int, "conversation_id": str, "logprob": float}, pk="pair_id"
+    )
+    db["responses"].create(
+        {"pair_id": str, "run_id": str, "iteration": int, "conversation_id": str, "text": str, "policy": str},
+        pk="pair_id",
+    )
+    db["trainings"].create(
+        {
+            "run_id": str,
+            "iteration": int,
+            "adapter": str,
+            "examples": int,
+            "trained_tokens": int,
+            "steps": int,
+            "final_loss": float,
+            "losses": str,
+            "seconds": float,
+            "finished_at": float,
+        },
+        pk=("run_id", "iteration"),
+    )
+    db["stages"].create({"run_id": str, "iteration": int, "stage": str, "done_at": float}, pk=("run_id", "iteration", "stage"))
+
+
+MIGRATIONS = [("m001_initial", _m001_initial)]
+
+
+class Store:
+    """A project home's SQLite file. Cheap to open; safe to read while a run writes (WAL)."""
+
+    def __init__(self, home: Path | str | None = None):
+        self.home = Path(home) if home is not None else default_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.path = self.home / DB_NAME
+        self.db = sqlite_utils.Database(self.path)
+        self.db.execute("PRAGMA busy_timeout = 30000")
+        self.db.enable_wal()
+        self._migrate()
+
+    # -- schema ---------------------------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        if "_migrations" not in self.db.table_names():
+            self.db["_migrations"].create({"name": str, "applied_at": float}, pk="name")
+        done = {row["name"] for row in self.db["_migrations"].rows}
+        known = {name for name, _ in MIGRATIONS}
+        if done - known:
+            raise StargateError(
+                f"the store {self.path} was written by a newer stargate-lite (migrations {sorted(done - known)}): "
+                "upgrade stargate-lite or use another --home"
+            )
+        for name, migrate in MIGRATIONS:
+            if name not in done:
+                with self.db.conn:
+                    migrate(self.db)
+                    self.db["_migrations"].insert({"name": name, "applied_at": time.time()})
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self.db.conn:
+            yield
+
+    def rows(self, sql: str, params: Iterable | dict = ()) -> list[dict]:
+        return list(self.db.query(sql, params))
+
+    def value(self, sql: str, params: Iterable | dict = ()):
+        row = self.db.execute(sql, params).fetchone()
+        return row[0] if row else None
+
+    # -- runs -----------------------------------------------------------------------------------------------
+    def get_run(self, run_id: str) -> dict | None:
+        rows = self.rows("select * from runs where id = ?", [run_id])
+        return rows[0] if rows else None
+
+    def create_run(self, run_id: str, recipe_name: str, recipe_json: str, dataset: str, seed: int) -> None:
+        with self.transaction():
+            self.db["runs"].insert(
+                {
+                    "id": run_id,
+                    "recipe_name": recipe_name,
+                    "recipe": recipe_json,
+                    "dataset": dataset,
+                    "seed": seed,
+                    "created_at": time.time(),
+                }
+            )
+
+    def list_runs(self) -> list[dict]:
+        return self.rows("select * from runs order by created_at")
+
+    # -- data -----------------------------------------------------------------------------------------------
+    def insert_rows(self, table: str, rows: list[dict], pk) -> None:
+        """Insert rows in one transaction, keeping rows that exist (ignore): reruns add nothing twice."""
+        if rows:
+            with self.transaction():
+                self.db[table].insert_all(rows, pk=pk, ignore=True)
+
+    def tasks(self, dataset: str, split: str, limit: int | None = None) -> list[dict]:
+        sql = "select * from tasks where dataset = ? and split = ? order by idx"
+        rows = self.rows(sql, [dataset, split])
+        return rows if limit is None else rows[:limit]
+
+    def personas(self, dataset: str, split: str, limit: int | None = None) -> list[dict]:
+        rows = self.rows("select * from personas where dataset = ? and split = ? order by idx", [dataset, split])
+        return rows if limit is None else rows[:limit]
+
+    def golds_for(self, task_ids: list[str], persona_ids: list[str]) -> dict[tuple[str, str], dict]:
+        if not task_ids or not persona_ids:
+            return {}
+        sql = (
+            f"select * from golds where task_id in ({','.join('?' * len(task_ids))}) "
+            f"and persona_id in ({','.join('?' * len(persona_ids))})"
+        )
+        return {(g["task_id"], g["persona_id"]): g for g in self.rows(sql, [*task_ids, *persona_ids])}
+
+    def dataset_counts(self) -> list[dict]:
+        return self.rows(
+            """
+            select t.dataset, t.split, count(distinct t.id) as tasks,
+              (select count(*) from personas p where p.dataset = t.dataset and p.split = t.split) as personas,
+              (select count(*) from golds g join tasks t2 on g.task_id = t2.id
+                 where t2.dataset = t.dataset and t2.split = t.split and g.status = 'ok') as golds,
+              (select count(*) from golds g join tasks t2 on g.task_id = t2.id
+                 where t2.dataset = t.dataset and t2.split = t.split and g.status != 'ok') as golds_skipped
+            from tasks t group by t.dataset, t.split order by t.dataset, t.split
+            """
+        )
+
+    # -- stages -----------------------------------------------------------------------------------------------
+    def stage_done(self, run_id: str, iteration: int, stage: str) -> bool:
+        sql = "select 1 from stages where run_id = ? and iteration = ? and stage = ?"
+        return self.value(sql, [run_id, iteration, stage]) is not None
+
+    def mark_stage(self, run_id: str, iteration: int, stage: str) -> None:
+        with self.transaction():
+            self.db["stages"].insert(
+                {"run_id": run_id, "iteration": iteration, "stage": stage, "done_at": time.time()},
+                pk=("run_id", "iteration", "stage"),
+                replace=True,
+            )
+
+    # -- iteration records -------------------------------------------------------------------------------------
+    def pairs(self, run_id: str, iteration: int) -> list[dict]:
+        return self.rows(
+            """
+            select p.*, t.text as task, pe.name as persona_name, pe.text as persona, g.text as gold
+            from pairs p join tasks t on t.id = p.task_id join personas pe on pe.id = p.persona_id
+            join golds g on g.task_id = p.task_id and g.persona_id = p.persona_id
+            where p.run_id = ? and p.iteration = ? order by p.idx
+            """,
+            [run_id, iteration],
+        )
+
+    def conversation_ids(self, run_id: str, iteration: int) -> set[str]:
+        sql = "select id from conversations where run_id = ? and iteration = ?"
+        return {r["id"] for r in self.rows(sql, [run_id, iteration])}
+
+    def save_conversations(self, conversations: list[dict]) -> None:
+        """Store finished conversations and their turns together: one chunk, one transaction."""
+        turn_rows = [
+            {
+                "conversation_id": c["id"],
+                "idx": i,
+                "role": t["role"],
+                "text": t["text"],
+                "is_question": int(t["role"] == "questioner" and "?" in t["text"]),
+            }
+            for c in conversations
+            for i, t in enumerate(c["messages"])
+        ]
+        conv_rows = [{k: v for k, v in c.items() if k != "messages"} for c in conversations]
+        with self.transaction():
+            self.db["conversations"].insert_all(conv_rows, pk="id", ignore=True)
+            self.db["turns"].insert_all(turn_rows, pk=("conversation_id", "idx"), ignore=True)
+
+    def turns(self, conversation_ids: list[str]) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {cid: [] for cid in conversation_ids}
+        for start in range(0, len(conversation_ids), 500):
+            ids = conversation_ids[start : start + 500]
+            sql = f"select * from turns where conversation_id in ({','.join('?' * len(ids))}) order by idx"
+            for row in self.rows(sql, ids):
+                out[row["conversation_id"]].append({"role": row["role"], "text": row["text"]})
+        return out
+
+    def conversations(self, run_id: str, iteration: int) -> list[dict]:
+        sql = "select * from conversations where run_id = ? and iteration = ? order by pair_id, sample"
+        return self.rows(sql, [run_id, iteration])
+
+    def unscored_conversations(self, run_id: str, iteration: int) -> list[dict]:
+        return self.rows(
+            """
+            select c.* from conversations c left join scores s on s.conversation_id = c.id
+            where c.run_id = ? and c.iteration = ? and s.conversation_id is null order by c.id
+            """,
+            [run_id, iteration],
+        )
+
+    def scores(self, run_id: str, iteration: int) -> list[dict]:
+        return self.rows(
+            """
+            select s.*, c.pair_id, c.sample from scores s join conversations c on c.id = s.conversation_id
+            where s.run_id = ? and s.iteration = ? order by c.pair_id, c.sample
+            """,
+            [run_id, iteration],
+        )
+
+    def selections(self, run_id: str, iteration: int) -> list[dict]:
+        sql = "select * from selections where run_id = ? and iteration = ? order by pair_id"
+        return self.rows(sql, [run_id, iteration])
+
+    def responses(self, run_id: str, iteration: int) -> dict[str, dict]:
+        sql = "select * from responses where run_id = ? and iteration = ?"
+        return {r["pair_id"]: r for r in self.rows(sql, [run_id, iteration])}
+
+    def training(self, run_id: str, iteration: int) -> dict | None:
+        rows = self.rows("select * from trainings where run_id = ? and iteration = ?", [run_id, iteration])
+        return rows[0] if rows else None
+
+    def save_training(self, row: dict) -> None:
+        row = {**row, "losses": json.dumps(row["losses"]), "finished_at": time.time()}
+        with self.transaction():
+            self.db["trainings"].insert(row, pk=("run_id", "iteration"), replace=True)
+
+    def start_iteration(self, run_id: str, iteration: int, split: str) -> None:
+        row = {"run_id": run_id, "iteration": iteration, "split": split, "started_at": time.time(), "finished_at": None}
+        self.insert_rows("iterations", [row], pk=("run_id", "iteration"))
+
+    def finish_iteration(self, run_id: str, iteration: int) -> None:
+        with self.transaction():
+            self.db["iterations"].update((run_id, iteration), {"finished_at": time.time()})
+
+    def iterations(self, run_id: str) -> list[dict]:
+        return self.rows("select * from iterations where run_id = ? order by iteration", [run_id])
