@@ -1,0 +1,54 @@
+"""Shared fixtures: every test gets its own project home; the converted tiny model is made once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+# A 2-iteration run small enough for CI: 2 pairs per iteration, 2 conversations each, short generations.
+TINY_CI_OVERRIDES = [
+    "data.tasks={A: 2, B: 2, test: 1}",
+    "data.personas={A: 1, B: 1, test: 1}",
+    "data.persona_max_tokens=48",
+    "data.gold_max_tokens=48",
+    "simulate.conversations_per_pair=2",
+    "simulate.max_turns=2",
+    "simulate.question_max_tokens=24",
+    "simulate.answer_max_tokens=32",
+    "simulate.pairs_per_chunk=1",
+    "respond.max_tokens=48",
+    "train.epochs=1",
+    "train.batch_size=2",
+]
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch, model_cache) -> Path:
+    path = tmp_path / "home"
+    monkeypatch.setenv("STARGATE_HOME", str(path))
+    monkeypatch.setenv("STARGATE_MODEL_CACHE", str(model_cache))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def questioner(model_cache):
+    """The real tiny Questioner (SmolLM2-135M-Instruct), loaded once."""
+    from stargate_lite.questioner import Questioner
+    from stargate_lite.recipe import load_recipe
+
+    os.environ["STARGATE_MODEL_CACHE"] = str(model_cache)
+    return Questioner(load_recipe("tiny").questioner, model_cache)
+
+
+@pytest.fixture(scope="session")
+def base_model(questioner):
+    return questioner.load_base()

@@ -1,0 +1,125 @@
+"""The Questioner's mechanics on the real tiny model: loss masks, exact scoring, LoRA training, generation."""
+
+import torch
+
+from stargate_lite.prompts import questioner_messages
+from stargate_lite.recipe import TrainConfig
+from stargate_lite.score import encode_gold, score_sums, token_logprobs
+from stargate_lite.train import train_lora
+
+TURNS = [
+    {"role": "questioner", "text": "What kind of food do you enjoy most?"},
+    {"role": "roleplayer", "text": "I love spicy Sichuan dishes and fresh noodles."},
+    {"role": "questioner", "text": "How much time do you have to cook on weeknights?"},
+    {"role": "roleplayer", "text": "About twenty minutes, since I work late shifts."},
+]
+TASK = "Can you suggest a weekly meal plan for me?"
+GOLD = "Here is a plan of quick spicy dinners: Monday, dan dan noodles; Tuesday, mapo tofu with rice."
+
+
+def _decode(questioner, encoded, positions):
+    return questioner.tokenizer.decode([encoded.input_ids[p] for p in positions])
+
+
+def test_training_mask_covers_questions_and_response_with_end_of_turn(questioner):
+    messages = [*questioner_messages("Mei", TASK, TURNS, final=True), {"role": "assistant", "content": GOLD}]
+    encoded = questioner.encode_for_training(messages)
+    trained = _decode(questioner, encoded, encoded.target_positions)
+    end = questioner.tokenizer.eos_token  # <|im_end|>, SmolLM2's end of turn
+    assert trained == f"{TURNS[0]['text']}{end}\n{TURNS[2]['text']}{end}\n{GOLD}{end}\n"
+    masked = _decode(questioner, encoded, [i for i in range(len(encoded.input_ids)) if i not in encoded.target_positions])
+    assert TURNS[1]["text"] in masked and TURNS[3]["text"] in masked and "My name is Mei." in masked
+    assert "Sichuan" not in trained and TASK not in trained
+
+
+def test_questions_only_target_trains_no_response(questioner):
+    encoded = questioner.encode_for_training(questioner_messages("Mei", TASK, TURNS, final=False))
+    trained = _decode(questioner, encoded, encoded.target_positions)
+    assert TURNS[0]["text"] in trained and TURNS[2]["text"] in trained and GOLD not in trained
+
+
+def test_scored_span_is_the_gold_alone(questioner):
+    encoded = encode_gold(questioner, "Mei", TASK, TURNS, GOLD)
+    assert _decode(questioner, encoded, encoded.target_positions) == GOLD
+    assert encoded.target_positions[-1] < len(encoded.input_ids) - 1  # the end-of-turn marker is not scored
+    assert encoded.target_positions == list(range(encoded.target_positions[0], encoded.target_positions[-1] + 1))
+
+
+def _reference(model, encoded):
+    """A plain forward with a full-vocabulary log_softmax, one sequence at a time."""
+    ids = torch.tensor([encoded.input_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)[0]
+    return torch.stack([logp[p - 1, encoded.input_ids[p]] for p in encoded.target_positions])
+
+
+def test_scorer_matches_a_plain_forward_per_token(questioner, base_model):
+    items = [
+        encode_gold(questioner, "Mei", TASK, TURNS, GOLD),
+        encode_gold(questioner, "Mei", TASK, TURNS[:2], GOLD),
+        encode_gold(questioner, "Tomas", "What should I read next?", [], "Try a short novel by Borges."),
+    ]
+    references = [_reference(base_model, e) for e in items]
+    for batch_size, chunk in [(1, 512), (3, 7), (2, 1)]:  # padded batches, chunked vocabulary projection
+        got = token_logprobs(base_model, items, batch_size=batch_size, vocab_chunk_tokens=chunk)
+        for g, r in zip(got, references):
+            assert g.shape == r.shape
+            assert torch.max(torch.abs(g - r)).item() < 1e-4
+    sums = score_sums(base_model, items, batch_size=2, vocab_chunk_tokens=64)
+    assert all(s < 0 and n > 0 for s, n in sums)
+    assert abs(sums[0][0] - references[0].sum().item()) < 1e-3
+
+
+def test_persona_information_raises_the_gold_logprob(questioner, base_model):
+    """The signal STaR-GATE optimises exists at this size: relevant answers make the gold likelier."""
+    informative = encode_gold(questioner, "Mei", TASK, TURNS, GOLD)
+    uninformative = encode_gold(questioner, "Mei", TASK, [], GOLD)
+    (with_info, _), (without, _) = score_sums(base_model, [informative, uninformative], batch_size=2,
+                                             vocab_chunk_tokens=64)
+    assert with_info > without
+
+
+def test_lora_changes_the_adapter_and_not_the_base(questioner, tmp_path):
+    base = questioner.load_base()
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    messages = [*questioner_messages("Mei", TASK, TURNS, final=True), {"role": "assistant", "content": GOLD}]
+    examples = [questioner.encode_for_training(messages)] * 2
+    config = TrainConfig(lora_r=4, lora_alpha=8, learning_rate=1e-3, batch_size=1, epochs=2, warmup_ratio=0.0)
+    record = train_lora(base, examples, config, seed=0, out_dir=tmp_path / "adapter",
+                        pad_token_id=questioner.tokenizer.pad_token_id)
+    assert record["steps"] == 4 and len(record["losses"]) == 4
+    assert record["losses"][-1] < record["losses"][0]
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert not (tmp_path / "adapter.tmp").exists()
+
+    fresh = questioner.load_base()
+    for name, tensor in fresh.state_dict().items():
+        assert torch.equal(tensor, before[name]), f"base weight {name} changed"
+    policy = questioner.load_policy(str(tmp_path / "adapter"))
+    lora_b = [p for n, p in policy.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # lora_B starts at zero
+    item = [encode_gold(questioner, "Mei", TASK, TURNS, GOLD)]
+    (trained_lp, _), = score_sums(policy, item, batch_size=1, vocab_chunk_tokens=64)
+    (base_lp, _), = score_sums(fresh, item, batch_size=1, vocab_chunk_tokens=64)
+    assert trained_lp > base_lp  # it learned the response it was trained on
+
+
+def test_batched_greedy_generation_equals_one_at_a_time(questioner, base_model):
+    prompts = [
+        questioner_messages("Mei", TASK, [], final=False),
+        questioner_messages("Tomas", "What should I read next?", TURNS[:2], final=False),
+        questioner_messages("Ravi", "Help me plan a trip to the coast.", [], final=False),
+    ]
+    kwargs = dict(max_new_tokens=12, temperature=0.0, top_p=1.0, seed=0)
+    batched = questioner.generate(base_model, prompts, batch_size=3, **kwargs)
+    single = [questioner.generate(base_model, [p], batch_size=1, **kwargs)[0] for p in prompts]
+    assert batched == single
+    assert all(text for text in batched)
+
+
+def test_sampled_generation_is_reproducible_from_its_seed(questioner, base_model):
+    prompts = [questioner_messages("Mei", TASK, [], final=False)] * 3
+    kwargs = dict(max_new_tokens=10, temperature=0.9, top_p=0.9, batch_size=3)
+    first = questioner.generate(base_model, prompts, seed=7, **kwargs)
+    assert first == questioner.generate(base_model, prompts, seed=7, **kwargs)
+    assert len(set(first)) > 1  # samples differ from each other

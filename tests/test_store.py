@@ -1,0 +1,34 @@
+import sqlite3
+
+import pytest
+
+from stargate_lite.errors import StargateError
+from stargate_lite.store import Store
+
+
+def test_migrations_create_the_schema_once(home):
+    store = Store(home)
+    Store(home)  # a second open applies nothing twice
+    names = [r["name"] for r in store.rows("select name from _migrations")]
+    assert names == ["m001_initial"]
+    assert store.db["conversations"].columns_dict == {
+        "id": str, "run_id": str, "iteration": int, "pair_id": str, "sample": int, "turns": int, "policy": str,
+    }
+    assert store.db["turns"].pks == ["conversation_id", "idx"]
+    assert store.value("pragma journal_mode") == "wal"
+
+
+def test_a_store_from_a_newer_version_is_refused(home):
+    Store(home)
+    with sqlite3.connect(home / "stargate.db") as conn:
+        conn.execute("insert into _migrations values ('m999_future', 0)")
+    with pytest.raises(StargateError, match="newer stargate-lite"):
+        Store(home)
+
+
+def test_inserting_the_same_rows_twice_keeps_one_copy(home):
+    store = Store(home)
+    row = {"id": "d/A/task-0000", "dataset": "d", "split": "A", "idx": 0, "text": "Plan my week."}
+    store.insert_rows("tasks", [row], pk="id")
+    store.insert_rows("tasks", [row], pk="id")
+    assert store.value("select count(*) from tasks") == 1
