@@ -28,6 +28,21 @@ def _batches(examples: list[Encoded], batch_size: int, rng: random.Random) -> li
     return batches
 
 
+def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
+    """Learning-rate factor for optimizer step s (0-based): linear warm-up, then cosine decay towards zero.
+
+    Unlike the usual schedule, step 0 already trains (factor 1/(warmup+1), not 0): small runs have few steps.
+    """
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
 def train_lora(
     model,
     examples: list[Encoded],
@@ -41,7 +56,6 @@ def train_lora(
     """Train a fresh LoRA adapter on `model` (the base) and save it to out_dir. Returns the training record."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import get_cosine_schedule_with_warmup
 
     if not examples:
         raise ValueError("no training examples")
@@ -76,7 +90,8 @@ def train_lora(
     epochs = [_batches(examples, config.batch_size, rng) for _ in range(config.epochs)]
     micro = [b for epoch in epochs for b in epoch]
     total_steps = math.ceil(len(micro) / config.gradient_accumulation)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps)
+    schedule = warmup_cosine(math.ceil(config.warmup_ratio * total_steps), total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
         "cpu", enabled=False
     )

@@ -123,3 +123,13 @@ def test_sampled_generation_is_reproducible_from_its_seed(questioner, base_model
     first = questioner.generate(base_model, prompts, seed=7, **kwargs)
     assert first == questioner.generate(base_model, prompts, seed=7, **kwargs)
     assert len(set(first)) > 1  # samples differ from each other
+
+
+def test_every_step_of_the_schedule_trains():
+    from stargate_lite.train import warmup_cosine
+
+    one = warmup_cosine(1, 1)
+    assert one(0) > 0
+    factors = [warmup_cosine(2, 10)(s) for s in range(10)]
+    assert factors[0] < factors[1] < factors[2] == 1.0
+    assert all(f > 0 for f in factors) and factors[-1] < 0.1

@@ -1,0 +1,30 @@
+"""CLI behaviour that needs no model: one-line errors, exit codes, empty stores."""
+
+import json
+
+from typer.testing import CliRunner
+
+from stargate_lite.cli import app
+
+runner = CliRunner()
+
+
+def test_bad_recipe_value_is_one_line_exit_2():
+    result = runner.invoke(app, ["run", "--set", "simulate.max_turns=0"])
+    assert result.exit_code == 2
+    assert "simulate.max_turns" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) <= 3  # rich may wrap one long line
+
+
+def test_status_of_an_empty_home_and_an_unknown_run():
+    result = runner.invoke(app, ["status", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["runs"] == []
+    result = runner.invoke(app, ["status", "--run", "nope"])
+    assert result.exit_code == 2 and "no run 'nope'" in result.output
+
+
+def test_recipe_list_and_show():
+    result = runner.invoke(app, ["recipe", "list"])
+    assert result.exit_code == 0 and "tiny" in result.output and "paper" in result.output
+    result = runner.invoke(app, ["recipe", "show", "tiny", "--set", "train.target=gold"])
+    assert result.exit_code == 0 and "target: gold" in result.output

@@ -1,0 +1,162 @@
+"""End to end through the CLI on the real tiny models: two iterations, resume after SIGKILL, no duplicates."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_CI_OVERRIDES
+
+TABLES = ("tasks", "personas", "golds", "pairs", "conversations", "turns", "scores", "selections", "responses",
+          "trainings")
+
+
+def cli(*args: str, home: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "STARGATE_HOME": str(home)}
+    result = subprocess.run([sys.executable, "-m", "stargate_lite", *args], env=env, capture_output=True, text=True,
+                            timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"stargate-lite {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+def run_args() -> list[str]:
+    return ["run", "--iterations", "2", *[a for o in TINY_CI_OVERRIDES for a in ("--set", o)]]
+
+
+def counts(home: Path) -> dict[str, int]:
+    with sqlite3.connect(home / "stargate.db") as db:
+        return {t: db.execute(f"select count(*) from {t}").fetchone()[0] for t in TABLES}
+
+
+def snapshot(home: Path) -> dict:
+    """Everything generated, by key: two runs with the same seed must agree on all of it."""
+    with sqlite3.connect(home / "stargate.db") as db:
+        return {
+            "turns": db.execute("select conversation_id, idx, role, text from turns order by 1, 2").fetchall(),
+            "scores": db.execute("select conversation_id, round(logprob, 3) from scores order by 1").fetchall(),
+            "selections": db.execute("select pair_id, conversation_id from selections order by 1").fetchall(),
+            "responses": db.execute("select pair_id, text from responses order by 1").fetchall(),
+            "golds": db.execute("select id, text from golds order by 1").fetchall(),
+        }
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, model_cache) -> Path:
+    """One uninterrupted tiny run of two iterations."""
+    home = tmp_path_factory.mktemp("finished")
+    os.environ["STARGATE_MODEL_CACHE"] = str(model_cache)
+    cli(*run_args(), home=home)
+    return home
+
+
+def test_two_iterations_complete_with_consistent_records(finished):
+    report = json.loads(cli("status", "--json", home=finished).stdout)
+    (run,) = report["runs"]
+    assert run["id"] == "tiny"
+    assert [it["iteration"] for it in run["iterations"]] == [1, 2]
+    assert [it["split"] for it in run["iterations"]] == ["A", "B"]
+    for it in run["iterations"]:
+        assert it["complete"]
+        assert it["pairs"] == 2  # 2 tasks x 1 persona
+        assert it["conversations"] == it["scored"] == 2 * it["pairs"]
+        assert it["selected"] == it["responses"] == it["pairs"]
+        assert Path(it["adapter"], "adapter_config.json").is_file()
+        assert math.isfinite(it["train_loss"])
+    with sqlite3.connect(finished / "stargate.db") as db:
+        logprobs = [r[0] for r in db.execute("select logprob from scores")]
+        assert logprobs and all(math.isfinite(lp) and lp < 0 for lp in logprobs)
+        # Iteration 2 worked on split B: its pairs' tasks and personas are B's.
+        splits = db.execute(
+            "select distinct t.split, pe.split from pairs p join tasks t on t.id = p.task_id "
+            "join personas pe on pe.id = p.persona_id where p.iteration = 2").fetchall()
+        assert splits == [("B", "B")]
+        # Every conversation has its pair's number of question/answer turns and ends with an answer.
+        rows = db.execute(
+            "select c.turns, count(t.idx), max(t.idx), "
+            "(select role from turns t2 where t2.conversation_id = c.id order by idx desc limit 1) "
+            "from conversations c join turns t on t.conversation_id = c.id group by c.id").fetchall()
+        assert all(n == 2 * k and last == n - 1 and role == "roleplayer" for k, n, last, role in rows)
+        # The selected conversation is the best-scoring of its pair.
+        best = db.execute(
+            "select s.pair_id, s.logprob, (select max(sc.logprob) from scores sc join conversations c "
+            "on c.id = sc.conversation_id where c.pair_id = s.pair_id) from selections s").fetchall()
+        assert all(lp == top for _, lp, top in best)
+        policies = dict(db.execute("select iteration, policy from responses group by iteration"))
+        assert policies == {1: "base", 2: "iteration-1"}
+    assert (finished / "runs" / "tiny" / "recipe.json").is_file()
+
+
+def test_adapters_load_and_differ_from_the_base(finished, questioner):
+    import torch
+
+    report = json.loads(cli("status", "--json", home=finished).stdout)
+    adapter = report["runs"][0]["iterations"][1]["adapter"]
+    policy = questioner.load_policy(adapter)
+    ids = torch.tensor([questioner.tokenizer("My name is Mei. Plan my week.")["input_ids"]])
+    with torch.no_grad():
+        tuned = policy(input_ids=ids).logits
+        with policy.disable_adapter():
+            base = policy(input_ids=ids).logits
+    assert not torch.allclose(tuned, base)
+
+
+def test_rerunning_a_finished_run_adds_nothing(finished):
+    before = counts(finished)
+    cli(*run_args(), home=finished)
+    assert counts(finished) == before
+
+
+def _wait_for(home: Path, sql: str, process: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, "the run ended before the kill point"
+        try:
+            with sqlite3.connect(home / "stargate.db", timeout=1) as db:
+                if db.execute(sql).fetchone()[0]:
+                    return
+        except sqlite3.OperationalError:
+            pass  # the store is not created yet
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for: {sql}")
+
+
+KILL_POINTS = [
+    "select count(*) from golds",  # mid data stage
+    "select count(*) from conversations where iteration = 1",  # mid simulate, one chunk stored
+    "select count(*) from stages where iteration = 2 and stage = 'respond'",  # before or during training
+]
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_result(finished, tmp_path):
+    home = tmp_path / "killed"
+    env = {**os.environ, "STARGATE_HOME": str(home)}
+    for sql in KILL_POINTS:
+        process = subprocess.Popen([sys.executable, "-m", "stargate_lite", *run_args()], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_for(home, sql, process)
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+    cli(*run_args(), home=home)
+    assert counts(home) == counts(finished)
+    assert snapshot(home) == snapshot(finished)
+    report = json.loads(cli("status", "--json", home=home).stdout)
+    assert all(it["complete"] for it in report["runs"][0]["iterations"])
+
+
+def test_a_changed_recipe_does_not_silently_resume(finished):
+    result = cli(*run_args(), "--set", "simulate.max_turns=3", home=finished, check=False)
+    assert result.returncode == 2
+    assert "different recipe" in result.stderr and "simulate.max_turns" in result.stderr
+    assert "Traceback" not in result.stderr
