@@ -68,8 +68,8 @@ def clean_persona(text: str, name: str) -> str:
     """Keep the generated text, making sure it opens with the person's name as the seed personas do."""
     text = text.strip().strip('"').strip()
     opening = f"I'm {name.upper()}."
-    if re.match(rf"^(I'm|I am)\s+{re.escape(name)}\b\.?", text, flags=re.IGNORECASE):
-        text = re.sub(rf"^(I'm|I am)\s+{re.escape(name)}\b\.?\s*", "", text, flags=re.IGNORECASE)
+    if re.match(rf"^(I'm|I am)\s+{re.escape(name)}\b", text, flags=re.IGNORECASE):
+        text = re.sub(rf"^(I'm|I am)\s+{re.escape(name)}\b[.,!]?\s*", "", text, flags=re.IGNORECASE)
     return f"{opening} {text}".strip()
 
 

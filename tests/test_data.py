@@ -1,0 +1,100 @@
+"""Data: the built-in set's splits, importers for JSONL and the STaR-GATE authors' layout, and bad files."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import SHARED
+from stargate_lite import builtin_data
+from stargate_lite.data import builtin_persona_name, builtin_task_splits, clean_persona, import_data
+from stargate_lite.errors import StargateError
+from stargate_lite.store import Store
+
+
+def test_builtin_splits_share_no_task_or_name():
+    splits = builtin_task_splits()
+    assert sum(len(v) for v in splits.values()) == len(builtin_data.TASKS) >= 60
+    assert not (set(splits["A"]) & set(splits["B"]) or set(splits["A"]) & set(splits["test"]))
+    names = {s: {builtin_persona_name(s, i) for i in range(50)} for s in ("A", "B", "test")}
+    assert not (names["A"] & names["B"] or names["A"] & names["test"] or names["B"] & names["test"])
+
+
+def test_generated_personas_open_with_their_name():
+    assert clean_persona("I'm Amara. I teach.", "Amara") == "I'm AMARA. I teach."
+    assert clean_persona("I am amara, a baker.", "Amara") == "I'm AMARA. a baker."
+    assert clean_persona("A baker from Lagos.", "Amara") == "I'm AMARA. A baker from Lagos."
+
+
+def _write(path: Path, value) -> Path:
+    path.write_text(json.dumps(value), encoding="utf-8")
+    return path
+
+
+def test_authors_layout_imports_and_skips_the_empty_gold(tmp_path, home):
+    store = Store(home)
+    tasks = _write(tmp_path / "tasks.json", ["Plan my week.", "Suggest a book."])
+    personas = _write(tmp_path / "A.json", ["I'm ANA. I paint.", "I'm BO. I run."])
+    names = _write(tmp_path / "A_NAMES.json", ["Ana", "Bo"])
+    golds = _write(tmp_path / "gold.json", {
+        "prompt-0 persona-0": ["Paint on Monday."], "prompt-0 persona-1": ["Run on Monday."],
+        "prompt-1 persona-0": [""], "prompt-1 persona-1": ["Born to Run."],
+    })
+    counts = import_data(store, "paper", "A", tasks, personas, names, golds)
+    assert counts == {"tasks": 2, "personas": 2, "golds": 3, "golds_skipped_empty": 1}
+    (row,) = [r for r in store.dataset_counts() if r["dataset"] == "paper"]
+    assert (row["tasks"], row["personas"], row["golds"], row["golds_skipped"]) == (2, 2, 3, 1)
+    # Importing the same files again changes nothing.
+    import_data(store, "paper", "A", tasks, personas, names, golds)
+    assert store.value("select count(*) from golds") == 4
+
+
+def test_jsonl_import(tmp_path, home):
+    store = Store(home)
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"task": "Plan my week."}\n\n"Suggest a book."\n', encoding="utf-8")
+    personas = tmp_path / "personas.jsonl"
+    personas.write_text('{"name": "Ana", "text": "I paint."}\n', encoding="utf-8")
+    assert import_data(store, "mine", "test", tasks, personas)["tasks"] == 2
+    assert [p["name"] for p in store.personas("mine", "test")] == ["Ana"]
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"tasks": "[1, 2"}, "not valid JSON"),
+        ({"tasks": '{"a": 1}'}, "must hold a JSON list"),
+        ({"tasks": '["Plan.", "Plan."]'}, "repeats 1 task"),
+        ({"tasks": '["Plan.", ""]'}, "item 2"),
+        ({"personas": '["I paint."]', "names": '["Ana", "Bo"]'}, "1 personas but"),
+        ({"personas": '["I paint."]'}, "needs a name"),
+        ({"tasks": b"\xff\xfe not utf-8"}, "not UTF-8"),
+    ],
+)
+def test_bad_files_are_clear_errors(tmp_path, home, files, message):
+    paths = {}
+    for key, content in files.items():
+        path = tmp_path / f"{key}.json"
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        paths[key] = path
+    with pytest.raises(StargateError, match=message):
+        import_data(Store(home), "bad", "A", **paths)
+
+
+def test_splits_of_an_import_must_not_overlap(tmp_path, home):
+    store = Store(home)
+    tasks = _write(tmp_path / "tasks.json", ["Plan my week."])
+    import_data(store, "d", "A", tasks=tasks)
+    with pytest.raises(StargateError, match="another split"):
+        import_data(store, "d", "B", tasks=tasks)
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "assistant-gate").is_dir(), reason="../shared/data is not present")
+def test_the_authors_released_personas_import(home):
+    root = SHARED / "data" / "assistant-gate" / "personas"
+    store = Store(home)
+    for split in ("A", "B"):
+        counts = import_data(store, "assistant-gate", split, personas=root / f"{split}.json",
+                             names=root / f"{split}_NAMES.json")
+        assert counts["personas"] == 50
+    assert store.personas("assistant-gate", "A")[0]["name"] == "Lennox"
