@@ -90,6 +90,25 @@ class OpenAIChat:
             max_retries=config.max_retries,
         )
 
+    def check(self) -> None:
+        """One cheap request (the model list) to prove the endpoint and key work."""
+        import openai
+
+        where = self.config.base_url or "the OpenAI API"
+        try:
+            self.client.with_options(timeout=10, max_retries=1).models.list()
+        except openai.AuthenticationError:
+            raise StargateError(
+                f"chat model {self.name}: {where} rejected the key in ${self.config.api_key_env}: set a valid key"
+            ) from None
+        except (openai.APIConnectionError, openai.APITimeoutError) as err:
+            raise StargateError(
+                f"chat model {self.name}: cannot reach {where} ({type(err).__name__}): start the server or fix "
+                f"chat_models.{self.name}.base_url"
+            ) from None
+        except openai.APIStatusError:
+            pass  # some servers have no /models route; they answered, so they are up
+
     def complete(self, conversations: list[list[dict]], sampling: Sampling) -> list[str]:
         with ThreadPoolExecutor(max_workers=self.config.max_concurrency) as pool:
             return list(pool.map(lambda m: self._one(m, sampling), conversations))
@@ -106,6 +125,18 @@ class OpenAIChat:
             seed=sampling.seed,
         )
         return (response.choices[0].message.content or "").strip()
+
+
+def preflight(configs: dict[str, ChatModelConfig], names: set[str]) -> None:
+    """Fail before any work (and any paid call) if a role's model file is missing, an API key is unset or an
+    endpoint does not answer."""
+    for name in sorted(names):
+        config = configs[name]
+        if config.backend == "llamacpp":
+            if not config.gguf_file or Path(config.model).is_dir():
+                resolve_gguf(config.model, config.gguf_file)  # local files must exist; Hub files come on first use
+            continue
+        OpenAIChat(name, config).check()
 
 
 class ChatModels:

@@ -109,6 +109,137 @@ def _print_status(report: dict) -> None:
         out.print(table)
 
 
+@app.command("eval")
+@user_errors
+def eval_(
+    run_id: Annotated[str | None, typer.Option("--run", help="Run to evaluate [default: the latest].")] = None,
+    iterations: Annotated[
+        list[int] | None, typer.Option("--iteration", "-i", help="Iterations to evaluate (repeatable) [default: all].")
+    ] = None,
+    roleplayer: Annotated[
+        str | None, typer.Option(help="Chat model (from the run's recipe) that plays the test personas.")
+    ] = None,
+    judge: Annotated[str | None, typer.Option(help="Chat model that judges win rates.")] = None,
+    responder: Annotated[
+        str, typer.Option(help="policy: Q_eta answers after its questions; base: Q_0 answers after them (ablation).")
+    ] = "policy",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Evaluate on the test split: gold log-probs in four conditions, and win rates against the base model."""
+    from .evaluate import evaluate
+    from .loop import run_dir
+    from .report import plot, summary_table
+    from .store import Store
+
+    summary = evaluate(home, run_id, iterations, roleplayer, judge, responder)
+    summary["plots"] = [str(p) for p in plot(summary, run_dir(Store(home), summary["run"]))]
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        out.print(summary_table(summary))
+        out.print("Plots: " + ", ".join(summary["plots"]))
+
+
+@app.command()
+@user_errors
+def report(
+    run_id: Annotated[str | None, typer.Option("--run", help="Run [default: the latest].")] = None,
+    roleplayer: Annotated[str | None, typer.Option(help="Roleplayer of the evaluation.")] = None,
+    judge: Annotated[str | None, typer.Option(help="Judge of the win rates.")] = None,
+    responder: Annotated[str, typer.Option(help="policy or base.")] = "policy",
+    home: HomeOption = None,
+) -> None:
+    """Redraw the evaluation table and plots from the store, without loading any model."""
+    from .evaluate import pick_run, summarize
+    from .loop import recipe_of_run, run_dir
+    from .report import plot, summary_table
+    from .store import Store
+
+    store = Store(home)
+    run = pick_run(store, run_id)
+    recipe = recipe_of_run(run)
+    summary = summarize(store, run["id"], roleplayer or recipe.roles.roleplayer, judge or recipe.roles.judge,
+                        responder)
+    if not summary["iterations"]:
+        raise StargateError(f"run {run['id']} has no evaluation with that roleplayer yet: run `stargate-lite eval`")
+    out.print(summary_table(summary))
+    out.print("Plots: " + ", ".join(str(p) for p in plot(summary, run_dir(store, run["id"]))))
+
+
+@app.command()
+@user_errors
+def chat(
+    run_id: Annotated[str | None, typer.Option("--run", help="Run whose Questioner to load [default: the latest].")] = None,
+    iteration: Annotated[int | None, typer.Option(help="Iteration's adapter [default: the latest].")] = None,
+    adapter: Annotated[str | None, typer.Option(help="A LoRA adapter folder instead of a run's.")] = None,
+    base: Annotated[bool, typer.Option("--base", help="Talk with the base model Q_0.")] = False,
+    name: Annotated[str, typer.Option(help="Your name, as the Questioner is greeted.")] = "Alex",
+    persona: Annotated[
+        str | None, typer.Option(help="Watch mode: a persona (text or a file) the Roleplayer plays instead of you.")
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="Watch mode: the request the Roleplayer makes.")] = None,
+    max_questions: Annotated[int | None, typer.Option(help="Questions before it answers [default: recipe's K].")] = None,
+    home: HomeOption = None,
+) -> None:
+    """Talk with a trained Questioner: it asks its questions, then answers. Works through a pipe too."""
+    import sys
+
+    from .chat import ChatModels
+    from .chat_session import COMMANDS, Transcript, chat_loop, resolve_checkpoint
+    from .questioner import Questioner
+    from .store import Store
+
+    if (persona is None) != (task is None):
+        raise StargateError("watch mode needs both --persona and --task")
+    if persona and Path(persona).is_file():
+        persona = Path(persona).read_text(encoding="utf-8").strip()
+    store = Store(home)
+    recipe, adapter_path, policy_name = resolve_checkpoint(store, run_id, iteration, adapter, base)
+    questioner = Questioner(recipe.questioner, store.home)
+    model = questioner.load_policy(adapter_path)
+    roleplayer = ChatModels(recipe.chat_models).get(recipe.roles.roleplayer) if persona else None
+    interactive = sys.stdin.isatty()
+    if interactive:
+        err.print(f"Chatting with {policy_name}. {COMMANDS}")
+
+    def read(prompt: str) -> str | None:
+        if interactive:
+            try:
+                return input(prompt)
+            except EOFError:
+                return None
+        line = sys.stdin.readline()
+        return line.rstrip("\n") if line else None
+
+    def stream(pieces) -> str:
+        out.print("questioner> ", end="")
+        text = ""
+        for piece in pieces:
+            text += piece
+            out.print(piece, end="", markup=False, highlight=False)
+        out.print()
+        return text.strip()
+
+    transcript = Transcript(store, policy_name, name, persona)
+    chat_loop(questioner, model, recipe, transcript, read, lambda s: out.print(s, end="", markup=False), stream,
+              roleplayer=roleplayer, task=task, max_questions=max_questions)
+
+
+@app.command("export")
+@user_errors
+def export_(
+    out_dir: Annotated[Path, typer.Option("--out", help="New folder for the merged model.")],
+    run_id: Annotated[str | None, typer.Option("--run", help="Run [default: the latest].")] = None,
+    iteration: Annotated[int | None, typer.Option(help="Iteration [default: the latest trained].")] = None,
+    home: HomeOption = None,
+) -> None:
+    """Write base + adapter merged (safetensors, tokenizer, chat template, model card)."""
+    from .export import export
+
+    out.print(f"Exported to {export(home, out_dir, run_id, iteration)}")
+
+
 @data_app.command("import")
 @user_errors
 def data_import(

@@ -6,18 +6,22 @@ command again after a crash continues where it stopped. Iteration eta uses split
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import json
 import random
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from .chat import ChatModels
+from .chat import ChatModels, preflight
 from .data import prepare_data, split_pairs
 from .errors import StargateError
 from .progress import Progress
 from .prompts import questioner_messages
 from .questioner import Questioner
-from .recipe import Recipe
+from .recipe import Recipe, validate_recipe
 from .respond import respond_stage
 from .score import score_stage
 from .select import select_best
@@ -26,7 +30,7 @@ from .store import Store
 from .train import train_lora
 
 STAGES = ("pairs", "simulate", "score", "select", "respond", "train")
-_SECRET_WORDS = ("key", "token", "secret", "password")
+_SECRET_KEY = re.compile(r"(?:^|_)(?:key|token|secret|password)$", re.IGNORECASE)
 
 
 def split_for(iteration: int) -> str:
@@ -34,12 +38,11 @@ def split_for(iteration: int) -> str:
 
 
 def redact(value):
-    """The recipe as stored: values of secret-looking keys are replaced (api_key_env names a variable, kept)."""
+    """The recipe as stored: values under secret-looking keys (api_key, token, ...) are replaced.
+
+    Recipes name the variable that holds a key (api_key_env) rather than the key, so this is a second guard."""
     if isinstance(value, dict):
-        return {
-            k: ("<redacted>" if any(w in k.lower() for w in _SECRET_WORDS) and not k.endswith("_env") else redact(v))
-            for k, v in value.items()
-        }
+        return {k: "<redacted>" if _SECRET_KEY.search(k) else redact(v) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]
     return value
@@ -54,6 +57,9 @@ def open_run(store: Store, recipe: Recipe, run_id: str | None = None) -> str:
     run_id = run_id or recipe.name
     stored = json.dumps(redact(json.loads(recipe.to_json())), sort_keys=True)
     existing = store.get_run(run_id)
+    if existing is not None:
+        # Fill in fields added since the run was made, so only real changes count as a different recipe.
+        existing["recipe"] = json.dumps(redact(json.loads(recipe_of_run(existing).to_json())), sort_keys=True)
     if existing is None:
         store.create_run(run_id, recipe.name, stored, recipe.data.dataset, recipe.seed)
         path = run_dir(store, run_id)
@@ -67,6 +73,11 @@ def open_run(store: Store, recipe: Recipe, run_id: str | None = None) -> str:
             "rerun with the same settings to resume, or choose a new --run id"
         )
     return run_id
+
+
+def recipe_of_run(run: dict) -> Recipe:
+    """The recipe a run was made with, as stored, with defaults for fields newer than the run."""
+    return validate_recipe(json.loads(run["recipe"]), f"of run {run['id']}")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -167,16 +178,33 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
     store.finish_iteration(run_id, iteration)
 
 
+@contextmanager
+def run_lock(store: Store, run_id: str) -> Iterator[None]:
+    """Only one process works on a run at a time. The OS drops the lock when its holder dies, even by SIGKILL."""
+    path = run_dir(store, run_id) / "lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StargateError(
+                f"run {run_id!r} is already running in another process (lock {path}): wait for it, or stop it "
+                "and run the same command again to resume"
+            ) from None
+        yield
+
+
 def run(recipe: Recipe, iterations: int, home: Path | str | None = None, run_id: str | None = None,
         progress: Progress | None = None) -> str:
     """Run (or resume) STaR-GATE for `iterations` iterations; returns the run id."""
     if iterations < 1:
         raise StargateError("--iterations must be at least 1")
+    preflight(recipe.chat_models, {recipe.roles.oracle, recipe.roles.roleplayer})
     store = Store(home)
     run_id = open_run(store, recipe, run_id)
     progress = progress or Progress()
     chat = ChatModels(recipe.chat_models)
-    with progress:
+    with run_lock(store, run_id), progress:
         prepare_data(store, recipe, lambda: chat.get(recipe.roles.oracle), progress)
         questioner = Questioner(recipe.questioner, store.home)
         for iteration in range(1, iterations + 1):

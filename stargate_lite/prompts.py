@@ -97,3 +97,18 @@ def fold_system(messages: list[dict]) -> list[dict]:
     if rest and rest[0]["role"] == "user":
         return [{"role": "user", "content": f"{system}\n\n{rest[0]['content']}"}, *rest[1:]]
     return [{"role": "user", "content": system}, *rest]
+
+
+JUDGE_PROMPT = (
+    "A person described below asked an AI assistant for help. Two assistants answered.\n\n"
+    "The person:\n{persona}\n\n"
+    "Their request:\n{task}\n\n"
+    "Response A:\n{a}\n\n"
+    "Response B:\n{b}\n\n"
+    "Which response fits this person better, given their background, preferences and circumstances? "
+    "Reply with one letter, A or B, and nothing else."
+)
+
+
+def judge_messages(persona: str, task: str, a: str, b: str) -> list[dict]:
+    return [{"role": "user", "content": JUDGE_PROMPT.format(persona=persona, task=task, a=a, b=b)}]

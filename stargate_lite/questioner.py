@@ -7,6 +7,7 @@ adapter state can leak from one stage into another.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class Questioner:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # our own bars say what is loading
+        os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF conversion uses tqdm directly
         self.config = config
         self.source = questioner_source(config.model, config.gguf_file, home)
         self.tokenizer = AutoTokenizer.from_pretrained(self.source)
@@ -159,11 +161,7 @@ class Questioner:
         order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
         outputs: list[str] = [""] * len(prompts)
         pad = self.tokenizer.pad_token_id
-        # top_k=0 turns off transformers' default top-k, so sampling is nucleus-only as in the paper.
-        if temperature > 0:
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-        else:
-            sampling = {"do_sample": False}
+        sampling = _sampling_args(temperature, top_p)
         torch.manual_seed(seed)
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
@@ -186,3 +184,36 @@ class Questioner:
             if on_batch:
                 on_batch(len(batch))
         return outputs
+
+    def stream(self, model, messages: list[dict], *, max_new_tokens: int, temperature: float, top_p: float):
+        """Yield the completion of one conversation piece by piece, as it is generated."""
+        from threading import Thread
+
+        import torch
+        from transformers import TextIteratorStreamer
+
+        ids = self.tokenizer(self.render(messages, add_generation_prompt=True), add_special_tokens=False,
+                             return_tensors="pt")["input_ids"].to(self.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        sampling = _sampling_args(temperature, top_p)
+        kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.stop_token_ids(model),
+                      streamer=streamer, **sampling)
+        worker = Thread(target=lambda: _no_grad_generate(model, kwargs), daemon=True)
+        worker.start()
+        yield from streamer
+        worker.join()
+
+
+def _sampling_args(temperature: float, top_p: float) -> dict:
+    """Greedy at temperature 0; otherwise nucleus sampling only (top_k=0 turns off transformers' default top-k)."""
+    if temperature > 0:
+        return {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    return {"do_sample": False}
+
+
+def _no_grad_generate(model, kwargs: dict) -> None:
+    import torch
+
+    with torch.no_grad():
+        model.generate(**kwargs)

@@ -151,6 +151,16 @@ class TrainConfig(_Strict):
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (long sequences, 7B).")
 
 
+class EvalConfig(_Strict):
+    """Evaluation on the test split: gold log-probs under four conditions, and win rates against Q_0."""
+
+    conversations_per_pair: int = Field(10, ge=1, description="Conversations per test pair and iteration (paper: 10).")
+    win_rate_pairs_per_turn: int | None = Field(
+        None, ge=1, description="Judge this many test pairs per turn count k (paper: 100, 300 in all); null = all."
+    )
+    judge_max_tokens: int = Field(64, ge=1, description="Judge's token limit for a verdict.")
+
+
 class Recipe(_Strict):
     """Everything that determines a run."""
 
@@ -165,6 +175,7 @@ class Recipe(_Strict):
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     respond: RespondConfig = Field(default_factory=RespondConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
     def _roles_exist(self) -> Recipe:

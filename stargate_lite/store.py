@@ -92,7 +92,38 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
     db["stages"].create({"run_id": str, "iteration": int, "stage": str, "done_at": float}, pk=("run_id", "iteration", "stage"))
 
 
-MIGRATIONS = [("m001_initial", _m001_initial)]
+def _m002_eval(db: sqlite_utils.Database) -> None:
+    # Evaluation rows live under a namespace per run and roleplayer ("RUN#eval:NAME"); eval conversations reuse
+    # the pairs/conversations/turns/scores tables with that namespace as their run_id.
+    db["eval_scores"].create(
+        {"id": str, "ns": str, "iteration": int, "condition": str, "pair_key": str, "conversation_id": str,
+         "logprob": float, "n_tokens": int},
+        pk="id",
+    )
+    db["eval_scores"].create_index(["ns", "iteration", "condition"])
+    db["eval_responses"].create(
+        {"id": str, "ns": str, "iteration": int, "responder": str, "pair_key": str, "conversation_id": str,
+         "text": str},
+        pk="id",
+    )
+    db["judgments"].create(
+        {"id": str, "ns": str, "iteration": int, "responder": str, "judge": str, "pair_key": str, "turns": int,
+         "policy_is_a": int, "verdict": str, "winner": str, "status": str, "raw": str},
+        pk="id",
+    )
+    db["judgments"].create_index(["ns", "iteration", "responder", "judge"])
+
+
+def _m003_chats(db: sqlite_utils.Database) -> None:
+    # Transcripts of `stargate-lite chat`; turns as JSON [{"role": "questioner"|"roleplayer", "text": ...}].
+    db["chats"].create(
+        {"id": str, "policy": str, "name": str, "persona": str, "task": str, "turns": str, "response": str,
+         "started_at": float, "updated_at": float},
+        pk="id",
+    )
+
+
+MIGRATIONS = [("m001_initial", _m001_initial), ("m002_eval", _m002_eval), ("m003_chats", _m003_chats)]
 
 
 class Store:

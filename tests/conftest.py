@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 # A 2-iteration run small enough for CI: 2 pairs per iteration, 2 conversations each, short generations.
 TINY_CI_OVERRIDES = [
     "data.tasks={A: 2, B: 2, test: 1}",
-    "data.personas={A: 1, B: 1, test: 1}",
+    "data.personas={A: 1, B: 1, test: 2}",
     "data.persona_max_tokens=48",
     "data.gold_max_tokens=48",
     "simulate.conversations_per_pair=2",
@@ -22,6 +24,7 @@ TINY_CI_OVERRIDES = [
     "respond.max_tokens=48",
     "train.epochs=1",
     "train.batch_size=2",
+    "eval.conversations_per_pair=2",
 ]
 
 
@@ -52,3 +55,26 @@ def questioner(model_cache):
 @pytest.fixture(scope="session")
 def base_model(questioner):
     return questioner.load_base()
+
+
+def cli(*args: str, home: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """The real command in a subprocess, as a user runs it."""
+    env = {**os.environ, "STARGATE_HOME": str(home)}
+    result = subprocess.run([sys.executable, "-m", "stargate_lite", *args], env=env, capture_output=True, text=True,
+                            timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"stargate-lite {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+def run_args() -> list[str]:
+    return ["run", "--iterations", "2", *[a for o in TINY_CI_OVERRIDES for a in ("--set", o)]]
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory, model_cache) -> Path:
+    """The home of one uninterrupted tiny run of two iterations, shared by the tests that only read it."""
+    home = tmp_path_factory.mktemp("finished")
+    os.environ["STARGATE_MODEL_CACHE"] = str(model_cache)
+    cli(*run_args(), home=home)
+    return home

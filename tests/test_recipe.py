@@ -61,3 +61,19 @@ def test_unknown_recipe_and_bad_override_syntax(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(StargateError, match="not valid YAML"):
         load_recipe(str(bad))
+
+
+def test_a_stored_recipe_round_trips_and_secrets_are_redacted(home):
+    import json
+
+    from stargate_lite.loop import open_run, recipe_of_run, redact
+    from stargate_lite.store import Store
+
+    recipe = load_recipe("paper")
+    store = Store(home)
+    open_run(store, recipe)
+    assert recipe_of_run(store.get_run("paper")) == recipe  # token limits and key *names* survive
+    assert redact({"api_key": "sk-1", "nested": {"auth_token": "t", "max_tokens": 5, "api_key_env": "X"}}) == {
+        "api_key": "<redacted>", "nested": {"auth_token": "<redacted>", "max_tokens": 5, "api_key_env": "X"}}
+    assert json.loads((home / "runs" / "paper" / "recipe.json").read_text())["chat_models"]["gpt4"][
+        "api_key_env"] == "OPENAI_API_KEY"

@@ -1,0 +1,65 @@
+"""`stargate-lite export`: base + adapter merged into one model folder that transformers, vLLM or llama.cpp's
+converter loads as it is: safetensors weights, the tokenizer with its chat template, and a model card.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .errors import StargateError
+from .evaluate import pick_run, trained_iterations
+from .loop import recipe_of_run
+from .questioner import Questioner
+from .store import Store
+
+CARD = """---
+library_name: transformers
+base_model: {base}
+tags: [stargate-lite, star-gate, lora-merged]
+---
+# {name}
+
+A Questioner trained with [stargate-lite](https://pypi.org/project/stargate-lite/) (STaR-GATE: Andukuri,
+Fränken, Gerstenberg, Goodman, 2024) to ask clarifying questions before it answers. It is `{base}` with the
+LoRA adapter of run `{run}`, iteration {iteration}, merged into the weights.
+
+Prompt it as in training: the user's first turn is "My name is NAME.\\n\\nREQUEST" followed by an instruction to
+ask one question at a time; when the user repeats the request after an answer, it answers.
+
+## Recipe
+
+```json
+{recipe}
+```
+"""
+
+
+def export(home: Path | str | None, out_dir: Path, run_id: str | None = None, iteration: int | None = None) -> Path:
+    """Merge a run's adapter into its base model and save it to out_dir (written aside, then renamed)."""
+    store = Store(home)
+    run = pick_run(store, run_id)
+    trained = trained_iterations(store, run["id"])
+    if not trained:
+        raise StargateError(f"run {run['id']} has no trained adapter to export yet")
+    iteration = trained[-1] if iteration is None else iteration
+    if iteration not in trained:
+        raise StargateError(f"run {run['id']} has no trained iteration {iteration} (trained: {trained})")
+    if out_dir.exists():
+        raise StargateError(f"{out_dir} exists: choose a new --out folder")
+    recipe = recipe_of_run(run)
+    # Merging needs full-precision base weights: a 4-bit base is loaded unquantised for export.
+    questioner = Questioner(recipe.questioner.model_copy(update={"load_in_4bit": False}), store.home)
+    merged = questioner.load_policy(store.training(run["id"], iteration)["adapter"]).merge_and_unload()
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    questioner.tokenizer.save_pretrained(tmp)
+    (tmp / "README.md").write_text(
+        CARD.format(base=recipe.questioner.model, name=out_dir.name, run=run["id"], iteration=iteration,
+                    recipe=json.dumps(json.loads(run["recipe"]), indent=2)),
+        encoding="utf-8",
+    )
+    tmp.rename(out_dir)
+    return out_dir

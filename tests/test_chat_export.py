@@ -1,0 +1,73 @@
+"""`stargate-lite chat` through a pipe and in watch mode, and `export` reloading with the same log-probs."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+
+import torch
+
+from conftest import cli
+from stargate_lite.score import encode_gold, score_sums
+
+
+def chat(home, stdin: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "STARGATE_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "stargate_lite", "chat", *args], input=stdin, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def transcripts(home) -> list[dict]:
+    with sqlite3.connect(home / "stargate.db") as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("select * from chats order by started_at")]
+
+
+def test_chat_through_a_pipe_asks_then_answers_on_request(finished):
+    result = chat(finished, "Can you suggest a weekly meal plan for me?\nI love spicy food.\n/answer\n/quit\n",
+                  "--max-questions", "3", "--name", "Mei")
+    assert result.returncode == 0, result.stderr[-2000:]
+    # A question, the user's answer, a second question left unanswered by /answer, then the final answer.
+    assert result.stdout.count("questioner> ") == 3
+    (saved,) = [t for t in transcripts(finished) if t["name"] == "Mei"]
+    turns = json.loads(saved["turns"])
+    assert [t["role"] for t in turns] == ["questioner", "roleplayer"]
+    assert turns[1]["text"] == "I love spicy food."
+    assert saved["task"] == "Can you suggest a weekly meal plan for me?" and saved["response"]
+    assert saved["policy"] == "tiny/iteration-2"
+
+
+def test_watch_mode_lets_the_roleplayer_answer(finished):
+    result = chat(finished, "", "--persona", "I'm ANA. I am a retired nurse who loves gardening.",
+                  "--task", "What should I do this weekend?", "--max-questions", "1", "--name", "Ana", "--base")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "roleplayer> " in result.stdout
+    (saved,) = [t for t in transcripts(finished) if t["name"] == "Ana"]
+    assert len(json.loads(saved["turns"])) == 2 and saved["response"] and saved["policy"] == "base"
+
+
+def test_chat_without_a_trained_adapter_says_so(home):
+    result = chat(home, "hello\n")
+    assert result.returncode == 2 and "no runs" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_export_reloads_with_the_same_logprobs(finished, questioner, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "merged"
+    cli("export", "--out", str(out), home=finished)
+    assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
+    assert "iteration 2" in (out / "README.md").read_text()
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    assert AutoTokenizer.from_pretrained(out).chat_template == questioner.tokenizer.chat_template
+    report = json.loads(cli("status", "--json", home=finished).stdout)
+    policy = questioner.load_policy(report["runs"][0]["iterations"][1]["adapter"])
+    item = [encode_gold(questioner, "Mei", "Plan my week.", [], "Start each day with a walk.")]
+    (merged_lp, n), = score_sums(reloaded, item, batch_size=1, vocab_chunk_tokens=64)
+    (adapter_lp, _), = score_sums(policy, item, batch_size=1, vocab_chunk_tokens=64)
+    assert abs(merged_lp - adapter_lp) < 1e-3 * n
+    result = cli("export", "--out", str(out), home=finished, check=False)
+    assert result.returncode == 2 and "exists" in result.stderr
