@@ -5,6 +5,8 @@ OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp's server, Ollama). Swapping 
 from __future__ import annotations
 
 import os
+import random
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +26,25 @@ class Sampling:
     seed: int = 0
 
 
+class ChatFailure(Exception):
+    """A completion that could not be had after every retry; the message is the reason, for the store."""
+
+
 class ChatModel(Protocol):
     name: str
 
-    def complete(self, conversations: list[list[dict]], sampling: Sampling) -> list[str]:
-        """One completion per message list, in order."""
+    def complete_each(self, conversations: list[list[dict]], sampling: Sampling) -> list[str | ChatFailure]:
+        """One completion per message list, in order; an item that failed for good is its ChatFailure."""
         ...
+
+
+def complete_all(model: ChatModel, conversations: list[list[dict]], sampling: Sampling) -> list[str]:
+    """Every completion, or ChatFailure for the first item that failed (for work that needs all of them)."""
+    results = model.complete_each(conversations, sampling)
+    for result in results:
+        if isinstance(result, ChatFailure):
+            raise result
+    return results
 
 
 class LlamaCppChat:
@@ -51,7 +66,7 @@ class LlamaCppChat:
             verbose=False,
         )
 
-    def complete(self, conversations: list[list[dict]], sampling: Sampling) -> list[str]:
+    def complete_each(self, conversations: list[list[dict]], sampling: Sampling) -> list[str | ChatFailure]:
         return [self._one(messages, sampling) for messages in conversations]
 
     def _one(self, messages: list[dict], sampling: Sampling) -> str:
@@ -87,7 +102,7 @@ class OpenAIChat:
             api_key=key or "not-needed",
             base_url=config.base_url,
             timeout=config.request_timeout,
-            max_retries=config.max_retries,
+            max_retries=0,  # retries are ours: backoff with jitter, Retry-After, malformed bodies, a failure record
         )
 
     def check(self) -> None:
@@ -109,9 +124,32 @@ class OpenAIChat:
         except openai.APIStatusError:
             pass  # some servers have no /models route; they answered, so they are up
 
-    def complete(self, conversations: list[list[dict]], sampling: Sampling) -> list[str]:
+    def complete_each(self, conversations: list[list[dict]], sampling: Sampling) -> list[str | ChatFailure]:
         with ThreadPoolExecutor(max_workers=self.config.max_concurrency) as pool:
-            return list(pool.map(lambda m: self._one(m, sampling), conversations))
+            return list(pool.map(lambda m: self._with_retries(m, sampling), conversations))
+
+    def _with_retries(self, messages: list[dict], sampling: Sampling) -> str | ChatFailure:
+        """Retry what may pass (connection, timeout, 408/409/429, 5xx, malformed bodies) with exponential backoff
+        and full jitter, or the server's Retry-After; give up on the rest at once."""
+        import openai
+
+        reason = ""
+        for attempt in range(self.config.max_retries + 1):
+            try:
+                return self._one(messages, sampling)
+            except openai.APIStatusError as err:
+                reason = f"HTTP {err.status_code}: {_short(err.message)}"
+                if err.status_code not in (408, 409, 429) and err.status_code < 500:
+                    return ChatFailure(reason)
+                wait = _retry_after(err.response)
+            except (openai.APIConnectionError, openai.APITimeoutError) as err:
+                reason, wait = f"{type(err).__name__}: {_short(str(err))}", None
+            except (openai.APIResponseValidationError, ValueError, KeyError, IndexError, TypeError) as err:
+                reason, wait = f"malformed response ({type(err).__name__}: {_short(str(err))})", None
+            if attempt < self.config.max_retries:
+                cap = self.config.retry_base_seconds * 2**attempt
+                time.sleep(wait if wait is not None else random.uniform(0, cap))
+        return ChatFailure(f"{reason} (after {self.config.max_retries + 1} attempts)")
 
     def _one(self, messages: list[dict], sampling: Sampling) -> str:
         if self.config.fold_system:
@@ -124,7 +162,23 @@ class OpenAIChat:
             top_p=sampling.top_p,
             seed=sampling.seed,
         )
-        return (response.choices[0].message.content or "").strip()
+        content = response.choices[0].message.content
+        if not isinstance(content, str):
+            raise ValueError("no message content in the response")
+        return content.strip()
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _retry_after(response) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds form), capped at 10 minutes."""
+    try:
+        return min(max(float(response.headers.get("retry-after")), 0.0), 600.0)
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 def preflight(configs: dict[str, ChatModelConfig], names: set[str]) -> None:

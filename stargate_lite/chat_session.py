@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .chat import ChatModel, Sampling
+from .chat import ChatModel, Sampling, complete_all
 from .errors import StargateError
 from .evaluate import pick_run, trained_iterations
 from .loop import recipe_of_run
@@ -97,7 +97,7 @@ def chat_loop(
             transcript.turns.append({"role": "questioner", "text": question})
             transcript.save()
             if roleplayer:
-                reply = roleplayer.complete(
+                reply = complete_all(roleplayer,
                     [roleplayer_messages(transcript.persona, transcript.task, transcript.turns)],
                     Sampling(recipe.simulate.answer_max_tokens, temperature=recipe.simulate.answer_temperature),
                 )[0]

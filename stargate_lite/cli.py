@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .chat import ChatFailure
 from .errors import StargateError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Teach a language model to ask good questions.")
@@ -41,6 +42,9 @@ def user_errors(command):
         except StargateError as e:
             err.print(f"[red]Error:[/red] {e}", highlight=False)
             raise typer.Exit(2) from None
+        except ChatFailure as e:
+            err.print(f"[red]Error:[/red] a chat model failed after its retries: {e}", highlight=False)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("Interrupted. Finished work is saved: run the same command again to resume.")
             raise typer.Exit(130) from None

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import builtin_data
-from .chat import ChatModel, Sampling
+from .chat import ChatFailure, ChatModel, Sampling
 from .errors import StargateError
 from .progress import Progress
 from .prompts import gold_messages, persona_messages
@@ -76,31 +76,20 @@ def clean_persona(text: str, name: str) -> str:
 def generate_personas(store: Store, recipe: Recipe, get_oracle: Callable[[], ChatModel], progress: Progress) -> None:
     """Write the missing built-in personas of each split with the Oracle, one row each."""
     wanted = {split: getattr(recipe.data.personas, split) for split in SPLITS}
-    missing = [
-        (split, i)
-        for split in SPLITS
-        for i in range(len(store.personas(BUILTIN, split)), wanted[split])
-    ]
+    have = {(p["split"], p["idx"]) for split in SPLITS for p in store.personas(BUILTIN, split)}
+    missing = [(split, i) for split in SPLITS for i in range(wanted[split]) if (split, i) not in have]
     if not missing:
         return
     seeds = [text for _, text in builtin_data.SEED_PERSONAS]
     oracle = get_oracle()
-    with progress.stage("personas (oracle)", len(missing)) as advance:
+    with progress.stage("personas (oracle)", len(missing)) as advance, \
+            store.failure_log(BUILTIN, "personas", "personas") as record_failure:
         for split, i in missing:
             name = builtin_persona_name(split, i)
-            rng = random.Random(f"persona/{split}/{i}")
-            text = ""
-            for attempt in range(_PERSONA_ATTEMPTS):
-                examples = rng.sample(seeds, _SEEDS_PER_PROMPT)
-                sampling = Sampling(recipe.data.persona_max_tokens, temperature=0.9, top_p=0.95, seed=rng.randrange(2**31))
-                text = oracle.complete([persona_messages(examples, name)], sampling)[0]
-                if len(text.split()) >= 5:
-                    break
-            if len(text.split()) < 5:
-                raise StargateError(
-                    f"the oracle ({oracle.name}) wrote no usable persona for {name} in {_PERSONA_ATTEMPTS} tries: "
-                    "check the oracle model in the recipe"
-                )
+            text = _write_persona(oracle, seeds, name, f"persona/{split}/{i}", recipe.data.persona_max_tokens)
+            if isinstance(text, ChatFailure):
+                record_failure(persona_id(BUILTIN, split, i), str(text))
+                continue
             row = {
                 "id": persona_id(BUILTIN, split, i),
                 "dataset": BUILTIN,
@@ -112,6 +101,18 @@ def generate_personas(store: Store, recipe: Recipe, get_oracle: Callable[[], Cha
             }
             store.insert_rows("personas", [row], pk="id")
             advance(1)
+
+
+def _write_persona(oracle: ChatModel, seeds: list[str], name: str, key: str, max_tokens: int) -> str | ChatFailure:
+    """A few tries with other seed examples, since small oracles sometimes write nothing usable."""
+    rng = random.Random(key)
+    text: str | ChatFailure = ""
+    for _ in range(_PERSONA_ATTEMPTS):
+        sampling = Sampling(max_tokens, temperature=0.9, top_p=0.95, seed=rng.randrange(2**31))
+        text = oracle.complete_each([persona_messages(rng.sample(seeds, _SEEDS_PER_PROMPT), name)], sampling)[0]
+        if isinstance(text, ChatFailure) or len(text.split()) >= 5:
+            return text
+    return ChatFailure(f"the oracle ({oracle.name}) wrote no usable persona for {name} in {_PERSONA_ATTEMPTS} tries")
 
 
 def split_pairs(store: Store, recipe: Recipe, split: str) -> list[tuple[dict, dict]]:
@@ -137,10 +138,14 @@ def generate_golds(store: Store, recipe: Recipe, get_oracle: Callable[[], ChatMo
         return
     sampling = Sampling(recipe.data.gold_max_tokens, temperature=recipe.data.gold_temperature, seed=recipe.seed)
     oracle = get_oracle()
-    with progress.stage("gold responses (oracle)", len(missing)) as advance:
+    with progress.stage("gold responses (oracle)", len(missing)) as advance, \
+            store.failure_log(recipe.data.dataset, "golds", "gold responses") as record_failure:
         for start in range(0, len(missing), GOLDS_PER_CHUNK):
             chunk = missing[start : start + GOLDS_PER_CHUNK]
-            texts = oracle.complete([gold_messages(p["text"], t["text"]) for t, p in chunk], sampling)
+            texts = oracle.complete_each([gold_messages(p["text"], t["text"]) for t, p in chunk], sampling)
+            for (t, p), text in zip(chunk, texts):
+                if isinstance(text, ChatFailure):
+                    record_failure(f"{t['id']}|{p['id']}", str(text))
             rows = [
                 {
                     "id": f"{t['id']}|{p['id']}",
@@ -152,6 +157,7 @@ def generate_golds(store: Store, recipe: Recipe, get_oracle: Callable[[], ChatMo
                     "source": f"oracle:{oracle.name}",
                 }
                 for (t, p), text in zip(chunk, texts)
+                if not isinstance(text, ChatFailure)
             ]
             store.insert_rows("golds", rows, pk="id")
             advance(len(chunk))

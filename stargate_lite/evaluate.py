@@ -17,7 +17,7 @@ import random
 import statistics
 from pathlib import Path
 
-from .chat import ChatModels, Sampling, preflight
+from .chat import ChatFailure, ChatModels, Sampling, preflight
 from .data import prepare_data, split_pairs
 from .errors import StargateError
 from .judge import parse_verdict, policy_is_a
@@ -167,7 +167,8 @@ def _judge(store: Store, ns: str, iteration: int, responder: str, pairs: list[di
     todo = [p for p in pairs if _pair_key(p) not in have]
     if not todo:
         return
-    with progress.stage(f"eval {iteration}: judge ({judge.name})", len(todo)) as bar:
+    with progress.stage(f"eval {iteration}: judge ({judge.name})", len(todo)) as bar, \
+            store.failure_log(ns, f"judge/{iteration}/{responder}/{judge.name}", "judgments") as record_failure:
         for start in range(0, len(todo), 8):
             chunk = todo[start : start + 8]
             prompts, orders = [], []
@@ -178,9 +179,13 @@ def _judge(store: Store, ns: str, iteration: int, responder: str, pairs: list[di
                 orders.append(first)
                 a, b = (ours, base) if first else (base, ours)
                 prompts.append(judge_messages(p["persona"], p["task"], a, b))
-            texts = judge.complete(prompts, Sampling(recipe.eval.judge_max_tokens, temperature=0.0, seed=recipe.seed))
+            texts = judge.complete_each(prompts, Sampling(recipe.eval.judge_max_tokens, temperature=0.0,
+                                                           seed=recipe.seed))
             rows = []
             for p, first, text in zip(chunk, orders, texts):
+                if isinstance(text, ChatFailure):  # not a verdict: retried on the next eval, never counted
+                    record_failure(_pair_key(p), str(text))
+                    continue
                 verdict = parse_verdict(text)
                 winner = None if verdict is None else ("policy" if (verdict == "A") == first else "base")
                 rows.append({"id": f"{ns}/{iteration}/{responder}/{judge.name}/{_pair_key(p)}", "ns": ns,

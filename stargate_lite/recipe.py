@@ -63,6 +63,9 @@ class ChatModelConfig(_Strict):
     max_concurrency: int = Field(4, ge=1, description="openai: requests in flight at once.")
     request_timeout: float = Field(120.0, gt=0, description="openai: seconds before a request is abandoned.")
     max_retries: int = Field(5, ge=0, description="openai: retries (exponential backoff) before an item fails.")
+    retry_base_seconds: float = Field(
+        2.0, ge=0, description="openai: the first retry waits up to this long (full jitter), doubling each time."
+    )
     fold_system: bool = Field(
         False, description="Fold system text into the first user turn, for templates without a system role."
     )

@@ -7,7 +7,7 @@ one chunk and produces exactly what the uninterrupted run would have.
 
 from __future__ import annotations
 
-from .chat import ChatModel, Sampling
+from .chat import ChatFailure, ChatModel, Sampling, complete_all
 from .progress import Progress
 from .prompts import questioner_messages, roleplayer_messages
 from .questioner import Questioner
@@ -53,7 +53,7 @@ def simulate_chunk(
         )
         for c, q in zip(active, questions):
             c["messages"].append({"role": "questioner", "text": q})
-        answers = roleplayer.complete(
+        answers = complete_all(roleplayer,
             [roleplayer_messages(c["pair"]["persona"], c["pair"]["task"], c["messages"]) for c in active],
             Sampling(config.answer_max_tokens, temperature=config.answer_temperature, seed=seed + 2 * turn + 1),
         )
@@ -83,13 +83,18 @@ def simulate(
     messages_per_pair = {p["id"]: 2 * p["turns"] * n for p in pairs}
     total = sum(messages_per_pair.values())
     done = sum(messages_per_pair[p["id"]] for p in pairs if conversation_id(p["id"], n - 1) in existing)
-    with progress.stage(f"iteration {iteration}: simulate (messages)", total, done) as advance:
+    with progress.stage(f"iteration {iteration}: simulate (messages)", total, done) as advance, \
+            store.failure_log(run_id, f"simulate/{iteration}", "chunks of conversations") as record_failure:
         for index, chunk in enumerate(chunks):
             if all(conversation_id(p["id"], s) in existing for p in chunk for s in range(n)):
                 continue
-            convs = simulate_chunk(
-                chunk, policy, questioner, roleplayer, config, chunk_seed(seed, iteration, index, 0), advance
-            )
+            try:
+                convs = simulate_chunk(
+                    chunk, policy, questioner, roleplayer, config, chunk_seed(seed, iteration, index, 0), advance
+                )
+            except ChatFailure as failure:  # the roleplayer's service gave up: the chunk is redone on a rerun
+                record_failure(f"chunk-{index}", f"roleplayer: {failure}")
+                continue
             store.save_conversations(
                 [
                     {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -123,7 +123,20 @@ def _m003_chats(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [("m001_initial", _m001_initial), ("m002_eval", _m002_eval), ("m003_chats", _m003_chats)]
+def _m004_failures(db: sqlite_utils.Database) -> None:
+    # Items a service failed on after every retry, from a stage's latest attempt; a rerun retries only these.
+    db["failures"].create(
+        {"id": str, "scope": str, "stage": str, "item": str, "reason": str, "at": float}, pk="id"
+    )
+    db["failures"].create_index(["scope", "stage"])
+
+
+MIGRATIONS = [
+    ("m001_initial", _m001_initial),
+    ("m002_eval", _m002_eval),
+    ("m003_chats", _m003_chats),
+    ("m004_failures", _m004_failures),
+]
 
 
 class Store:
@@ -225,6 +238,31 @@ class Store:
             from tasks t group by t.dataset, t.split order by t.dataset, t.split
             """
         )
+
+    # -- failures -------------------------------------------------------------------------------------------------
+    @contextmanager
+    def failure_log(self, scope: str, stage: str, what: str) -> Iterator[Callable[[str, str], None]]:
+        """Collect the items a stage could not finish; yields record(item, reason).
+
+        The stage's old failure rows are replaced by this attempt's. If any item failed, the stage ends with one
+        error saying how many, why, and that a rerun retries only those (everything else is already stored)."""
+        with self.transaction():
+            self.db.execute("delete from failures where scope = ? and stage = ?", [scope, stage])
+        failed: list[tuple[str, str]] = []
+
+        def record(item: str, reason: str) -> None:
+            failed.append((item, reason))
+            row = {"id": f"{scope}/{stage}/{item}", "scope": scope, "stage": stage, "item": item,
+                   "reason": reason, "at": time.time()}
+            with self.transaction():
+                self.db["failures"].insert(row, pk="id", replace=True)
+
+        yield record
+        if failed:
+            raise StargateError(
+                f"{len(failed)} {what} failed ({failed[-1][1]}); all else is saved in {self.path}: "
+                "run the same command again to retry only those (see the failures table)"
+            )
 
     # -- stages -----------------------------------------------------------------------------------------------
     def stage_done(self, run_id: str, iteration: int, stage: str) -> bool:

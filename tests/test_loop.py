@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -100,43 +101,73 @@ def test_rerunning_a_finished_run_adds_nothing(finished):
     assert counts(finished) == before
 
 
-def _wait_for(home: Path, sql: str, process: subprocess.Popen, timeout: float = 600) -> None:
+def _wait_for(home: Path, sql: str, process: subprocess.Popen, timeout: float = 600) -> bool:
+    """True once the condition holds; False if the run finished first."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        assert process.poll() is None, "the run ended before the kill point"
+        if process.poll() is not None:
+            return False
         try:
             with sqlite3.connect(home / "stargate.db", timeout=1) as db:
                 if db.execute(sql).fetchone()[0]:
-                    return
+                    return True
         except sqlite3.OperationalError:
-            pass  # the store is not created yet
-        time.sleep(0.2)
+            pass  # the store or its tables are not created yet
+        time.sleep(0.1)
     raise AssertionError(f"timed out waiting for: {sql}")
 
 
+# A kill point per stage: the moment the condition holds, plus a seeded random delay, the run gets SIGKILL.
 KILL_POINTS = [
-    "select count(*) from golds",  # mid data stage
-    "select count(*) from conversations where iteration = 1",  # mid simulate, one chunk stored
-    "select count(*) from stages where iteration = 2 and stage = 'respond'",  # before or during training
+    "select count(*) from personas",  # data: personas
+    "select count(*) from golds",  # data: gold responses
+    "select count(*) from conversations where iteration = 1",  # simulate, one chunk stored
+    "select count(*) from stages where iteration = 1 and stage = 'simulate'",  # score
+    "select count(*) from stages where iteration = 1 and stage = 'select'",  # respond
+    "select count(*) from stages where iteration = 1 and stage = 'respond'",  # train
+    "select count(*) from iterations where iteration = 2",  # between iterations
+    "select count(*) from conversations where iteration = 2",  # simulate
+    "select count(*) from scores where iteration = 2",  # score
+    "select count(*) from stages where iteration = 2 and stage = 'score'",  # select/respond
+    "select count(*) from stages where iteration = 2 and stage = 'respond'",  # train
+    "select count(*) from trainings where iteration = 2",  # the very end
+]
+ORPHANS = [
+    "select count(*) from turns t left join conversations c on c.id = t.conversation_id where c.id is null",
+    "select count(*) from scores s left join conversations c on c.id = s.conversation_id where c.id is null",
+    "select count(*) from conversations c left join pairs p on p.id = c.pair_id where p.id is null",
+    "select count(*) from selections s left join pairs p on p.id = s.pair_id where p.id is null",
+    "select count(*) from responses r left join selections s on s.pair_id = r.pair_id where s.pair_id is null",
+    "select count(*) from pairs p left join golds g on g.task_id = p.task_id and g.persona_id = p.persona_id "
+    "where g.id is null",
 ]
 
 
-def test_resume_after_sigkill_gives_the_uninterrupted_result(finished, tmp_path):
+def test_resume_after_sigkill_at_every_stage_gives_the_uninterrupted_result(finished, tmp_path):
     home = tmp_path / "killed"
     env = {**os.environ, "STARGATE_HOME": str(home)}
+    rng = random.Random(1234)
+    kills = 0
     for sql in KILL_POINTS:
         process = subprocess.Popen([sys.executable, "-m", "stargate_lite", *run_args()], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            _wait_for(home, sql, process)
+            if _wait_for(home, sql, process):
+                time.sleep(rng.uniform(0, 1.5))
         finally:
-            process.send_signal(signal.SIGKILL)
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                kills += 1
             process.wait()
+    assert kills >= 10
     cli(*run_args(), home=home)
     assert counts(home) == counts(finished)
     assert snapshot(home) == snapshot(finished)
+    with sqlite3.connect(home / "stargate.db") as db:
+        assert all(db.execute(sql).fetchone()[0] == 0 for sql in ORPHANS)
     report = json.loads(cli("status", "--json", home=home).stdout)
     assert all(it["complete"] for it in report["runs"][0]["iterations"])
+    assert not list(home.rglob("*.tmp"))  # no half-written adapter or model left behind as if finished
 
 
 def test_a_changed_recipe_does_not_silently_resume(finished):

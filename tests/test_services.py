@@ -1,0 +1,210 @@
+"""OpenAI-compatible endpoints, for real: llama.cpp's own server, and a local HTTP server that injects faults
+(errors, 429 with Retry-After, malformed bodies, timeouts, refused connections). No mock of our own code."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from stargate_lite.chat import ChatFailure, OpenAIChat, Sampling, preflight
+from stargate_lite.data import builtin_task_splits, prepare_data
+from stargate_lite.errors import StargateError
+from stargate_lite.loop import open_run
+from stargate_lite.models import builtin_gguf
+from stargate_lite.progress import Progress
+from stargate_lite.recipe import ChatModelConfig, load_recipe
+from stargate_lite.store import Store
+
+HELLO = [{"role": "user", "content": "Say hello."}]
+
+
+class FaultServer:
+    """An OpenAI-compatible chat endpoint on 127.0.0.1 that misbehaves on request."""
+
+    def __init__(self):
+        self.plan: deque[str] = deque()  # faults for the next requests, in order
+        self.fail_if = None  # a permanent fault for requests whose prompt contains this text
+        self.requests = 0
+        self.auth: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status: int, body: bytes, headers: dict | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                self._send(200, json.dumps({"object": "list", "data": [{"id": "m", "object": "model",
+                                                                          "created": 0, "owned_by": "t"}]}).encode())
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests += 1
+                server.auth.append(self.headers.get("Authorization", ""))
+                prompt = body["messages"][-1]["content"]
+                fault = server.plan.popleft() if server.plan else None
+                if fault is None and server.fail_if and server.fail_if in prompt:
+                    fault = "500"
+                error = json.dumps({"error": {"message": f"injected {fault}", "type": "x"}}).encode()
+                if fault == "500":
+                    return self._send(500, error)
+                if fault == "429":
+                    return self._send(429, error, {"Retry-After": "1"})
+                if fault == "400":
+                    return self._send(400, error)
+                if fault == "malformed":
+                    return self._send(200, b"{this is not json")
+                if fault == "empty-choices":
+                    return self._send(200, json.dumps({"id": "x", "object": "chat.completion", "created": 0,
+                                                       "model": "m", "choices": []}).encode())
+                if fault == "timeout":
+                    time.sleep(1.5)
+                reply = f"Reply to: {prompt[:40]}"
+                self._send(200, json.dumps({
+                    "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": reply}}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }).encode())
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def server():
+    s = FaultServer()
+    yield s
+    s.httpd.shutdown()
+
+
+def config(url: str, **kw) -> ChatModelConfig:
+    return ChatModelConfig(**{"backend": "openai", "model": "m", "base_url": url, "max_retries": 4,
+                              "retry_base_seconds": 0.05, "request_timeout": 0.5, **kw})
+
+
+def test_every_passing_fault_is_retried(server):
+    server.plan.extend(["500", "429", "malformed", "timeout", "empty-choices"])
+    chat = OpenAIChat("fault", config(server.url, max_retries=5))
+    started = time.time()
+    (text,) = chat.complete_each([HELLO], Sampling(16))
+    assert text == "Reply to: Say hello."
+    assert server.requests == 6
+    assert time.time() - started >= 1.0  # the 429's Retry-After: 1 was honoured
+
+
+def test_a_client_error_fails_at_once_and_retries_stop_at_the_limit(server):
+    chat = OpenAIChat("fault", config(server.url))
+    server.plan.append("400")
+    (failure,) = chat.complete_each([HELLO], Sampling(16))
+    assert isinstance(failure, ChatFailure) and "HTTP 400" in str(failure) and server.requests == 1
+    server.plan.extend(["500"] * 10)
+    (failure,) = chat.complete_each([HELLO], Sampling(16))
+    assert isinstance(failure, ChatFailure) and "after 5 attempts" in str(failure) and server.requests == 6
+
+
+def test_a_refused_connection_is_retried_then_fails():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    chat = OpenAIChat("down", config(f"http://127.0.0.1:{port}/v1", max_retries=2))
+    (failure,) = chat.complete_each([HELLO], Sampling(16))
+    assert isinstance(failure, ChatFailure) and "APIConnectionError" in str(failure) and "3 attempts" in str(failure)
+    with pytest.raises(StargateError, match="cannot reach"):
+        preflight({"down": chat.config}, {"down"})
+
+
+def _oracle_recipe(url: str):
+    return load_recipe("tiny", [
+        f"chat_models.remote={{backend: openai, model: m, base_url: '{url}', max_retries: 1, "
+        "retry_base_seconds: 0, api_key_env: STARGATE_TEST_KEY}",
+        "roles.oracle=remote",
+        "data.tasks={A: 2, B: 1, test: 1}",
+        "data.personas={A: 1, B: 1, test: 1}",
+    ])
+
+
+def test_failed_gold_responses_are_recorded_and_only_they_are_retried(server, home):
+    recipe = _oracle_recipe(server.url)
+    store = Store(home)
+    server.fail_if = builtin_task_splits()["A"][0]  # the first A task fails for good; all else goes through
+    oracle = OpenAIChat("remote", recipe.chat_models["remote"])
+    with pytest.raises(StargateError, match="1 gold responses failed .*HTTP 500.*retry only those"):
+        prepare_data(store, recipe, lambda: oracle, Progress(enabled=False))
+    assert store.value("select count(*) from golds") == 3 and store.value("select count(*) from personas") == 3
+    (failure,) = store.rows("select * from failures")
+    assert failure["stage"] == "golds" and "HTTP 500" in failure["reason"]
+
+    server.fail_if, server.requests = None, 0
+    prepare_data(store, recipe, lambda: oracle, Progress(enabled=False))
+    assert server.requests == 1  # only the failed item was asked again
+    assert store.value("select count(*) from golds") == 4 and store.value("select count(*) from failures") == 0
+
+
+def test_api_keys_are_used_but_never_stored(server, home, monkeypatch):
+    secret = "sk-test-NEVER-STORE-4242"
+    monkeypatch.setenv("STARGATE_TEST_KEY", secret)
+    recipe = _oracle_recipe(server.url)
+    store = Store(home)
+    open_run(store, recipe)
+    prepare_data(store, recipe, lambda: OpenAIChat("remote", recipe.chat_models["remote"]), Progress(enabled=False))
+    assert server.auth and all(a == f"Bearer {secret}" for a in server.auth)
+    store.db.execute("pragma wal_checkpoint(full)")
+    for path in home.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), f"the key reached {path}"
+
+
+@pytest.fixture(scope="module")
+def llama_server():
+    """llama.cpp's OpenAI-compatible server with the tiny model, on a free local port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(builtin_gguf("smollm2-135m-instruct")),
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=1)
+            break
+        except OSError:
+            assert process.poll() is None, "llama_cpp.server exited"
+            time.sleep(0.3)
+    else:
+        process.kill()
+        raise AssertionError("llama_cpp.server did not start")
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_the_openai_backend_against_llama_cpp_server(llama_server):
+    cfg = ChatModelConfig(backend="openai", model="smollm2", base_url=llama_server, max_concurrency=2)
+    preflight({"local": cfg}, {"local"})
+    chat = OpenAIChat("local", cfg)
+    conversations = [[{"role": "user", "content": f"Name a fruit that starts with {c}."}] for c in "ABP"]
+    texts = chat.complete_each(conversations, Sampling(24))
+    assert len(texts) == 3 and all(isinstance(t, str) and t for t in texts)
