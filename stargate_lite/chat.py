@@ -168,6 +168,26 @@ class OpenAIChat:
         return content.strip()
 
 
+class TransformersChat:
+    """A Hugging Face chat model in this process, run like the Questioner (batched, length-sorted)."""
+
+    def __init__(self, name: str, config: ChatModelConfig, home: Path):
+        from .questioner import Questioner
+        from .recipe import QuestionerConfig
+
+        self.name = name
+        self.config = config
+        self.runner = Questioner(QuestionerConfig(model=config.model, gguf_file=config.gguf_file), home)
+        self.model = self.runner.load_base()
+
+    def complete_each(self, conversations: list[list[dict]], sampling: Sampling) -> list[str | ChatFailure]:
+        if self.config.fold_system:
+            conversations = [fold_system(m) for m in conversations]
+        return self.runner.generate(self.model, conversations, max_new_tokens=sampling.max_tokens,
+                                    temperature=sampling.temperature, top_p=sampling.top_p, batch_size=8,
+                                    seed=sampling.seed)
+
+
 def _short(text: str, limit: int = 160) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -186,23 +206,29 @@ def preflight(configs: dict[str, ChatModelConfig], names: set[str]) -> None:
     endpoint does not answer."""
     for name in sorted(names):
         config = configs[name]
-        if config.backend == "llamacpp":
-            if not config.gguf_file or Path(config.model).is_dir():
-                resolve_gguf(config.model, config.gguf_file)  # local files must exist; Hub files come on first use
-            continue
-        OpenAIChat(name, config).check()
+        if config.backend == "openai":
+            OpenAIChat(name, config).check()
+        elif config.model.startswith("builtin:") or (config.backend == "llamacpp" and not config.gguf_file):
+            resolve_gguf(config.model, config.gguf_file)  # local files must exist; Hub files come on first use
+        elif config.model.startswith((".", "/", "~")) and not Path(config.model).expanduser().exists():
+            raise StargateError(f"chat model {name}: {config.model} does not exist")
 
 
 class ChatModels:
     """Builds each named chat model once per process, on first use (roles often share one model)."""
 
-    def __init__(self, configs: dict[str, ChatModelConfig]):
+    def __init__(self, configs: dict[str, ChatModelConfig], home: Path):
         self.configs = configs
+        self.home = home
         self._built: dict[str, ChatModel] = {}
 
     def get(self, name: str) -> ChatModel:
         if name not in self._built:
             config = self.configs[name]
-            backend = LlamaCppChat if config.backend == "llamacpp" else OpenAIChat
-            self._built[name] = backend(name, config)
+            if config.backend == "llamacpp":
+                self._built[name] = LlamaCppChat(name, config)
+            elif config.backend == "openai":
+                self._built[name] = OpenAIChat(name, config)
+            else:
+                self._built[name] = TransformersChat(name, config, self.home)
         return self._built[name]

@@ -202,7 +202,7 @@ def chat(
     recipe, adapter_path, policy_name = resolve_checkpoint(store, run_id, iteration, adapter, base)
     questioner = Questioner(recipe.questioner, store.home)
     model = questioner.load_policy(adapter_path)
-    roleplayer = ChatModels(recipe.chat_models).get(recipe.roles.roleplayer) if persona else None
+    roleplayer = ChatModels(recipe.chat_models, store.home).get(recipe.roles.roleplayer) if persona else None
     interactive = sys.stdin.isatty()
     if interactive:
         err.print(f"Chatting with {policy_name}. {COMMANDS}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -235,7 +236,7 @@ def import_data(
     counts = {"tasks": 0, "personas": 0, "golds": 0, "golds_skipped_empty": 0}
     if tasks:
         texts = _texts(tasks, _read_items(tasks), "task")
-        dupes = sorted({t for t in texts if texts.count(t) > 1})
+        dupes = sorted(t for t, n in Counter(texts).items() if n > 1)
         if dupes:
             raise StargateError(f"{tasks} repeats {len(dupes)} task(s), e.g. {dupes[0][:60]!r}: remove duplicates")
         _check_new(store, "tasks", dataset, split, "text", texts)

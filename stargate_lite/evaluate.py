@@ -222,7 +222,7 @@ def evaluate(home: Path | str | None = None, run_id: str | None = None, iteratio
     judged = f"judge:{responder}:{judge_name}"
     if any(not store.stage_done(ns, i, "eval") or (i and not store.stage_done(ns, i, judged)) for i in wanted):
         preflight(recipe.chat_models, {roleplayer, judge_name})
-    chat = ChatModels(recipe.chat_models)
+    chat = ChatModels(recipe.chat_models, store.home)
     progress = progress or Progress()
     sim_config = recipe.simulate.model_copy(update={"conversations_per_pair": recipe.eval.conversations_per_pair})
     questioner = None

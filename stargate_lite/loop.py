@@ -108,7 +108,11 @@ def make_pairs(store: Store, recipe: Recipe, run_id: str, iteration: int) -> Non
 
 
 def training_examples(store: Store, recipe: Recipe, run_id: str, iteration: int) -> list[list[dict]]:
-    """Kept conversation + final turn, as the Questioner sees it; what follows the questions is the target."""
+    """Kept conversation + final turn, as the Questioner sees it; what follows the questions is the target.
+
+    Rule for empty generations: a kept conversation with an empty question, or an empty regularizer response,
+    is left out of training (it would teach the model to end its turn at once); it stays in the store.
+    """
     pairs = {p["id"]: p for p in store.pairs(run_id, iteration)}
     selections = store.selections(run_id, iteration)
     turns = store.turns([s["conversation_id"] for s in selections])
@@ -116,14 +120,20 @@ def training_examples(store: Store, recipe: Recipe, run_id: str, iteration: int)
     target = recipe.train.target
     examples = []
     for s in selections:
-        pair = pairs[s["pair_id"]]
-        if target == "none":
-            examples.append(questioner_messages(pair["persona_name"], pair["task"], turns[s["conversation_id"]],
-                                                final=False))
+        pair, conversation = pairs[s["pair_id"]], turns[s["conversation_id"]]
+        final = {"response": (responses.get(s["pair_id"]) or {}).get("text"), "gold": pair["gold"]}.get(target)
+        if any(not t["text"].strip() for t in conversation if t["role"] == "questioner"):
             continue
-        final = responses[s["pair_id"]]["text"] if target == "response" else pair["gold"]
-        messages = questioner_messages(pair["persona_name"], pair["task"], turns[s["conversation_id"]], final=True)
-        examples.append([*messages, {"role": "assistant", "content": final}])
+        if target == "none":
+            examples.append(questioner_messages(pair["persona_name"], pair["task"], conversation, final=False))
+        elif final and final.strip():
+            messages = questioner_messages(pair["persona_name"], pair["task"], conversation, final=True)
+            examples.append([*messages, {"role": "assistant", "content": final}])
+    if not examples:
+        raise StargateError(
+            f"iteration {iteration} of run {run_id} has no usable training example (every kept conversation has "
+            "an empty question or response): check the Questioner model and its generation settings"
+        )
     return examples
 
 
@@ -203,7 +213,7 @@ def run(recipe: Recipe, iterations: int, home: Path | str | None = None, run_id:
     store = Store(home)
     run_id = open_run(store, recipe, run_id)
     progress = progress or Progress()
-    chat = ChatModels(recipe.chat_models)
+    chat = ChatModels(recipe.chat_models, store.home)
     with run_lock(store, run_id), progress:
         prepare_data(store, recipe, lambda: chat.get(recipe.roles.oracle), progress)
         questioner = Questioner(recipe.questioner, store.home)

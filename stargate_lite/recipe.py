@@ -41,13 +41,15 @@ class QuestionerConfig(_Strict):
 class ChatModelConfig(_Strict):
     """A model used for chat completions only: Roleplayer, Oracle or Judge."""
 
-    backend: Literal["llamacpp", "openai"] = Field(
-        ..., description="llamacpp: a GGUF file in-process; openai: any OpenAI-compatible endpoint."
+    backend: Literal["llamacpp", "openai", "transformers"] = Field(
+        ...,
+        description="llamacpp: a GGUF file in-process; openai: any OpenAI-compatible endpoint; "
+        "transformers: a Hugging Face model in-process (as the Questioner is run).",
     )
     model: str = Field(
         ...,
         description="llamacpp: builtin:NAME, a .gguf path, or a Hub repo with gguf_file; "
-        "openai: the model name the endpoint serves.",
+        "openai: the model name the endpoint serves; transformers: anything questioner.model accepts.",
     )
     gguf_file: str | None = Field(None, description="llamacpp: file name of the GGUF inside a Hub repo.")
     n_ctx: int = Field(4096, ge=256, description="llamacpp: context length in tokens.")
@@ -188,8 +190,8 @@ class Recipe(_Strict):
                 known = ", ".join(sorted(self.chat_models)) or "none"
                 raise ValueError(f"roles.{role}: no chat model named {name!r} (chat_models has: {known})")
         for name, chat in self.chat_models.items():
-            if chat.backend == "openai" and not chat.base_url and chat.model.startswith("builtin:"):
-                raise ValueError(f"chat_models.{name}: a builtin model needs backend llamacpp")
+            if chat.backend == "openai" and chat.model.startswith("builtin:"):
+                raise ValueError(f"chat_models.{name}: a builtin model needs backend llamacpp or transformers")
         return self
 
     def to_json(self) -> str:

@@ -98,3 +98,15 @@ def test_the_authors_released_personas_import(home):
                              names=root / f"{split}_NAMES.json")
         assert counts["personas"] == 50
     assert store.personas("assistant-gate", "A")[0]["name"] == "Lennox"
+
+
+def test_a_50_mb_file_imports_in_one_pass(tmp_path, home):
+    """Large files stream line by line and are checked in linear time (no quadratic duplicate search)."""
+    path = tmp_path / "tasks.jsonl"
+    filler = "x" * 80
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(500_000):
+            f.write(json.dumps({"task": f"Request {i}: {filler}"}) + "\n")
+    assert path.stat().st_size > 50 * 2**20
+    counts = import_data(Store(home), "big", "A", tasks=path)
+    assert counts["tasks"] == 500_000

@@ -1,5 +1,6 @@
 """The Questioner's mechanics on the real tiny model: loss masks, exact scoring, LoRA training, generation."""
 
+import pytest
 import torch
 
 from stargate_lite.prompts import questioner_messages
@@ -133,3 +134,50 @@ def test_every_step_of_the_schedule_trains():
     factors = [warmup_cosine(2, 10)(s) for s in range(10)]
     assert factors[0] < factors[1] < factors[2] == 1.0
     assert all(f > 0 for f in factors) and factors[-1] < 0.1
+
+
+def test_the_transformers_chat_backend_answers_in_role(home):
+    from stargate_lite.chat import ChatModels, Sampling
+    from stargate_lite.prompts import roleplayer_messages
+    from stargate_lite.recipe import load_recipe
+
+    chat = ChatModels(load_recipe("tiny").chat_models, home).get("smollm2-hf")
+    conversations = [roleplayer_messages("I'm ANA. I am a retired nurse.", TASK, TURNS[:1]),
+                     roleplayer_messages("I'm BO. I am a student.", TASK, TURNS[:1])]
+    texts = chat.complete_each(conversations, Sampling(16))
+    assert len(texts) == 2 and all(isinstance(t, str) and t for t in texts)
+    assert chat.complete_each(conversations, Sampling(16)) == texts  # greedy: reproducible
+
+
+def test_empty_questions_and_responses_are_left_out_of_training(home):
+    from stargate_lite.errors import StargateError
+    from stargate_lite.loop import training_examples
+    from stargate_lite.recipe import load_recipe
+    from stargate_lite.store import Store
+
+    store = Store(home)
+    store.insert_rows("tasks", [{"id": "t", "dataset": "d", "split": "A", "idx": 0, "text": TASK}], pk="id")
+    store.insert_rows("personas", [{"id": f"p{i}", "dataset": "d", "split": "A", "idx": i, "name": n, "text": "x",
+                                    "source": "test"} for i, n in enumerate(["Mei", "Bo", "Ana"])], pk="id")
+    store.insert_rows("golds", [{"id": f"t|p{i}", "dataset": "d", "task_id": "t", "persona_id": f"p{i}",
+                                 "text": GOLD, "status": "ok", "source": "test"} for i in range(3)], pk="id")
+    cases = [("What do you like?", "A plan."), ("", "A plan."), ("What do you like?", "  ")]
+    for i, (question, response) in enumerate(cases):
+        pair, conv = f"r/1/p{i}", f"r/1/p{i}#000"
+        store.insert_rows("pairs", [{"id": pair, "run_id": "r", "iteration": 1, "task_id": "t",
+                                     "persona_id": f"p{i}", "turns": 1, "idx": i}], pk="id")
+        store.save_conversations([{"id": conv, "run_id": "r", "iteration": 1, "pair_id": pair, "sample": 0,
+                                   "turns": 1, "policy": "base", "messages": [
+                                       {"role": "questioner", "text": question},
+                                       {"role": "roleplayer", "text": "Spicy food."}]}])
+        store.insert_rows("selections", [{"pair_id": pair, "run_id": "r", "iteration": 1, "conversation_id": conv,
+                                          "logprob": -1.0}], pk="pair_id")
+        store.insert_rows("responses", [{"pair_id": pair, "run_id": "r", "iteration": 1, "conversation_id": conv,
+                                         "text": response, "policy": "base"}], pk="pair_id")
+    (example,) = training_examples(store, load_recipe("tiny"), "r", 1)
+    assert example[-1] == {"role": "assistant", "content": "A plan."} and "My name is Mei." in example[0]["content"]
+    assert len(training_examples(store, load_recipe("tiny", ["train.target=none"]), "r", 1)) == 2
+    with store.transaction():
+        store.db.execute("update responses set text = ''")
+    with pytest.raises(StargateError, match="no usable training example"):
+        training_examples(store, load_recipe("tiny"), "r", 1)
