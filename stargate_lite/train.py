@@ -28,6 +28,12 @@ def _batches(examples: list[Encoded], batch_size: int, rng: random.Random) -> li
     return batches
 
 
+def _keep_last(example: Encoded, max_length: int) -> Encoded:
+    """Cut a long example from the left: the trained turns are at the end of a conversation."""
+    cut = max(0, len(example.input_ids) - max_length)
+    return Encoded(example.input_ids[cut:], [p - cut for p in example.target_positions if p >= cut])
+
+
 def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     """Learning-rate factor for optimizer step s (0-based): linear warm-up, then cosine decay towards zero.
 
@@ -81,12 +87,7 @@ def train_lora(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
-    # Cut long examples from the left: the trained turns are at the end of a conversation.
-    examples = [
-        Encoded(e.input_ids[-config.max_length :], [p - max(0, len(e.input_ids) - config.max_length) for p in
-                e.target_positions if p >= len(e.input_ids) - config.max_length])
-        for e in examples
-    ]
+    examples = [_keep_last(e, config.max_length) for e in examples]
     epochs = [_batches(examples, config.batch_size, rng) for _ in range(config.epochs)]
     micro = [b for epoch in epochs for b in epoch]
     total_steps = math.ceil(len(micro) / config.gradient_accumulation)

@@ -181,3 +181,12 @@ def test_empty_questions_and_responses_are_left_out_of_training(home):
         store.db.execute("update responses set text = ''")
     with pytest.raises(StargateError, match="no usable training example"):
         training_examples(store, load_recipe("tiny"), "r", 1)
+
+
+def test_long_examples_keep_their_end():
+    from stargate_lite.questioner import Encoded
+    from stargate_lite.train import _keep_last
+
+    cut = _keep_last(Encoded(list(range(10)), [1, 7, 8]), 4)
+    assert cut.input_ids == [6, 7, 8, 9] and cut.target_positions == [1, 2]
+    assert _keep_last(Encoded([1, 2], [1]), 4) == Encoded([1, 2], [1])
