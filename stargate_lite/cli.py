@@ -312,4 +312,8 @@ def recipe_show(recipe: Annotated[str, typer.Argument(help="Name or YAML path.")
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # outside a command's own handler: while arguments are parsed or modules load
+        err.print("Interrupted. Finished work is saved: run the same command again to resume.")
+        raise SystemExit(130) from None

@@ -112,6 +112,12 @@ class SimulateConfig(_Strict):
     question_max_tokens: int = Field(64, ge=4, description="Token limit for one question.")
     answer_max_tokens: int = Field(128, ge=4, description="Roleplayer's token limit for one answer.")
     answer_temperature: float = Field(0.0, ge=0, description="Roleplayer temperature (paper: greedy).")
+    max_answer_sentences: int | None = Field(
+        None,
+        ge=1,
+        description="Cut Roleplayer answers to this many sentences, flagging the turn (turns.trimmed): a guard "
+        "against a roleplayer that goes on to solve the request itself. null = keep all (the paper).",
+    )
     batch_size: int = Field(32, ge=1, description="Questioner generation batch (sequences at once).")
     pairs_per_chunk: int = Field(8, ge=1, description="Pairs simulated and stored together; the unit of resume.")
 

@@ -7,6 +7,8 @@ one chunk and produces exactly what the uninterrupted run would have.
 
 from __future__ import annotations
 
+import re
+
 from .chat import ChatFailure, ChatModel, Sampling, complete_all
 from .progress import Progress
 from .prompts import questioner_messages, roleplayer_messages
@@ -21,6 +23,20 @@ def conversation_id(pair_id: str, sample: int) -> str:
 
 def chunk_seed(seed: int, iteration: int, chunk: int, step: int) -> int:
     return (seed * 1_000_003 + iteration * 10_007 + chunk * 101 + step) % (2**31)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def first_sentences(text: str, limit: int | None) -> str:
+    """The first `limit` sentences of an answer (all of it when limit is None).
+
+    The documented rule for a Roleplayer that runs on and starts solving the request itself instead of
+    answering the question: keep the answer's beginning, flag the turn as trimmed (turns.trimmed)."""
+    if limit is None:
+        return text
+    parts = _SENTENCE_END.split(text.strip())
+    return " ".join(parts[:limit]) if len(parts) > limit else text
 
 
 def simulate_chunk(
@@ -53,12 +69,14 @@ def simulate_chunk(
         )
         for c, q in zip(active, questions):
             c["messages"].append({"role": "questioner", "text": q})
-        answers = complete_all(roleplayer,
+        answers = complete_all(
+            roleplayer,
             [roleplayer_messages(c["pair"]["persona"], c["pair"]["task"], c["messages"]) for c in active],
             Sampling(config.answer_max_tokens, temperature=config.answer_temperature, seed=seed + 2 * turn + 1),
         )
         for c, a in zip(active, answers):
-            c["messages"].append({"role": "roleplayer", "text": a})
+            kept = first_sentences(a, config.max_answer_sentences)
+            c["messages"].append({"role": "roleplayer", "text": kept, "trimmed": int(kept != a)})
         if on_message:
             on_message(len(active))
     return convs

@@ -131,11 +131,17 @@ def _m004_failures(db: sqlite_utils.Database) -> None:
     db["failures"].create_index(["scope", "stage"])
 
 
+def _m005_trimmed_answers(db: sqlite_utils.Database) -> None:
+    # 1 where the Roleplayer's answer was cut to simulate.max_answer_sentences; NULL in runs made before.
+    db["turns"].add_column("trimmed", int)
+
+
 MIGRATIONS = [
     ("m001_initial", _m001_initial),
     ("m002_eval", _m002_eval),
     ("m003_chats", _m003_chats),
     ("m004_failures", _m004_failures),
+    ("m005_trimmed_answers", _m005_trimmed_answers),
 ]
 
 
@@ -302,6 +308,7 @@ class Store:
                 "role": t["role"],
                 "text": t["text"],
                 "is_question": int(t["role"] == "questioner" and "?" in t["text"]),
+                "trimmed": t.get("trimmed", 0),
             }
             for c in conversations
             for i, t in enumerate(c["messages"])

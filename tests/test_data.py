@@ -110,3 +110,12 @@ def test_a_50_mb_file_imports_in_one_pass(tmp_path, home):
     assert path.stat().st_size > 50 * 2**20
     counts = import_data(Store(home), "big", "A", tasks=path)
     assert counts["tasks"] == 500_000
+
+
+def test_roleplayer_answers_that_run_on_are_cut_to_their_first_sentences():
+    from stargate_lite.simulate import first_sentences
+
+    answer = "I love spicy food. I work nights! Do you cook? Here is your meal plan: Monday, soup."
+    assert first_sentences(answer, 3) == "I love spicy food. I work nights! Do you cook?"
+    assert first_sentences(answer, None) == answer
+    assert first_sentences("Short answer.", 3) == "Short answer."

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from conftest import TINY_CI_OVERRIDES, cli
 from stargate_lite.chat import ChatFailure, OpenAIChat, Sampling, preflight
 from stargate_lite.data import builtin_task_splits, prepare_data
 from stargate_lite.errors import StargateError
@@ -32,7 +34,7 @@ class FaultServer:
 
     def __init__(self):
         self.plan: deque[str] = deque()  # faults for the next requests, in order
-        self.fail_if = None  # a permanent fault for requests whose prompt contains this text
+        self.fail_if: str | bool | None = None  # a permanent 500 for prompts containing this text (True: all)
         self.requests = 0
         self.auth: list[str] = []
         server = self
@@ -60,7 +62,7 @@ class FaultServer:
                 server.auth.append(self.headers.get("Authorization", ""))
                 prompt = body["messages"][-1]["content"]
                 fault = server.plan.popleft() if server.plan else None
-                if fault is None and server.fail_if and server.fail_if in prompt:
+                if fault is None and (server.fail_if is True or (server.fail_if and server.fail_if in prompt)):
                     fault = "500"
                 error = json.dumps({"error": {"message": f"injected {fault}", "type": "x"}}).encode()
                 if fault == "500":
@@ -208,3 +210,22 @@ def test_the_openai_backend_against_llama_cpp_server(llama_server):
     conversations = [[{"role": "user", "content": f"Name a fruit that starts with {c}."}] for c in "ABP"]
     texts = chat.complete_each(conversations, Sampling(24))
     assert len(texts) == 3 and all(isinstance(t, str) and t for t in texts)
+
+
+def test_a_roleplayer_outage_fails_its_chunks_and_a_rerun_redoes_only_them(server, home):
+    args = ["run", "--iterations", "1", *[a for o in TINY_CI_OVERRIDES for a in ("--set", o)],
+            "--set", f"chat_models.remote={{backend: openai, model: m, base_url: '{server.url}', max_retries: 0}}",
+            "--set", "roles.roleplayer=remote"]
+    server.fail_if = True  # every roleplayer request fails
+    result = cli(*args, home=home, check=False)
+    assert result.returncode == 2 and "2 chunks of conversations failed" in result.stderr
+    with sqlite3.connect(home / "stargate.db") as db:
+        assert db.execute("select count(*) from failures where stage = 'simulate/1'").fetchone()[0] == 2
+        assert db.execute("select count(*) from conversations").fetchone()[0] == 0
+        golds = db.execute("select count(*) from golds").fetchone()[0]
+    server.fail_if = None
+    cli(*args, home=home)
+    with sqlite3.connect(home / "stargate.db") as db:
+        assert db.execute("select count(*) from failures").fetchone()[0] == 0
+        assert db.execute("select count(*) from conversations").fetchone()[0] == 4
+        assert db.execute("select count(*) from golds").fetchone()[0] == golds  # nothing before it was redone

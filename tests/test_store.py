@@ -10,7 +10,10 @@ def test_migrations_create_the_schema_once(home):
     store = Store(home)
     Store(home)  # a second open applies nothing twice
     names = [r["name"] for r in store.rows("select name from _migrations")]
-    assert names == ["m001_initial", "m002_eval", "m003_chats", "m004_failures"]
+    assert names == ["m001_initial", "m002_eval", "m003_chats", "m004_failures", "m005_trimmed_answers"]
+    assert store.db["turns"].columns_dict == {
+        "conversation_id": str, "idx": int, "role": str, "text": str, "is_question": int, "trimmed": int,
+    }
     assert store.db["conversations"].columns_dict == {
         "id": str, "run_id": str, "iteration": int, "pair_id": str, "sample": int, "turns": int, "policy": str,
     }
