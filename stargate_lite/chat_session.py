@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .chat import ChatModel, Sampling, complete_all
 from .errors import StargateError
-from .evaluate import pick_run, trained_iterations
+from .evaluate import pick_adapter, pick_run
 from .loop import recipe_of_run
 from .prompts import questioner_messages, roleplayer_messages
 from .questioner import Questioner
@@ -39,13 +39,8 @@ def resolve_checkpoint(store: Store, run_id: str | None, iteration: int | None, 
     recipe = recipe_of_run(run)
     if base:
         return recipe, None, "base"
-    trained = trained_iterations(store, run["id"])
-    if not trained:
-        raise StargateError(f"run {run['id']} has no trained adapter yet: finish an iteration, or use --base")
-    iteration = trained[-1] if iteration is None else iteration
-    if iteration not in trained:
-        raise StargateError(f"run {run['id']} has no trained iteration {iteration} (trained: {trained})")
-    return recipe, store.training(run["id"], iteration)["adapter"], f"{run['id']}/iteration-{iteration}"
+    iteration, adapter = pick_adapter(store, run, iteration)
+    return recipe, adapter, f"{run['id']}/iteration-{iteration}"
 
 
 class Transcript:

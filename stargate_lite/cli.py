@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -56,6 +57,8 @@ def user_errors(command):
 def _main() -> None:
     from dotenv import load_dotenv
 
+    # Our own progress bars say what is loading; transformers' tqdm bars (GGUF conversion) would only add noise.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     load_dotenv(Path.cwd() / ".env")
 
 
@@ -101,15 +104,18 @@ def _print_status(report: dict) -> None:
     if not report["runs"]:
         out.print(f"No runs in {report['home']} yet: start one with `stargate-lite run`.")
     for run in report["runs"]:
-        table = Table(title=f"run {run['id']} (recipe {run['recipe']}, data {run['dataset']})")
-        for column in ("iteration", "split", "pairs", "conversations", "scored", "selected", "responses",
-                       "train loss", "adapter", "complete"):
-            table.add_column(column, justify="right" if column not in ("adapter", "split") else "left")
+        adapters = {str(Path(it["adapter"]).parent.parent) for it in run["iterations"] if it["adapter"]}
+        where = f"; adapters in {adapters.pop()}" if len(adapters) == 1 else ""
+        table = Table(title=f"run {run['id']} (recipe {run['recipe']}, data {run['dataset']}{where})")
+        columns = ("iteration", "split", "pairs", "conversations", "scored", "selected", "responses", "train loss",
+                   "done")
+        for column in columns:
+            table.add_column(column, justify="left" if column == "split" else "right")
         for it in run["iterations"]:
             loss = f"{it['train_loss']:.3f}" if it["train_loss"] is not None else "-"
             table.add_row(str(it["iteration"]), it["split"], str(it["pairs"]), str(it["conversations"]),
                           str(it["scored"]), str(it["selected"]), str(it["responses"]), loss,
-                          it["adapter"] or "-", "yes" if it["complete"] else "no")
+                          "yes" if it["complete"] else "no")
         out.print(table)
 
 

@@ -29,7 +29,6 @@ from .score import base_weights, encode_gold, score_sums, score_stage
 from .simulate import simulate
 from .store import Store
 
-CONDITIONS = ("negative", "positive", "experimental", "random")
 RESPONDERS = ("policy", "base")  # who answers after Q_eta's conversation: Q_eta itself, or Q_0 (ablation)
 
 
@@ -52,6 +51,17 @@ def pick_run(store: Store, run_id: str | None) -> dict:
 
 def trained_iterations(store: Store, run_id: str) -> list[int]:
     return [it["iteration"] for it in store.iterations(run_id) if store.training(run_id, it["iteration"])]
+
+
+def pick_adapter(store: Store, run: dict, iteration: int | None) -> tuple[int, str]:
+    """(iteration, adapter path) of a run's trained iteration, the latest by default."""
+    trained = trained_iterations(store, run["id"])
+    if not trained:
+        raise StargateError(f"run {run['id']} has no trained adapter yet: finish an iteration first")
+    iteration = trained[-1] if iteration is None else iteration
+    if iteration not in trained:
+        raise StargateError(f"run {run['id']} has no trained iteration {iteration} (trained: {trained})")
+    return iteration, store.training(run["id"], iteration)["adapter"]
 
 
 def _make_test_pairs(store: Store, recipe, ns: str, iteration: int) -> None:

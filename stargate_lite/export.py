@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from .errors import StargateError
-from .evaluate import pick_run, trained_iterations
+from .evaluate import pick_adapter, pick_run
 from .loop import recipe_of_run
 from .questioner import Questioner
 from .store import Store
@@ -40,18 +40,13 @@ def export(home: Path | str | None, out_dir: Path, run_id: str | None = None, it
     """Merge a run's adapter into its base model and save it to out_dir (written aside, then renamed)."""
     store = Store(home)
     run = pick_run(store, run_id)
-    trained = trained_iterations(store, run["id"])
-    if not trained:
-        raise StargateError(f"run {run['id']} has no trained adapter to export yet")
-    iteration = trained[-1] if iteration is None else iteration
-    if iteration not in trained:
-        raise StargateError(f"run {run['id']} has no trained iteration {iteration} (trained: {trained})")
+    iteration, adapter = pick_adapter(store, run, iteration)
     if out_dir.exists():
         raise StargateError(f"{out_dir} exists: choose a new --out folder")
     recipe = recipe_of_run(run)
     # Merging needs full-precision base weights: a 4-bit base is loaded unquantised for export.
     questioner = Questioner(recipe.questioner.model_copy(update={"load_in_4bit": False}), store.home)
-    merged = questioner.load_policy(store.training(run["id"], iteration)["adapter"]).merge_and_unload()
+    merged = questioner.load_policy(adapter).merge_and_unload()
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp)

@@ -7,7 +7,6 @@ adapter state can leak from one stage into another.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +30,6 @@ class Questioner:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # our own bars say what is loading
-        os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF conversion uses tqdm directly
         self.config = config
         self.source = questioner_source(config.model, config.gguf_file, home)
         self.tokenizer = AutoTokenizer.from_pretrained(self.source)
