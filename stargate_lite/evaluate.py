@@ -18,10 +18,10 @@ import statistics
 from pathlib import Path
 
 from .chat import ChatFailure, ChatModels, Sampling, preflight
-from .data import prepare_data, split_pairs
+from .data import prepare_data
 from .errors import StargateError
 from .judge import parse_verdict, policy_is_a
-from .loop import recipe_of_run
+from .loop import make_pairs, recipe_of_run
 from .progress import Progress
 from .prompts import greeting, judge_messages, questioner_messages
 from .questioner import Questioner
@@ -62,20 +62,6 @@ def pick_adapter(store: Store, run: dict, iteration: int | None) -> tuple[int, s
     if iteration not in trained:
         raise StargateError(f"run {run['id']} has no trained iteration {iteration} (trained: {trained})")
     return iteration, store.training(run["id"], iteration)["adapter"]
-
-
-def _make_test_pairs(store: Store, recipe, ns: str, iteration: int) -> None:
-    """The test pairs with a gold response; k per pair is the same for every iteration (paired comparisons)."""
-    pairs = split_pairs(store, recipe, "test")
-    golds = store.golds_for([t["id"] for t, _ in pairs], [p["id"] for _, p in pairs])
-    usable = [(t, p) for t, p in pairs if golds[(t["id"], p["id"])]["status"] == "ok"]
-    rows = []
-    for idx, (t, p) in enumerate(usable):
-        key = f"{t['id']}|{p['id']}"
-        turns = random.Random(f"{recipe.seed}/eval/{key}").randint(1, recipe.simulate.max_turns)
-        rows.append({"id": f"{ns}/{iteration}/{key}", "run_id": ns, "iteration": iteration, "task_id": t["id"],
-                     "persona_id": p["id"], "turns": turns, "idx": idx})
-    store.insert_rows("pairs", rows, pk="id")
 
 
 def _pair_key(pair: dict) -> str:
@@ -242,7 +228,7 @@ def evaluate(home: Path | str | None = None, run_id: str | None = None, iteratio
             if not store.stage_done(ns, iteration, "eval"):
                 questioner = questioner or Questioner(recipe.questioner, store.home)
                 adapter = store.training(run_id, iteration)["adapter"] if iteration else None
-                _make_test_pairs(store, recipe, ns, iteration)
+                make_pairs(store, recipe, ns, iteration, "test", f"{recipe.seed}/eval")
                 policy = questioner.load_policy(adapter)
                 simulate(store, ns, iteration, policy, f"iteration-{iteration}" if iteration else "base", questioner,
                          chat.get(roleplayer), sim_config, recipe.seed + 7919, progress)

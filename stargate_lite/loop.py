@@ -90,9 +90,9 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def make_pairs(store: Store, recipe: Recipe, run_id: str, iteration: int) -> None:
-    """This iteration's pairs, each with its turn count k ~ uniform(1..K) drawn from a per-pair seed."""
-    split = split_for(iteration)
+def make_pairs(store: Store, recipe: Recipe, run_id: str, iteration: int, split: str, turns_seed: str) -> None:
+    """The split's pairs with a gold response, each with its turn count k ~ uniform(1..K) drawn from
+    `turns_seed` and the pair: training uses one draw per iteration, evaluation the same draw for all."""
     pairs = split_pairs(store, recipe, split)
     golds = store.golds_for([t["id"] for t, _ in pairs], [p["id"] for _, p in pairs])
     usable = [(t, p) for t, p in pairs if golds[(t["id"], p["id"])]["status"] == "ok"]
@@ -101,7 +101,7 @@ def make_pairs(store: Store, recipe: Recipe, run_id: str, iteration: int) -> Non
     rows = []
     for idx, (t, p) in enumerate(usable):
         key = f"{t['id']}|{p['id']}"
-        turns = random.Random(f"{recipe.seed}/{iteration}/{key}").randint(1, recipe.simulate.max_turns)
+        turns = random.Random(f"{turns_seed}/{key}").randint(1, recipe.simulate.max_turns)
         rows.append({"id": f"{run_id}/{iteration}/{key}", "run_id": run_id, "iteration": iteration,
                      "task_id": t["id"], "persona_id": p["id"], "turns": turns, "idx": idx})
     store.insert_rows("pairs", rows, pk="id")
@@ -146,7 +146,7 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
     policy_name = f"iteration-{iteration - 1}" if adapter else "base"
 
     if not store.stage_done(run_id, iteration, "pairs"):
-        make_pairs(store, recipe, run_id, iteration)
+        make_pairs(store, recipe, run_id, iteration, split, f"{recipe.seed}/{iteration}")
         store.mark_stage(run_id, iteration, "pairs")
 
     needs_policy = any(not store.stage_done(run_id, iteration, s) for s in ("simulate", "score", "respond"))
