@@ -1,28 +1,31 @@
-"""Questioner generation: length-sorted left-padded batches against one sequence at a time, side by side.
+"""Questioner generation, side by side in one run.
 
-    python benchmarks/bench_generate.py                 # CPU, the tiny built-in model
-    python benchmarks/bench_generate.py --prompts 32 --new-tokens 48
+    python benchmarks/bench_generate.py                     # CPU, tiny model: batched vs one at a time
+    python benchmarks/bench_generate.py --shape mistral-7b  # CUDA: our static-cache decoder vs plain generate
 
-Greedy decoding, so both variants must produce the same texts (checked). Prints new tokens/s and the ratio.
+CPU: length-sorted left-padded batches against one sequence at a time, greedy, through Questioner.generate
+(texts must match). CUDA, random weights of Mistral-7B's shape, bf16: transformers' `generate` (dynamic cache)
+against our decoder (static cache, step replayed as a CUDA graph), the same prompts, sampled (temperature 0.9,
+top_p 0.9) to the full length; greedy agreement is checked on the side (graph replay vs eager, bit-exact).
+Prints new tokens/s, ms per decoding step and the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _shapes import gpu_name, random_mistral
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompts", type=int, default=16)
-    parser.add_argument("--new-tokens", type=int, default=32)
-    a = parser.parse_args()
-
+def tiny(a) -> dict:
     from stargate_lite import builtin_data
     from stargate_lite.prompts import questioner_messages
     from stargate_lite.questioner import Questioner
@@ -33,7 +36,7 @@ def main() -> None:
     names = [n for n, _ in builtin_data.SEED_PERSONAS]
     prompts = [questioner_messages(names[i % len(names)], builtin_data.TASKS[i % len(builtin_data.TASKS)], [],
                                    final=False) for i in range(a.prompts)]
-    kwargs = dict(max_new_tokens=a.new_tokens, temperature=0.0, top_p=1.0, seed=0)
+    kwargs = {"max_new_tokens": a.new_tokens, "temperature": 0.0, "top_p": 1.0, "seed": 0}
     questioner.generate(model, prompts[:2], batch_size=2, **kwargs)  # warm-up
 
     def timed(batch_size: int) -> tuple[float, list[str]]:
@@ -44,11 +47,101 @@ def main() -> None:
     single_s, single = timed(1)
     batched_s, batched = timed(a.prompts)
     tokens = sum(len(questioner.tokenizer(t)["input_ids"]) for t in batched)
-    print(f"generation benchmark: {a.prompts} prompts, up to {a.new_tokens} new tokens, greedy, CPU tiny model")
-    print(f"{'variant':14} {'seconds':>8} {'new tokens/s':>13}")
-    print(f"{'one at a time':14} {single_s:8.2f} {tokens / single_s:13.1f}")
-    print(f"{'batched':14} {batched_s:8.2f} {tokens / batched_s:13.1f}")
-    print(f"ratio batched / one at a time: {single_s / batched_s:.2f}x; identical texts: {single == batched}")
+    return {"device": "cpu", "shape": "tiny", "prompts": a.prompts, "new_tokens": a.new_tokens,
+            "rows": [{"variant": "one at a time", "seconds": single_s, "new_tokens_per_s": tokens / single_s},
+                     {"variant": "batched", "seconds": batched_s, "new_tokens_per_s": tokens / batched_s}],
+            "ratio": single_s / batched_s, "identical_texts": single == batched}
+
+
+def cuda(a) -> dict:
+    import torch
+
+    from stargate_lite.decode import decode
+
+    model = random_mistral()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 32000, (a.batch, a.prompt_tokens), generator=g).cuda()
+    mask = torch.ones_like(ids)
+    mask[1::2, : a.prompt_tokens // 4] = 0  # half the rows left-padded, as real batches are
+    n = a.new_tokens
+
+    def plain():
+        with torch.no_grad():
+            return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                                  do_sample=True, temperature=0.9, top_p=0.9, top_k=0, pad_token_id=0)
+
+    def ours():
+        return decode(model, ids, mask, max_new_tokens=n, stop_ids=[], pad_id=0, temperature=0.9, top_p=0.9,
+                      generator=torch.Generator("cuda").manual_seed(0))
+
+    def timed(fn) -> float:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    rows = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name, fn in (("plain generate", plain), ("ours (static + graph)", ours)):
+            fn()  # warm-up: kernels, cuBLAS workspaces
+            seconds = min(timed(fn) for _ in range(a.repeats))
+            rows.append({"variant": name, "seconds": seconds, "new_tokens_per_s": a.batch * n / seconds,
+                         "ms_per_step": 1000 * seconds / n})
+    captured = not any("CUDA graph" in str(w.message) for w in caught)
+    agreement = _greedy_agreement(model, ids[:8], mask[:8])
+    # Graph replay must decode exactly as eager steps do. Random bf16 weights give near-tied logits, where
+    # any change of kernel flips the argmax, so exactness is checked in fp32 on a smaller model of the same kind.
+    small = random_mistral(layers=4, dtype=torch.float32)
+    short = {"max_new_tokens": 32, "stop_ids": [], "pad_id": 0, "temperature": 0.0, "top_p": 1.0}
+    graph = decode(small, ids[:8], mask[:8], use_graph=True, **short)
+    eager = decode(small, ids[:8], mask[:8], use_graph=False, **short)
+    return {"device": gpu_name(), "shape": "mistral-7b", "batch": a.batch, "prompt_tokens": a.prompt_tokens,
+            "new_tokens": n, "rows": rows, "ratio": rows[0]["seconds"] / rows[1]["seconds"],
+            "graph_captured": captured, "graph_equals_eager": bool(torch.equal(graph, eager)),
+            "greedy_agreement_with_generate": agreement}
+
+
+def _greedy_agreement(model, ids, mask) -> float:
+    """Share of greedy tokens our decoder and `generate` agree on (bf16: the kernels differ, ties flip)."""
+    import torch
+
+    from stargate_lite.decode import decode
+
+    ours = decode(model, ids, mask, max_new_tokens=16, stop_ids=[], pad_id=0, temperature=0.0, top_p=1.0)
+    with torch.no_grad():
+        reference = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16, min_new_tokens=16,
+                                   do_sample=False, pad_token_id=0)[:, ids.shape[1]:]
+    return float((ours == reference).float().mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=["tiny", "mistral-7b"], default="tiny")
+    parser.add_argument("--prompts", type=int, default=16, help="tiny: prompts")
+    parser.add_argument("--batch", type=int, default=64, help="mistral-7b: sequences decoded together")
+    parser.add_argument("--prompt-tokens", type=int, default=256, help="mistral-7b: prompt length")
+    parser.add_argument("--new-tokens", type=int, default=None, help="default: 32 (tiny), 128 (mistral-7b)")
+    parser.add_argument("--repeats", type=int, default=2, help="mistral-7b: best of")
+    parser.add_argument("--json", action="store_true")
+    a = parser.parse_args()
+    a.new_tokens = a.new_tokens or (32 if a.shape == "tiny" else 128)
+    result = tiny(a) if a.shape == "tiny" else cuda(a)
+    if a.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"generation benchmark on {result['device']}, shape {result['shape']}, up to {a.new_tokens} new tokens")
+    print(f"{'variant':22} {'seconds':>8} {'new tokens/s':>13}" + (f" {'ms/step':>8}" if "batch" in result else ""))
+    for row in result["rows"]:
+        step = f" {row['ms_per_step']:8.1f}" if "ms_per_step" in row else ""
+        print(f"{row['variant']:22} {row['seconds']:8.2f} {row['new_tokens_per_s']:13.1f}{step}")
+    if "batch" in result:
+        print(f"ratio ours / plain: {result['ratio']:.2f}x at batch {result['batch']}; graph replay equals eager "
+              f"decoding: {result['graph_equals_eager']}; greedy agreement with generate: "
+              f"{result['greedy_agreement_with_generate']:.3f}")
+    else:
+        print(f"ratio batched / one at a time: {result['ratio']:.2f}x; identical texts: {result['identical_texts']}")
 
 
 if __name__ == "__main__":

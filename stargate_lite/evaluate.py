@@ -101,7 +101,8 @@ def _score_conditions(store: Store, ns: str, iteration: int, model, questioner: 
         for start in range(0, len(todo), 64):
             chunk = todo[start : start + 64]
             sums = score_sums(model, [encode(*item) for item in chunk], batch_size=recipe.score.batch_size,
-                              vocab_chunk_tokens=recipe.score.vocab_chunk_tokens)
+                              vocab_chunk_tokens=recipe.score.vocab_chunk_tokens,
+                              memory_budget_bytes=questioner.memory_budget_bytes)
             rows = [{"id": _score_id(ns, iteration, p, cond, cid), "ns": ns, "iteration": iteration,
                      "condition": cond, "pair_key": _pair_key(p), "conversation_id": cid, "logprob": lp,
                      "n_tokens": n} for (p, cond, cid), (lp, n) in zip(chunk, sums)]

@@ -45,6 +45,9 @@ class Questioner:
             raise StargateError("questioner.load_in_4bit needs a CUDA GPU: set questioner.load_in_4bit=false on CPU")
         names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
         self.dtype = names.get(config.dtype) or (torch.bfloat16 if want_cuda else torch.float32)
+        gib = config.memory_budget_gib
+        self.memory_budget_bytes = int(gib * 2**30) if gib else None
+        self.static_decoder = config.decoder == "static" or (config.decoder == "auto" and want_cuda)
 
     # -- models ------------------------------------------------------------------------------------------------
     def load_base(self):
@@ -148,9 +151,13 @@ class Questioner:
     ) -> list[str]:
         """Complete each message list. Batches are length-sorted and left-padded; greedy when temperature is 0.
 
-        The seed is set once, so a given list of conversations always yields the same texts.
+        With a memory budget a batch holds as many prompts (up to batch_size) as fit it. The seed is set once,
+        so a given list of conversations always yields the same texts.
         """
         import torch
+
+        from .budget import Shape, generation_batch
+        from .decode import decode
 
         prompts = [
             self.tokenizer(self.render(m, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
@@ -159,26 +166,35 @@ class Questioner:
         order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
         outputs: list[str] = [""] * len(prompts)
         pad = self.tokenizer.pad_token_id
-        sampling = _sampling_args(temperature, top_p)
+        shape = Shape.of(model) if self.memory_budget_bytes else None
         torch.manual_seed(seed)
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            width = max(len(prompts[i]) for i in batch)
+        generator = torch.Generator(self.device).manual_seed(seed)
+        start = 0
+        while start < len(order):
+            width = len(prompts[order[start]])  # the longest left in the batch
+            size = generation_batch(width, max_new_tokens, max_batch=batch_size,
+                                    budget_bytes=self.memory_budget_bytes, shape=shape)
+            batch = order[start : start + size]
+            start += len(batch)
             ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in batch], device=self.device)
             mask = torch.tensor(
                 [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch], device=self.device
             )
-            with torch.no_grad():
-                out = model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=pad,
-                    eos_token_id=self.stop_token_ids(model),
-                    **sampling,
-                )
+            if self.static_decoder:
+                new = decode(model, ids, mask, max_new_tokens=max_new_tokens, stop_ids=self.stop_token_ids(model),
+                             pad_id=pad, temperature=temperature, top_p=top_p, generator=generator)
+            else:
+                with torch.no_grad():
+                    new = model.generate(
+                        input_ids=ids,
+                        attention_mask=mask,
+                        max_new_tokens=max_new_tokens,
+                        pad_token_id=pad,
+                        eos_token_id=self.stop_token_ids(model),
+                        **_sampling_args(temperature, top_p),
+                    )[:, width:]
             for row, i in enumerate(batch):
-                outputs[i] = self.tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
+                outputs[i] = self.tokenizer.decode(new[row], skip_special_tokens=True).strip()
             if on_batch:
                 on_batch(len(batch))
         return outputs

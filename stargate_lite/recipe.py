@@ -36,6 +36,14 @@ class QuestionerConfig(_Strict):
     )
     load_in_4bit: bool = Field(False, description="Load the base weights as bitsandbytes nf4 (CUDA only): QLoRA.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the Questioner runs.")
+    memory_budget_gib: float | None = Field(
+        None, gt=0, description="Extra memory (beyond the weights) one scoring or generation batch may take; "
+        "batches are sized to fit it, up to their batch_size. None: the batch sizes alone decide.",
+    )
+    decoder: Literal["auto", "generate", "static"] = Field(
+        "auto", description="generate: transformers' generate; static: our static-cache decoder, its step "
+        "replayed as a CUDA graph on a GPU (several times faster there); auto: static on CUDA, generate on CPU.",
+    )
 
 
 class ChatModelConfig(_Strict):
@@ -160,6 +168,11 @@ class TrainConfig(_Strict):
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="Share of steps with linear warm-up (paper: 0.1).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (long sequences, 7B).")
+    backend: Literal["auto", "peft", "unsloth"] = Field(
+        "auto", description="peft: transformers + peft (+ bitsandbytes 4-bit); unsloth: Unsloth's FastLanguageModel "
+        "(CUDA, the [gpu] extra; about 3x faster and half the memory for a 4-bit 7B); auto: unsloth where it is "
+        "installed and a GPU is used, else peft. Same masking, loss and adapter format either way.",
+    )
 
 
 class EvalConfig(_Strict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+from .budget import Shape, score_batches, vocab_chunk
 from .progress import Progress
 from .prompts import questioner_messages
 from .questioner import Encoded, Questioner
@@ -16,27 +17,33 @@ from .recipe import ScoreConfig
 from .store import Store
 
 
-def token_logprobs(model, encoded: list[Encoded], *, batch_size: int, vocab_chunk_tokens: int) -> list:
-    """Per-target-token log-probs (1-D float32 tensors, one per item, in input order)."""
+def token_logprobs(model, encoded: list[Encoded], *, batch_size: int, vocab_chunk_tokens: int,
+                   memory_budget_bytes: int | None = None) -> list:
+    """Per-target-token log-probs (1-D float32 tensors, one per item, in input order).
+
+    Batches are length-sorted; with a memory budget each holds as many sequences (up to batch_size) as fit.
+    """
     import torch
 
     device = next(model.parameters()).device
     decoder = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = decoder.get_output_embeddings()
     softcap = getattr(decoder.config, "final_logit_softcapping", None)
-    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i].input_ids), i))
+    shape = Shape.of(decoder) if memory_budget_bytes else None
+    vocab_chunk_tokens = vocab_chunk(memory_budget_bytes, shape, vocab_chunk_tokens)
+    batches = score_batches([len(e.input_ids) for e in encoded], max_batch=batch_size,
+                            budget_bytes=memory_budget_bytes, shape=shape, logits_positions=vocab_chunk_tokens)
     results: list = [None] * len(encoded)
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
+    for batch in batches:
         width = max(len(encoded[i].input_ids) for i in batch)
         ids = torch.zeros((len(batch), width), dtype=torch.long, device=device)
-        mask = torch.zeros_like(ids)
         for row, i in enumerate(batch):
             seq = encoded[i].input_ids
             ids[row, : len(seq)] = torch.tensor(seq, device=device)
-            mask[row, : len(seq)] = 1
         with torch.no_grad():
-            hidden = decoder.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            # Right padding under causal attention: no real token sees a pad after it, so no mask is needed,
+            # and sdpa can take its flash kernel (grouped-query heads natively) instead of a masked one.
+            hidden = decoder.base_model(input_ids=ids, use_cache=False).last_hidden_state
             rows, cols, counts = [], [], []
             for row, i in enumerate(batch):
                 positions = [p for p in encoded[i].target_positions if p > 0]
@@ -57,9 +64,11 @@ def token_logprobs(model, encoded: list[Encoded], *, batch_size: int, vocab_chun
     return results
 
 
-def score_sums(model, encoded: list[Encoded], *, batch_size: int, vocab_chunk_tokens: int) -> list[tuple[float, int]]:
+def score_sums(model, encoded: list[Encoded], *, batch_size: int, vocab_chunk_tokens: int,
+               memory_budget_bytes: int | None = None) -> list[tuple[float, int]]:
     """(summed log-prob, number of target tokens) per item."""
-    per_token = token_logprobs(model, encoded, batch_size=batch_size, vocab_chunk_tokens=vocab_chunk_tokens)
+    per_token = token_logprobs(model, encoded, batch_size=batch_size, vocab_chunk_tokens=vocab_chunk_tokens,
+                               memory_budget_bytes=memory_budget_bytes)
     return [(float(t.sum()), int(t.numel())) for t in per_token]
 
 
@@ -90,7 +99,8 @@ def score_stage(
                     for c in chunk
                 ]
                 sums = score_sums(model, encoded, batch_size=config.batch_size,
-                                  vocab_chunk_tokens=config.vocab_chunk_tokens)
+                                  vocab_chunk_tokens=config.vocab_chunk_tokens,
+                                  memory_budget_bytes=questioner.memory_budget_bytes)
                 rows = [
                     {"conversation_id": c["id"], "run_id": run_id, "iteration": iteration, "logprob": lp,
                      "n_tokens": n}

@@ -136,12 +136,19 @@ def _m005_trimmed_answers(db: sqlite_utils.Database) -> None:
     db["turns"].add_column("trimmed", int)
 
 
+def _m006_training_backend(db: sqlite_utils.Database) -> None:
+    # Which trainer ran ("peft" or "unsloth") and its peak GPU memory; NULL in runs made before.
+    db["trainings"].add_column("backend", str)
+    db["trainings"].add_column("peak_gpu_bytes", int)
+
+
 MIGRATIONS = [
     ("m001_initial", _m001_initial),
     ("m002_eval", _m002_eval),
     ("m003_chats", _m003_chats),
     ("m004_failures", _m004_failures),
     ("m005_trimmed_answers", _m005_trimmed_answers),
+    ("m006_training_backend", _m006_training_backend),
 ]
 
 

@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .questioner import Encoded
+from .errors import StargateError
+from .questioner import Encoded, Questioner
 from .recipe import TrainConfig
 
 IGNORE = -100
@@ -49,6 +50,55 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
+def resolve_backend(config: TrainConfig, device_type: str) -> str:
+    """The trainer to use: Unsloth where asked or (auto) where it is installed and the Questioner is on CUDA."""
+    import importlib.util
+
+    available = device_type == "cuda" and importlib.util.find_spec("unsloth") is not None
+    if config.backend == "unsloth" and not available:
+        raise StargateError(
+            "train.backend is unsloth, but " + ("Unsloth is not installed (pip install -e '.[gpu]')"
+                                                 if device_type == "cuda" else "the Questioner is not on a CUDA GPU")
+            + ": set train.backend=peft (or auto)"
+        )
+    return "unsloth" if config.backend != "peft" and available else "peft"
+
+
+def load_for_training(questioner: Questioner, config: TrainConfig, seed: int):
+    """The base Questioner ready for `train_lora`: plain (peft attaches LoRA there), or Unsloth's model with
+    its LoRA already attached. Returns (model, backend name)."""
+    backend = resolve_backend(config, questioner.device.type)
+    if backend == "peft":
+        return questioner.load_base(), backend
+    from unsloth import FastLanguageModel
+
+    source = Path(questioner.source)
+    model, _ = FastLanguageModel.from_pretrained(
+        model_name=str(source.resolve()) if source.exists() else questioner.source,  # relative: taken for a Hub id
+        max_seq_length=config.max_length,
+        dtype=questioner.dtype,
+        load_in_4bit=questioner.config.load_in_4bit,
+    )
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=_unsloth_targets(config.target_modules),
+        bias="none",
+        use_gradient_checkpointing="unsloth" if config.gradient_checkpointing else False,
+        random_state=seed,
+    )
+    return model, backend
+
+
+def _unsloth_targets(target_modules) -> list[str]:
+    """Unsloth wants module names; "all-linear" on a decoder means the attention and MLP projections."""
+    if target_modules != "all-linear":
+        return list(target_modules)
+    return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
 def train_lora(
     model,
     examples: list[Encoded],
@@ -57,9 +107,13 @@ def train_lora(
     seed: int,
     out_dir: Path,
     pad_token_id: int,
+    backend: str = "peft",
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> dict:
-    """Train a fresh LoRA adapter on `model` (the base) and save it to out_dir. Returns the training record."""
+    """Train a fresh LoRA adapter on `model` and save it to out_dir. Returns the training record.
+
+    `model` is the base (backend "peft": LoRA is attached here) or Unsloth's model from `load_for_training`,
+    which comes with its LoRA attached (backend "unsloth")."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -68,24 +122,24 @@ def train_lora(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     device = next(model.parameters()).device
-    if getattr(model, "is_loaded_in_4bit", False):
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
-    elif config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=config.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
+    if backend == "peft":
+        if config.gradient_checkpointing:
+            # Non-reentrant checkpointing needs no grad on the inputs. 4-bit weights stay as loaded: no fp32
+            # upcast of norms, embeddings and head (prepare_model_for_kbit_training's), which costs ~40% speed.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
     examples = [_keep_last(e, config.max_length) for e in examples]
     epochs = [_batches(examples, config.batch_size, rng) for _ in range(config.epochs)]
@@ -117,22 +171,17 @@ def train_lora(
                 labels[row, positions] = seq[positions]
             ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
             with autocast:
-                logits = model(input_ids=ids, attention_mask=mask).logits
-            # Sum over target tokens, divided by the step's target count: every token weighs the same,
-            # whatever the split into micro-batches.
-            loss_sum = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.size(-1)),
-                labels[:, 1:].reshape(-1),
-                ignore_index=IGNORE,
-                reduction="sum",
-            )
-            (loss_sum / max(step_tokens, 1)).backward()
-            step_loss += loss_sum.item()
+                # The model's own loss (Unsloth's fused one where present): summed over target tokens and
+                # divided by the step's target count, so every token weighs the same however the step is split.
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels,
+                             num_items_in_batch=max(step_tokens, 1)).loss
+            loss.backward()
+            step_loss += loss.item()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(step_loss / max(step_tokens, 1))
+        losses.append(step_loss)
         trained_tokens += step_tokens
         if on_step:
             on_step(step + 1, total_steps, losses[-1])
@@ -150,4 +199,6 @@ def train_lora(
         "final_loss": losses[-1],
         "losses": losses,
         "seconds": time.time() - started,
+        "backend": backend,
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
     }
