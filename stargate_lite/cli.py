@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -70,6 +71,8 @@ def run(
     set_: SetOption = None,
     run_id: Annotated[str | None, typer.Option("--run", help="Run id [default: the recipe's name].")] = None,
     home: HomeOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Estimate one iteration's calls, tokens and time "
+                                          "(throughputs measured now with the recipe's models); run nothing.")] = False,
 ) -> None:
     """Run STaR-GATE, or resume it: the same command after a crash continues where it stopped."""
     from .loop import run as run_loop
@@ -78,6 +81,9 @@ def run(
     from .store import Store
 
     resolved = load_recipe(recipe, set_ or [])
+    if dry_run:
+        _print_estimate(resolved, home)
+        return
     run_id = run_loop(resolved, iterations, home=home, run_id=run_id)
     _print_status(run_status(Store(home), run_id))
 
@@ -98,6 +104,35 @@ def status(
         print(json.dumps(report, indent=2))
     else:
         _print_status(report)
+
+
+def _print_estimate(recipe, home) -> None:
+    from .chat import preflight
+    from .dryrun import estimate
+    from .store import default_home
+
+    preflight(recipe.chat_models, {recipe.roles.oracle, recipe.roles.roleplayer})
+    rows = estimate(recipe, Path(home) if home else default_home())
+    table = Table(title=f"One iteration of recipe {recipe.name} (estimate; token counts at the recipe's limits)")
+    for column in ("stage", "model", "calls", "tokens", "tokens/s here", "time"):
+        table.add_column(column, justify="left" if column in ("stage", "model") else "right")
+    for r in rows:
+        rate = f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] else "not measured"
+        seconds = _duration(r["seconds"]) if r["seconds"] is not None else "?"
+        table.add_row(r["stage"], r["model"], f"{r['calls']:,}", f"{r['tokens']:,}", rate, seconds)
+    out.print(table)
+    known = sum(r["seconds"] for r in rows if r["seconds"] is not None)
+    out.print(f"Measured stages: about {_duration(known)} in all (data stages run once per project home)."
+              + ("" if all(r["seconds"] is not None for r in rows) else
+                 " Rows marked ? use a remote endpoint, which a dry run does not call."))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _print_status(report: dict) -> None:
@@ -322,4 +357,17 @@ def main() -> None:
         app()
     except KeyboardInterrupt:  # outside a command's own handler: while arguments are parsed or modules load
         err.print("Interrupted. Finished work is saved: run the same command again to resume.")
-        raise SystemExit(130) from None
+        _exit_interrupted()
+    except SystemExit as done:
+        if done.code == 130:
+            _exit_interrupted()
+        raise
+
+
+def _exit_interrupted() -> None:
+    """Exit with 130 at once. An interrupt that lands while an extension module is being imported can make
+    CPython end a clean exit by killing itself with SIGINT (status -2, seen right after the data stage, while torch and transformers load); skipping
+    interpreter shutdown is safe here, since finished work is already committed to the store."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)

@@ -27,7 +27,7 @@ from .score import score_stage
 from .select import select_best
 from .simulate import simulate
 from .store import Store
-from .train import load_for_training, train_lora
+from .train import train_adapter
 
 STAGES = ("pairs", "simulate", "score", "select", "respond", "train")
 _SECRET_KEY = re.compile(r"(?:^|_)(?:key|token|secret|password)$", re.IGNORECASE)
@@ -173,18 +173,15 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
         examples = [questioner.encode_for_training(m) for m in training_examples(store, recipe, run_id, iteration)]
         out_dir = run_dir(store, run_id) / f"iteration-{iteration}" / "adapter"
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        base, backend = load_for_training(questioner, recipe.train, seed=recipe.seed + iteration)
         with progress.stage(f"iteration {iteration}: train (steps)", 1) as bar:
             def on_step(step: int, total: int, loss: float) -> None:
                 bar.set_total(total)
                 bar(1)
 
-            record = train_lora(base, examples, recipe.train, seed=recipe.seed + iteration, out_dir=out_dir,
-                                pad_token_id=questioner.tokenizer.pad_token_id, backend=backend,
-                                on_step=on_step)
+            record = train_adapter(questioner, examples, recipe.train, seed=recipe.seed + iteration,
+                                   out_dir=out_dir, on_step=on_step)
         store.save_training({"run_id": run_id, "iteration": iteration, **record})
         store.mark_stage(run_id, iteration, "train")
-        del base
         gc.collect()
     store.finish_iteration(run_id, iteration)
 

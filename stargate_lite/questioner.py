@@ -31,6 +31,7 @@ class Questioner:
 
         hf_logging.disable_progress_bar()  # our own bars say what is loading
         self.config = config
+        self.home = home
         self.source = questioner_source(config.model, config.gguf_file, home)
         self.tokenizer = AutoTokenizer.from_pretrained(self.source)
         if self.tokenizer.chat_template is None:

@@ -124,8 +124,9 @@ def train_lora(
     device = next(model.parameters()).device
     if backend == "peft":
         if config.gradient_checkpointing:
-            # Non-reentrant checkpointing needs no grad on the inputs. 4-bit weights stay as loaded: no fp32
-            # upcast of norms, embeddings and head (prepare_model_for_kbit_training's), which costs ~40% speed.
+            # Non-reentrant checkpointing needs no grad on the inputs. 4-bit models stay as loaded: without
+            # prepare_model_for_kbit_training's fp32 upcast of norms, embeddings and head, a Mistral-7B step ran
+            # 1.37x faster in 0.76x the memory on an H100 (benchmarks/RESULTS.md).
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lora = LoraConfig(
             r=config.lora_r,
@@ -202,3 +203,86 @@ def train_lora(
         "backend": backend,
         "peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
     }
+
+
+def train_adapter(
+    questioner: Questioner,
+    examples: list[Encoded],
+    config: TrainConfig,
+    *,
+    seed: int,
+    out_dir: Path,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> dict:
+    """The train stage: a fresh LoRA adapter on the base Questioner, with the backend the recipe resolves to.
+
+    Unsloth trains in a child process: it patches transformers' model classes when it loads a model, and
+    those patches must not reach the generation and scoring this process does in later iterations.
+    """
+    backend = resolve_backend(config, questioner.device.type)
+    if backend == "unsloth":
+        return train_isolated(questioner, examples, config, seed=seed, out_dir=out_dir, on_step=on_step)
+    model, _ = load_for_training(questioner, config, seed)
+    return train_lora(model, examples, config, seed=seed, out_dir=out_dir,
+                      pad_token_id=questioner.tokenizer.pad_token_id, backend=backend, on_step=on_step)
+
+
+def train_isolated(
+    questioner: Questioner,
+    examples: list[Encoded],
+    config: TrainConfig,
+    *,
+    seed: int,
+    out_dir: Path,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> dict:
+    """`load_for_training` + `train_lora` in a fresh (spawned) process; steps are reported back as they end."""
+    import multiprocessing as mp
+    import queue as queues
+
+    context = mp.get_context("spawn")
+    messages = context.Queue()
+    child = context.Process(
+        target=_train_child,
+        args=(questioner.config, str(questioner.home), examples, config, seed, str(out_dir), messages),
+        daemon=True,  # ends with this process, e.g. on Ctrl-C
+    )
+    child.start()
+    try:
+        while True:
+            try:
+                kind, *payload = messages.get(timeout=2)
+            except queues.Empty:
+                if not child.is_alive():
+                    raise StargateError(
+                        f"the training process ended without a result (exit code {child.exitcode}): "
+                        "rerun the same command to retry the train stage"
+                    ) from None
+                continue
+            if kind == "step" and on_step:
+                on_step(*payload)
+            elif kind == "done":
+                return payload[0]
+            elif kind == "error":
+                raise StargateError(f"training failed: {payload[0]}")
+    finally:
+        child.join(timeout=30)
+        if child.is_alive():
+            child.terminate()
+
+
+def _train_child(questioner_config, home: str, examples, config: TrainConfig, seed: int, out_dir: str,
+                 messages) -> None:
+    import importlib.util
+
+    if config.backend != "peft" and importlib.util.find_spec("unsloth"):
+        import unsloth  # noqa: F401 -- before transformers, so that all of its patches apply
+    try:
+        questioner = Questioner(questioner_config, Path(home))
+        model, backend = load_for_training(questioner, config, seed)
+        record = train_lora(model, examples, config, seed=seed, out_dir=Path(out_dir),
+                            pad_token_id=questioner.tokenizer.pad_token_id, backend=backend,
+                            on_step=lambda step, total, loss: messages.put(("step", step, total, loss)))
+        messages.put(("done", record))
+    except Exception as err:  # reported to the parent, which raises it as one line
+        messages.put(("error", f"{type(err).__name__}: {err}"))

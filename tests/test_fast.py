@@ -124,3 +124,50 @@ def test_generation_within_a_budget_gives_the_same_texts(questioner, base_model)
         questioner.memory_budget_bytes = None
     assert bounded == free
     assert tracker.peak <= 16 * 2**20
+
+
+def test_training_backend_is_chosen_from_what_is_there():
+    import importlib.util
+
+    import pytest
+
+    from stargate_lite.errors import StargateError
+    from stargate_lite.recipe import TrainConfig
+    from stargate_lite.train import resolve_backend
+
+    assert resolve_backend(TrainConfig(), "cpu") == "peft"
+    assert resolve_backend(TrainConfig(backend="peft"), "cuda") == "peft"
+    with pytest.raises(StargateError, match="not on a CUDA GPU"):
+        resolve_backend(TrainConfig(backend="unsloth"), "cpu")
+    if importlib.util.find_spec("unsloth") is None:
+        assert resolve_backend(TrainConfig(), "cuda") == "peft"
+        with pytest.raises(StargateError, match=r"\[gpu\]"):
+            resolve_backend(TrainConfig(backend="unsloth"), "cuda")
+
+
+def test_training_in_a_child_process_reports_steps_and_saves_the_adapter(questioner, tmp_path):
+    """The path Unsloth trains on (a spawned process), run here with the peft backend on the tiny model."""
+    from stargate_lite.recipe import TrainConfig
+    from stargate_lite.train import train_isolated
+
+    examples = [questioner.encode_for_training([*p, {"role": "assistant", "content": "Which cuisine do you like?"}])
+                for p in PROMPTS]
+    steps = []
+    record = train_isolated(questioner, examples, TrainConfig(batch_size=1, backend="peft"), seed=0,
+                            out_dir=tmp_path / "adapter", on_step=lambda *step: steps.append(step))
+    assert [s[0] for s in steps] == [1, 2, 3] and all(s[1] == 3 for s in steps)
+    assert record["backend"] == "peft" and record["steps"] == 3 and record["losses"] == [s[2] for s in steps]
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+
+
+def test_a_failing_training_process_is_one_clear_error(questioner, tmp_path):
+    import pytest
+
+    from stargate_lite.errors import StargateError
+    from stargate_lite.recipe import TrainConfig
+    from stargate_lite.train import train_isolated
+
+    broken = [Encoded([1, 2, 3], [5])]  # a target position past the end of the sequence
+    with pytest.raises(StargateError, match="training failed: IndexError"):
+        train_isolated(questioner, broken, TrainConfig(backend="peft"), seed=0, out_dir=tmp_path / "adapter")
+    assert not (tmp_path / "adapter").exists()

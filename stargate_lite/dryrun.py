@@ -1,0 +1,95 @@
+"""`run --dry-run`: what one iteration of a recipe costs, before running it.
+
+Counts (model calls, tokens) come from the recipe's scale at its token limits, so they are upper bounds on
+tokens. Throughputs are measured here, now, with the recipe's own models: a batch of Questioner generation at
+the simulate batch size, one scoring batch, and a short completion from each local chat model. Remote endpoints
+are not called (that costs money); their rows show counts only. Nothing is written to the store.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .chat import ChatModels, Sampling, complete_all
+from .prompts import questioner_messages, roleplayer_messages
+from .questioner import Encoded, Questioner
+from .recipe import SPLITS, Recipe
+from .score import token_logprobs
+
+PROBE_TOKENS = 16
+TRAIN_FORWARD_COST = 3  # a training step does about three forwards' work per token (forward + backward)
+
+
+def estimate(recipe: Recipe, home: Path) -> list[dict]:
+    """Rows of (stage, model, calls, tokens, tokens/s, seconds); seconds is None where nothing was measured."""
+    sim, k_mean = recipe.simulate, (recipe.simulate.max_turns + 1) / 2
+    pairs = recipe.data.tasks.A * recipe.data.personas.A  # iteration 1 trains on split A
+    conversations = pairs * sim.conversations_per_pair
+    turns = conversations * k_mean
+    prompt = 80 + int(k_mean * (sim.question_max_tokens + sim.answer_max_tokens))  # greeting + conversation
+    scored_len = prompt + recipe.data.gold_max_tokens
+    all_pairs = sum(getattr(recipe.data.tasks, s) * getattr(recipe.data.personas, s) for s in SPLITS)
+    personas = sum(getattr(recipe.data.personas, s) for s in SPLITS) if recipe.data.dataset == "builtin" else 0
+
+    questioner = Questioner(recipe.questioner, home)
+    model = questioner.load_base()
+    generation_rate = _generation_rate(questioner, model, sim.batch_size)
+    scoring_rate = _scoring_rate(model, recipe, scored_len)
+    del model
+    chat = ChatModels(recipe.chat_models, home)
+    roleplayer, oracle = recipe.roles.roleplayer, recipe.roles.oracle
+    rates = {name: _chat_rate(chat, recipe, name, questioner) for name in {roleplayer, oracle}}
+
+    def row(stage, who, calls, tokens, rate):
+        return {"stage": stage, "model": who, "calls": int(calls), "tokens": int(tokens), "tokens_per_s": rate,
+                "seconds": tokens / rate if rate else None}
+
+    qname = recipe.questioner.model
+    rows = [
+        row("data: personas (once)", oracle, personas, personas * recipe.data.persona_max_tokens, rates[oracle]),
+        row("data: gold responses (once)", oracle, all_pairs, all_pairs * recipe.data.gold_max_tokens,
+            rates[oracle]),
+        row("simulate: questions", qname, turns, turns * sim.question_max_tokens, generation_rate),
+        row("simulate: roleplayer answers", roleplayer, turns, turns * sim.answer_max_tokens, rates[roleplayer]),
+        row("score", qname, conversations, conversations * scored_len, scoring_rate),
+        row("respond", qname, pairs, pairs * recipe.respond.max_tokens, generation_rate),
+        row("train", qname, pairs * recipe.train.epochs, pairs * recipe.train.epochs * min(scored_len,
+            recipe.train.max_length), scoring_rate / TRAIN_FORWARD_COST),
+    ]
+    return rows
+
+
+def _generation_rate(questioner: Questioner, model, batch_size: int) -> float:
+    prompts = [questioner_messages("Alex", "Can you help me plan my week?", [], final=False)] * batch_size
+    questioner.generate(model, prompts[:1], max_new_tokens=2, temperature=0.0, top_p=1.0, batch_size=1, seed=0)
+    start = time.perf_counter()
+    questioner.generate(model, prompts, max_new_tokens=PROBE_TOKENS, temperature=0.9, top_p=0.9,
+                        batch_size=batch_size, seed=0)
+    return batch_size * PROBE_TOKENS / (time.perf_counter() - start)
+
+
+def _scoring_rate(model, recipe: Recipe, length: int) -> float:
+    batch = [Encoded([7] * length, list(range(length - recipe.data.gold_max_tokens, length)))] * \
+        recipe.score.batch_size
+    budget = int(recipe.questioner.memory_budget_gib * 2**30) if recipe.questioner.memory_budget_gib else None
+    start = time.perf_counter()
+    token_logprobs(model, batch, batch_size=recipe.score.batch_size,
+                   vocab_chunk_tokens=recipe.score.vocab_chunk_tokens, memory_budget_bytes=budget)
+    return len(batch) * length / (time.perf_counter() - start)
+
+
+def _chat_rate(chat: ChatModels, recipe: Recipe, name: str, questioner: Questioner) -> float | None:
+    """Completion tokens/s of a local chat model (tokens counted with the Questioner's tokenizer, near enough);
+    None for endpoints."""
+    config = recipe.chat_models[name]
+    if config.backend == "openai":
+        return None
+    model = chat.get(name)
+    messages = roleplayer_messages("a retired teacher who loves gardening", "Can you help me plan my week?",
+                                   [{"role": "questioner", "text": "What do you enjoy doing on weekends?"}])
+    complete_all(model, [messages], Sampling(max_tokens=2))  # warm-up
+    start = time.perf_counter()
+    texts = complete_all(model, [messages], Sampling(max_tokens=PROBE_TOKENS))
+    produced = max(1, len(questioner.tokenizer(texts[0], add_special_tokens=False)["input_ids"]))
+    return produced / (time.perf_counter() - start)

@@ -1,0 +1,32 @@
+"""`run --dry-run`: counts from the recipe's scale, throughputs measured with its models, nothing stored."""
+
+from conftest import TINY_CI_OVERRIDES, cli
+
+
+def test_dry_run_estimates_one_iteration_and_writes_nothing(home, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # the table's stage names unwrapped
+    overrides = [a for o in TINY_CI_OVERRIDES for a in ("--set", o)]
+    result = cli("run", "--dry-run", *overrides, home=home)
+    text = result.stdout
+    for stage in ("personas", "gold responses", "simulate: questions", "roleplayer answers", "score", "respond",
+                  "train"):
+        assert stage in text
+    assert "Measured stages: about" in text
+    assert not (home / "stargate.db").exists() and not (home / "runs").exists()
+
+
+def test_estimate_counts_follow_the_recipe(home):
+    from stargate_lite.dryrun import estimate
+    from stargate_lite.recipe import load_recipe
+
+    recipe = load_recipe("tiny", TINY_CI_OVERRIDES)
+    rows = {r["stage"]: r for r in estimate(recipe, home)}
+    pairs = 2 * 1  # split A: 2 tasks x 1 persona
+    conversations = pairs * 2
+    assert rows["score"]["calls"] == conversations
+    assert rows["simulate: questions"]["calls"] == int(conversations * 1.5)  # k ~ U(1..2): 1.5 turns on average
+    assert rows["respond"]["calls"] == pairs
+    assert rows["data: gold responses (once)"]["calls"] == 2 * 1 + 2 * 1 + 1 * 2
+    assert rows["data: personas (once)"]["calls"] == 1 + 1 + 2
+    for r in rows.values():  # every model of the tiny recipe is local: every rate is measured
+        assert r["tokens_per_s"] > 0 and r["seconds"] > 0
