@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-GIB = 2**30
 MARGIN = 1.25
 
 

@@ -365,9 +365,9 @@ def main() -> None:
 
 
 def _exit_interrupted() -> None:
-    """Exit with 130 at once. An interrupt that lands while an extension module is being imported can make
-    CPython end a clean exit by killing itself with SIGINT (status -2, seen right after the data stage, while torch and transformers load); skipping
-    interpreter shutdown is safe here, since finished work is already committed to the store."""
+    """Exit with 130 at once. An interrupt caught inside some extension code (seen in torch's import, right after
+    the data stage) can make CPython end a clean exit by killing itself with SIGINT, status -2. Skipping
+    interpreter shutdown is safe here: finished work is already committed to the store."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(130)

@@ -35,7 +35,7 @@ def estimate(recipe: Recipe, home: Path) -> list[dict]:
     questioner = Questioner(recipe.questioner, home)
     model = questioner.load_base()
     generation_rate = _generation_rate(questioner, model, sim.batch_size)
-    scoring_rate = _scoring_rate(model, recipe, scored_len)
+    scoring_rate = _scoring_rate(questioner, model, recipe, scored_len)
     del model
     chat = ChatModels(recipe.chat_models, home)
     roleplayer, oracle = recipe.roles.roleplayer, recipe.roles.oracle
@@ -69,13 +69,13 @@ def _generation_rate(questioner: Questioner, model, batch_size: int) -> float:
     return batch_size * PROBE_TOKENS / (time.perf_counter() - start)
 
 
-def _scoring_rate(model, recipe: Recipe, length: int) -> float:
+def _scoring_rate(questioner: Questioner, model, recipe: Recipe, length: int) -> float:
     batch = [Encoded([7] * length, list(range(length - recipe.data.gold_max_tokens, length)))] * \
         recipe.score.batch_size
-    budget = int(recipe.questioner.memory_budget_gib * 2**30) if recipe.questioner.memory_budget_gib else None
     start = time.perf_counter()
     token_logprobs(model, batch, batch_size=recipe.score.batch_size,
-                   vocab_chunk_tokens=recipe.score.vocab_chunk_tokens, memory_budget_bytes=budget)
+                   vocab_chunk_tokens=recipe.score.vocab_chunk_tokens,
+                   memory_budget_bytes=questioner.memory_budget_bytes)
     return len(batch) * length / (time.perf_counter() - start)
 
 
