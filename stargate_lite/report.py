@@ -51,7 +51,15 @@ def plot(summary: dict, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = f"{summary['roleplayer']}-{summary['judge']}-{summary['responder']}"
     iterations = [it["iteration"] for it in summary["iterations"]]
-    paths = []
+
+    def save(fig, ax, name: str, legend_size: int) -> Path:
+        ax.set_xticks(iterations)
+        ax.legend(fontsize=legend_size)
+        fig.tight_layout()
+        path = out_dir / f"{name}-{suffix}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for condition, label in CONDITION_LABELS.items():
@@ -64,12 +72,7 @@ def plot(summary: dict, out_dir: Path) -> list[Path]:
         style = "--" if condition in ("negative", "positive") else "-"
         ax.errorbar(xs, ys, yerr=errs, label=label, linestyle=style, marker="o", capsize=3)
     ax.set(xlabel="iteration", ylabel="log p(gold response)", title=f"Gold log-probability, run {summary['run']}")
-    ax.set_xticks(iterations)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out_dir / f"gold-logprobs-{suffix}.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths = [save(fig, ax, "gold-logprobs", legend_size=7)]
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     xs, ys, errs = [], [], []
@@ -82,10 +85,5 @@ def plot(summary: dict, out_dir: Path) -> list[Path]:
     ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=f"Q_eta vs Q_0 ({summary['judge']} judge)")
     ax.axhline(0.5, color="gray", linestyle=":", label="no change")
     ax.set(xlabel="iteration", ylabel="win rate", ylim=(0, 1), title=f"Win rate, roleplayer {summary['roleplayer']}")
-    ax.set_xticks(iterations)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out_dir / f"win-rates-{suffix}.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save(fig, ax, "win-rates", legend_size=8))
     return paths
