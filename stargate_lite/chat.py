@@ -4,6 +4,7 @@ OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp's server, Ollama). Swapping 
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -37,6 +38,31 @@ class ChatModel(Protocol):
         """One completion per message list, in order; an item that failed for good is its ChatFailure."""
         ...
 
+    def choice_logprobs(self, conversations: list[list[dict]], choices: tuple[str, ...]
+                        ) -> list[dict | ChatFailure]:
+        """Per message list, the log-probability of each choice (e.g. "A", "B") as the reply's first token:
+        {choice: log-prob or None if the backend did not list it, "floor": the lowest log-prob it listed or
+        None where it gave the whole distribution}. A choice counts every token that reads as it, spaces aside."""
+        ...
+
+
+def _logsumexp(values: list[float]) -> float | None:
+    if not values:
+        return None
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def _choice_token_ids(encode, choices: tuple[str, ...]) -> dict[str, list[int]]:
+    """The single-token spellings of each choice ("A" and " A" are often two tokens of a vocabulary)."""
+    out = {}
+    for choice in choices:
+        ids = {tuple(encode(text)) for text in (choice, f" {choice}")}
+        out[choice] = sorted(t[0] for t in ids if len(t) == 1)
+        if not out[choice]:
+            raise StargateError(f"the judge's vocabulary has no single token for {choice!r}: use judge.read=reply")
+    return out
+
 
 def complete_all(model: ChatModel, conversations: list[list[dict]], sampling: Sampling) -> list[str]:
     """Every completion, or ChatFailure for the first item that failed (for work that needs all of them)."""
@@ -68,6 +94,32 @@ class LlamaCppChat:
 
     def complete_each(self, conversations: list[list[dict]], sampling: Sampling) -> list[str | ChatFailure]:
         return [self._one(messages, sampling) for messages in conversations]
+
+    def choice_logprobs(self, conversations: list[list[dict]], choices: tuple[str, ...]) -> list[dict | ChatFailure]:
+        """The first reply token's full distribution, read before any sampling step by a logits processor."""
+        import numpy as np
+        from llama_cpp import LogitsProcessorList
+
+        token_ids = _choice_token_ids(lambda t: self.llm.tokenize(t.encode(), add_bos=False, special=False), choices)
+        results: list[dict | ChatFailure] = []
+        for messages in conversations:
+            seen: list = []
+
+            def capture(input_ids, logits):
+                seen.append(np.array(logits, dtype=np.float64))
+                return logits
+
+            if self.config.fold_system:
+                messages = fold_system(messages)
+            self.llm.reset()
+            self.llm.create_chat_completion(messages=messages, max_tokens=1, temperature=0.0,
+                                            logits_processor=LogitsProcessorList([capture]))
+            logits = seen[0]
+            top = logits.max()
+            logprobs = logits - (top + np.log(np.exp(logits - top).sum()))
+            results.append({**{c: _logsumexp([float(logprobs[i]) for i in ids]) for c, ids in token_ids.items()},
+                            "floor": None})
+        return results
 
     def _one(self, messages: list[dict], sampling: Sampling) -> str:
         if self.config.fold_system:
@@ -126,17 +178,38 @@ class OpenAIChat:
 
     def complete_each(self, conversations: list[list[dict]], sampling: Sampling) -> list[str | ChatFailure]:
         with ThreadPoolExecutor(max_workers=self.config.max_concurrency) as pool:
-            return list(pool.map(lambda m: self._with_retries(m, sampling), conversations))
+            return list(pool.map(lambda m: self._with_retries(lambda: self._one(m, sampling)), conversations))
 
-    def _with_retries(self, messages: list[dict], sampling: Sampling) -> str | ChatFailure:
-        """Retry what may pass (connection, timeout, 408/409/429, 5xx, malformed bodies) with exponential backoff
-        and full jitter, or the server's Retry-After; give up on the rest at once."""
+    def choice_logprobs(self, conversations: list[list[dict]], choices: tuple[str, ...]) -> list[dict | ChatFailure]:
+        """From the endpoint's top log-probabilities of the first reply token (up to 20 listed)."""
+        with ThreadPoolExecutor(max_workers=self.config.max_concurrency) as pool:
+            return list(pool.map(lambda m: self._with_retries(lambda: self._first_token(m, choices)), conversations))
+
+    def _first_token(self, messages: list[dict], choices: tuple[str, ...]) -> dict:
+        if self.config.fold_system:
+            messages = fold_system(messages)
+        response = self.client.chat.completions.create(
+            model=self.config.model, messages=messages, max_tokens=1, temperature=0.0, logprobs=True,
+            top_logprobs=20,
+        )
+        logprobs = response.choices[0].logprobs
+        if logprobs is None or not logprobs.content:
+            raise ValueError("no logprobs in the response: this endpoint does not return them (use judge.read=reply)")
+        listed = logprobs.content[0].top_logprobs or []
+        if not listed:
+            raise ValueError("no top_logprobs in the response")
+        return {**{c: _logsumexp([t.logprob for t in listed if t.token.strip() == c]) for c in choices},
+                "floor": min(t.logprob for t in listed)}
+
+    def _with_retries(self, call):
+        """`call()`, retrying what may pass (connection, timeout, 408/409/429, 5xx, malformed bodies) with
+        exponential backoff and full jitter, or the server's Retry-After; the rest gives up at once."""
         import openai
 
         reason = ""
         for attempt in range(self.config.max_retries + 1):
             try:
-                return self._one(messages, sampling)
+                return call()
             except openai.APIStatusError as err:
                 reason = f"HTTP {err.status_code}: {_short(err.message)}"
                 if err.status_code not in (408, 409, 429) and err.status_code < 500:
@@ -186,6 +259,24 @@ class TransformersChat:
         return self.runner.generate(self.model, conversations, max_new_tokens=sampling.max_tokens,
                                     temperature=sampling.temperature, top_p=sampling.top_p, batch_size=8,
                                     seed=sampling.seed)
+
+    def choice_logprobs(self, conversations: list[list[dict]], choices: tuple[str, ...]) -> list[dict | ChatFailure]:
+        """One forward per conversation; the full distribution at the first reply position."""
+        import torch
+
+        tokenizer = self.runner.tokenizer
+        token_ids = _choice_token_ids(lambda t: tokenizer(t, add_special_tokens=False)["input_ids"], choices)
+        results: list[dict | ChatFailure] = []
+        for messages in conversations:
+            if self.config.fold_system:
+                messages = fold_system(messages)
+            ids = tokenizer(self.runner.render(messages, add_generation_prompt=True), add_special_tokens=False,
+                            return_tensors="pt")["input_ids"].to(self.runner.device)
+            with torch.no_grad():
+                logprobs = torch.log_softmax(self.model(input_ids=ids).logits[0, -1].float(), dim=-1)
+            results.append({**{c: _logsumexp([logprobs[i].item() for i in found]) for c, found in token_ids.items()},
+                            "floor": None})
+        return results
 
 
 def _short(text: str, limit: int = 160) -> str:

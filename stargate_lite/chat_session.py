@@ -1,7 +1,8 @@
 """`stargate-lite chat`: talk with a Questioner checkpoint, or watch it talk with a Roleplayer.
 
-The Questioner sees exactly what it sees in training: the greeting with the instruction to ask, the answers,
-and, when it is time to answer, the request repeated. Every transcript is saved to the store as it grows.
+The Questioner sees what it saw in training: the greeting (with the instruction to ask where it was trained
+with it), the answers, and, when it is time to answer, the request repeated. Every transcript is saved to the
+store as it grows.
 """
 
 from __future__ import annotations
@@ -10,37 +11,14 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 from .chat import ChatModel, Sampling, complete_all
-from .errors import StargateError
-from .evaluate import pick_adapter, pick_run
-from .loop import recipe_of_run
 from .prompts import questioner_messages, roleplayer_messages
 from .questioner import Questioner
-from .recipe import Recipe, load_recipe
+from .recipe import Recipe
 from .store import Store
 
 COMMANDS = "/answer: answer now  /reset: start over  /quit: leave"
-
-
-def resolve_checkpoint(store: Store, run_id: str | None, iteration: int | None, adapter: str | None,
-                       base: bool) -> tuple[Recipe, str | None, str]:
-    """(recipe, adapter path or None, a name for the policy) for the chosen checkpoint."""
-    if adapter:
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise StargateError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json)")
-        run = store.get_run(run_id) if run_id else None
-        recipe = recipe_of_run(run) if run else load_recipe("tiny")
-        return recipe, adapter, f"adapter:{adapter}"
-    if base and not store.list_runs():
-        return load_recipe("tiny"), None, "base"
-    run = pick_run(store, run_id)
-    recipe = recipe_of_run(run)
-    if base:
-        return recipe, None, "base"
-    iteration, adapter = pick_adapter(store, run, iteration)
-    return recipe, adapter, f"{run['id']}/iteration-{iteration}"
 
 
 class Transcript:
@@ -58,8 +36,7 @@ class Transcript:
         row = {"id": self.id, "policy": self.policy, "name": self.name, "persona": self.persona, "task": self.task,
                "turns": json.dumps(self.turns), "response": self.response, "started_at": self.started,
                "updated_at": time.time()}
-        with self.store.transaction():
-            self.store.db["chats"].insert(row, pk="id", replace=True)
+        self.store.save_chat(row)
 
 
 def chat_loop(
@@ -73,8 +50,13 @@ def chat_loop(
     roleplayer: ChatModel | None = None,
     task: str | None = None,
     max_questions: int | None = None,
+    prompt_format: str = "instructed",
 ) -> None:
-    """Run chats until /quit or end of input. `read(prompt)` returns a line or None at end of input."""
+    """Run chats until /quit or end of input. `read(prompt)` returns a line or None at end of input.
+
+    `prompt_format` is the one the checkpoint was trained in (train.format): "bare" greets it with the name and
+    request alone, as in its training, so what it asks it asks by itself."""
+    instruction = prompt_format == "instructed"
     limit = max_questions or recipe.simulate.max_turns
     while True:
         request = task if roleplayer else read("Your request (or /quit): ")
@@ -86,7 +68,8 @@ def chat_loop(
         transcript.save()
         answer_now = False
         while len([t for t in transcript.turns if t["role"] == "questioner"]) < limit and not answer_now:
-            messages = questioner_messages(transcript.name, transcript.task, transcript.turns, final=False)
+            messages = questioner_messages(transcript.name, transcript.task, transcript.turns, final=False,
+                                           instruction=instruction)
             question = stream(questioner.stream(model, messages, max_new_tokens=recipe.simulate.question_max_tokens,
                                                 temperature=recipe.simulate.temperature, top_p=recipe.simulate.top_p))
             transcript.turns.append({"role": "questioner", "text": question})
@@ -114,7 +97,8 @@ def chat_loop(
             answer_now = True
         if not answer_now:
             continue  # /reset
-        messages = questioner_messages(transcript.name, transcript.task, transcript.turns, final=True)
+        messages = questioner_messages(transcript.name, transcript.task, transcript.turns, final=True,
+                                       instruction=instruction)
         transcript.response = stream(questioner.stream(model, messages, max_new_tokens=recipe.respond.max_tokens,
                                                        temperature=0.0, top_p=1.0))
         transcript.save()

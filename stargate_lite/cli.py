@@ -173,8 +173,8 @@ def eval_(
 ) -> None:
     """Evaluate on the test split: gold log-probs in four conditions, and win rates against the base model."""
     from .evaluate import evaluate
-    from .loop import run_dir
     from .report import plot, summary_table
+    from .runs import run_dir
     from .store import Store
 
     summary = evaluate(home, run_id, iterations, roleplayer, judge, responder)
@@ -196,16 +196,17 @@ def report(
     home: HomeOption = None,
 ) -> None:
     """Redraw the evaluation table and plots from the store, without loading any model."""
-    from .evaluate import pick_run, summarize
-    from .loop import recipe_of_run, run_dir
+    from .evaluate import summarize
+    from .judge import judge_protocol
     from .report import plot, summary_table
+    from .runs import pick_run, recipe_of_run, run_dir
     from .store import Store
 
     store = Store(home)
     run = pick_run(store, run_id)
     recipe = recipe_of_run(run)
     summary = summarize(store, run["id"], roleplayer or recipe.roles.roleplayer, judge or recipe.roles.judge,
-                        responder)
+                        judge_protocol(recipe.judge), responder)
     if not summary["iterations"]:
         raise StargateError(f"run {run['id']} has no evaluation with that roleplayer yet: run `stargate-lite eval`")
     out.print(summary_table(summary))
@@ -231,8 +232,9 @@ def chat(
     import sys
 
     from .chat import ChatModels
-    from .chat_session import COMMANDS, Transcript, chat_loop, resolve_checkpoint
+    from .chat_session import COMMANDS, Transcript, chat_loop
     from .questioner import Questioner
+    from .runs import resolve_checkpoint
     from .store import Store
 
     if (persona is None) != (task is None):
@@ -240,7 +242,7 @@ def chat(
     if persona and Path(persona).is_file():
         persona = Path(persona).read_text(encoding="utf-8").strip()
     store = Store(home)
-    recipe, adapter_path, policy_name = resolve_checkpoint(store, run_id, iteration, adapter, base)
+    recipe, adapter_path, policy_name, prompt_format = resolve_checkpoint(store, run_id, iteration, adapter, base)
     questioner = Questioner(recipe.questioner, store.home)
     model = questioner.load_policy(adapter_path)
     roleplayer = ChatModels(recipe.chat_models, store.home).get(recipe.roles.roleplayer) if persona else None
@@ -268,7 +270,7 @@ def chat(
 
     transcript = Transcript(store, policy_name, name, persona)
     chat_loop(questioner, model, recipe, transcript, read, lambda s: out.print(s, end="", markup=False), stream,
-              roleplayer=roleplayer, task=task, max_questions=max_questions)
+              roleplayer=roleplayer, task=task, max_questions=max_questions, prompt_format=prompt_format)
 
 
 @app.command("export")

@@ -130,6 +130,23 @@ def split_pairs(store: Store, recipe: Recipe, split: str) -> list[tuple[dict, di
     return [(t, p) for t in tasks for p in personas]
 
 
+def make_pairs(store: Store, recipe: Recipe, run_id: str, iteration: int, split: str, turns_seed: str) -> None:
+    """The split's pairs with a gold response, each with its turn count k ~ uniform(1..K) drawn from
+    `turns_seed` and the pair: training uses one draw per iteration, evaluation the same draw for all."""
+    pairs = split_pairs(store, recipe, split)
+    golds = store.golds_for([t["id"] for t, _ in pairs], [p["id"] for _, p in pairs])
+    usable = [(t, p) for t, p in pairs if golds[(t["id"], p["id"])]["status"] == "ok"]
+    if not usable:
+        raise StargateError(f"split {split} has no pair with a gold response: check the data (stargate-lite data show)")
+    rows = []
+    for idx, (t, p) in enumerate(usable):
+        key = f"{t['id']}|{p['id']}"
+        turns = random.Random(f"{turns_seed}/{key}").randint(1, recipe.simulate.max_turns)
+        rows.append({"id": f"{run_id}/{iteration}/{key}", "run_id": run_id, "iteration": iteration,
+                     "task_id": t["id"], "persona_id": p["id"], "turns": turns, "idx": idx})
+    store.insert_rows("pairs", rows, pk="id")
+
+
 def generate_golds(store: Store, recipe: Recipe, get_oracle: Callable[[], ChatModel], progress: Progress) -> None:
     """Write the missing gold responses of every split's pairs, GOLDS_PER_CHUNK per transaction."""
     pairs = [pair for split in SPLITS for pair in split_pairs(store, recipe, split)]
@@ -239,7 +256,7 @@ def import_data(
         dupes = sorted(t for t, n in Counter(texts).items() if n > 1)
         if dupes:
             raise StargateError(f"{tasks} repeats {len(dupes)} task(s), e.g. {dupes[0][:60]!r}: remove duplicates")
-        _check_new(store, "tasks", dataset, split, "text", texts)
+        _check_new(store, "tasks", dataset, split, texts)
         rows = [{"id": task_id(dataset, split, i), "dataset": dataset, "split": split, "idx": i, "text": t}
                 for i, t in enumerate(texts)]
         store.insert_rows("tasks", rows, pk="id")
@@ -255,7 +272,7 @@ def import_data(
             if not all(isinstance(i, dict) and "name" in i for i in items):
                 raise StargateError(f"{personas}: each persona needs a name (objects with 'name' and 'text', or --names)")
             name_list, texts = _texts(personas, items, "name"), _texts(personas, items, "text")
-        _check_new(store, "personas", dataset, split, "text", texts)
+        _check_new(store, "personas", dataset, split, texts)
         rows = [{"id": persona_id(dataset, split, i), "dataset": dataset, "split": split, "idx": i, "name": n,
                  "text": t, "source": f"import:{personas.name}"} for i, (n, t) in enumerate(zip(name_list, texts))]
         store.insert_rows("personas", rows, pk="id")
@@ -265,15 +282,14 @@ def import_data(
     return counts
 
 
-def _check_new(store: Store, table: str, dataset: str, split: str, column: str, texts: list[str]) -> None:
-    existing = [r[column] for r in store.rows(f"select {column} from {table} where dataset = ? and split = ? order by idx", [dataset, split])]
+def _check_new(store: Store, table: str, dataset: str, split: str, texts: list[str]) -> None:
+    existing = store.split_texts(table, dataset, split)
     if existing and existing != texts:
         raise StargateError(
             f"data set {dataset!r} split {split} already holds {len(existing)} different {table}: "
             "import into a new --dataset name"
         )
-    other = store.rows(f"select {column} from {table} where dataset = ? and split != ?", [dataset, split])
-    shared = {r[column] for r in other} & set(texts)
+    shared = store.texts_outside_split(table, dataset, split) & set(texts)
     if shared:
         raise StargateError(f"{len(shared)} {table} are already in another split of {dataset!r}: splits must not overlap")
 

@@ -4,10 +4,12 @@
   (persona given), experimental (conversations elicited by Q_eta), random (Q_eta's conversations with another
   test persona, for the same task); mean and SEM over conversations, and the best of n per pair;
 - win rates of Q_eta against Q_0: each answers greedily after one of its own conversations (the same sample
-  index), a Judge compares the two in a seeded random order.
+  index), a Judge compares the two in a seeded random order and, with eval.judge_orders 2, in the other order
+  too (the counterbalanced win rate, and how often the judge's two verdicts agree).
 
 Everything is stored under an evaluation namespace per roleplayer ("RUN#eval:ROLEPLAYER"), keyed by iteration,
-pair, condition, responder and judge, so a rerun reuses it all and another roleplayer or judge adds new rows.
+pair, condition, responder, judge, judging protocol (judge.judge_protocol) and order, so a rerun reuses it all,
+and another roleplayer, judge or judge template adds new rows.
 """
 
 from __future__ import annotations
@@ -15,17 +17,18 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 from .chat import ChatFailure, ChatModels, Sampling, preflight
-from .data import prepare_data
+from .data import make_pairs, prepare_data
 from .errors import StargateError
-from .judge import parse_verdict, policy_is_a
-from .loop import make_pairs, recipe_of_run
+from .judge import judge_prompt_text, judge_protocol, policy_is_a, read_verdict, winner_of
 from .progress import Progress
 from .prompts import greeting, judge_messages, questioner_messages
-from .questioner import Questioner
-from .score import base_weights, encode_gold, score_sums, score_stage
+from .questioner import Questioner, SharedBase
+from .runs import pick_run, recipe_of_run, trained_iterations
+from .score import base_weights, encode_gold, score_stage, score_sums
 from .simulate import simulate
 from .store import Store
 
@@ -34,34 +37,6 @@ RESPONDERS = ("policy", "base")  # who answers after Q_eta's conversation: Q_eta
 
 def namespace(run_id: str, roleplayer: str) -> str:
     return f"{run_id}#eval:{roleplayer}"
-
-
-def pick_run(store: Store, run_id: str | None) -> dict:
-    runs = store.list_runs()
-    if run_id is None:
-        if not runs:
-            raise StargateError(f"no runs in {store.path}: start one with `stargate-lite run`")
-        return runs[-1]
-    run = store.get_run(run_id)
-    if run is None:
-        known = ", ".join(r["id"] for r in runs) or "none yet"
-        raise StargateError(f"no run {run_id!r} in {store.path} (runs: {known})")
-    return run
-
-
-def trained_iterations(store: Store, run_id: str) -> list[int]:
-    return [it["iteration"] for it in store.iterations(run_id) if store.training(run_id, it["iteration"])]
-
-
-def pick_adapter(store: Store, run: dict, iteration: int | None) -> tuple[int, str]:
-    """(iteration, adapter path) of a run's trained iteration, the latest by default."""
-    trained = trained_iterations(store, run["id"])
-    if not trained:
-        raise StargateError(f"run {run['id']} has no trained adapter yet: finish an iteration first")
-    iteration = trained[-1] if iteration is None else iteration
-    if iteration not in trained:
-        raise StargateError(f"run {run['id']} has no trained iteration {iteration} (trained: {trained})")
-    return iteration, store.training(run["id"], iteration)["adapter"]
 
 
 def _pair_key(pair: dict) -> str:
@@ -83,7 +58,7 @@ def _score_conditions(store: Store, ns: str, iteration: int, model, questioner: 
         others = [o for o in pairs if o["task_id"] == p["task_id"] and o["persona_id"] != p["persona_id"]]
         if others:
             items += [(p, "random", cid) for cid in by_pair.get(others[p["idx"] % len(others)]["id"], [])]
-    have = {r["id"] for r in store.rows("select id from eval_scores where ns = ? and iteration = ?", [ns, iteration])}
+    have = store.eval_score_ids(ns, iteration)
     todo = [item for item in items if _score_id(ns, iteration, *item) not in have]
     if not todo:
         return
@@ -129,20 +104,23 @@ def _sample_for(seed: int, pair: dict, n: int) -> int:
     return random.Random(f"{seed}/win-sample/{_pair_key(pair)}").randrange(n)
 
 
-def _respond(store: Store, ns: str, iteration: int, responder: str, pairs: list[dict], model, questioner: Questioner,
-             recipe, conv_iteration: int, progress: Progress) -> None:
-    """Greedy final responses after the chosen conversation of each pair (conversations of conv_iteration)."""
+def _respond(store: Store, ns: str, iteration: int, responder: str, pairs: list[dict], models: Callable[[], SharedBase],
+             adapter: str | None, recipe, conv_iteration: int, progress: Progress) -> None:
+    """Greedy final responses of the model with `adapter` (None: Q_0) after the chosen conversation of each pair
+    (conversations of conv_iteration), in the run's prompt format (train.format). Loads no model when all exist."""
     n = recipe.eval.conversations_per_pair
-    have = {r["pair_key"] for r in store.rows(
-        "select pair_key from eval_responses where ns = ? and iteration = ? and responder = ?",
-        [ns, iteration, responder])}
+    have = store.eval_response_keys(ns, iteration, responder)
     todo = [p for p in pairs if _pair_key(p) not in have]
     if not todo:
         return
     conv_ids = [f"{ns}/{conv_iteration}/{_pair_key(p)}#{_sample_for(recipe.seed, p, n):03d}" for p in todo]
     turns = store.turns(conv_ids)
-    prompts = [questioner_messages(p["persona_name"], p["task"], turns[c], final=True) for p, c in zip(todo, conv_ids)]
-    with progress.stage(f"eval {iteration}: responses ({responder})", len(todo)) as bar:
+    instruction = recipe.train.format == "instructed"
+    prompts = [questioner_messages(p["persona_name"], p["task"], turns[c], final=True, instruction=instruction)
+               for p, c in zip(todo, conv_ids)]
+    questioner = models().questioner
+    with progress.stage(f"eval {iteration}: responses ({responder})", len(todo)) as bar, \
+            models().policy(adapter) as model:
         for start in range(0, len(todo), recipe.respond.batch_size):
             sl = slice(start, start + recipe.respond.batch_size)
             texts = questioner.generate(model, prompts[sl], max_new_tokens=recipe.respond.max_tokens, temperature=0.0,
@@ -154,50 +132,64 @@ def _respond(store: Store, ns: str, iteration: int, responder: str, pairs: list[
             bar(len(rows))
 
 
+ORDERS = ("seeded", "swapped")  # the order drawn from the item's seed, and the other one
+
+
+def _judgment_id(ns: str, iteration: int, responder: str, judge: str, protocol: str, key: str, swapped: int) -> str:
+    return f"{ns}/{iteration}/{responder}/{judge}/{protocol}/{key}/{ORDERS[swapped]}"
+
+
 def _judge(store: Store, ns: str, iteration: int, responder: str, pairs: list[dict], judge, recipe,
            progress: Progress) -> None:
-    responses = {(r["iteration"], r["responder"], r["pair_key"]): r["text"] for r in store.rows(
-        "select * from eval_responses where ns = ? and iteration in (0, ?)", [ns, iteration])}
-    have = {r["pair_key"] for r in store.rows(
-        "select pair_key from judgments where ns = ? and iteration = ? and responder = ? and judge = ?",
-        [ns, iteration, responder, judge.name])}
-    todo = [p for p in pairs if _pair_key(p) not in have]
+    """Judge Q_eta's response against Q_0's for each pair, in the seeded order and (judge_orders 2) the other."""
+    config = recipe.judge
+    protocol, template = judge_protocol(config), judge_prompt_text(config)
+    responses = store.eval_response_texts(ns, [0, iteration])
+    have = {r["id"] for r in store.judgments(ns, iteration, responder, judge.name, protocol)}
+    todo = [(p, swapped) for p in pairs for swapped in range(recipe.eval.judge_orders)
+            if _judgment_id(ns, iteration, responder, judge.name, protocol, _pair_key(p), swapped) not in have]
     if not todo:
         return
+    sampling = Sampling(config.max_tokens, temperature=0.0, seed=recipe.seed)
+    failure_stage = f"judge/{iteration}/{responder}/{judge.name}/{protocol}"
     with progress.stage(f"eval {iteration}: judge ({judge.name})", len(todo)) as bar, \
-            store.failure_log(ns, f"judge/{iteration}/{responder}/{judge.name}", "judgments") as record_failure:
+            store.failure_log(ns, failure_stage, "judgments") as record_failure:
         for start in range(0, len(todo), 8):
             chunk = todo[start : start + 8]
-            prompts, orders = [], []
-            for p in chunk:
+            prompts, shown = [], []
+            for p, swapped in chunk:
                 key = _pair_key(p)
                 ours, base = responses[(iteration, responder, key)], responses[(0, "policy", key)]
-                first = policy_is_a(recipe.seed, f"{ns}/{iteration}/{responder}/{key}")
-                orders.append(first)
+                first = policy_is_a(recipe.seed, f"{ns}/{iteration}/{responder}/{key}") != bool(swapped)
+                shown.append(first)
                 a, b = (ours, base) if first else (base, ours)
-                prompts.append(judge_messages(p["persona"], p["task"], a, b))
-            texts = judge.complete_each(prompts, Sampling(recipe.eval.judge_max_tokens, temperature=0.0,
-                                                           seed=recipe.seed))
+                prompts.append(judge_messages(template, p["persona"], p["task"], a, b, config.label))
+            if config.read == "logprobs":
+                results = judge.choice_logprobs(prompts, ("A", "B"))
+            else:
+                results = judge.complete_each(prompts, sampling)
             rows = []
-            for p, first, text in zip(chunk, orders, texts):
-                if isinstance(text, ChatFailure):  # not a verdict: retried on the next eval, never counted
-                    record_failure(_pair_key(p), str(text))
+            for (p, swapped), first, result in zip(chunk, shown, results):
+                key = _pair_key(p)
+                if isinstance(result, ChatFailure):  # not a verdict: retried on the next eval, never counted
+                    record_failure(f"{key}/{ORDERS[swapped]}", str(result))
                     continue
-                verdict = parse_verdict(text)
-                winner = None if verdict is None else ("policy" if (verdict == "A") == first else "base")
-                rows.append({"id": f"{ns}/{iteration}/{responder}/{judge.name}/{_pair_key(p)}", "ns": ns,
-                             "iteration": iteration, "responder": responder, "judge": judge.name,
-                             "pair_key": _pair_key(p), "turns": p["turns"], "policy_is_a": int(first),
-                             "verdict": verdict, "winner": winner,
-                             "status": "valid" if verdict else "unparsable", "raw": text})
+                verdict, margin, raw = read_verdict(config, result)
+                rows.append({"id": _judgment_id(ns, iteration, responder, judge.name, protocol, key, swapped),
+                             "ns": ns, "iteration": iteration, "responder": responder, "judge": judge.name,
+                             "protocol": protocol, "pair_key": key, "turns": p["turns"], "swapped": swapped,
+                             "policy_is_a": int(first), "verdict": verdict, "winner": winner_of(verdict, first),
+                             "margin": margin, "status": "valid" if verdict else "unparsable", "raw": raw})
             store.insert_rows("judgments", rows, pk="id")
-            bar(len(rows))
+            bar(len(chunk))
 
 
 def evaluate(home: Path | str | None = None, run_id: str | None = None, iterations: list[int] | None = None,
              roleplayer: str | None = None, judge: str | None = None, responder: str = "policy",
              progress: Progress | None = None) -> dict:
-    """Evaluate a run's iterations on the test split; returns the summary (see `summarize`)."""
+    """Evaluate a run's iterations on the test split; returns the summary (see `summarize`).
+
+    One copy of the base weights serves Q_0 and every Q_eta (SharedBase)."""
     store = Store(home)
     run = pick_run(store, run_id)
     recipe = recipe_of_run(run)
@@ -216,42 +208,47 @@ def evaluate(home: Path | str | None = None, run_id: str | None = None, iteratio
     if missing:
         raise StargateError(f"run {run_id} has no trained iteration {missing[0]} (trained: {available or 'none'})")
     ns = namespace(run_id, roleplayer)
-    judged = f"judge:{responder}:{judge_name}"
+    protocol = judge_protocol(recipe.judge)
+    judged = f"judge:{responder}:{judge_name}:{protocol}:{recipe.eval.judge_orders}"
     if any(not store.stage_done(ns, i, "eval") or (i and not store.stage_done(ns, i, judged)) for i in wanted):
         preflight(recipe.chat_models, {roleplayer, judge_name})
     chat = ChatModels(recipe.chat_models, store.home)
     progress = progress or Progress()
     sim_config = recipe.simulate.model_copy(update={"conversations_per_pair": recipe.eval.conversations_per_pair})
-    questioner = None
+    built: list[SharedBase] = []
+
+    def models() -> SharedBase:
+        """Made on first use: a rerun that finds everything stored loads no model."""
+        if not built:
+            built.append(SharedBase(Questioner(recipe.questioner, store.home)))
+        return built[0]
+
+    def adapter_of(iteration: int) -> str | None:
+        return store.training(run_id, iteration)["adapter"] if iteration else None
+
     with progress:
         prepare_data(store, recipe, lambda: chat.get(recipe.roles.oracle), progress)
         for iteration in wanted:
             if not store.stage_done(ns, iteration, "eval"):
-                questioner = questioner or Questioner(recipe.questioner, store.home)
-                adapter = store.training(run_id, iteration)["adapter"] if iteration else None
+                questioner = models().questioner
                 make_pairs(store, recipe, ns, iteration, "test", f"{recipe.seed}/eval")
-                policy = questioner.load_policy(adapter)
-                simulate(store, ns, iteration, policy, f"iteration-{iteration}" if iteration else "base", questioner,
-                         chat.get(roleplayer), sim_config, recipe.seed + 7919, progress)
-                score_stage(store, ns, iteration, policy, questioner, recipe.score, progress)
-                _score_conditions(store, ns, iteration, policy, questioner, recipe, progress)
+                with models().policy(adapter_of(iteration)) as policy:
+                    simulate(store, ns, iteration, policy, f"iteration-{iteration}" if iteration else "base",
+                             questioner, chat.get(roleplayer), sim_config, recipe.seed + 7919, progress)
+                    score_stage(store, ns, iteration, policy, questioner, recipe.score, progress)
+                    _score_conditions(store, ns, iteration, policy, questioner, recipe, progress)
                 store.mark_stage(ns, iteration, "eval")
-            pairs = win_rate_pairs(store.pairs(ns, iteration), recipe.eval.win_rate_pairs_per_turn, recipe.seed)
             if iteration == 0 or store.stage_done(ns, iteration, judged):
                 continue
-            questioner = questioner or Questioner(recipe.questioner, store.home)
+            pairs = win_rate_pairs(store.pairs(ns, iteration), recipe.eval.win_rate_pairs_per_turn, recipe.seed)
             base_pairs = win_rate_pairs(store.pairs(ns, 0), recipe.eval.win_rate_pairs_per_turn, recipe.seed)
-            base_model = questioner.load_policy(None)
-            _respond(store, ns, 0, "policy", base_pairs, base_model, questioner, recipe, 0, progress)
-            if responder == "base":
-                _respond(store, ns, iteration, "base", pairs, base_model, questioner, recipe, iteration, progress)
-            else:
-                adapter = store.training(run_id, iteration)["adapter"]
-                _respond(store, ns, iteration, "policy", pairs, questioner.load_policy(adapter), questioner, recipe,
-                         iteration, progress)
+            _respond(store, ns, 0, "policy", base_pairs, models, None, recipe, 0, progress)
+            # Who answers after Q_eta's conversations: Q_eta itself, or Q_0 (the response-model ablation).
+            answerer = adapter_of(iteration) if responder == "policy" else None
+            _respond(store, ns, iteration, responder, pairs, models, answerer, recipe, iteration, progress)
             _judge(store, ns, iteration, responder, pairs, chat.get(judge_name), recipe, progress)
             store.mark_stage(ns, iteration, judged)
-    return summarize(store, run_id, roleplayer, judge_name, responder, wanted)
+    return summarize(store, run_id, roleplayer, judge_name, protocol, responder, wanted)
 
 
 def _mean_sem(values: list[float]) -> dict:
@@ -261,26 +258,19 @@ def _mean_sem(values: list[float]) -> dict:
     return {"mean": mean, "sem": sem, "n": n}
 
 
-def summarize(store: Store, run_id: str, roleplayer: str, judge: str, responder: str = "policy",
+def summarize(store: Store, run_id: str, roleplayer: str, judge: str, protocol: str, responder: str = "policy",
               iterations: list[int] | None = None) -> dict:
     """The evaluation as stored: no model is loaded. Used by `eval --json` and `report`."""
     ns = namespace(run_id, roleplayer)
     if iterations is None:
-        iterations = sorted({r["iteration"] for r in store.rows("select distinct iteration from pairs where run_id = ?",
-                                                                [ns])})
-    controls = {c: [r["logprob"] for r in store.rows(
-        "select logprob from eval_scores where ns = ? and iteration = 0 and condition = ?", [ns, c])]
-        for c in ("negative", "positive")}
+        iterations = store.pair_iterations(ns)
+    controls = {c: store.eval_logprobs(ns, 0, c) for c in ("negative", "positive")}
     out = []
     for it in iterations:
         exp = store.scores(ns, it)
         best: dict[str, float] = {}
         for s in exp:
             best[s["pair_id"]] = max(best.get(s["pair_id"], -math.inf), s["logprob"])
-        rnd = [r["logprob"] for r in store.rows(
-            "select logprob from eval_scores where ns = ? and iteration = ? and condition = 'random'", [ns, it])]
-        judged = store.rows("select * from judgments where ns = ? and iteration = ? and responder = ? and judge = ?",
-                            [ns, it, responder, judge])
         out.append({
             "iteration": it,
             "logprob": {
@@ -288,21 +278,56 @@ def summarize(store: Store, run_id: str, roleplayer: str, judge: str, responder:
                 "positive": _mean_sem(controls["positive"]),
                 "experimental": _mean_sem([s["logprob"] for s in exp]),
                 "experimental_best_of_n": _mean_sem(list(best.values())),
-                "random": _mean_sem(rnd),
+                "random": _mean_sem(store.eval_logprobs(ns, it, "random")),
             },
-            "win_rate": _win_rate(judged) if it else {"rate": 0.5, "sem": None, "wins": None, "valid": None,
-                                                      "unparsable": None, "by_turns": {}},
+            **(win_rates(store.judgments(ns, it, responder, judge, protocol)) if it else _REFERENCE),
         })
-    return {"run": run_id, "roleplayer": roleplayer, "judge": judge, "responder": responder, "iterations": out}
+    return {"run": run_id, "roleplayer": roleplayer, "judge": judge, "protocol": protocol, "responder": responder,
+            "iterations": out}
 
 
-def _win_rate(judged: list[dict]) -> dict:
-    def rate(rows: list[dict]) -> dict:
-        valid = [r for r in rows if r["status"] == "valid"]
-        wins = sum(r["winner"] == "policy" for r in valid)
-        p = wins / len(valid) if valid else None
-        sem = math.sqrt(p * (1 - p) / len(valid)) if valid else None
-        return {"rate": p, "sem": sem, "wins": wins, "valid": len(valid), "unparsable": len(rows) - len(valid)}
+_SCORE = {"policy": 1.0, "base": 0.0}
+# Q_0 against itself: 0.5 by definition, nothing judged.
+_REFERENCE = {key: {"rate": 0.5, "sem": None, "wins": None, "losses": None, "ties": None, "valid": None,
+                    "unparsable": None, "by_turns": {}} for key in ("win_rate", "win_rate_counterbalanced")}
 
-    by_turns = {str(k): rate([r for r in judged if r["turns"] == k]) for k in sorted({r["turns"] for r in judged})}
-    return {**rate(judged), "by_turns": by_turns}
+
+def _rate(outcomes: list[float | None]) -> dict:
+    """Win rate over outcomes (1 win, 0 loss, 0.5 tie, None unparsable), ties counted as half a win.
+
+    SEM is the standard error of the mean outcome (for wins and losses alone: sqrt(p(1-p)/n))."""
+    valid = [o for o in outcomes if o is not None]
+    n = len(valid)
+    rate = statistics.fmean(valid) if n else None
+    sem = math.sqrt(statistics.pvariance(valid) / n) if n else None
+    return {"rate": rate, "sem": sem, "wins": valid.count(1.0), "losses": valid.count(0.0), "ties": valid.count(0.5),
+            "valid": n, "unparsable": len(outcomes) - n}
+
+
+def _with_turns(outcomes: list[tuple[int, float | None]]) -> dict:
+    by_turns = {str(k): _rate([o for t, o in outcomes if t == k]) for k in sorted({t for t, _ in outcomes})}
+    return {**_rate([o for _, o in outcomes]), "by_turns": by_turns}
+
+
+def win_rates(judged: list[dict]) -> dict:
+    """The randomized-order win rate (each pair's seeded order) and, where both orders were judged, the
+    counterbalanced one: a win when both orders pick Q_eta, a loss when both pick Q_0, else a tie; with the
+    judge's position consistency (the share of valid pairs whose two verdicts name the same model)."""
+    seeded = [r for r in judged if not r["swapped"]]
+    randomized = _with_turns([(r["turns"], _SCORE.get(r["winner"])) for r in seeded])
+    orders: dict[str, dict[int, dict]] = {}
+    for r in judged:
+        orders.setdefault(r["pair_key"], {})[r["swapped"]] = r
+    both = [(o[0], o[1]) for o in orders.values() if len(o) == 2]
+    if not both:
+        return {"win_rate": randomized, "win_rate_counterbalanced": None}
+
+    def outcome(first: dict, second: dict) -> float | None:
+        if first["winner"] is None or second["winner"] is None:
+            return None
+        return _SCORE[first["winner"]] if first["winner"] == second["winner"] else 0.5
+
+    counterbalanced = _with_turns([(a["turns"], outcome(a, b)) for a, b in both])
+    valid = counterbalanced["valid"]
+    counterbalanced["consistency"] = (counterbalanced["wins"] + counterbalanced["losses"]) / valid if valid else None
+    return {"win_rate": randomized, "win_rate_counterbalanced": counterbalanced}

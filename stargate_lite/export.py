@@ -9,9 +9,9 @@ import shutil
 from pathlib import Path
 
 from .errors import StargateError
-from .evaluate import pick_adapter, pick_run
-from .loop import recipe_of_run
+from .prompts import QUESTION_INSTRUCTION
 from .questioner import Questioner
+from .runs import pick_run, pick_training, recipe_of_run, training_format
 from .store import Store
 
 CARD = """---
@@ -25,8 +25,8 @@ A Questioner trained with [stargate-lite](https://pypi.org/project/stargate-lite
 Fränken, Gerstenberg, Goodman, 2024) to ask clarifying questions before it answers. It is `{base}` with the
 LoRA adapter of run `{run}`, iteration {iteration}, merged into the weights.
 
-Prompt it as in training: the user's first turn is "My name is NAME.\\n\\nREQUEST" followed by an instruction to
-ask one question at a time; when the user repeats the request after an answer, it answers.
+Prompt it as in training ({format} format): the user's first turn is "My name is NAME.\\n\\nREQUEST"{instruction};
+when the user repeats the request after an answer, it answers.
 
 ## Recipe
 
@@ -40,10 +40,14 @@ def export(home: Path | str | None, out_dir: Path, run_id: str | None = None, it
     """Merge a run's adapter into its base model and save it to out_dir (written aside, then renamed)."""
     store = Store(home)
     run = pick_run(store, run_id)
-    iteration, adapter = pick_adapter(store, run, iteration)
+    training = pick_training(store, run, iteration)
+    iteration, adapter = training["iteration"], training["adapter"]
     if out_dir.exists():
         raise StargateError(f"{out_dir} exists: choose a new --out folder")
     recipe = recipe_of_run(run)
+    prompt_format = training_format(training, recipe)
+    instruction = (f", followed by a blank line and this instruction: \"{QUESTION_INSTRUCTION}\""
+                   if prompt_format == "instructed" else ", nothing else: it asks its questions by itself")
     # Merging needs full-precision base weights: a 4-bit base is loaded unquantised for export.
     questioner = Questioner(recipe.questioner.model_copy(update={"load_in_4bit": False}), store.home)
     merged = questioner.load_policy(adapter).merge_and_unload()
@@ -53,6 +57,7 @@ def export(home: Path | str | None, out_dir: Path, run_id: str | None = None, it
     questioner.tokenizer.save_pretrained(tmp)
     (tmp / "README.md").write_text(
         CARD.format(base=recipe.questioner.model, name=out_dir.name, run=run["id"], iteration=iteration,
+                    format=prompt_format, instruction=instruction,
                     recipe=json.dumps(json.loads(run["recipe"]), indent=2)),
         encoding="utf-8",
     )

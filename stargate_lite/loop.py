@@ -6,23 +6,18 @@ command again after a crash continues where it stopped. Iteration eta uses split
 
 from __future__ import annotations
 
-import fcntl
 import gc
-import json
-import random
-import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from .chat import ChatModels, preflight
-from .data import prepare_data, split_pairs
+from .data import make_pairs, prepare_data
 from .errors import StargateError
 from .progress import Progress
 from .prompts import questioner_messages
 from .questioner import Questioner
-from .recipe import Recipe, validate_recipe
+from .recipe import Recipe
 from .respond import respond_stage
+from .runs import open_run, run_dir, run_lock
 from .score import score_stage
 from .select import select_best
 from .simulate import simulate
@@ -30,81 +25,10 @@ from .store import Store
 from .train import train_adapter
 
 STAGES = ("pairs", "simulate", "score", "select", "respond", "train")
-_SECRET_KEY = re.compile(r"(?:^|_)(?:key|token|secret|password)$", re.IGNORECASE)
 
 
 def split_for(iteration: int) -> str:
     return "A" if iteration % 2 == 1 else "B"
-
-
-def redact(value):
-    """The recipe as stored: values under secret-looking keys (api_key, token, ...) are replaced.
-
-    Recipes name the variable that holds a key (api_key_env) rather than the key, so this is a second guard."""
-    if isinstance(value, dict):
-        return {k: "<redacted>" if _SECRET_KEY.search(k) else redact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
-
-
-def run_dir(store: Store, run_id: str) -> Path:
-    return store.home / "runs" / run_id.replace("/", "_")
-
-
-def open_run(store: Store, recipe: Recipe, run_id: str | None = None) -> str:
-    """Create the run, or check that an existing run of that id was made by the same recipe."""
-    run_id = run_id or recipe.name
-    stored = json.dumps(redact(json.loads(recipe.to_json())), sort_keys=True)
-    existing = store.get_run(run_id)
-    if existing is not None:
-        # Fill in fields added since the run was made, so only real changes count as a different recipe.
-        existing["recipe"] = json.dumps(redact(json.loads(recipe_of_run(existing).to_json())), sort_keys=True)
-    if existing is None:
-        store.create_run(run_id, recipe.name, stored, recipe.data.dataset, recipe.seed)
-        path = run_dir(store, run_id)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "recipe.json").write_text(json.dumps(json.loads(stored), indent=2) + "\n")
-    elif existing["recipe"] != stored:
-        old, new = _flatten(json.loads(existing["recipe"])), _flatten(json.loads(stored))
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        raise StargateError(
-            f"run {run_id!r} was made with a different recipe (changed: {', '.join(changed[:5])}): "
-            "rerun with the same settings to resume, or choose a new --run id"
-        )
-    return run_id
-
-
-def recipe_of_run(run: dict) -> Recipe:
-    """The recipe a run was made with, as stored, with defaults for fields newer than the run."""
-    return validate_recipe(json.loads(run["recipe"]), f"of run {run['id']}")
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def make_pairs(store: Store, recipe: Recipe, run_id: str, iteration: int, split: str, turns_seed: str) -> None:
-    """The split's pairs with a gold response, each with its turn count k ~ uniform(1..K) drawn from
-    `turns_seed` and the pair: training uses one draw per iteration, evaluation the same draw for all."""
-    pairs = split_pairs(store, recipe, split)
-    golds = store.golds_for([t["id"] for t, _ in pairs], [p["id"] for _, p in pairs])
-    usable = [(t, p) for t, p in pairs if golds[(t["id"], p["id"])]["status"] == "ok"]
-    if not usable:
-        raise StargateError(f"split {split} has no pair with a gold response: check the data (stargate-lite data show)")
-    rows = []
-    for idx, (t, p) in enumerate(usable):
-        key = f"{t['id']}|{p['id']}"
-        turns = random.Random(f"{turns_seed}/{key}").randint(1, recipe.simulate.max_turns)
-        rows.append({"id": f"{run_id}/{iteration}/{key}", "run_id": run_id, "iteration": iteration,
-                     "task_id": t["id"], "persona_id": p["id"], "turns": turns, "idx": idx})
-    store.insert_rows("pairs", rows, pk="id")
 
 
 def training_examples(store: Store, recipe: Recipe, run_id: str, iteration: int) -> list[list[dict]]:
@@ -118,6 +42,7 @@ def training_examples(store: Store, recipe: Recipe, run_id: str, iteration: int)
     turns = store.turns([s["conversation_id"] for s in selections])
     responses = store.responses(run_id, iteration)
     target = recipe.train.target
+    instruction = recipe.train.format == "instructed"
     examples = []
     for s in selections:
         pair, conversation = pairs[s["pair_id"]], turns[s["conversation_id"]]
@@ -125,9 +50,11 @@ def training_examples(store: Store, recipe: Recipe, run_id: str, iteration: int)
         if any(not t["text"].strip() for t in conversation if t["role"] == "questioner"):
             continue
         if target == "none":
-            examples.append(questioner_messages(pair["persona_name"], pair["task"], conversation, final=False))
+            examples.append(questioner_messages(pair["persona_name"], pair["task"], conversation, final=False,
+                                                instruction=instruction))
         elif final and final.strip():
-            messages = questioner_messages(pair["persona_name"], pair["task"], conversation, final=True)
+            messages = questioner_messages(pair["persona_name"], pair["task"], conversation, final=True,
+                                           instruction=instruction)
             examples.append([*messages, {"role": "assistant", "content": final}])
     if not examples:
         raise StargateError(
@@ -164,7 +91,8 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
         store.mark_stage(run_id, iteration, "select")
     if not store.stage_done(run_id, iteration, "respond"):
         if recipe.train.target == "response":
-            respond_stage(store, run_id, iteration, policy, policy_name, questioner, recipe.respond, progress)
+            respond_stage(store, run_id, iteration, policy, policy_name, questioner, recipe.respond,
+                          recipe.train.format, progress)
         store.mark_stage(run_id, iteration, "respond")
     del policy
     gc.collect()
@@ -180,26 +108,10 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
 
             record = train_adapter(questioner, examples, recipe.train, seed=recipe.seed + iteration,
                                    out_dir=out_dir, on_step=on_step)
-        store.save_training({"run_id": run_id, "iteration": iteration, **record})
+        store.save_training({"run_id": run_id, "iteration": iteration, "format": recipe.train.format, **record})
         store.mark_stage(run_id, iteration, "train")
         gc.collect()
     store.finish_iteration(run_id, iteration)
-
-
-@contextmanager
-def run_lock(store: Store, run_id: str) -> Iterator[None]:
-    """Only one process works on a run at a time. The OS drops the lock when its holder dies, even by SIGKILL."""
-    path = run_dir(store, run_id) / "lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StargateError(
-                f"run {run_id!r} is already running in another process (lock {path}): wait for it, or stop it "
-                "and run the same command again to resume"
-            ) from None
-        yield
 
 
 def run(recipe: Recipe, iterations: int, home: Path | str | None = None, run_id: str | None = None,

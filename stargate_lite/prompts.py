@@ -99,16 +99,31 @@ def fold_system(messages: list[dict]) -> list[dict]:
     return [{"role": "user", "content": system}, *rest]
 
 
-JUDGE_PROMPT = (
+_JUDGE_CONTEXT = (
     "A person described below asked an AI assistant for help. Two assistants answered.\n\n"
     "The person:\n{persona}\n\n"
     "Their request:\n{task}\n\n"
     "Response A:\n{a}\n\n"
     "Response B:\n{b}\n\n"
-    "Which response fits this person better, given their background, preferences and circumstances? "
-    "Reply with one letter, A or B, and nothing else."
 )
 
+# Shipped judge templates (recipe: judge.template). Placeholders: {persona}, {task}, {a}, {b}, {label}.
+JUDGE_TEMPLATES = {
+    # One letter and nothing else: for small judges, read as a whole reply or by the letter's log-probability.
+    "letter": _JUDGE_CONTEXT + (
+        "Which response fits this person better, given their background, preferences and circumstances? "
+        "Reply with one letter, A or B, and nothing else."
+    ),
+    # Shaped like the paper's judge: a short comparison first, then the verdict alone on the last line.
+    "compare": _JUDGE_CONTEXT + (
+        "Which response serves this particular person better, given who they are, what they like and the "
+        "circumstances they live in? First compare the two responses in at most 100 words: say what each gets "
+        "right or wrong for this person. Then end with one last line that holds only \"{label} A\" or "
+        "\"{label} B\", naming the response that fits them better. You must pick one."
+    ),
+}
 
-def judge_messages(persona: str, task: str, a: str, b: str) -> list[dict]:
-    return [{"role": "user", "content": JUDGE_PROMPT.format(persona=persona, task=task, a=a, b=b)}]
+
+def judge_messages(template: str, persona: str, task: str, a: str, b: str, label: str) -> list[dict]:
+    text = template.format(persona=persona, task=task, a=a, b=b, label=label)
+    return [{"role": "user", "content": text}]

@@ -7,6 +7,8 @@ adapter state can leak from one stage into another.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,9 +81,7 @@ class Questioner:
             return model
         from peft import PeftModel
 
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise StargateError(f"adapter {adapter} is missing or incomplete: rerun the iteration that trains it")
-        policy = PeftModel.from_pretrained(model, adapter)
+        policy = PeftModel.from_pretrained(model, _checked_adapter(adapter))
         policy.eval()
         return policy
 
@@ -218,6 +218,48 @@ class Questioner:
         worker.start()
         yield from streamer
         worker.join()
+
+
+def _checked_adapter(adapter: str) -> str:
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise StargateError(f"adapter {adapter} is missing or incomplete: rerun the iteration that trains it")
+    return adapter
+
+
+class SharedBase:
+    """One copy of the base weights serving Q_0 and any number of iterations' adapters (evaluation compares
+    them all): adapters are loaded beside each other with peft, and Q_0 is the model with its adapters off."""
+
+    def __init__(self, questioner: Questioner):
+        self.questioner = questioner
+        self.model = None
+        self.adapter_names: dict[str, str] = {}
+
+    @contextmanager
+    def policy(self, adapter: str | None) -> Iterator:
+        """The model acting as Q_eta (its adapter active) or, with None, as Q_0, for the duration of the block."""
+        from peft import PeftModel
+
+        if self.model is None:
+            self.model = self.questioner.load_base()
+        if adapter is None:
+            if isinstance(self.model, PeftModel):
+                with self.model.disable_adapter():
+                    yield self.model
+            else:
+                yield self.model
+            return
+        name = self.adapter_names.get(adapter)
+        if name is None:
+            name = f"adapter-{len(self.adapter_names)}"
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(_checked_adapter(adapter), adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, _checked_adapter(adapter), adapter_name=name)
+            self.adapter_names[adapter] = name
+        self.model.set_adapter(name)
+        self.model.eval()
+        yield self.model
 
 
 def _sampling_args(temperature: float, top_p: float) -> dict:

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import StargateError
+from .prompts import JUDGE_TEMPLATES
 
 SPLITS = ("A", "B", "test")
 TRAIN_SPLITS = ("A", "B")
@@ -168,6 +169,13 @@ class TrainConfig(_Strict):
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="Share of steps with linear warm-up (paper: 0.1).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (long sequences, 7B).")
+    format: Literal["bare", "instructed"] = Field(
+        "instructed",
+        description="The prompt the policy is trained on and answers in. bare (the paper's): the greeting and the "
+        "conversation alone, so the trained model asks by itself; instructed: the instruction to ask questions "
+        "is in every training example, regularizer prompt and win-rate response prompt. Simulation always "
+        "instructs. Recorded with each training; chat and export use it.",
+    )
     backend: Literal["auto", "peft", "unsloth"] = Field(
         "auto", description="peft: transformers + peft (+ bitsandbytes 4-bit); unsloth: Unsloth's FastLanguageModel "
         "(CUDA, the [gpu] extra; about 3x faster and half the memory for a 4-bit 7B); auto: unsloth where it is "
@@ -182,7 +190,56 @@ class EvalConfig(_Strict):
     win_rate_pairs_per_turn: int | None = Field(
         None, ge=1, description="Judge this many test pairs per turn count k (paper: 100, 300 in all); null = all."
     )
-    judge_max_tokens: int = Field(64, ge=1, description="Judge's token limit for a verdict.")
+    judge_orders: Literal[1, 2] = Field(
+        1, description="1: each pair judged once, in an order drawn from a seed derived from the pair; 2: also in the "
+        "other order (counterbalanced: a win when both orders pick Q_eta, a loss when both pick Q_0, else a tie).",
+    )
+
+
+_JUDGE_PLACEHOLDERS = ("persona", "task", "a", "b")
+
+
+class JudgeConfig(_Strict):
+    """How the Judge is asked and how its verdict is read (which model judges: roles.judge, or eval --judge)."""
+
+    template: str = Field(
+        "letter",
+        description="A shipped template: letter (reply with one letter) or compare (at most ~100 words comparing "
+        "the two, then a last line '<label> A' or '<label> B'); or your own text with {persona}, {task}, {a}, "
+        "{b} (and {label}).",
+    )
+    read: Literal["reply", "last_line", "logprobs"] = Field(
+        "reply",
+        description="reply: the reply as a whole must name one response; last_line: only the last non-empty line "
+        "counts, exactly '<label> A' or '<label> B'; logprobs: P(A) against P(B) for the reply's first token, "
+        "the margin stored (llamacpp, transformers, and endpoints that return logprobs; a reply-is-the-letter "
+        "template). Anything else is stored as unparsable with the judge's text.",
+    )
+    label: str = Field("Verdict:", min_length=1, description="The verdict line's label (last_line, compare).")
+    max_tokens: int = Field(64, ge=1, description="Judge's token limit for its reply (compare: ~100 words and more).")
+
+    @field_validator("template")
+    @classmethod
+    def _template_fits(cls, template: str) -> str:
+        if template in JUDGE_TEMPLATES:
+            return template
+        if any("{" + p + "}" not in template for p in _JUDGE_PLACEHOLDERS):
+            raise ValueError(f"not a shipped template ({', '.join(JUDGE_TEMPLATES)}) nor a prompt text with "
+                             "{persona}, {task}, {a} and {b}")
+        try:
+            template.format(persona="", task="", a="", b="", label="")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"only {{persona}}, {{task}}, {{a}}, {{b}} and {{label}} may stand in braces "
+                             f"({err!r})") from None
+        return template
+
+    @field_validator("read")
+    @classmethod
+    def _read_fits(cls, read: str, info: ValidationInfo) -> str:
+        if read == "logprobs" and info.data.get("template") == "compare":
+            raise ValueError("logprobs reads the reply's first token, and the compare template's reply begins "
+                             "with a comparison: use template letter (or your own) or read last_line")
+        return read
 
 
 class Recipe(_Strict):
@@ -200,6 +257,7 @@ class Recipe(_Strict):
     respond: RespondConfig = Field(default_factory=RespondConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
 
     @model_validator(mode="after")
     def _roles_exist(self) -> Recipe:

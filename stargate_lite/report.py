@@ -22,22 +22,36 @@ def _fmt(stat: dict, digits: int = 1) -> str:
     return f"{stat['mean']:.{digits}f}{sem} (n={stat['n']})"
 
 
+WIN_RATE_LABELS = {
+    "win_rate": "win rate, random order",
+    "win_rate_counterbalanced": "win rate, both orders",
+}
+
+
+def _fmt_win(iteration: int, win: dict | None) -> str:
+    if iteration == 0:
+        return "0.5 (reference)"
+    if win is None:
+        return "- (judge_orders=1)"
+    counts = f"n={win['valid']}, {win['ties']} ties, {win['unparsable']} unparsable"
+    if "consistency" in win and win["consistency"] is not None:
+        counts += f", consistency {win['consistency']:.2f}"
+    if win["rate"] is None:
+        return f"- ({counts})"
+    return f"{win['rate']:.2f} ± {win['sem']:.2f} ({counts})"
+
+
 def summary_table(summary: dict) -> Table:
-    table = Table(title=f"run {summary['run']}: roleplayer {summary['roleplayer']}, judge {summary['judge']}, "
-                        f"responder {summary['responder']}")
+    table = Table(title=f"run {summary['run']}: roleplayer {summary['roleplayer']}, judge {summary['judge']} "
+                        f"({summary['protocol']}), responder {summary['responder']}")
     table.add_column("iteration", justify="right")
-    for label in ("negative", "positive", "experimental", "best of n", "random", "win rate vs Q_0"):
+    for label in ("negative", "positive", "experimental", "best of n", "random", *WIN_RATE_LABELS.values()):
         table.add_column(label, justify="right")
     for it in summary["iterations"]:
-        lp, win = it["logprob"], it["win_rate"]
-        if it["iteration"] == 0:
-            rate = "0.5 (reference)"
-        elif win["rate"] is None:
-            rate = f"- (0 valid, {win['unparsable']} unparsable)"
-        else:
-            rate = f"{win['rate']:.2f} ± {win['sem']:.2f} ({win['wins']}/{win['valid']}, {win['unparsable']} unparsable)"
+        lp = it["logprob"]
         table.add_row(str(it["iteration"]), _fmt(lp["negative"]), _fmt(lp["positive"]), _fmt(lp["experimental"]),
-                      _fmt(lp["experimental_best_of_n"]), _fmt(lp["random"]), rate)
+                      _fmt(lp["experimental_best_of_n"]), _fmt(lp["random"]),
+                      *(_fmt_win(it["iteration"], it[key]) for key in WIN_RATE_LABELS))
     return table
 
 
@@ -75,14 +89,12 @@ def plot(summary: dict, out_dir: Path) -> list[Path]:
     paths = [save(fig, ax, "gold-logprobs", legend_size=7)]
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    xs, ys, errs = [], [], []
-    for it in summary["iterations"]:
-        win = it["win_rate"]
-        if win["rate"] is not None:
-            xs.append(it["iteration"])
-            ys.append(win["rate"])
-            errs.append(win["sem"] or 0.0)
-    ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=f"Q_eta vs Q_0 ({summary['judge']} judge)")
+    for key, label in WIN_RATE_LABELS.items():
+        points = [(it["iteration"], it[key]) for it in summary["iterations"] if it[key] and it[key]["rate"] is not None]
+        if len(points) < 2:  # iteration 0's reference alone
+            continue
+        ax.errorbar([i for i, _ in points], [w["rate"] for _, w in points], yerr=[w["sem"] or 0.0 for _, w in points],
+                    marker="o", capsize=3, label=f"{label} ({summary['judge']} judge)")
     ax.axhline(0.5, color="gray", linestyle=":", label="no change")
     ax.set(xlabel="iteration", ylabel="win rate", ylim=(0, 1), title=f"Win rate, roleplayer {summary['roleplayer']}")
     paths.append(save(fig, ax, "win-rates", legend_size=8))

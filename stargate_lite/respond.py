@@ -22,8 +22,11 @@ def respond_stage(
     policy_name: str,
     questioner: Questioner,
     config: RespondConfig,
+    prompt_format: str,
     progress: Progress,
 ) -> None:
+    """`prompt_format` (train.format): "instructed" keeps the instruction to ask in the prompt, "bare" leaves it
+    out, as the policy will be trained on this response."""
     pairs = {p["id"]: p for p in store.pairs(run_id, iteration)}
     selections = store.selections(run_id, iteration)
     have = store.responses(run_id, iteration)
@@ -34,7 +37,8 @@ def respond_stage(
             turns = store.turns([s["conversation_id"] for s in chunk])
             prompts = [
                 questioner_messages(pairs[s["pair_id"]]["persona_name"], pairs[s["pair_id"]]["task"],
-                                    turns[s["conversation_id"]], final=True)
+                                    turns[s["conversation_id"]], final=True,
+                                    instruction=prompt_format == "instructed")
                 for s in chunk
             ]
             texts = questioner.generate(policy, prompts, max_new_tokens=config.max_tokens, temperature=0.0,

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from .errors import StargateError
 from .loop import STAGES, split_for
+from .runs import recipe_of_run, training_format
 from .store import Store
-
-
-def _count(store: Store, table: str, run_id: str, iteration: int) -> int:
-    return store.value(f"select count(*) from {table} where run_id = ? and iteration = ?", [run_id, iteration])
 
 
 def run_status(store: Store, run_id: str | None = None) -> dict:
@@ -22,21 +19,24 @@ def run_status(store: Store, run_id: str | None = None) -> dict:
     out = []
     for run in runs:
         iterations = []
+        recipe = recipe_of_run(run)
         for it in store.iterations(run["id"]):
             n = it["iteration"]
             training = store.training(run["id"], n)
             done = [s for s in STAGES if store.stage_done(run["id"], n, s)]
+            counts = store.iteration_counts(run["id"], n)
             iterations.append(
                 {
                     "iteration": n,
                     "split": it["split"] or split_for(n),
-                    "pairs": _count(store, "pairs", run["id"], n),
-                    "conversations": _count(store, "conversations", run["id"], n),
-                    "scored": _count(store, "scores", run["id"], n),
-                    "selected": _count(store, "selections", run["id"], n),
-                    "responses": _count(store, "responses", run["id"], n),
+                    "pairs": counts["pairs"],
+                    "conversations": counts["conversations"],
+                    "scored": counts["scores"],
+                    "selected": counts["selections"],
+                    "responses": counts["responses"],
                     "train_loss": training["final_loss"] if training else None,
                     "adapter": training["adapter"] if training else None,
+                    "format": training_format(training, recipe) if training else None,
                     "stages_done": done,
                     "complete": it["finished_at"] is not None,
                 }

@@ -142,6 +142,20 @@ def _m006_training_backend(db: sqlite_utils.Database) -> None:
     db["trainings"].add_column("peak_gpu_bytes", int)
 
 
+def _m007_judge_protocol(db: sqlite_utils.Database) -> None:
+    # How a verdict was made (judge template, reading, budget: judge.judge_protocol), which of the two orders it
+    # judged (0: the seeded one, 1: the other) and, for log-prob verdicts, log P(A) - log P(B).
+    db["judgments"].add_column("protocol", str)
+    db["judgments"].add_column("swapped", int)
+    db["judgments"].add_column("margin", float)
+    db["judgments"].create_index(["ns", "iteration", "responder", "judge", "protocol"])
+
+
+def _m008_training_format(db: sqlite_utils.Database) -> None:
+    # The prompt format an adapter was trained in (train.format); NULL in runs made before: "instructed".
+    db["trainings"].add_column("format", str)
+
+
 MIGRATIONS = [
     ("m001_initial", _m001_initial),
     ("m002_eval", _m002_eval),
@@ -149,6 +163,8 @@ MIGRATIONS = [
     ("m004_failures", _m004_failures),
     ("m005_trimmed_answers", _m005_trimmed_answers),
     ("m006_training_backend", _m006_training_backend),
+    ("m007_judge_protocol", _m007_judge_protocol),
+    ("m008_training_format", _m008_training_format),
 ]
 
 
@@ -186,6 +202,8 @@ class Store:
         with self.db.conn:
             yield
 
+    # Plain SQL reads, for this module and for inspecting a store (tests, scripts); the library's other modules
+    # call the named methods below.
     def rows(self, sql: str, params: Iterable | dict = ()) -> list[dict]:
         return list(self.db.query(sql, params))
 
@@ -238,6 +256,19 @@ class Store:
             f"and persona_id in ({','.join('?' * len(persona_ids))})"
         )
         return {(g["task_id"], g["persona_id"]): g for g in self.rows(sql, [*task_ids, *persona_ids])}
+
+    def split_texts(self, table: str, dataset: str, split: str) -> list[str]:
+        """The texts of a data set's tasks or personas in one split, in order."""
+        if table not in ("tasks", "personas"):
+            raise ValueError(table)
+        return [r["text"] for r in self.rows(f"select text from {table} where dataset = ? and split = ? order by idx",
+                                             [dataset, split])]
+
+    def texts_outside_split(self, table: str, dataset: str, split: str) -> set[str]:
+        if table not in ("tasks", "personas"):
+            raise ValueError(table)
+        return {r["text"] for r in self.rows(f"select text from {table} where dataset = ? and split != ?",
+                                             [dataset, split])}
 
     def dataset_counts(self) -> list[dict]:
         return self.rows(
@@ -364,6 +395,16 @@ class Store:
         sql = "select * from responses where run_id = ? and iteration = ?"
         return {r["pair_id"]: r for r in self.rows(sql, [run_id, iteration])}
 
+    def iteration_counts(self, run_id: str, iteration: int) -> dict[str, int]:
+        """Rows an iteration has in each of its tables, for `status`."""
+        return {table: self.value(f"select count(*) from {table} where run_id = ? and iteration = ?",
+                                  [run_id, iteration])
+                for table in ("pairs", "conversations", "scores", "selections", "responses")}
+
+    def pair_iterations(self, run_id: str) -> list[int]:
+        return [r["iteration"] for r in self.rows(
+            "select distinct iteration from pairs where run_id = ? order by iteration", [run_id])]
+
     def training(self, run_id: str, iteration: int) -> dict | None:
         rows = self.rows("select * from trainings where run_id = ? and iteration = ?", [run_id, iteration])
         return rows[0] if rows else None
@@ -383,3 +424,31 @@ class Store:
 
     def iterations(self, run_id: str) -> list[dict]:
         return self.rows("select * from iterations where run_id = ? order by iteration", [run_id])
+
+    # -- evaluation -------------------------------------------------------------------------------------------
+    def eval_score_ids(self, ns: str, iteration: int) -> set[str]:
+        sql = "select id from eval_scores where ns = ? and iteration = ?"
+        return {r["id"] for r in self.rows(sql, [ns, iteration])}
+
+    def eval_logprobs(self, ns: str, iteration: int, condition: str) -> list[float]:
+        sql = "select logprob from eval_scores where ns = ? and iteration = ? and condition = ? order by id"
+        return [r["logprob"] for r in self.rows(sql, [ns, iteration, condition])]
+
+    def eval_response_keys(self, ns: str, iteration: int, responder: str) -> set[str]:
+        sql = "select pair_key from eval_responses where ns = ? and iteration = ? and responder = ?"
+        return {r["pair_key"] for r in self.rows(sql, [ns, iteration, responder])}
+
+    def eval_response_texts(self, ns: str, iterations: list[int]) -> dict[tuple[int, str, str], str]:
+        """{(iteration, responder, pair key): response}"""
+        sql = f"select * from eval_responses where ns = ? and iteration in ({','.join('?' * len(iterations))})"
+        return {(r["iteration"], r["responder"], r["pair_key"]): r["text"] for r in self.rows(sql, [ns, *iterations])}
+
+    def judgments(self, ns: str, iteration: int, responder: str, judge: str, protocol: str) -> list[dict]:
+        sql = ("select * from judgments where ns = ? and iteration = ? and responder = ? and judge = ? "
+               "and protocol = ? order by id")
+        return self.rows(sql, [ns, iteration, responder, judge, protocol])
+
+    # -- chats --------------------------------------------------------------------------------------------------
+    def save_chat(self, row: dict) -> None:
+        with self.transaction():
+            self.db["chats"].insert(row, pk="id", replace=True)

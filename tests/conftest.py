@@ -59,7 +59,7 @@ def base_model(questioner):
 
 def cli(*args: str, home: Path, check: bool = True) -> subprocess.CompletedProcess:
     """The real command in a subprocess, as a user runs it."""
-    env = {**os.environ, "STARGATE_HOME": str(home)}
+    env = {**os.environ, "STARGATE_HOME": str(home), "COLUMNS": "250"}  # tables one line per row
     result = subprocess.run([sys.executable, "-m", "stargate_lite", *args], env=env, capture_output=True, text=True,
                             timeout=900)
     if check and result.returncode != 0:

@@ -71,3 +71,24 @@ def test_export_reloads_with_the_same_logprobs(finished, questioner, tmp_path):
     assert abs(merged_lp - adapter_lp) < 1e-3 * n
     result = cli("export", "--out", str(out), home=finished, check=False)
     assert result.returncode == 2 and "exists" in result.stderr
+
+
+def test_the_trained_format_travels_with_the_adapter(finished, tmp_path):
+    """chat and export greet a checkpoint in the format it was trained in (trainings.format), status shows it."""
+    import shutil
+
+    from stargate_lite.runs import resolve_checkpoint
+    from stargate_lite.store import Store
+
+    assert [it["format"] for it in json.loads(cli("status", "--json", home=finished).stdout)["runs"][0]["iterations"]
+            ] == ["instructed", "instructed"]
+    home = tmp_path / "copy"
+    shutil.copytree(finished, home)
+    store = Store(home)
+    with store.transaction():
+        store.db.execute("update trainings set format = 'bare' where iteration = 2")
+    assert resolve_checkpoint(store, None, None, None, False)[3] == "bare"
+    assert resolve_checkpoint(store, None, 1, None, False)[3] == "instructed"
+    with store.transaction():  # a run trained before the format was recorded: it was trained instructed
+        store.db.execute("update trainings set format = null")
+    assert resolve_checkpoint(store, None, None, None, False)[3] == "instructed"

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import cli
-from stargate_lite.judge import parse_verdict, policy_is_a
+from stargate_lite.judge import parse_last_line, parse_verdict, policy_is_a, read_verdict, winner_of
+from stargate_lite.recipe import JudgeConfig
 
 EVAL_TABLES = ("eval_scores", "eval_responses", "judgments")
 
@@ -39,17 +40,36 @@ def test_eval_reports_four_conditions_and_win_rates(evaluated, finished):
         assert it["logprob"]["experimental_best_of_n"]["mean"] >= it["logprob"]["experimental"]["mean"]
     # Test split: 1 task x 2 personas, 2 conversations each.
     assert evaluated["iterations"][0]["logprob"]["experimental"]["n"] == 4
+    # The tiny recipe judges both orders, reading P(A) against P(B): every verdict is valid.
     for it in evaluated["iterations"][1:]:
-        win = it["win_rate"]
-        assert win["valid"] + win["unparsable"] == 2  # every judged pair is counted, none silently dropped
-        if win["valid"]:
-            assert 0 <= win["rate"] <= 1 and win["wins"] <= win["valid"]
-        assert sum(g["valid"] + g["unparsable"] for g in win["by_turns"].values()) == 2
+        for key in ("win_rate", "win_rate_counterbalanced"):
+            win = it[key]
+            assert win["valid"] + win["unparsable"] == 2, key  # every judged pair is counted, none dropped
+            assert win["unparsable"] == 0, key
+            assert 0 <= win["rate"] <= 1 and win["wins"] + win["losses"] + win["ties"] == win["valid"]
+            assert win["rate"] == pytest.approx((win["wins"] + 0.5 * win["ties"]) / win["valid"])
+            assert sum(g["valid"] + g["unparsable"] for g in win["by_turns"].values()) == 2
+        assert it["win_rate"]["ties"] == 0  # one order gives a verdict or none, never a tie
+        both = it["win_rate_counterbalanced"]
+        assert both["consistency"] == (both["wins"] + both["losses"]) / both["valid"]
     for path in evaluated["plots"]:
         assert Path(path).stat().st_size > 1000
     with sqlite3.connect(finished / "stargate.db") as db:
         raw = db.execute("select count(*) from judgments where raw is null").fetchone()[0]
-        assert raw == 0  # the judge's own words are kept for every verdict
+        assert raw == 0  # the judge's own words (here its letters' log-probs) are kept for every verdict
+        rows = db.execute("select pair_key, iteration, swapped, policy_is_a, margin, verdict from judgments"
+                          ).fetchall()
+    assert len(rows) == 2 * 2 * 2  # 2 iterations x 2 pairs x 2 orders
+    by_item = {}
+    for key, iteration, swapped, first, margin, verdict in rows:
+        assert verdict == ("A" if margin > 0 else "B")
+        by_item.setdefault((key, iteration), {})[swapped] = first
+    assert all(orders[0] != orders[1] for orders in by_item.values())  # the second order shows them the other way
+
+
+def test_eval_table_shows_both_win_rates(evaluated, finished):
+    table = cli("report", home=finished).stdout
+    assert "win rate, random order" in table and "win rate, both orders" in table and "consistency" in table
 
 
 def test_a_second_eval_reuses_everything(evaluated, finished, monkeypatch):
@@ -89,17 +109,96 @@ def test_eval_errors_are_one_line(finished):
 @pytest.mark.parametrize(
     "text, verdict",
     [
-        ("A", "A"), ("B.", "B"), ("**B**", "B"), ("(A)", "A"), ("a", "A"), ("Response A", "A"), ("Answer: B", "B"),
+        ("A", "A"), ("B.", "B"), ("**B**", "B"), ("(A)", "A"), ("a", None), ("Response A", "A"), ("Answer: B", "B"),
         ("The better response is A because it mentions her diet.", "A"), ("I prefer Response B.", "B"),
         ("Final answer: A", "A"), ("Option B fits better.", "B"), ("I would choose A.", "A"),
         ("Response A is vague, Response B is tailored. Answer: B", "B"), ("Response A. It fits.", "A"),
         ("Both are good; it is a tie.", None), ("I cannot decide.", None), ("", None), ("Neither A nor B", None),
-        ("A is better than B", None), ("asdf qwerty", None), ("As an AI I cannot judge.", None),
+        ("A is better than B", "A"), ("asdf qwerty", None), ("As an AI I cannot judge.", None),
         ("Response A and Response B are equally good.", None), ("Answer: A. Final answer: B", None),
     ],
 )
 def test_verdict_parser(text, verdict):
     assert parse_verdict(text) == verdict
+
+
+@pytest.mark.parametrize(
+    "text, verdict",
+    [
+        # Articles are not verdicts.
+        ("I prefer a response that is tailored. Response B is vague.", None), ("Winner: a tie", None),
+        ("My choice is a hard one, but B", None), ("Answer: a", None), ("Response a is better.", None),
+        ("A: it mentions a gluten-free diet.", "A"), ("Response A is a good start, but Response B is better for a "
+                                                      "busy parent.", "B"),
+        ("Response B is a better fit for her.", "B"), ("It is a close call, but A is better.", "A"),
+        # Negations and indecision.
+        ("A is not better than B.", None), ("B is not as good as A.", None), ("Tie.", None),
+        ("Neither A nor B fits better.", None), ("I can't choose between A and B.", None),
+        ("Both responses are helpful, but B is more specific.", None), ("A and B are equally good.", None),
+        ("A or B? Hard to say.", None), ("Not A. B.", None),
+        # Both letters, one declared.
+        ("The answer is B, not A.", "B"), ("I'd pick A over B.", "A"), ("A wins.", "A"),
+        ("B is the better response.", "B"), ("The winner is B.", "B"), ("Preferred response: B", "B"),
+        ("Verdict: B", "B"), ("**Verdict:** A", "A"), ("B. It speaks to her budget and her schedule.", "B"),
+        ("Response A would suit a parent; Response B fits her better.", "B"),
+        ("Answer: A. Final answer: B", None), ("I prefer Response A, but the winner is B.", None),
+    ],
+)
+def test_verdict_parser_further_phrasings(text, verdict):
+    assert parse_verdict(text) == verdict
+
+
+@pytest.mark.parametrize(
+    "text, verdict",
+    [
+        ("A is vague about her budget; B plans around it.\nVerdict: B", "B"),
+        ("B ignores that she is vegan.\n\nVerdict: A.\n", "A"),
+        ("Both are fine.\nVerdict: b", None),  # the letter must be a capital
+        ("Verdict: A\nOn reflection, B is better.", None),  # only the last line counts
+        ("A mentions her dog.\n**Verdict: A**", None),  # exactly the label and the letter
+        ("Response A fits better.", None),  # no verdict line at all
+        ("Close call.\nVerdict: A or B", None), ("Close call.\nVerdict: a tie", None), ("", None),
+        ("A fits her better.\nWinner: A", None),  # another label than the template's
+    ],
+)
+def test_last_line_verdicts_are_strict(text, verdict):
+    assert parse_last_line(text, "Verdict:") == verdict
+
+
+def test_logprob_verdicts_and_their_margin():
+    config = JudgeConfig(template="letter", read="logprobs")
+    assert read_verdict(config, {"A": -0.2, "B": -1.9, "floor": None})[:2] == ("A", pytest.approx(1.7))
+    assert read_verdict(config, {"A": -3.0, "B": -0.1, "floor": None})[:2] == ("B", pytest.approx(-2.9))
+    # A letter the endpoint did not list is at most as likely as the least likely listed token.
+    assert read_verdict(config, {"A": -0.5, "B": None, "floor": -6.0})[:2] == ("A", pytest.approx(5.5))
+    assert read_verdict(config, {"A": None, "B": None, "floor": -6.0})[:2] == (None, None)
+    assert read_verdict(config, {"A": -1.0, "B": -1.0, "floor": None})[0] is None  # an exact tie is no verdict
+
+
+def test_verdicts_map_to_the_model_shown_in_that_position():
+    assert winner_of("A", policy_is_a=True) == "policy" and winner_of("B", policy_is_a=True) == "base"
+    assert winner_of("A", policy_is_a=False) == "base" and winner_of("B", policy_is_a=False) == "policy"
+    assert winner_of(None, policy_is_a=True) is None
+
+
+def test_counterbalanced_outcomes():
+    from stargate_lite.evaluate import win_rates
+
+    def row(key, swapped, winner, turns=1):
+        return {"pair_key": key, "swapped": swapped, "winner": winner, "turns": turns}
+
+    judged = [row("w", 0, "policy"), row("w", 1, "policy"),  # both orders pick Q_eta: a win
+              row("l", 0, "base"), row("l", 1, "base"),  # both pick Q_0: a loss
+              row("t", 0, "policy", 2), row("t", 1, "base", 2),  # they disagree: a tie
+              row("u", 0, "policy", 2), row("u", 1, None, 2)]  # one unparsable: out of the denominator
+    rates = win_rates(judged)
+    randomized, both = rates["win_rate"], rates["win_rate_counterbalanced"]
+    assert (randomized["wins"], randomized["losses"], randomized["valid"]) == (3, 1, 4)
+    assert randomized["rate"] == 0.75 and randomized["sem"] == pytest.approx((0.75 * 0.25 / 4) ** 0.5)
+    assert (both["wins"], both["losses"], both["ties"], both["unparsable"]) == (1, 1, 1, 1)
+    assert both["rate"] == 0.5 and both["consistency"] == pytest.approx(2 / 3)
+    assert both["by_turns"]["2"] == {**both["by_turns"]["2"], "ties": 1, "unparsable": 1, "valid": 1}
+    assert win_rates(judged[:2] + [row("x", 0, "base")])["win_rate_counterbalanced"]["valid"] == 1
 
 
 def test_judge_order_is_seeded_and_balanced():
@@ -108,3 +207,82 @@ def test_judge_order_is_seeded_and_balanced():
     assert first == [policy_is_a(0, i) for i in items]
     assert 0.45 < sum(first) / len(first) < 0.55
     assert first != [policy_is_a(1, i) for i in items]
+
+
+class TruthfulJudge:
+    """A judge at the boundary that knows which response is Q_eta's and always prefers it: by log-probs, or
+    in the compare template's shape (a comparison, then the verdict line)."""
+
+    name = "truthful"
+
+    def __init__(self, policy_texts: set[str]):
+        self.policy_texts = policy_texts
+
+    def _ours_is_a(self, messages) -> bool:
+        return messages[0]["content"].split("Response A:\n", 1)[1].split("\n\nResponse B:\n", 1)[0] in self.policy_texts
+
+    def choice_logprobs(self, conversations, choices):
+        return [{"A": -0.1, "B": -4.0, "floor": None} if self._ours_is_a(m) else {"A": -4.0, "B": -0.1, "floor": None}
+                for m in conversations]
+
+    def complete_each(self, conversations, sampling):
+        assert all("Verdict: A" in m[0]["content"] for m in conversations)  # the compare template asks for it
+        return ["Response A is a good start, but B is vague.\nVerdict: A" if self._ours_is_a(m) else
+                "A is a generic answer for a busy parent.\n\nVerdict: B" for m in conversations]
+
+
+@pytest.mark.parametrize("judge", [{"template": "letter", "read": "logprobs"},
+                                   {"template": "compare", "read": "last_line", "max_tokens": 256}])
+def test_a_judge_that_always_picks_the_policy_credits_the_policy_in_both_orders(evaluated, finished, tmp_path,
+                                                                                judge):
+    """Through the real judge stage: swapping how a verdict maps to a model would turn every win into a loss."""
+    import shutil
+
+    from stargate_lite.evaluate import _judge, namespace, win_rates
+    from stargate_lite.judge import judge_protocol
+    from stargate_lite.progress import Progress
+    from stargate_lite.runs import recipe_of_run
+    from stargate_lite.store import Store
+
+    home = tmp_path / "copy"
+    shutil.copytree(finished, home)
+    store = Store(home)
+    recipe = recipe_of_run(store.get_run("tiny")).model_copy(update={"judge": JudgeConfig(**judge)})
+    ns = namespace("tiny", "smollm2")
+    texts = store.eval_response_texts(ns, [0, 2])
+    ours = {key: t for (it, responder, key), t in texts.items() if it == 2}
+    distinct = {key for key, t in ours.items() if t != texts[(0, "policy", key)]}
+    assert distinct, "Q_2 and Q_0 answered every test pair alike: nothing to tell apart"
+    _judge(store, ns, 2, "policy", store.pairs(ns, 2), TruthfulJudge(set(ours.values())), recipe,
+           Progress(enabled=False))
+    rows = [r for r in store.judgments(ns, 2, "policy", "truthful", judge_protocol(recipe.judge))
+            if r["pair_key"] in distinct]
+    assert len(rows) == 2 * len(distinct) and {r["swapped"] for r in rows} == {0, 1}
+    assert {r["policy_is_a"] for r in rows} == {0, 1}  # Q_eta was shown in both positions
+    assert all(r["winner"] == "policy" for r in rows)
+    rates = win_rates(rows)
+    assert rates["win_rate"]["rate"] == 1.0 and rates["win_rate_counterbalanced"]["rate"] == 1.0
+    assert rates["win_rate_counterbalanced"]["consistency"] == 1.0
+
+
+def test_letter_logprobs_from_llamacpp_match_transformers_and_the_greedy_reply(home):
+    """The same model's P(A) and P(B) through llama.cpp (Q4_1) and transformers (fp32), on real judge prompts."""
+    from stargate_lite.chat import ChatModels, Sampling
+    from stargate_lite.prompts import JUDGE_TEMPLATES, judge_messages
+    from stargate_lite.recipe import load_recipe
+
+    chats = ChatModels(load_recipe("tiny").chat_models, home)
+    persona = "I'm ANA. I am a retired nurse who grows vegetables and cooks for my grandchildren on weekends."
+    task = "Can you suggest a weekly meal plan for me?"
+    replies = ["Here is a plan with vegetables from your garden that grandchildren enjoy.", "Eat pizza every day.",
+               "I cannot help with that."]
+    prompts = [judge_messages(JUDGE_TEMPLATES["letter"], persona, task, a, b, "Verdict:")
+               for a in replies for b in replies if a != b][:4]
+    llama = chats.get("smollm2").choice_logprobs(prompts, ("A", "B"))
+    hf = chats.get("smollm2-hf").choice_logprobs(prompts, ("A", "B"))
+    greedy = chats.get("smollm2").complete_each(prompts, Sampling(1))
+    for ours, reference, reply in zip(llama, hf, greedy):
+        assert math.exp(ours["A"]) + math.exp(ours["B"]) <= 1.0
+        assert abs(ours["A"] - reference["A"]) < 0.3 and abs(ours["B"] - reference["B"]) < 0.3
+        if reply.strip() in ("A", "B"):
+            assert (ours["A"] > ours["B"]) == (reply.strip() == "A")

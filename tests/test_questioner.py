@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from stargate_lite.prompts import questioner_messages
+from stargate_lite.prompts import QUESTION_INSTRUCTION, questioner_messages
 from stargate_lite.recipe import TrainConfig
 from stargate_lite.score import encode_gold, score_sums, token_logprobs
-from stargate_lite.train import train_lora
+from stargate_lite.train import attach_lora, train_lora
 
 TURNS = [
     {"role": "questioner", "text": "What kind of food do you enjoy most?"},
@@ -86,7 +86,7 @@ def test_lora_changes_the_adapter_and_not_the_base(questioner, tmp_path):
     messages = [*questioner_messages("Mei", TASK, TURNS, final=True), {"role": "assistant", "content": GOLD}]
     examples = [questioner.encode_for_training(messages)] * 2
     config = TrainConfig(lora_r=4, lora_alpha=8, learning_rate=1e-3, batch_size=1, epochs=2, warmup_ratio=0.0)
-    record = train_lora(base, examples, config, seed=0, out_dir=tmp_path / "adapter",
+    record = train_lora(attach_lora(base, config, seed=0), examples, config, seed=0, out_dir=tmp_path / "adapter",
                         pad_token_id=questioner.tokenizer.pad_token_id)
     assert record["steps"] == 4 and len(record["losses"]) == 4
     assert record["losses"][-1] < record["losses"][0]
@@ -176,6 +176,11 @@ def test_empty_questions_and_responses_are_left_out_of_training(home):
                                          "text": response, "policy": "base"}], pk="pair_id")
     (example,) = training_examples(store, load_recipe("tiny"), "r", 1)
     assert example[-1] == {"role": "assistant", "content": "A plan."} and "My name is Mei." in example[0]["content"]
+    assert QUESTION_INSTRUCTION in example[0]["content"]  # instructed: the tiny recipe's format
+    # The paper's bare format: the greeting, the conversation, "{answer}\n\n{task}", the response; no instruction.
+    (bare,) = training_examples(store, load_recipe("tiny", ["train.format=bare"]), "r", 1)
+    assert [m["content"] for m in bare] == [f"My name is Mei.\n\n{TASK}", "What do you like?",
+                                            f"Spicy food.\n\n{TASK}", "A plan."]
     assert len(training_examples(store, load_recipe("tiny", ["train.target=none"]), "r", 1)) == 2
     with store.transaction():
         store.db.execute("update responses set text = ''")

@@ -66,7 +66,7 @@ def test_unknown_recipe_and_bad_override_syntax(tmp_path):
 def test_a_stored_recipe_round_trips_and_secrets_are_redacted(home):
     import json
 
-    from stargate_lite.loop import open_run, recipe_of_run, redact
+    from stargate_lite.runs import open_run, recipe_of_run, redact
     from stargate_lite.store import Store
 
     recipe = load_recipe("paper")
@@ -77,3 +77,36 @@ def test_a_stored_recipe_round_trips_and_secrets_are_redacted(home):
         "api_key": "<redacted>", "nested": {"auth_token": "<redacted>", "max_tokens": 5, "api_key_env": "X"}}
     assert json.loads((home / "runs" / "paper" / "recipe.json").read_text())["chat_models"]["gpt4"][
         "api_key_env"] == "OPENAI_API_KEY"
+
+
+def test_the_judge_is_declared_in_the_recipe():
+    import json
+
+    paper = load_recipe("paper")
+    assert (paper.judge.template, paper.judge.read, paper.eval.judge_orders) == ("compare", "last_line", 2)
+    assert paper.train.format == "bare" and load_recipe("self-oracle").train.format == "bare"
+    tiny = load_recipe("tiny")
+    assert (tiny.judge.template, tiny.judge.read, tiny.eval.judge_orders) == ("letter", "logprobs", 2)
+    own = "Person: {persona}\nRequest: {task}\nFirst: {a}\nSecond: {b}\nWhich fits? End with {label} A or {label} B."
+    assert load_recipe("tiny", [f"judge.template={json.dumps(own)}", "judge.read=last_line"]).judge.template == own
+    with pytest.raises(StargateError, match="judge.template: not a shipped template"):
+        load_recipe("tiny", ["judge.template=fancy"])
+    with pytest.raises(StargateError, match=r"judge.template: only \{persona\}"):
+        load_recipe("tiny", [f"judge.template={json.dumps(own + ' {x}')}"])
+    with pytest.raises(StargateError, match="judge.read: logprobs reads the reply's first token"):
+        load_recipe("paper", ["judge.read=logprobs"])
+    with pytest.raises(StargateError, match="judge.read"):
+        load_recipe("tiny", ["judge.read=anywhere"])
+
+
+def test_a_run_stored_before_the_judge_section_still_loads(home):
+    """Stored recipes keep their old keys: eval.judge_max_tokens moved to judge.max_tokens."""
+    import json
+
+    from stargate_lite.runs import recipe_of_run
+
+    stored = json.loads(load_recipe("tiny").to_json())
+    del stored["judge"], stored["eval"]["judge_orders"], stored["train"]["format"]
+    stored["eval"]["judge_max_tokens"] = 12
+    recipe = recipe_of_run({"id": "old", "recipe": json.dumps(stored)})
+    assert recipe.judge.max_tokens == 12 and recipe.judge.read == "reply" and recipe.train.format == "instructed"

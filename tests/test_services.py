@@ -20,7 +20,7 @@ from conftest import TINY_CI_OVERRIDES, cli
 from stargate_lite.chat import ChatFailure, OpenAIChat, Sampling, preflight
 from stargate_lite.data import builtin_task_splits, prepare_data
 from stargate_lite.errors import StargateError
-from stargate_lite.loop import open_run
+from stargate_lite.runs import open_run
 from stargate_lite.models import builtin_gguf
 from stargate_lite.progress import Progress
 from stargate_lite.recipe import ChatModelConfig, load_recipe
@@ -79,11 +79,14 @@ class FaultServer:
                 if fault == "timeout":
                     time.sleep(1.5)
                 reply = f"Reply to: {prompt[:40]}"
+                choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": reply}}
+                if body.get("logprobs") and fault != "no-logprobs":  # a judge's first token: " B" likelier than "A"
+                    listed = [("B", -0.4), (" B", -2.0), ("A", -1.6), ("The", -3.5)]
+                    choice["logprobs"] = {"content": [{"token": "B", "logprob": -0.4, "bytes": None, "top_logprobs": [
+                        {"token": t, "logprob": lp, "bytes": None} for t, lp in listed]}]}
                 self._send(200, json.dumps({
                     "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": reply}}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                    "choices": [choice], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
                 }).encode())
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -111,6 +114,20 @@ def test_every_passing_fault_is_retried(server):
     assert text == "Reply to: Say hello."
     assert server.requests == 6
     assert time.time() - started >= 1.0  # the 429's Retry-After: 1 was honoured
+
+
+def test_letter_logprobs_from_an_endpoint(server):
+    """The top log-probs of the first reply token, each letter's spellings summed; an endpoint that returns none
+    is a failure that says so."""
+    import math
+
+    chat = OpenAIChat("fault", config(server.url, max_retries=1))
+    (result,) = chat.choice_logprobs([HELLO], ("A", "B"))
+    assert result["A"] == pytest.approx(-1.6) and result["floor"] == -3.5
+    assert result["B"] == pytest.approx(math.log(math.exp(-0.4) + math.exp(-2.0)))
+    server.plan.extend(["no-logprobs", "no-logprobs"])
+    (failure,) = chat.choice_logprobs([HELLO], ("A", "B"))
+    assert isinstance(failure, ChatFailure) and "does not return them" in str(failure)
 
 
 def test_a_client_error_fails_at_once_and_retries_stop_at_the_limit(server):

@@ -11,7 +11,7 @@ def test_migrations_create_the_schema_once(home):
     Store(home)  # a second open applies nothing twice
     names = [r["name"] for r in store.rows("select name from _migrations")]
     assert names == ["m001_initial", "m002_eval", "m003_chats", "m004_failures", "m005_trimmed_answers",
-                     "m006_training_backend"]
+                     "m006_training_backend", "m007_judge_protocol", "m008_training_format"]
     assert store.db["turns"].columns_dict == {
         "conversation_id": str, "idx": int, "role": str, "text": str, "is_question": int, "trimmed": int,
     }
@@ -19,6 +19,12 @@ def test_migrations_create_the_schema_once(home):
         "id": str, "run_id": str, "iteration": int, "pair_id": str, "sample": int, "turns": int, "policy": str,
     }
     assert store.db["turns"].pks == ["conversation_id", "idx"]
+    assert store.db["judgments"].columns_dict == {
+        "id": str, "ns": str, "iteration": int, "responder": str, "judge": str, "pair_key": str, "turns": int,
+        "policy_is_a": int, "verdict": str, "winner": str, "status": str, "raw": str, "protocol": str, "swapped": int,
+        "margin": float,
+    }
+    assert store.db["trainings"].columns_dict["format"] is str
     assert store.value("pragma journal_mode") == "wal"
 
 

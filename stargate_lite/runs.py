@@ -1,0 +1,155 @@
+"""Runs: opening one (the recipe it was made with, checked on resume), its directory, its lock, and picking a
+run, a trained iteration or an adapter for the commands that use one (eval, chat, export).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import StargateError
+from .recipe import Recipe, load_recipe, validate_recipe
+from .store import Store
+
+_SECRET_KEY = re.compile(r"(?:^|_)(?:key|token|secret|password)$", re.IGNORECASE)
+# Recipe keys that moved since a run was stored: old path -> new path (section.key).
+_MOVED_KEYS = {("eval", "judge_max_tokens"): ("judge", "max_tokens")}
+
+
+def redact(value):
+    """The recipe as stored: values under secret-looking keys (api_key, token, ...) are replaced.
+
+    Recipes name the variable that holds a key (api_key_env) rather than the key, so this is a second guard."""
+    if isinstance(value, dict):
+        return {k: "<redacted>" if _SECRET_KEY.search(k) else redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def run_dir(store: Store, run_id: str) -> Path:
+    return store.home / "runs" / run_id.replace("/", "_")
+
+
+def recipe_of_run(run: dict) -> Recipe:
+    """The recipe a run was made with, as stored, with defaults for fields newer than the run and keys that
+    moved since put where they are now."""
+    data = json.loads(run["recipe"])
+    for (section, key), (new_section, new_key) in _MOVED_KEYS.items():
+        if key in data.get(section, {}):
+            data.setdefault(new_section, {}).setdefault(new_key, data[section].pop(key))
+    return validate_recipe(data, f"of run {run['id']}")
+
+
+def _stored_form(recipe: Recipe) -> str:
+    return json.dumps(redact(json.loads(recipe.to_json())), sort_keys=True)
+
+
+def open_run(store: Store, recipe: Recipe, run_id: str | None = None) -> str:
+    """Create the run, or check that an existing run of that id was made by the same recipe."""
+    run_id = run_id or recipe.name
+    stored = _stored_form(recipe)
+    existing = store.get_run(run_id)
+    if existing is None:
+        store.create_run(run_id, recipe.name, stored, recipe.data.dataset, recipe.seed)
+        path = run_dir(store, run_id)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "recipe.json").write_text(json.dumps(json.loads(stored), indent=2) + "\n")
+        return run_id
+    # Fill in fields added since the run was made, so only real changes count as a different recipe.
+    before = _stored_form(recipe_of_run(existing))
+    if before != stored:
+        old, new = _flatten(json.loads(before)), _flatten(json.loads(stored))
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        raise StargateError(
+            f"run {run_id!r} was made with a different recipe (changed: {', '.join(changed[:5])}): "
+            "rerun with the same settings to resume, or choose a new --run id"
+        )
+    return run_id
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@contextmanager
+def run_lock(store: Store, run_id: str) -> Iterator[None]:
+    """Only one process works on a run at a time. The OS drops the lock when its holder dies, even by SIGKILL."""
+    path = run_dir(store, run_id) / "lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StargateError(
+                f"run {run_id!r} is already running in another process (lock {path}): wait for it, or stop it "
+                "and run the same command again to resume"
+            ) from None
+        yield
+
+
+def pick_run(store: Store, run_id: str | None) -> dict:
+    """The named run, or the latest one."""
+    runs = store.list_runs()
+    if run_id is None:
+        if not runs:
+            raise StargateError(f"no runs in {store.path}: start one with `stargate-lite run`")
+        return runs[-1]
+    run = store.get_run(run_id)
+    if run is None:
+        known = ", ".join(r["id"] for r in runs) or "none yet"
+        raise StargateError(f"no run {run_id!r} in {store.path} (runs: {known})")
+    return run
+
+
+def trained_iterations(store: Store, run_id: str) -> list[int]:
+    return [it["iteration"] for it in store.iterations(run_id) if store.training(run_id, it["iteration"])]
+
+
+def pick_training(store: Store, run: dict, iteration: int | None) -> dict:
+    """The training record (adapter path, prompt format, ...) of a run's trained iteration, the latest by default."""
+    trained = trained_iterations(store, run["id"])
+    if not trained:
+        raise StargateError(f"run {run['id']} has no trained adapter yet: finish an iteration first")
+    iteration = trained[-1] if iteration is None else iteration
+    if iteration not in trained:
+        raise StargateError(f"run {run['id']} has no trained iteration {iteration} (trained: {trained})")
+    return store.training(run["id"], iteration)
+
+
+def training_format(training: dict | None, recipe: Recipe) -> str:
+    """The prompt format an adapter was trained in; runs from before it was recorded were trained instructed."""
+    if training is None:
+        return recipe.train.format
+    return training.get("format") or "instructed"
+
+
+def resolve_checkpoint(store: Store, run_id: str | None, iteration: int | None, adapter: str | None,
+                       base: bool) -> tuple[Recipe, str | None, str, str]:
+    """(recipe, adapter path or None, a name for the policy, its prompt format) for the chosen checkpoint."""
+    if adapter:
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise StargateError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json)")
+        run = store.get_run(run_id) if run_id else None
+        recipe = recipe_of_run(run) if run else load_recipe("tiny")
+        return recipe, adapter, f"adapter:{adapter}", recipe.train.format
+    if base and not store.list_runs():
+        recipe = load_recipe("tiny")
+        return recipe, None, "base", recipe.train.format
+    run = pick_run(store, run_id)
+    recipe = recipe_of_run(run)
+    if base:
+        return recipe, None, "base", recipe.train.format
+    training = pick_training(store, run, iteration)
+    return (recipe, training["adapter"], f"{run['id']}/iteration-{training['iteration']}",
+            training_format(training, recipe))
