@@ -14,6 +14,7 @@ and another roleplayer, judge or judge template adds new rows.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import statistics
@@ -215,13 +216,10 @@ def evaluate(home: Path | str | None = None, run_id: str | None = None, iteratio
     chat = ChatModels(recipe.chat_models, store.home)
     progress = progress or Progress()
     sim_config = recipe.simulate.model_copy(update={"conversations_per_pair": recipe.eval.conversations_per_pair})
-    built: list[SharedBase] = []
-
+    @functools.cache
     def models() -> SharedBase:
         """Made on first use: a rerun that finds everything stored loads no model."""
-        if not built:
-            built.append(SharedBase(Questioner(recipe.questioner, store.home)))
-        return built[0]
+        return SharedBase(Questioner(recipe.questioner, store.home))
 
     def adapter_of(iteration: int) -> str | None:
         return store.training(run_id, iteration)["adapter"] if iteration else None

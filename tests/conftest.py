@@ -28,6 +28,17 @@ TINY_CI_OVERRIDES = [
 ]
 
 
+# One conversation, request and gold response that tests of masks, scoring and training share.
+TURNS = [
+    {"role": "questioner", "text": "What kind of food do you enjoy most?"},
+    {"role": "roleplayer", "text": "I love spicy Sichuan dishes and fresh noodles."},
+    {"role": "questioner", "text": "How much time do you have to cook on weeknights?"},
+    {"role": "roleplayer", "text": "About twenty minutes, since I work late shifts."},
+]
+TASK = "Can you suggest a weekly meal plan for me?"
+GOLD = "Here is a plan of quick spicy dinners: Monday, dan dan noodles; Tuesday, mapo tofu with rice."
+
+
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("model-cache")

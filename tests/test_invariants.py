@@ -10,21 +10,13 @@ import shutil
 import pytest
 import torch
 
+from conftest import GOLD, TASK, TURNS
 from stargate_lite.progress import Progress
 from stargate_lite.prompts import questioner_messages
 from stargate_lite.questioner import SharedBase
 from stargate_lite.runs import recipe_of_run
 from stargate_lite.score import base_weights, encode_gold, token_logprobs
 from stargate_lite.store import Store
-
-TURNS = [
-    {"role": "questioner", "text": "What kind of food do you enjoy most?"},
-    {"role": "roleplayer", "text": "I love spicy Sichuan dishes and fresh noodles."},
-    {"role": "questioner", "text": "How much time do you have to cook on weeknights?"},
-    {"role": "roleplayer", "text": "About twenty minutes, since I work late shifts."},
-]
-TASK = "Can you suggest a weekly meal plan for me?"
-GOLD = "Here is a plan of quick spicy dinners: Monday, dan dan noodles; Tuesday, mapo tofu with rice."
 
 
 def _adapters(home) -> list[str]:

@@ -3,19 +3,11 @@
 import pytest
 import torch
 
+from conftest import GOLD, TASK, TURNS
 from stargate_lite.prompts import QUESTION_INSTRUCTION, questioner_messages
 from stargate_lite.recipe import TrainConfig
 from stargate_lite.score import encode_gold, score_sums, token_logprobs
 from stargate_lite.train import attach_lora, train_lora
-
-TURNS = [
-    {"role": "questioner", "text": "What kind of food do you enjoy most?"},
-    {"role": "roleplayer", "text": "I love spicy Sichuan dishes and fresh noodles."},
-    {"role": "questioner", "text": "How much time do you have to cook on weeknights?"},
-    {"role": "roleplayer", "text": "About twenty minutes, since I work late shifts."},
-]
-TASK = "Can you suggest a weekly meal plan for me?"
-GOLD = "Here is a plan of quick spicy dinners: Monday, dan dan noodles; Tuesday, mapo tofu with rice."
 
 
 def _decode(questioner, encoded, positions):
