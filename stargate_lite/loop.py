@@ -108,10 +108,8 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
 
             record = train_adapter(questioner, examples, recipe.train, seed=recipe.seed + iteration,
                                    out_dir=out_dir, on_step=on_step)
-        store.save_training({"run_id": run_id, "iteration": iteration, "format": recipe.train.format, **record})
-        store.mark_stage(run_id, iteration, "train")
+        store.finish_training({"run_id": run_id, "iteration": iteration, "format": recipe.train.format, **record})
         gc.collect()
-    store.finish_iteration(run_id, iteration)
 
 
 def run(recipe: Recipe, iterations: int, home: Path | str | None = None, run_id: str | None = None,
@@ -129,6 +127,9 @@ def run(recipe: Recipe, iterations: int, home: Path | str | None = None, run_id:
         questioner = Questioner(recipe.questioner, store.home)
         for iteration in range(1, iterations + 1):
             if store.stage_done(run_id, iteration, "train"):
+                # Stores written before training and finish were one transaction can hold a trained iteration
+                # that was never marked finished: finish it.
+                store.finish_iteration(run_id, iteration)
                 continue
             run_iteration(store, recipe, run_id, iteration, questioner, chat, progress)
     return run_id

@@ -193,13 +193,15 @@ class Store:
             )
         for name, migrate in MIGRATIONS:
             if name not in done:
-                with self.db.conn:
+                with self.transaction():
                     migrate(self.db)
                     self.db["_migrations"].insert({"name": name, "applied_at": time.time()})
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        with self.db.conn:
+        """One transaction around several writes. sqlite-utils' own writes nest inside it as savepoints; with
+        the connection's plain context manager, each of them committed on its own, so a unit was not atomic."""
+        with self.db.atomic():
             yield
 
     # Plain SQL reads, for this module and for inspecting a store (tests, scripts); the library's other modules
@@ -409,18 +411,26 @@ class Store:
         rows = self.rows("select * from trainings where run_id = ? and iteration = ?", [run_id, iteration])
         return rows[0] if rows else None
 
-    def save_training(self, row: dict) -> None:
-        row = {**row, "losses": json.dumps(row["losses"]), "finished_at": time.time()}
+    def finish_training(self, row: dict) -> None:
+        """The training record, the train stage's mark and the iteration's finish, in one transaction: a crash
+        leaves an iteration either trained and finished or to be trained again."""
+        now = time.time()
+        row = {**row, "losses": json.dumps(row["losses"]), "finished_at": now}
         with self.transaction():
             self.db["trainings"].insert(row, pk=("run_id", "iteration"), replace=True)
+            self.db["stages"].insert({"run_id": row["run_id"], "iteration": row["iteration"], "stage": "train",
+                                      "done_at": now}, pk=("run_id", "iteration", "stage"), replace=True)
+            self.db["iterations"].update((row["run_id"], row["iteration"]), {"finished_at": now})
 
     def start_iteration(self, run_id: str, iteration: int, split: str) -> None:
         row = {"run_id": run_id, "iteration": iteration, "split": split, "started_at": time.time(), "finished_at": None}
         self.insert_rows("iterations", [row], pk=("run_id", "iteration"))
 
     def finish_iteration(self, run_id: str, iteration: int) -> None:
+        """Mark a trained iteration finished, if it is not yet (keeps the first finish time)."""
         with self.transaction():
-            self.db["iterations"].update((run_id, iteration), {"finished_at": time.time()})
+            self.db.execute("update iterations set finished_at = ? where run_id = ? and iteration = ? "
+                            "and finished_at is null", [time.time(), run_id, iteration])
 
     def iterations(self, run_id: str) -> list[dict]:
         return self.rows("select * from iterations where run_id = ? order by iteration", [run_id])

@@ -175,3 +175,24 @@ def test_a_changed_recipe_does_not_silently_resume(finished):
     assert result.returncode == 2
     assert "different recipe" in result.stderr and "simulate.max_turns" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_trained_iteration_left_unfinished_is_finished_on_resume(finished, tmp_path):
+    """Stores from before training and finish were one transaction can hold a trained, unfinished iteration:
+    the next run finishes it without training again."""
+    import shutil
+
+    from stargate_lite.loop import run
+    from stargate_lite.progress import Progress
+    from stargate_lite.runs import recipe_of_run
+    from stargate_lite.store import Store
+
+    home = tmp_path / "copy"
+    shutil.copytree(finished, home)
+    store = Store(home)
+    trained_at = store.training("tiny", 2)["finished_at"]
+    with store.transaction():
+        store.db.execute("update iterations set finished_at = null where run_id = 'tiny' and iteration = 2")
+    run(recipe_of_run(store.get_run("tiny")), 2, home=home, run_id="tiny", progress=Progress(enabled=False))
+    assert all(it["finished_at"] is not None for it in store.iterations("tiny"))
+    assert store.training("tiny", 2)["finished_at"] == trained_at  # not trained again

@@ -42,3 +42,22 @@ def test_inserting_the_same_rows_twice_keeps_one_copy(home):
     store.insert_rows("tasks", [row], pk="id")
     store.insert_rows("tasks", [row], pk="id")
     assert store.value("select count(*) from tasks") == 1
+
+
+def test_training_done_and_iteration_finished_are_one_transaction(home):
+    """A crash while the train stage records itself leaves no half: a trigger makes the finish fail, and the
+    training row and the stage mark written before it in the same transaction are rolled back."""
+    store = Store(home)
+    store.start_iteration("r", 1, "A")
+    record = {"run_id": "r", "iteration": 1, "adapter": "a", "examples": 1, "trained_tokens": 1, "steps": 1,
+              "final_loss": 0.5, "losses": [0.5], "seconds": 1.0, "format": "bare"}
+    with store.transaction():
+        store.db.execute("create trigger fail before update on iterations begin select raise(abort, 'disk full'); end")
+    with pytest.raises(sqlite3.IntegrityError, match="disk full"):
+        store.finish_training(record)
+    assert store.training("r", 1) is None and not store.stage_done("r", 1, "train")
+    with store.transaction():
+        store.db.execute("drop trigger fail")
+    store.finish_training(record)
+    assert store.training("r", 1)["format"] == "bare" and store.stage_done("r", 1, "train")
+    assert store.iterations("r")[0]["finished_at"] is not None
