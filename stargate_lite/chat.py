@@ -194,7 +194,7 @@ class OpenAIChat:
         )
         logprobs = response.choices[0].logprobs
         if logprobs is None or not logprobs.content:
-            raise ValueError("no logprobs in the response: this endpoint does not return them (use judge.read=reply)")
+            raise ChatFailure("no logprobs in the response: this endpoint does not return them (use judge.read=reply)")
         listed = logprobs.content[0].top_logprobs or []
         if not listed:
             raise ValueError("no top_logprobs in the response")
@@ -217,6 +217,8 @@ class OpenAIChat:
                 wait = _retry_after(err.response)
             except (openai.APIConnectionError, openai.APITimeoutError) as err:
                 reason, wait = f"{type(err).__name__}: {_short(str(err))}", None
+            except ChatFailure as failure:  # an answer that retrying cannot change
+                return failure
             except (openai.APIResponseValidationError, ValueError, KeyError, IndexError, TypeError) as err:
                 reason, wait = f"malformed response ({type(err).__name__}: {_short(str(err))})", None
             if attempt < self.config.max_retries:

@@ -125,9 +125,11 @@ def test_letter_logprobs_from_an_endpoint(server):
     (result,) = chat.choice_logprobs([HELLO], ("A", "B"))
     assert result["A"] == pytest.approx(-1.6) and result["floor"] == -3.5
     assert result["B"] == pytest.approx(math.log(math.exp(-0.4) + math.exp(-2.0)))
-    server.plan.extend(["no-logprobs", "no-logprobs"])
+    server.plan.append("no-logprobs")
+    before = server.requests
     (failure,) = chat.choice_logprobs([HELLO], ("A", "B"))
     assert isinstance(failure, ChatFailure) and "does not return them" in str(failure)
+    assert server.requests == before + 1  # retrying cannot change that answer: asked once
 
 
 def test_a_client_error_fails_at_once_and_retries_stop_at_the_limit(server):
