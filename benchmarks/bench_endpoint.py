@@ -2,10 +2,12 @@
 
     python benchmarks/bench_endpoint.py                                  # a local server that serves in parallel
     python benchmarks/bench_endpoint.py --base-url http://127.0.0.1:8080/v1 --model NAME   # your server
+    python benchmarks/bench_endpoint.py --managed             # the managed llama-server, tiny model, 8 slots
 
 Without --base-url, a local HTTP server on 127.0.0.1 answers every request after a fixed latency, in parallel,
 like a vLLM or `llama-server --parallel N` fleet whose batch is not full: the ratio then measures our client's
-concurrency alone. Against a real server it measures what that server's parallelism gives.
+concurrency alone. Against a real server it measures what that server's parallelism gives; --managed starts the
+one stargate-lite manages (backend llama-server) on the tiny model with 8 slots, as a run would.
 """
 
 from __future__ import annotations
@@ -53,11 +55,22 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--latency", type=float, default=0.2, help="the local server's seconds per request")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--managed", action="store_true", help="start a managed llama-server (tiny model, 8 slots)")
     a = parser.parse_args()
 
     from stargate_lite.chat import OpenAIChat, Sampling
     from stargate_lite.recipe import ChatModelConfig
 
+    managed = None
+    if a.managed:
+        import tempfile
+
+        from stargate_lite.chat import ChatModels
+        from stargate_lite.recipe import load_recipe
+
+        config = load_recipe("tiny").chat_models["smollm2"].model_copy(update={"backend": "llama-server", "slots": 8})
+        managed = ChatModels({"smollm2": config}, Path(tempfile.mkdtemp()))
+        a.base_url = managed.get("smollm2").server.url
     server, url = (None, a.base_url) if a.base_url else parallel_server(a.latency)
     conversations = [[{"role": "user", "content": f"Question {i}: what do you do on weekends?"}]
                      for i in range(a.requests)]
@@ -72,7 +85,9 @@ def main() -> None:
         results[in_flight] = seconds
     if server:
         server.shutdown()
-    where = a.base_url or f"a local parallel server ({a.latency * 1000:.0f} ms per request)"
+    if managed:
+        managed.close()
+    where = "the managed llama-server (tiny model, 8 slots)" if managed else a.base_url or f"a local parallel server ({a.latency * 1000:.0f} ms per request)"
     print(f"endpoint benchmark: {a.requests} chat requests against {where}")
     print(f"{'in flight':>9} {'seconds':>8} {'requests/s':>11}")
     for n, seconds in results.items():

@@ -1,5 +1,6 @@
-"""Chat-completion backends for the Roleplayer, Oracle and Judge: llama.cpp in-process, or any
-OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp's server, Ollama). Swapping one for another is a recipe change.
+"""Chat-completion backends for the Roleplayer, Oracle and Judge: llama.cpp in-process, llama.cpp's server managed
+by us, any OpenAI-compatible endpoint (OpenAI, vLLM, a llama-server of your own, Ollama), or transformers.
+Swapping one for another is a recipe change.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .errors import StargateError
+from .llama_server import LlamaServer, find_binary
 from .models import resolve_gguf
 from .prompts import fold_system
 from .recipe import ChatModelConfig
@@ -144,18 +146,25 @@ class OpenAIChat:
 
         self.name = name
         self.config = config
-        key = os.environ.get(config.api_key_env)
-        if not key and not config.base_url:
-            raise StargateError(
-                f"chat model {name} uses the OpenAI API but ${config.api_key_env} is not set: "
-                "put it in the environment or in .env (see .env.example)"
-            )
         self.client = openai.OpenAI(
-            api_key=key or "not-needed",
+            api_key=self._api_key(),
             base_url=config.base_url,
             timeout=config.request_timeout,
-            max_retries=0,  # retries are ours: backoff with jitter, Retry-After, malformed bodies, a failure record
+            max_retries=config.max_retries,  # the client's: connection, timeout, 408/409/429, 5xx, Retry-After
         )
+
+    def _api_key(self) -> str:
+        key = os.environ.get(self.config.api_key_env)
+        if not key and not self.config.base_url:
+            raise StargateError(
+                f"chat model {self.name} uses the OpenAI API but ${self.config.api_key_env} is not set: "
+                "put it in the environment or in .env (see .env.example)"
+            )
+        return key or "not-needed"
+
+    def _extra_body(self) -> dict | None:
+        """Request fields beyond the OpenAI API's (none: the OpenAI API rejects unknown ones)."""
+        return None
 
     def check(self) -> None:
         """One cheap request (the model list) to prove the endpoint and key work."""
@@ -190,7 +199,7 @@ class OpenAIChat:
             messages = fold_system(messages)
         response = self.client.chat.completions.create(
             model=self.config.model, messages=messages, max_tokens=1, temperature=0.0, logprobs=True,
-            top_logprobs=20,
+            top_logprobs=20, extra_body=self._extra_body(),
         )
         logprobs = response.choices[0].logprobs
         if logprobs is None or not logprobs.content:
@@ -202,29 +211,28 @@ class OpenAIChat:
                 "floor": min(t.logprob for t in listed)}
 
     def _with_retries(self, call):
-        """`call()`, retrying what may pass (connection, timeout, 408/409/429, 5xx, malformed bodies) with
-        exponential backoff and full jitter, or the server's Retry-After; the rest gives up at once."""
+        """`call()`, or the ChatFailure that ends it. What may pass on the wire (a refused connection, a timeout,
+        408/409/429, 5xx) the openai client has already retried, honouring Retry-After; what it cannot see, a 200
+        whose body is malformed, is retried here with exponential backoff and full jitter."""
         import openai
 
-        reason = ""
-        for attempt in range(self.config.max_retries + 1):
+        attempts = self.config.max_retries + 1
+        for attempt in range(attempts):
             try:
                 return call()
             except openai.APIStatusError as err:
-                reason = f"HTTP {err.status_code}: {_short(err.message)}"
-                if err.status_code not in (408, 409, 429) and err.status_code < 500:
-                    return ChatFailure(reason)
-                wait = _retry_after(err.response)
+                retried = err.status_code in (408, 409, 429) or err.status_code >= 500
+                return ChatFailure(f"HTTP {err.status_code}: {_short(err.message)}"
+                                   + (f" (after {attempts} attempts)" if retried else ""))
             except (openai.APIConnectionError, openai.APITimeoutError) as err:
-                reason, wait = f"{type(err).__name__}: {_short(str(err))}", None
+                return ChatFailure(f"{type(err).__name__}: {_short(str(err))} (after {attempts} attempts)")
             except ChatFailure as failure:  # an answer that retrying cannot change
                 return failure
             except (openai.APIResponseValidationError, ValueError, KeyError, IndexError, TypeError) as err:
-                reason, wait = f"malformed response ({type(err).__name__}: {_short(str(err))})", None
-            if attempt < self.config.max_retries:
-                cap = self.config.retry_base_seconds * 2**attempt
-                time.sleep(wait if wait is not None else random.uniform(0, cap))
-        return ChatFailure(f"{reason} (after {self.config.max_retries + 1} attempts)")
+                reason = f"malformed response ({type(err).__name__}: {_short(str(err))})"
+            if attempt + 1 < attempts:
+                time.sleep(random.uniform(0, self.config.retry_base_seconds * 2**attempt))
+        return ChatFailure(f"{reason} (after {attempts} attempts)")
 
     def _one(self, messages: list[dict], sampling: Sampling) -> str:
         if self.config.fold_system:
@@ -236,11 +244,46 @@ class OpenAIChat:
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             seed=sampling.seed,
+            extra_body=self._extra_body(),
         )
         content = response.choices[0].message.content
         if not isinstance(content, str):
             raise ValueError("no message content in the response")
         return content.strip()
+
+
+class LlamaServerChat(OpenAIChat):
+    """A GGUF served by a llama-server that this object starts (llama_server.py) and stops (close): `slots`
+    requests in flight, the prompt cache on, the recipe's repeat penalty."""
+
+    def __init__(self, name: str, config: ChatModelConfig, log_dir: Path):
+        self.server = LlamaServer(name, config, resolve_gguf(config.model, config.gguf_file),
+                                  log_dir / f"llama-server-{name}.log")
+        url = self.server.start()
+        super().__init__(name, config.model_copy(update={"base_url": url, "max_concurrency": config.slots}))
+
+    def _api_key(self) -> str:
+        return "not-needed"  # never send a real key from the environment to a local child process
+
+    def _extra_body(self) -> dict:
+        return {"cache_prompt": True, "repeat_penalty": self.config.repeat_penalty}
+
+    def complete_each(self, conversations: list[list[dict]], sampling: Sampling) -> list[str | ChatFailure]:
+        self.server.ensure_alive()
+        return self._checked(super().complete_each(conversations, sampling))
+
+    def choice_logprobs(self, conversations: list[list[dict]], choices: tuple[str, ...]) -> list[dict | ChatFailure]:
+        self.server.ensure_alive()
+        return self._checked(super().choice_logprobs(conversations, choices))
+
+    def _checked(self, results: list) -> list:
+        """A failure from a server that has died is the server's death (a one-line error), not the item's."""
+        if any(isinstance(r, ChatFailure) for r in results):
+            self.server.ensure_alive()
+        return results
+
+    def close(self) -> None:
+        self.server.stop()
 
 
 class TransformersChat:
@@ -286,33 +329,30 @@ def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _retry_after(response) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds form), capped at 10 minutes."""
-    try:
-        return min(max(float(response.headers.get("retry-after")), 0.0), 600.0)
-    except (TypeError, ValueError, AttributeError):
-        return None
-
-
 def preflight(configs: dict[str, ChatModelConfig], names: set[str]) -> None:
-    """Fail before any work (and any paid call) if a role's model file is missing, an API key is unset or an
-    endpoint does not answer."""
+    """Fail before any work (and any paid call) if a role's model file or llama-server binary is missing, an API
+    key is unset or an endpoint does not answer."""
     for name in sorted(names):
         config = configs[name]
         if config.backend == "openai":
             OpenAIChat(name, config).check()
-        elif config.model.startswith("builtin:") or (config.backend == "llamacpp" and not config.gguf_file):
+            continue
+        if config.backend == "llama-server":
+            find_binary(config.server_binary)
+        if config.model.startswith("builtin:") or (config.backend != "transformers" and not config.gguf_file):
             resolve_gguf(config.model, config.gguf_file)  # local files must exist; Hub files come on first use
         elif config.model.startswith((".", "/", "~")) and not Path(config.model).expanduser().exists():
             raise StargateError(f"chat model {name}: {config.model} does not exist")
 
 
 class ChatModels:
-    """Builds each named chat model once per process, on first use (roles often share one model)."""
+    """Builds each named chat model once per process, on first use (roles often share one model); `close` (or
+    leaving the `with` block) stops the servers it started, whose logs go to `log_dir`."""
 
-    def __init__(self, configs: dict[str, ChatModelConfig], home: Path):
+    def __init__(self, configs: dict[str, ChatModelConfig], home: Path, log_dir: Path | None = None):
         self.configs = configs
         self.home = home
+        self.log_dir = log_dir or home / "logs"
         self._built: dict[str, ChatModel] = {}
 
     def get(self, name: str) -> ChatModel:
@@ -320,8 +360,22 @@ class ChatModels:
             config = self.configs[name]
             if config.backend == "llamacpp":
                 self._built[name] = LlamaCppChat(name, config)
+            elif config.backend == "llama-server":
+                self._built[name] = LlamaServerChat(name, config, self.log_dir)
             elif config.backend == "openai":
                 self._built[name] = OpenAIChat(name, config)
             else:
                 self._built[name] = TransformersChat(name, config, self.home)
         return self._built[name]
+
+    def close(self) -> None:
+        for model in self._built.values():
+            if isinstance(model, LlamaServerChat):
+                model.close()
+        self._built.clear()
+
+    def __enter__(self) -> ChatModels:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

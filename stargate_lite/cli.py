@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .chat import ChatFailure
@@ -42,10 +43,11 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except StargateError as e:
-            err.print(f"[red]Error:[/red] {e}", highlight=False)
+            err.print(f"[red]Error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except ChatFailure as e:
-            err.print(f"[red]Error:[/red] a chat model failed after its retries: {e}", highlight=False)
+            err.print(f"[red]Error:[/red] a chat model failed after its retries: {escape(str(e))}", highlight=False,
+                      soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("Interrupted. Finished work is saved: run the same command again to resume.")
@@ -125,6 +127,11 @@ def _print_estimate(recipe, home) -> None:
     out.print(f"Measured stages: about {_duration(known)} in all (data stages run once per project home)."
               + ("" if all(r["seconds"] is not None for r in rows) else
                  " Rows marked ? use a remote endpoint, which a dry run does not call."))
+    roleplayer = recipe.chat_models[recipe.roles.roleplayer]
+    per_chunk = recipe.simulate.pairs_per_chunk * recipe.simulate.conversations_per_pair
+    if roleplayer.backend == "llama-server" and per_chunk < roleplayer.slots:
+        out.print(f"Note: a chunk holds {per_chunk} conversations, fewer than the Roleplayer's {roleplayer.slots} "
+                  "slots, so some slots idle: raise simulate.pairs_per_chunk.")
 
 
 def _duration(seconds: float) -> str:
@@ -245,10 +252,7 @@ def chat(
     recipe, adapter_path, policy_name, prompt_format = resolve_checkpoint(store, run_id, iteration, adapter, base)
     questioner = Questioner(recipe.questioner, store.home)
     model = questioner.load_policy(adapter_path)
-    roleplayer = ChatModels(recipe.chat_models, store.home).get(recipe.roles.roleplayer) if persona else None
     interactive = sys.stdin.isatty()
-    if interactive:
-        err.print(f"Chatting with {policy_name}. {COMMANDS}")
 
     def read(prompt: str) -> str | None:
         if interactive:
@@ -268,9 +272,13 @@ def chat(
         out.print()
         return text.strip()
 
-    transcript = Transcript(store, policy_name, name, persona)
-    chat_loop(questioner, model, recipe, transcript, read, lambda s: out.print(s, end="", markup=False), stream,
-              roleplayer=roleplayer, task=task, max_questions=max_questions, prompt_format=prompt_format)
+    with ChatModels(recipe.chat_models, store.home) as chat_models:
+        roleplayer = chat_models.get(recipe.roles.roleplayer) if persona else None
+        transcript = Transcript(store, policy_name, name, persona)
+        if interactive:
+            err.print(f"Chatting with {policy_name}. {COMMANDS}")
+        chat_loop(questioner, model, recipe, transcript, read, lambda s: out.print(s, end="", markup=False), stream,
+                  roleplayer=roleplayer, task=task, max_questions=max_questions, prompt_format=prompt_format)
 
 
 @app.command("export")

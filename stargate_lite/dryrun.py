@@ -2,12 +2,14 @@
 
 Counts (model calls, tokens) come from the recipe's scale at its token limits, so they are upper bounds on
 tokens. Throughputs are measured here, now, with the recipe's own models: a batch of Questioner generation at
-the simulate batch size, one scoring batch, and a short completion from each local chat model. Remote endpoints
+the simulate batch size, one scoring batch, and short completions from each local chat model (as many at once
+as a managed llama-server has slots). Remote endpoints
 are not called (that costs money); their rows show counts only. Nothing is written to the store.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,9 +39,9 @@ def estimate(recipe: Recipe, home: Path) -> list[dict]:
     generation_rate = _generation_rate(questioner, model, sim.batch_size)
     scoring_rate = _scoring_rate(questioner, model, recipe, scored_len)
     del model
-    chat = ChatModels(recipe.chat_models, home)
     roleplayer, oracle = recipe.roles.roleplayer, recipe.roles.oracle
-    rates = {name: _chat_rate(chat, recipe, name, questioner) for name in {roleplayer, oracle}}
+    with tempfile.TemporaryDirectory() as logs, ChatModels(recipe.chat_models, home, Path(logs)) as chat:
+        rates = {name: _chat_rate(chat, recipe, name, questioner) for name in {roleplayer, oracle}}
 
     def row(stage, who, calls, tokens, rate):
         return {"stage": stage, "model": who, "calls": int(calls), "tokens": int(tokens), "tokens_per_s": rate,
@@ -80,16 +82,18 @@ def _scoring_rate(questioner: Questioner, model, recipe: Recipe, length: int) ->
 
 
 def _chat_rate(chat: ChatModels, recipe: Recipe, name: str, questioner: Questioner) -> float | None:
-    """Completion tokens/s of a local chat model (tokens counted with the Questioner's tokenizer, near enough);
-    None for endpoints."""
+    """Completion tokens/s of a local chat model, with as many requests at once as it serves (a llama-server's
+    slots; tokens counted with the Questioner's tokenizer, near enough); None for endpoints."""
     config = recipe.chat_models[name]
     if config.backend == "openai":
         return None
     model = chat.get(name)
-    messages = roleplayer_messages("a retired teacher who loves gardening", "Can you help me plan my week?",
-                                   [{"role": "questioner", "text": "What do you enjoy doing on weekends?"}])
-    complete_all(model, [messages], Sampling(max_tokens=2))  # warm-up
+    at_once = config.slots if config.backend == "llama-server" else 1
+    messages = [roleplayer_messages("a retired teacher who loves gardening", "Can you help me plan my week?",
+                                    [{"role": "questioner", "text": f"What do you enjoy doing on weekends? ({i})"}])
+                for i in range(at_once)]
+    complete_all(model, messages[:1], Sampling(max_tokens=2))  # warm-up
     start = time.perf_counter()
-    texts = complete_all(model, [messages], Sampling(max_tokens=PROBE_TOKENS))
-    produced = max(1, len(questioner.tokenizer(texts[0], add_special_tokens=False)["input_ids"]))
+    texts = complete_all(model, messages, Sampling(max_tokens=PROBE_TOKENS))
+    produced = sum(max(1, len(questioner.tokenizer(t, add_special_tokens=False)["input_ids"])) for t in texts)
     return produced / (time.perf_counter() - start)

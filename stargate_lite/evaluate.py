@@ -28,7 +28,7 @@ from .judge import judge_prompt_text, judge_protocol, policy_is_a, read_verdict,
 from .progress import Progress
 from .prompts import greeting, judge_messages, questioner_messages
 from .questioner import Questioner, SharedBase
-from .runs import pick_run, recipe_of_run, trained_iterations
+from .runs import pick_run, recipe_of_run, run_dir, trained_iterations
 from .score import base_weights, encode_gold, score_stage, score_sums
 from .simulate import simulate
 from .store import Store
@@ -213,7 +213,7 @@ def evaluate(home: Path | str | None = None, run_id: str | None = None, iteratio
     judged = f"judge:{responder}:{judge_name}:{protocol}:{recipe.eval.judge_orders}"
     if any(not store.stage_done(ns, i, "eval") or (i and not store.stage_done(ns, i, judged)) for i in wanted):
         preflight(recipe.chat_models, {roleplayer, judge_name})
-    chat = ChatModels(recipe.chat_models, store.home)
+    chat = ChatModels(recipe.chat_models, store.home, run_dir(store, run_id))
     progress = progress or Progress()
     sim_config = recipe.simulate.model_copy(update={"conversations_per_pair": recipe.eval.conversations_per_pair})
     @functools.cache
@@ -224,7 +224,7 @@ def evaluate(home: Path | str | None = None, run_id: str | None = None, iteratio
     def adapter_of(iteration: int) -> str | None:
         return store.training(run_id, iteration)["adapter"] if iteration else None
 
-    with progress:
+    with progress, chat:
         prepare_data(store, recipe, lambda: chat.get(recipe.roles.oracle), progress)
         for iteration in wanted:
             if not store.stage_done(ns, iteration, "eval"):

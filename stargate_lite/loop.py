@@ -121,8 +121,7 @@ def run(recipe: Recipe, iterations: int, home: Path | str | None = None, run_id:
     store = Store(home)
     run_id = open_run(store, recipe, run_id)
     progress = progress or Progress()
-    chat = ChatModels(recipe.chat_models, store.home)
-    with run_lock(store, run_id), progress:
+    with run_lock(store, run_id), progress, ChatModels(recipe.chat_models, store.home, run_dir(store, run_id)) as chat:
         prepare_data(store, recipe, lambda: chat.get(recipe.roles.oracle), progress)
         questioner = Questioner(recipe.questioner, store.home)
         for iteration in range(1, iterations + 1):

@@ -50,32 +50,54 @@ class QuestionerConfig(_Strict):
 class ChatModelConfig(_Strict):
     """A model used for chat completions only: Roleplayer, Oracle or Judge."""
 
-    backend: Literal["llamacpp", "openai", "transformers"] = Field(
+    backend: Literal["llamacpp", "llama-server", "openai", "transformers"] = Field(
         ...,
-        description="llamacpp: a GGUF file in-process; openai: any OpenAI-compatible endpoint; "
-        "transformers: a Hugging Face model in-process (as the Questioner is run).",
+        description="llamacpp: a GGUF file in-process, one sequence at a time; llama-server: the GGUF served by "
+        "llama.cpp's own server, started and stopped by stargate-lite, `slots` sequences at once; openai: any "
+        "OpenAI-compatible endpoint; transformers: a Hugging Face model in-process (as the Questioner is run).",
     )
     model: str = Field(
         ...,
-        description="llamacpp: builtin:NAME, a .gguf path, or a Hub repo with gguf_file; "
+        description="llamacpp, llama-server: builtin:NAME, a .gguf path, or a Hub repo with gguf_file; "
         "openai: the model name the endpoint serves; transformers: anything questioner.model accepts.",
     )
-    gguf_file: str | None = Field(None, description="llamacpp: file name of the GGUF inside a Hub repo.")
-    n_ctx: int = Field(4096, ge=256, description="llamacpp: context length in tokens.")
-    n_gpu_layers: int = Field(0, ge=-1, description="llamacpp: layers offloaded to the GPU (-1 = all).")
-    n_threads: int | None = Field(None, ge=1, description="llamacpp: CPU threads (default: llama.cpp's choice).")
+    gguf_file: str | None = Field(None, description="llamacpp, llama-server: file name of the GGUF in a Hub repo.")
+    n_ctx: int = Field(4096, ge=256, description="llamacpp, llama-server: context length of one conversation.")
+    n_gpu_layers: int = Field(0, ge=-1, description="llamacpp, llama-server: layers offloaded to the GPU (-1 = all).")
+    n_threads: int | None = Field(
+        None, ge=1, description="llamacpp, llama-server: CPU threads (default: llama.cpp's choice)."
+    )
     repeat_penalty: float = Field(
-        1.0, ge=1.0, description="llamacpp: penalty on repeated tokens (1.0 = off); small models loop without it."
+        1.0, ge=1.0, description="llamacpp, llama-server: penalty on repeated tokens (1.0 = off); small models loop "
+        "without it.",
+    )
+    slots: int = Field(
+        4, ge=1, description="llama-server: sequences decoded together (--parallel); the server's context is "
+        "slots x n_ctx, and this many requests are kept in flight.",
+    )
+    server_binary: str | None = Field(
+        None, description="llama-server: path of the binary; default $STARGATE_LLAMA_SERVER, else llama-server on "
+        "PATH or in the environment's bin/ (bash install.sh --llama-server builds it there).",
+    )
+    startup_timeout: float = Field(
+        600.0, gt=0, description="llama-server: seconds to wait for the server to load the model and answer.",
     )
     base_url: str | None = Field(None, description="openai: the endpoint, e.g. http://127.0.0.1:8080/v1.")
     api_key_env: str = Field(
         "OPENAI_API_KEY", description="openai: the environment variable holding the API key (never the key)."
     )
     max_concurrency: int = Field(4, ge=1, description="openai: requests in flight at once.")
-    request_timeout: float = Field(120.0, gt=0, description="openai: seconds before a request is abandoned.")
-    max_retries: int = Field(5, ge=0, description="openai: retries (exponential backoff) before an item fails.")
+    request_timeout: float = Field(
+        120.0, gt=0, description="openai, llama-server: seconds before a request is abandoned (and retried)."
+    )
+    max_retries: int = Field(
+        5, ge=0, description="openai, llama-server: retries before an item fails: the openai client's own for "
+        "timeouts, refused connections, 408/409/429/5xx (backoff 0.5 s doubling to 8 s, or the server's "
+        "Retry-After); ours for a malformed 200 body.",
+    )
     retry_base_seconds: float = Field(
-        2.0, ge=0, description="openai: the first retry waits up to this long (full jitter), doubling each time."
+        2.0, ge=0, description="openai, llama-server: a malformed response's first retry waits up to this long "
+        "(full jitter), doubling each time.",
     )
     fold_system: bool = Field(
         False, description="Fold system text into the first user turn, for templates without a system role."
@@ -268,7 +290,8 @@ class Recipe(_Strict):
                 raise ValueError(f"roles.{role}: no chat model named {name!r} (chat_models has: {known})")
         for name, chat in self.chat_models.items():
             if chat.backend == "openai" and chat.model.startswith("builtin:"):
-                raise ValueError(f"chat_models.{name}: a builtin model needs backend llamacpp or transformers")
+                raise ValueError(f"chat_models.{name}: a builtin model needs backend llamacpp, llama-server or "
+                                 "transformers")
         return self
 
     def to_json(self) -> str:

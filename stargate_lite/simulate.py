@@ -2,7 +2,10 @@
 
 All n conversations of a pair share its turn count k; each ends with the Roleplayer's answer. Work is done and
 stored a chunk of pairs at a time, with a seed derived from the chunk, so a rerun after a crash redoes at most
-one chunk and produces exactly what the uninterrupted run would have.
+one chunk and produces what the uninterrupted run would have: exactly, with an in-process Roleplayer; up to
+llama.cpp's rounding with a llama-server one, whose batched decoding and prompt cache are not bit-for-bit those
+of one sequence alone. Each turn's Roleplayer answers for the whole chunk are requested at once, so a server's
+slots fill (simulate.pairs_per_chunk x conversations_per_pair conversations per chunk).
 """
 
 from __future__ import annotations
