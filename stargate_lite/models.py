@@ -38,16 +38,40 @@ def builtin_gguf(name: str) -> Path:
     return path
 
 
-def _hub_download(repo: str, filename: str) -> Path:
-    try:
-        from huggingface_hub import hf_hub_download
+def hub_failure(what: str, err: BaseException) -> str:
+    """One line on why the Hugging Face Hub did not give `what`, from huggingface_hub's error or the one that
+    transformers wraps in an OSError: a gated repo, a missing repo or file, no network, or the HTTP status."""
+    from huggingface_hub import errors as hub
 
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, hub.HfHubHTTPError | hub.EntryNotFoundError
+                                               | hub.OfflineModeIsEnabled):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, hub.GatedRepoError):
+        return (f"{what}: a gated repo on the Hugging Face Hub: accept its terms on huggingface.co, then log in "
+                "(`hf auth login`) or set HF_TOKEN")
+    if isinstance(cause, hub.RepositoryNotFoundError):
+        return f"{what}: no such repo on the Hugging Face Hub (or a private one: log in or set HF_TOKEN)"
+    if isinstance(cause, hub.RevisionNotFoundError):
+        return f"{what}: the Hugging Face Hub repo has no such revision"
+    if isinstance(cause, hub.LocalEntryNotFoundError | hub.OfflineModeIsEnabled):
+        return (f"{what}: the Hugging Face Hub cannot be reached (no network, or HF_HUB_OFFLINE is set) and it is "
+                "not in the local cache: download it where the Hub is reachable and give its local path")
+    if isinstance(cause, hub.EntryNotFoundError):
+        return f"{what}: the Hugging Face Hub repo has no such file: check the file name (gguf_file)"
+    if isinstance(cause, hub.HfHubHTTPError) and cause.response is not None:
+        return f"{what}: the Hugging Face Hub answered HTTP {cause.response.status_code}"
+    first_line = (str(err).strip().splitlines() or [""])[0][:160]
+    return f"{what}: could not get it from the Hugging Face Hub ({type(err).__name__}: {first_line})"
+
+
+def _hub_download(repo: str, filename: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    try:
         return Path(hf_hub_download(repo, filename))
-    except Exception as err:  # network, auth or a missing file: all mean the same to the user
-        raise StargateError(
-            f"could not get {filename} from the Hugging Face Hub repo {repo} ({type(err).__name__}); "
-            "download it on a machine with access and give its local path"
-        ) from None
+    except Exception as err:  # noqa: BLE001 - every failure becomes one line that keeps its cause
+        raise StargateError(hub_failure(f"{filename} from {repo}", err)) from None
 
 
 def resolve_gguf(model: str, gguf_file: str | None = None) -> Path:

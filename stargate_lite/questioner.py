@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import StargateError
-from .models import questioner_source
+from .models import hub_failure, questioner_source
 from .recipe import QuestionerConfig
 
 
@@ -35,7 +35,8 @@ class Questioner:
         self.config = config
         self.home = home
         self.source = questioner_source(config.model, config.gguf_file, home)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.source)
+        with self._hub_errors():
+            self.tokenizer = AutoTokenizer.from_pretrained(self.source)
         if self.tokenizer.chat_template is None:
             raise StargateError(f"questioner {config.model} has no chat template: use an instruct/chat model")
         if self.tokenizer.pad_token_id is None:
@@ -53,6 +54,16 @@ class Questioner:
         self.static_decoder = config.decoder == "static" or (config.decoder == "auto" and want_cuda)
 
     # -- models ------------------------------------------------------------------------------------------------
+    @contextmanager
+    def _hub_errors(self) -> Iterator[None]:
+        """A Hub id that cannot be had is one line keeping its cause (transformers raises OSError for all)."""
+        try:
+            yield
+        except OSError as err:
+            if Path(self.source).is_dir():
+                raise
+            raise StargateError(hub_failure(f"questioner model {self.source}", err)) from None
+
     def load_base(self):
         """The initial model Q_0, in eval mode."""
         from transformers import AutoModelForCausalLM
@@ -68,7 +79,8 @@ class Questioner:
                 bnb_4bit_compute_dtype=self.dtype,
             )
             kwargs["device_map"] = {"": self.device.index or 0}
-        model = AutoModelForCausalLM.from_pretrained(self.source, **kwargs)
+        with self._hub_errors():
+            model = AutoModelForCausalLM.from_pretrained(self.source, **kwargs)
         if not self.config.load_in_4bit:
             model.to(self.device)
         model.eval()
