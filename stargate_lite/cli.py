@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +18,7 @@ from rich.table import Table
 
 from .chat import ChatFailure
 from .errors import StargateError
+from .store import DB_NAME, default_home, store_error
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Teach a language model to ask good questions.")
 data_app = typer.Typer(no_args_is_help=True, help="Tasks, personas and gold responses.")
@@ -49,6 +52,17 @@ def user_errors(command):
             err.print(f"[red]Error:[/red] a chat model failed after its retries: {escape(str(e))}", highlight=False,
                       soft_wrap=True)
             raise typer.Exit(1) from None
+        except sqlite3.Error as e:  # mid-command: the store locked by another program, a full disk
+            home = kwargs.get("home") or default_home()
+            err.print(f"[red]Error:[/red] {escape(store_error(Path(home) / DB_NAME, e))}", highlight=False,
+                      soft_wrap=True)
+            raise typer.Exit(2) from None
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            err.print(f"[red]Error:[/red] the disk is full writing {escape(str(e.filename or 'a file'))}: free space "
+                      "and run the command again (finished work is kept)", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("Interrupted. Finished work is saved: run the same command again to resume.")
             raise typer.Exit(130) from None
@@ -101,7 +115,7 @@ def status(
     from .status import run_status
     from .store import Store
 
-    report = run_status(Store(home), run_id)
+    report = run_status(Store(home, create=False), run_id)
     if as_json:
         print(json.dumps(report, indent=2))
     else:
@@ -209,7 +223,7 @@ def report(
     from .runs import pick_run, recipe_of_run, run_dir
     from .store import Store
 
-    store = Store(home)
+    store = Store(home, create=False)
     run = pick_run(store, run_id)
     recipe = recipe_of_run(run)
     summary = summarize(store, run["id"], roleplayer or recipe.roles.roleplayer, judge or recipe.roles.judge,
@@ -329,7 +343,7 @@ def data_show(
     """Counts of tasks, personas and gold responses per data set and split."""
     from .store import Store
 
-    rows = Store(home).dataset_counts()
+    rows = Store(home, create=False).dataset_counts()
     if as_json:
         print(json.dumps(rows, indent=2))
         return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ import sqlite_utils
 from .errors import StargateError
 
 DB_NAME = "stargate.db"
+BUSY_TIMEOUT_S = 30  # how long a write waits for another program's lock on the store
 
 
 def default_home() -> Path:
@@ -156,6 +158,16 @@ def _m008_training_format(db: sqlite_utils.Database) -> None:
     db["trainings"].add_column("format", str)
 
 
+def _m009_adapter_paths_in_home(db: sqlite_utils.Database) -> None:
+    # Adapter paths are kept relative to the home. Before, they were as the run wrote them: relative to the
+    # directory it started in (".stargate/runs/RUN/iteration-N/adapter") or absolute; every adapter is written at
+    # HOME/runs/RUN/iteration-N/adapter, so its last four parts are the path from the home.
+    for row in list(db.query("select run_id, iteration, adapter from trainings")):
+        parts = Path(row["adapter"]).parts
+        if len(parts) >= 4 and parts[-4] == "runs" and parts[-2].startswith("iteration-") and parts[-1] == "adapter":
+            db["trainings"].update((row["run_id"], row["iteration"]), {"adapter": str(Path(*parts[-4:]))})
+
+
 MIGRATIONS = [
     ("m001_initial", _m001_initial),
     ("m002_eval", _m002_eval),
@@ -165,20 +177,51 @@ MIGRATIONS = [
     ("m006_training_backend", _m006_training_backend),
     ("m007_judge_protocol", _m007_judge_protocol),
     ("m008_training_format", _m008_training_format),
+    ("m009_adapter_paths_in_home", _m009_adapter_paths_in_home),
 ]
 
 
-class Store:
-    """A project home's SQLite file. Cheap to open; safe to read while a run writes (WAL)."""
+def store_error(path: Path, err: sqlite3.Error) -> str:
+    """One line saying what went wrong with the store file at `path` and what to do."""
+    text = str(err)
+    if "not a database" in text:
+        return (f"{path} is not a stargate-lite store (not an SQLite database, or damaged): move it aside or give "
+                "another --home")
+    if "locked" in text or "busy" in text:
+        return f"the store {path} is locked by another program: close that program and run the command again"
+    if "full" in text:
+        return f"the disk holding {path} is full: free space and run the command again (finished work is kept)"
+    if "readonly" in text or "unable to open" in text:
+        return f"cannot write the store {path} ({text}): make the directory writable or give another --home"
+    return f"the store {path} failed ({text}): run the command again; finished work is kept"
 
-    def __init__(self, home: Path | str | None = None):
+
+class Store:
+    """A project home's SQLite file. Cheap to open; safe to read while a run writes (WAL).
+
+    `create=False` (the read-only commands) refuses a home without a store instead of making one."""
+
+    def __init__(self, home: Path | str | None = None, create: bool = True):
         self.home = Path(home) if home is not None else default_home()
-        self.home.mkdir(parents=True, exist_ok=True)
         self.path = self.home / DB_NAME
-        self.db = sqlite_utils.Database(self.path)
-        self.db.execute("PRAGMA busy_timeout = 30000")
-        self.db.enable_wal()
-        self._migrate()
+        if not create and not self.path.is_file():
+            raise StargateError(f"no stargate-lite store in {self.home}: give the --home of a project (or "
+                                "$STARGATE_HOME), or start one with `stargate-lite run`")
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise StargateError(f"the home {self.home} is a file, not a directory: give a directory as --home "
+                                "(or $STARGATE_HOME)") from None
+        except OSError as err:
+            raise StargateError(f"cannot make the home {self.home} ({err.strerror}): give a writable directory as "
+                                "--home (or $STARGATE_HOME)") from None
+        try:
+            self.db = sqlite_utils.Database(self.path)
+            self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+            self.db.enable_wal()
+            self._migrate()
+        except sqlite3.Error as err:
+            raise StargateError(store_error(self.path, err)) from None
 
     # -- schema ---------------------------------------------------------------------------------------------
     def _migrate(self) -> None:
@@ -408,14 +451,21 @@ class Store:
             "select distinct iteration from pairs where run_id = ? order by iteration", [run_id])]
 
     def training(self, run_id: str, iteration: int) -> dict | None:
+        """The training record, its adapter as an absolute path (stored relative to the home, so a home that
+        moves, or a command started from another directory, still finds it)."""
         rows = self.rows("select * from trainings where run_id = ? and iteration = ?", [run_id, iteration])
-        return rows[0] if rows else None
+        if not rows:
+            return None
+        return {**rows[0], "adapter": os.path.abspath(self.home / rows[0]["adapter"])}
 
     def finish_training(self, row: dict) -> None:
         """The training record, the train stage's mark and the iteration's finish, in one transaction: a crash
         leaves an iteration either trained and finished or to be trained again."""
         now = time.time()
-        row = {**row, "losses": json.dumps(row["losses"]), "finished_at": now}
+        adapter = Path(row["adapter"])
+        if adapter.is_relative_to(self.home):
+            adapter = adapter.relative_to(self.home)
+        row = {**row, "adapter": str(adapter), "losses": json.dumps(row["losses"]), "finished_at": now}
         with self.transaction():
             self.db["trainings"].insert(row, pk=("run_id", "iteration"), replace=True)
             self.db["stages"].insert({"run_id": row["run_id"], "iteration": row["iteration"], "stage": "train",

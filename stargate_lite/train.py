@@ -7,6 +7,7 @@ folder at the final path is always complete.
 
 from __future__ import annotations
 
+import errno
 import math
 import random
 import shutil
@@ -195,7 +196,13 @@ def train_lora(
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(out_dir, ignore_errors=True)  # a leftover from a run killed after the rename, before the record
-    model.save_pretrained(tmp)
+    try:
+        model.save_pretrained(tmp)
+    except Exception as err:  # noqa: BLE001 - safetensors reports a full disk as SafetensorError, not OSError
+        shutil.rmtree(tmp, ignore_errors=True)
+        if "No space left on device" in str(err) or getattr(err, "errno", None) == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp)) from None
+        raise
     tmp.rename(out_dir)
     return {
         "adapter": str(out_dir),

@@ -92,3 +92,33 @@ def test_the_trained_format_travels_with_the_adapter(finished, tmp_path):
     with store.transaction():  # a run trained before the format was recorded: it was trained instructed
         store.db.execute("update trainings set format = null")
     assert resolve_checkpoint(store, None, None, None, False)[3] == "instructed"
+
+
+def test_a_moved_home_finds_its_adapters_from_any_directory(finished, tmp_path):
+    """Adapter paths are kept relative to the home: a home copied elsewhere and named by a relative --home from
+    another directory still serves chat and status; a store written before (a path relative to the directory
+    the run started in) is upgraded on open."""
+    import shutil
+
+    home = tmp_path / "project" / ".stargate"
+    shutil.copytree(finished, home)
+    with sqlite3.connect(home / "stargate.db") as db:
+        db.execute("update trainings set adapter = '.stargate/runs/tiny/iteration-1/adapter' where iteration = 1")
+        db.execute("delete from _migrations where name = 'm009_adapter_paths_in_home'")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "STARGATE_HOME"}
+
+    def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "stargate_lite", *args, "--home", "../project/.stargate"],
+                              input=stdin, env=env, cwd=elsewhere, capture_output=True, text=True, timeout=600,
+                              check=True)
+
+    status = json.loads(run("status", "--json").stdout)
+    adapters = [it["adapter"] for it in status["runs"][0]["iterations"]]
+    assert adapters == [str(home / "runs" / "tiny" / f"iteration-{i}" / "adapter") for i in (1, 2)]
+    result = run("chat", "--iteration", "1", stdin="Can you suggest a weekly meal plan for me?\n/quit\n")
+    assert "questioner>" in result.stdout
+    with sqlite3.connect(home / "stargate.db") as db:
+        assert {r[0] for r in db.execute("select adapter from trainings")} == {
+            "runs/tiny/iteration-1/adapter", "runs/tiny/iteration-2/adapter"}
