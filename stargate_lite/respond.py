@@ -30,10 +30,13 @@ def respond_stage(
     pairs = {p["id"]: p for p in store.pairs(run_id, iteration)}
     selections = store.selections(run_id, iteration)
     have = store.responses(run_id, iteration)
-    todo = [s for s in selections if s["pair_id"] not in have]
-    with progress.stage(f"iteration {iteration}: respond", len(selections), len(selections) - len(todo)) as advance:
-        for start in range(0, len(todo), RESPONSE_CHUNK):
-            chunk = todo[start : start + RESPONSE_CHUNK]
+    # Chunks at fixed indices, as simulate's: a resumed run generates the same chunks, so forms the same batches.
+    chunks = [selections[i : i + RESPONSE_CHUNK] for i in range(0, len(selections), RESPONSE_CHUNK)]
+    done = sum(len(chunk) for chunk in chunks if all(s["pair_id"] in have for s in chunk))
+    with progress.stage(f"iteration {iteration}: respond", len(selections), done) as advance:
+        for chunk in chunks:
+            if all(s["pair_id"] in have for s in chunk):
+                continue
             turns = store.turns([s["conversation_id"] for s in chunk])
             prompts = [
                 questioner_messages(pairs[s["pair_id"]]["persona_name"], pairs[s["pair_id"]]["task"],

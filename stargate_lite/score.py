@@ -86,12 +86,15 @@ def score_stage(
 ) -> None:
     """Score every unscored conversation of an iteration under the base model (`model` with adapters off)."""
     pairs = {p["id"]: p for p in store.pairs(run_id, iteration)}
-    todo = store.unscored_conversations(run_id, iteration)
-    total = len(store.conversation_ids(run_id, iteration))
-    with progress.stage(f"iteration {iteration}: score (conversations)", total, total - len(todo)) as advance:
+    conversations = store.conversations_to_score(run_id, iteration)
+    # Chunks at fixed indices, as simulate's: a resumed run scores the same chunks, so forms the same batches.
+    chunks = [conversations[i : i + SCORE_CHUNK] for i in range(0, len(conversations), SCORE_CHUNK)]
+    done = sum(len(chunk) for chunk in chunks if all(c["scored"] for c in chunk))
+    with progress.stage(f"iteration {iteration}: score (conversations)", len(conversations), done) as advance:
         with base_weights(model):
-            for start in range(0, len(todo), SCORE_CHUNK):
-                chunk = todo[start : start + SCORE_CHUNK]
+            for chunk in chunks:
+                if all(c["scored"] for c in chunk):
+                    continue
                 turns = store.turns([c["id"] for c in chunk])
                 encoded = [
                     encode_gold(questioner, pairs[c["pair_id"]]["persona_name"], pairs[c["pair_id"]]["task"],

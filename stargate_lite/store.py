@@ -414,11 +414,13 @@ class Store:
         sql = "select * from conversations where run_id = ? and iteration = ? order by pair_id, sample"
         return self.rows(sql, [run_id, iteration])
 
-    def unscored_conversations(self, run_id: str, iteration: int) -> list[dict]:
+    def conversations_to_score(self, run_id: str, iteration: int) -> list[dict]:
+        """Every conversation of an iteration in a fixed order, each with `scored` (0 or 1)."""
         return self.rows(
             """
-            select c.* from conversations c left join scores s on s.conversation_id = c.id
-            where c.run_id = ? and c.iteration = ? and s.conversation_id is null order by c.id
+            select c.*, s.conversation_id is not null as scored
+            from conversations c left join scores s on s.conversation_id = c.id
+            where c.run_id = ? and c.iteration = ? order by c.id
             """,
             [run_id, iteration],
         )

@@ -36,7 +36,7 @@ def snapshot(home: Path) -> dict:
         return {
             "turns": db.execute("select conversation_id, idx, role, text from turns "
                                 "where conversation_id not like '%#eval:%' order by 1, 2").fetchall(),
-            "scores": db.execute("select conversation_id, round(logprob, 3) from scores "
+            "scores": db.execute("select conversation_id, logprob from scores "
                                  "where conversation_id not like '%#eval:%' order by 1").fetchall(),
             "selections": db.execute("select pair_id, conversation_id from selections order by 1").fetchall(),
             "responses": db.execute("select pair_id, text from responses order by 1").fetchall(),
@@ -196,3 +196,38 @@ def test_a_trained_iteration_left_unfinished_is_finished_on_resume(finished, tmp
     run(recipe_of_run(store.get_run("tiny")), 2, home=home, run_id="tiny", progress=Progress(enabled=False))
     assert all(it["finished_at"] is not None for it in store.iterations("tiny"))
     assert store.training("tiny", 2)["finished_at"] == trained_at  # not trained again
+
+
+def test_a_resumed_score_stage_redoes_whole_chunks_at_fixed_indices(finished, questioner, tmp_path, monkeypatch):
+    """Chunks sit at fixed indices of the iteration's conversations, as simulate's do: whatever was left, the
+    rerun scores the chunks an uninterrupted run scores, so forms the same batches and stores the same floats."""
+    import shutil
+
+    from stargate_lite import score
+    from stargate_lite.progress import Progress
+    from stargate_lite.recipe import load_recipe
+    from stargate_lite.store import Store
+
+    home = tmp_path / "copy"
+    shutil.copytree(finished, home)
+    monkeypatch.setattr(score, "SCORE_CHUNK", 2)
+    batches, real = [], score.score_sums
+    monkeypatch.setattr(score, "score_sums", lambda model, encoded, **kw: batches.append(len(encoded))
+                        or real(model, encoded, **kw))
+    model = questioner.load_base()
+
+    def scores_after_deleting(sql: str) -> dict[str, float]:
+        with sqlite3.connect(home / "stargate.db") as db:
+            db.execute(sql)
+        score.score_stage(Store(home), "tiny", 1, model, questioner, load_recipe("tiny").score,
+                          Progress(enabled=False))
+        with sqlite3.connect(home / "stargate.db") as db:
+            return dict(db.execute("select conversation_id, logprob from scores where iteration = 1"))
+
+    uninterrupted = scores_after_deleting("delete from scores where iteration = 1")
+    assert len(uninterrupted) == 4 and batches == [2, 2]
+    second = sorted(uninterrupted)[1]
+    batches.clear()
+    resumed = scores_after_deleting(f"delete from scores where conversation_id = '{second}'")  # half a chunk left
+    assert batches == [2]  # the whole first chunk again, not its missing half alone
+    assert resumed == uninterrupted  # raw floats
