@@ -53,9 +53,10 @@ def user_errors(command):
                       soft_wrap=True)
             raise typer.Exit(1) from None
         except sqlite3.Error as e:  # mid-command: the store locked by another program, a full disk
-            home = kwargs.get("home") or default_home()
-            err.print(f"[red]Error:[/red] {escape(store_error(Path(home) / DB_NAME, e))}", highlight=False,
-                      soft_wrap=True)
+            message = store_error(Path(kwargs.get("home") or default_home()) / DB_NAME, e)
+            if message is None:
+                raise
+            err.print(f"[red]Error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):

@@ -181,8 +181,9 @@ MIGRATIONS = [
 ]
 
 
-def store_error(path: Path, err: sqlite3.Error) -> str:
-    """One line saying what went wrong with the store file at `path` and what to do."""
+def store_error(path: Path, err: sqlite3.Error) -> str | None:
+    """One line saying what went wrong with the store file at `path` and what to do; None for an error that is
+    not about the file (a bug, which should show as one)."""
     text = str(err)
     if "not a database" in text:
         return (f"{path} is not a stargate-lite store (not an SQLite database, or damaged): move it aside or give "
@@ -193,7 +194,7 @@ def store_error(path: Path, err: sqlite3.Error) -> str:
         return f"the disk holding {path} is full: free space and run the command again (finished work is kept)"
     if "readonly" in text or "unable to open" in text:
         return f"cannot write the store {path} ({text}): make the directory writable or give another --home"
-    return f"the store {path} failed ({text}): run the command again; finished work is kept"
+    return None
 
 
 class Store:
@@ -221,7 +222,7 @@ class Store:
             self.db.enable_wal()
             self._migrate()
         except sqlite3.Error as err:
-            raise StargateError(store_error(self.path, err)) from None
+            raise StargateError(store_error(self.path, err) or f"cannot open the store {self.path} ({err})") from None
 
     # -- schema ---------------------------------------------------------------------------------------------
     def _migrate(self) -> None:
