@@ -5,6 +5,7 @@ import json
 from typer.testing import CliRunner
 
 from stargate_lite.cli import app
+from stargate_lite.store import Store
 
 runner = CliRunner()
 
@@ -16,10 +17,14 @@ def test_bad_recipe_value_is_one_line_exit_2():
     assert len(result.output.strip().splitlines()) <= 3  # rich may wrap one long line
 
 
-def test_status_of_an_empty_home_and_an_unknown_run():
-    result = runner.invoke(app, ["status", "--json"])
+def test_status_of_a_missing_home_an_empty_one_and_an_unknown_run(tmp_path):
+    missing = tmp_path / "missing"
+    result = runner.invoke(app, ["status", "--json", "--home", str(missing)])
+    assert result.exit_code == 2 and "no stargate-lite store in" in result.output and not missing.exists()
+    Store(tmp_path / "empty")
+    result = runner.invoke(app, ["status", "--json", "--home", str(tmp_path / "empty")])
     assert result.exit_code == 0 and json.loads(result.output)["runs"] == []
-    result = runner.invoke(app, ["status", "--run", "nope"])
+    result = runner.invoke(app, ["status", "--run", "nope", "--home", str(tmp_path / "empty")])
     assert result.exit_code == 2 and "no run 'nope'" in result.output
 
 
