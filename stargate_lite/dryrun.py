@@ -3,8 +3,8 @@
 Counts (model calls, tokens) come from the recipe's scale at its token limits, so they are upper bounds on
 tokens. Throughputs are measured here, now, with the recipe's own models: a batch of Questioner generation at
 the simulate batch size, one scoring batch, and short completions from each local chat model (as many at once
-as a managed llama-server has slots). Remote endpoints
-are not called (that costs money); their rows show counts only. Nothing is written to the store.
+as a managed llama-server has slots). Remote endpoints are not called (that costs money); their rows show counts
+only. Nothing is written to the store.
 """
 
 from __future__ import annotations

@@ -94,11 +94,12 @@ class LlamaServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):  # another process may take the free port before the server binds it
             port = _free_port()
+            command = self.command(port)
             with open(self.log_path, "ab") as log:
-                log.write(f"\n# {' '.join(self.command(port))}\n".encode())
+                log.write(f"\n# {' '.join(command)}\n".encode())
                 log.flush()
                 self.process = subprocess.Popen(
-                    [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *self.command(port)],
+                    [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *command],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True,  # Ctrl-C reaches stargate-lite only, which then stops the server
                 )
