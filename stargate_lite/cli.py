@@ -8,6 +8,7 @@ import json
 import os
 import sqlite3
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .chat import ChatFailure
-from .errors import StargateError
+from .errors import FallbackNotice, StargateError
 from .store import DB_NAME, default_home, store_error
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Teach a language model to ask good questions.")
@@ -78,6 +79,17 @@ def _main() -> None:
     # Our own progress bars say what is loading; transformers' tqdm bars (GGUF conversion) would only add noise.
     os.environ.setdefault("TQDM_DISABLE", "1")
     load_dotenv(Path.cwd() / ".env")
+    warnings.formatwarning = _format_warning
+
+
+_python_format_warning = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """A FallbackNotice prints as 'Notice: ...' (Python shows each message once); other warnings as before."""
+    if issubclass(category, FallbackNotice):
+        return f"Notice: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
 
 
 @app.command()

@@ -9,7 +9,8 @@ Decoding steps also use their own attention (`grouped_decode_attention`): transf
 whole cache to every query head when a mask is given (grouped-query models have 4 query heads per KV head),
 which at batch 64 moves more memory than the weights themselves.
 
-The same code runs without the graph (eagerly) on CPU, where tests check it against `generate`.
+The same code runs without the graph (eagerly) on CPU, where tests check it against `generate`. Models whose
+attention it would get wrong (`static_decoding_refusal`) are decoded by `generate` instead.
 """
 
 from __future__ import annotations
@@ -99,6 +100,36 @@ def decode(
             else:
                 logits = step()
     return out[:, :produced]
+
+
+def static_decoding_refusal(model, total_tokens: int) -> str | None:
+    """What about `model` this decoder would get wrong over `total_tokens` (prompt and reply), or None.
+
+    It passes its own full-causal masks (so no sliding window or chunk is applied), keeps a plain static cache,
+    and runs attention through sdpa, which knows no attention soft-capping, sink logits or latent heads.
+    """
+    import torch
+
+    config = model.config.get_text_config(decoder=True)
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None) or [
+        "sliding_attention" if window else
+        "chunked_attention" if getattr(config, "attention_chunk_size", None) else "full_attention"
+    ]
+    others = sorted(set(layer_types) - {"full_attention", "sliding_attention"})
+    if others:
+        return f"layer types {', '.join(others)}"
+    if "sliding_attention" in layer_types and window and window < total_tokens:
+        return f"sliding-window attention ({window} tokens, shorter than prompt and reply)"
+    if getattr(config, "attn_logit_softcapping", None):
+        return "attention soft-capping"
+    if getattr(config, "kv_lora_rank", None) or getattr(config, "v_head_dim", None) not in (
+        None, getattr(config, "head_dim", None)
+    ):
+        return "latent or uneven attention heads"
+    if any(isinstance(getattr(module, "sinks", None), torch.nn.Parameter) for module in model.modules()):
+        return "attention sinks"
+    return None
 
 
 def grouped_decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):

@@ -3,3 +3,8 @@
 
 class StargateError(Exception):
     """A user-facing error: the message says what is wrong and how to fix it."""
+
+
+class FallbackNotice(UserWarning):
+    """A fast path that would be wrong for this model: the library's path is used instead (the CLI prints one
+    line, once per message)."""

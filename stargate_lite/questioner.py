@@ -7,12 +7,13 @@ adapter state can leak from one stage into another.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import StargateError
+from .errors import FallbackNotice, StargateError
 from .models import hub_failure, questioner_source
 from .recipe import QuestionerConfig
 
@@ -193,7 +194,7 @@ class Questioner:
             mask = torch.tensor(
                 [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch], device=self.device
             )
-            if self.static_decoder:
+            if self.static_decoder and not self._static_refused(model, width + max_new_tokens):
                 new = decode(model, ids, mask, max_new_tokens=max_new_tokens, stop_ids=self.stop_token_ids(model),
                              pad_id=pad, temperature=temperature, top_p=top_p, generator=generator)
             else:
@@ -211,6 +212,17 @@ class Questioner:
             if on_batch:
                 on_batch(len(batch))
         return outputs
+
+    def _static_refused(self, model, total_tokens: int) -> bool:
+        """True (after a one-line notice) where the static decoder would decode this model wrongly."""
+        from .decode import static_decoding_refusal
+
+        reason = static_decoding_refusal(model, total_tokens)
+        if reason:
+            warnings.warn(FallbackNotice(
+                f"the static decoder does not support {model.config.model_type}'s {reason}: decoding with "
+                "transformers' generate (same results, slower)"), stacklevel=3)
+        return reason is not None
 
     def stream(self, model, messages: list[dict], *, max_new_tokens: int, temperature: float, top_p: float):
         """Yield the completion of one conversation piece by piece, as it is generated."""

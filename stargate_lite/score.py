@@ -1,15 +1,19 @@
 """Score stage: log p_base(gold | task, conversation), the sum over the gold response's own tokens.
 
 Logits are computed only at target positions and projected to the vocabulary a chunk of positions at a time,
-so the [batch x length x vocab] tensor of a plain forward is never built. Always the base model: the objective
-is defined under Q_0, whatever iteration produced the conversation.
+so the [batch x length x vocab] tensor of a plain forward is never built. That recomputes the model's head
+outside its forward, so models whose forward does more to the logits than soft-capping them
+(`fast_scoring_refusal`) are scored through their own forward instead, one sequence at a time. Always the base
+model: the objective is defined under Q_0, whatever iteration produced the conversation.
 """
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 
 from .budget import Shape, score_batches, vocab_chunk
+from .errors import FallbackNotice
 from .progress import Progress
 from .prompts import questioner_messages
 from .questioner import Encoded, Questioner
@@ -27,6 +31,12 @@ def token_logprobs(model, encoded: list[Encoded], *, batch_size: int, vocab_chun
 
     device = next(model.parameters()).device
     decoder = model.get_base_model() if hasattr(model, "get_base_model") else model
+    reason = fast_scoring_refusal(decoder)
+    if reason:
+        warnings.warn(FallbackNotice(
+            f"the fast scorer does not support {decoder.config.model_type}'s {reason}: scoring through the model's "
+            "own forward, one sequence at a time (same results, slower)"), stacklevel=2)
+        return [_forward_logprobs(model, e, device) for e in encoded]
     head = decoder.get_output_embeddings()
     softcap = getattr(decoder.config, "final_logit_softcapping", None)
     shape = Shape.of(decoder) if memory_budget_bytes else None
@@ -62,6 +72,39 @@ def token_logprobs(model, encoded: list[Encoded], *, batch_size: int, vocab_chun
         for i, part in zip(batch, torch.split(logprobs.cpu(), counts)):
             results[i] = part
     return results
+
+
+# Config fields of models whose forward scales the logits (Cohere, Granite, Falcon-H1, ...) or the last hidden
+# state (MiniCPM) beyond what the fast path repeats; a value of 1 changes nothing.
+LOGIT_SCALING_FIELDS = ("logit_scale", "logits_scaling", "output_multiplier", "lm_head_multiplier", "dim_model_base")
+
+
+def fast_scoring_refusal(decoder) -> str | None:
+    """What of `decoder`'s logits the fast path would not reproduce (it applies the output embedding and any
+    final soft-capping to the last hidden states), or None."""
+    if decoder.get_output_embeddings() is None:
+        return "output head"
+    for config in (decoder.config, decoder.config.get_text_config(decoder=True)):
+        for field in LOGIT_SCALING_FIELDS:
+            value = getattr(config, field, None)
+            if value is not None and value != 1:
+                return f"logit scaling ({field}={value})"
+    return None
+
+
+def _forward_logprobs(model, item: Encoded, device):
+    """The library path: the model's own forward, its logits kept at the target positions only."""
+    import torch
+
+    positions = [p for p in item.target_positions if p > 0]
+    if not positions:
+        return torch.empty(0)
+    ids = torch.tensor([item.input_ids], device=device)
+    before = torch.tensor([p - 1 for p in positions], device=device)  # the state before a token predicts it
+    with torch.no_grad():
+        logits = model(input_ids=ids, use_cache=False, logits_to_keep=before).logits[0].float()
+    targets = ids[0, before + 1]
+    return (logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)).cpu()
 
 
 def score_sums(model, encoded: list[Encoded], *, batch_size: int, vocab_chunk_tokens: int,
