@@ -134,7 +134,7 @@ def make_pairs(store: Store, recipe: Recipe, run_id: str, iteration: int, split:
     """The split's pairs with a gold response, each with its turn count k ~ uniform(1..K) drawn from
     `turns_seed` and the pair: training uses one draw per iteration, evaluation the same draw for all."""
     pairs = split_pairs(store, recipe, split)
-    golds = store.golds_for([t["id"] for t, _ in pairs], [p["id"] for _, p in pairs])
+    golds = store.golds_for((t["id"], p["id"]) for t, p in pairs)
     usable = [(t, p) for t, p in pairs if golds[(t["id"], p["id"])]["status"] == "ok"]
     if not usable:
         raise StargateError(f"split {split} has no pair with a gold response: check the data (stargate-lite data show)")
@@ -150,7 +150,7 @@ def make_pairs(store: Store, recipe: Recipe, run_id: str, iteration: int, split:
 def generate_golds(store: Store, recipe: Recipe, get_oracle: Callable[[], ChatModel], progress: Progress) -> None:
     """Write the missing gold responses of every split's pairs, GOLDS_PER_CHUNK per transaction."""
     pairs = [pair for split in SPLITS for pair in split_pairs(store, recipe, split)]
-    have = store.golds_for(sorted({t["id"] for t, _ in pairs}), sorted({p["id"] for _, p in pairs}))
+    have = store.golds_for((t["id"], p["id"]) for t, p in pairs)
     missing = [(t, p) for t, p in pairs if (t["id"], p["id"]) not in have]
     if not missing:
         return

@@ -55,8 +55,11 @@ def _score_conditions(store: Store, ns: str, iteration: int, model, questioner: 
     if iteration == 0:
         items += [(p, cond, "") for p in pairs for cond in ("negative", "positive")]
     # Random: the gold of (t, u) after Q_eta's conversations with another test persona u' for the same task t.
+    by_task: dict[str, list[dict]] = {}
     for p in pairs:
-        others = [o for o in pairs if o["task_id"] == p["task_id"] and o["persona_id"] != p["persona_id"]]
+        by_task.setdefault(p["task_id"], []).append(p)
+    for p in pairs:
+        others = [o for o in by_task[p["task_id"]] if o["persona_id"] != p["persona_id"]]
         if others:
             items += [(p, "random", cid) for cid in by_pair.get(others[p["idx"] % len(others)]["id"], [])]
     have = store.eval_score_ids(ns, iteration)

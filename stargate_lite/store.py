@@ -20,6 +20,9 @@ from .errors import StargateError
 
 DB_NAME = "stargate.db"
 BUSY_TIMEOUT_S = 30  # how long a write waits for another program's lock on the store
+# Ids bound in one `in (...)` list: under the 999 variables that SQLite builds before 3.32 allow (newer ones allow
+# 32,766, which paper-scale lists exceed too).
+VARIABLES_PER_QUERY = 500
 
 
 def default_home() -> Path:
@@ -168,6 +171,14 @@ def _m009_adapter_paths_in_home(db: sqlite_utils.Database) -> None:
             db["trainings"].update((row["run_id"], row["iteration"]), {"adapter": str(Path(*parts[-4:]))})
 
 
+def _m010_scale_indexes(db: sqlite_utils.Database) -> None:
+    # Per-iteration reads of selections, responses and eval responses scanned the whole table; at the paper's
+    # scale an iteration adds 12,500 of each, and a user's data can be ten times that (benchmarks/bench_store.py).
+    db["selections"].create_index(["run_id", "iteration"], if_not_exists=True)
+    db["responses"].create_index(["run_id", "iteration"], if_not_exists=True)
+    db["eval_responses"].create_index(["ns", "iteration", "responder"], if_not_exists=True)
+
+
 MIGRATIONS = [
     ("m001_initial", _m001_initial),
     ("m002_eval", _m002_eval),
@@ -178,6 +189,7 @@ MIGRATIONS = [
     ("m007_judge_protocol", _m007_judge_protocol),
     ("m008_training_format", _m008_training_format),
     ("m009_adapter_paths_in_home", _m009_adapter_paths_in_home),
+    ("m010_scale_indexes", _m010_scale_indexes),
 ]
 
 
@@ -294,14 +306,15 @@ class Store:
         rows = self.rows("select * from personas where dataset = ? and split = ? order by idx", [dataset, split])
         return rows if limit is None else rows[:limit]
 
-    def golds_for(self, task_ids: list[str], persona_ids: list[str]) -> dict[tuple[str, str], dict]:
-        if not task_ids or not persona_ids:
-            return {}
-        sql = (
-            f"select * from golds where task_id in ({','.join('?' * len(task_ids))}) "
-            f"and persona_id in ({','.join('?' * len(persona_ids))})"
-        )
-        return {(g["task_id"], g["persona_id"]): g for g in self.rows(sql, [*task_ids, *persona_ids])}
+    def golds_for(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+        """The gold rows of (task id, persona id) pairs that have one, read VARIABLES_PER_QUERY ids at a time."""
+        ids = [f"{t}|{p}" for t, p in pairs]  # a gold's id, whether the Oracle wrote it or it was imported
+        found = {}
+        for start in range(0, len(ids), VARIABLES_PER_QUERY):
+            chunk = ids[start : start + VARIABLES_PER_QUERY]
+            for g in self.rows(f"select * from golds where id in ({','.join('?' * len(chunk))})", chunk):
+                found[(g["task_id"], g["persona_id"])] = g
+        return found
 
     def split_texts(self, table: str, dataset: str, split: str) -> list[str]:
         """The texts of a data set's tasks or personas in one split, in order."""
@@ -404,8 +417,8 @@ class Store:
 
     def turns(self, conversation_ids: list[str]) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = {cid: [] for cid in conversation_ids}
-        for start in range(0, len(conversation_ids), 500):
-            ids = conversation_ids[start : start + 500]
+        for start in range(0, len(conversation_ids), VARIABLES_PER_QUERY):
+            ids = conversation_ids[start : start + VARIABLES_PER_QUERY]
             sql = f"select * from turns where conversation_id in ({','.join('?' * len(ids))}) order by idx"
             for row in self.rows(sql, ids):
                 out[row["conversation_id"]].append({"role": row["role"], "text": row["text"]})
