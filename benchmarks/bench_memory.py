@@ -1,7 +1,10 @@
 """Peak resident memory per stage of a real `stargate-lite run`, for recipe variants side by side.
 
     python benchmarks/bench_memory.py                                   # tiny recipe, one iteration
-    python benchmarks/bench_memory.py --iterations 2 --variant "--set train.gradient_checkpointing=false"
+    python benchmarks/bench_memory.py --iterations 2 --variant "--set train.batch_size=4"
+
+Without --variant, the recipe as shipped is compared with its training settings before issue 13 (batch 4, no
+accumulation, no gradient checkpointing).
 
 Each variant runs the command in a fresh home (the converted model cache shared, so no variant pays for the
 conversion) while a sampler reads the resident memory of the process and its children from /proc every 0.2 s;
@@ -74,7 +77,8 @@ def main() -> None:
                         help="extra `run` arguments of one variant (repeatable); the recipe as shipped runs first")
     parser.add_argument("--without-shipped", action="store_true", help="only the variants, not the recipe as shipped")
     a = parser.parse_args()
-    variants = [*([] if a.without_shipped else [""]), *(a.variant or ["--set train.gradient_checkpointing=true"])]
+    before = "--set train.gradient_checkpointing=false --set train.batch_size=4 --set train.gradient_accumulation=1"
+    variants = [*([] if a.without_shipped else [""]), *(a.variant or [before])]
     work = Path(tempfile.mkdtemp(prefix="stargate-bench-memory-"))
     cache = work / "models"
     os.environ["STARGATE_MODEL_CACHE"] = str(cache)  # convert the tiny model's GGUF once, outside the timings

@@ -12,6 +12,7 @@ from pathlib import Path
 from .chat import ChatModels, preflight
 from .data import make_pairs, prepare_data
 from .errors import StargateError
+from .memory import trim_heap
 from .progress import Progress
 from .prompts import questioner_messages
 from .questioner import Questioner
@@ -64,6 +65,13 @@ def training_examples(store: Store, recipe: Recipe, run_id: str, iteration: int)
     return examples
 
 
+def release_memory() -> None:
+    """Free the last stage's models and hand the freed heap back: a CPU process's resident memory would
+    otherwise carry each stage's peak into the next."""
+    gc.collect()
+    trim_heap()
+
+
 def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, questioner: Questioner,
                   chat: ChatModels, progress: Progress) -> None:
     split = split_for(iteration)
@@ -95,7 +103,7 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
                           recipe.train.format, progress)
         store.mark_stage(run_id, iteration, "respond")
     del policy
-    gc.collect()
+    release_memory()
 
     if not store.stage_done(run_id, iteration, "train"):
         examples = [questioner.encode_for_training(m) for m in training_examples(store, recipe, run_id, iteration)]
@@ -109,7 +117,7 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
             record = train_adapter(questioner, examples, recipe.train, seed=recipe.seed + iteration,
                                    out_dir=out_dir, on_step=on_step)
         store.finish_training({"run_id": run_id, "iteration": iteration, "format": recipe.train.format, **record})
-        gc.collect()
+        release_memory()
 
 
 def run(recipe: Recipe, iterations: int, home: Path | str | None = None, run_id: str | None = None,

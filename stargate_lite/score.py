@@ -37,8 +37,6 @@ def token_logprobs(model, encoded: list[Encoded], *, batch_size: int, vocab_chun
             f"the fast scorer does not support {decoder.config.model_type}'s {reason}: scoring through the model's "
             "own forward, one sequence at a time (same results, slower)"), stacklevel=2)
         return [_forward_logprobs(model, e, device) for e in encoded]
-    head = decoder.get_output_embeddings()
-    softcap = getattr(decoder.config, "final_logit_softcapping", None)
     shape = Shape.of(decoder) if memory_budget_bytes else None
     vocab_chunk_tokens = vocab_chunk(memory_budget_bytes, shape, vocab_chunk_tokens)
     batches = score_batches([len(e.input_ids) for e in encoded], max_batch=batch_size,
@@ -64,9 +62,7 @@ def token_logprobs(model, encoded: list[Encoded], *, batch_size: int, vocab_chun
             targets = ids[torch.tensor(rows, device=device), torch.tensor(cols, device=device) + 1]
             logprobs = torch.empty(len(rows), dtype=torch.float32, device=device)
             for c in range(0, len(rows), vocab_chunk_tokens):
-                logits = head(states[c : c + vocab_chunk_tokens]).float()
-                if softcap:
-                    logits = torch.tanh(logits / softcap) * softcap
+                logits = head_logits(decoder, states[c : c + vocab_chunk_tokens])
                 picked = logits.gather(1, targets[c : c + vocab_chunk_tokens, None]).squeeze(1)
                 logprobs[c : c + vocab_chunk_tokens] = picked - torch.logsumexp(logits, dim=-1)
         for i, part in zip(batch, torch.split(logprobs.cpu(), counts)):
@@ -90,6 +86,16 @@ def fast_scoring_refusal(decoder) -> str | None:
             if value is not None and value != 1:
                 return f"logit scaling ({field}={value})"
     return None
+
+
+def head_logits(decoder, states):
+    """fp32 logits of last hidden states [n, hidden], as the model's forward makes them (for a decoder that
+    `fast_scoring_refusal` accepts): the output embedding, then any final soft-capping."""
+    import torch
+
+    logits = decoder.get_output_embeddings()(states).float()
+    softcap = getattr(decoder.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
 
 
 def _forward_logprobs(model, item: Encoded, device):

@@ -16,8 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import StargateError
+from .memory import trim_heap
 from .questioner import Encoded, Questioner
 from .recipe import TrainConfig
+from .score import fast_scoring_refusal
 
 IGNORE = -100
 
@@ -158,6 +160,8 @@ def train_lora(
         "cpu", enabled=False
     )
 
+    decoder = model.get_base_model() if hasattr(model, "get_base_model") else model
+    target_logits_only = backend == "peft" and fast_scoring_refusal(decoder) is None
     losses: list[float] = []
     trained_tokens = 0
     started = time.time()
@@ -178,12 +182,17 @@ def train_lora(
                 labels[row, positions] = seq[positions]
             ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
             with autocast:
-                # The model's own loss (Unsloth's fused one where present): summed over target tokens and
-                # divided by the step's target count, so every token weighs the same however the step is split.
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels,
-                             num_items_in_batch=max(step_tokens, 1)).loss
+                # Summed over target tokens and divided by the step's target count, so every token weighs the
+                # same however the step is split.
+                if target_logits_only:
+                    loss = _loss_at_targets(decoder, ids, labels) / max(step_tokens, 1)
+                else:  # the model's own loss (Unsloth's fused one)
+                    loss = model(input_ids=ids, attention_mask=mask, labels=labels,
+                                 num_items_in_batch=max(step_tokens, 1)).loss
             loss.backward()
             step_loss += loss.item()
+            if device.type == "cpu":
+                trim_heap()  # give back each micro-batch's freed activations (memory.py)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
@@ -215,6 +224,24 @@ def train_lora(
         "backend": backend,
         "peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
     }
+
+
+def _loss_at_targets(decoder, ids, labels):
+    """Summed cross-entropy of the target tokens, with logits made only where a target is predicted.
+
+    The model's own loss builds [batch x length x vocab] logits and keeps them, their log-softmax and its
+    gradient for backward (benchmarks/bench_loss.py measures the difference). Sequences are right-padded, so
+    under causal attention no real token sees a pad and no mask is needed (sdpa's causal kernels then apply).
+    """
+    import torch
+
+    from .score import head_logits
+
+    hidden = decoder.base_model(input_ids=ids, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    rows, cols = (targets != IGNORE).nonzero(as_tuple=True)  # the state at col predicts the token at col + 1
+    logits = head_logits(decoder, hidden[rows, cols])
+    return torch.nn.functional.cross_entropy(logits, targets[rows, cols], reduction="sum")
 
 
 def train_adapter(

@@ -171,3 +171,36 @@ def test_a_failing_training_process_is_one_clear_error(questioner, tmp_path):
     with pytest.raises(StargateError, match="training failed: IndexError"):
         train_isolated(questioner, broken, TrainConfig(backend="peft"), seed=0, out_dir=tmp_path / "adapter")
     assert not (tmp_path / "adapter").exists()
+
+
+def test_the_loss_at_target_positions_is_the_models_own_loss(questioner, base_model):
+    """Training's lean loss (logits only where a target is predicted) gives the model's loss and gradients."""
+    from stargate_lite.recipe import TrainConfig
+    from stargate_lite.train import IGNORE, _loss_at_targets, attach_lora
+
+    model = attach_lora(questioner.load_base(), TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0), seed=0)
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 1000, (2, 48), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 40:] = 0
+    labels = torch.full_like(ids, IGNORE)
+    labels[0, 10:20] = ids[0, 10:20]
+    labels[1, 30:40] = ids[1, 30:40]
+    params = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():  # B starts at zero, which would leave A without gradient
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02, generator=g)
+
+    def loss_and_grads(loss_fn):
+        model.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in params]
+
+    ours, our_grads = loss_and_grads(lambda: _loss_at_targets(model.get_base_model(), ids, labels) / 20)
+    theirs, their_grads = loss_and_grads(
+        lambda: model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=20).loss)
+    assert abs(ours - theirs) < 1e-5
+    assert max((a - b).abs().max().item() for a, b in zip(our_grads, their_grads)) < 1e-5
