@@ -53,9 +53,10 @@ def queries(store: Store) -> dict:
         "simulate resume: conversation ids": lambda: store.conversation_ids(RUN_ID, 1),
         "score resume: conversations to score": lambda: store.conversations_to_score(RUN_ID, 1),
         "turns of one 64-conversation chunk": lambda: store.turns(first_chunk),
-        "select: scores of an iteration": lambda: store.scores(RUN_ID, 1),
+        "select: each pair's best conversation": lambda: store.best_scores(RUN_ID, 1),
         "respond resume: selections, responses": lambda: (store.selections(RUN_ID, 1), store.responses(RUN_ID, 1)),
-        "train: training examples": lambda: training_examples(store, recipe, RUN_ID, 1),
+        "train: selected conversations' turns": lambda: store.selected_turns(RUN_ID, 1),
+        "train: training examples (reads + assembly)": lambda: training_examples(store, recipe, RUN_ID, 1),
         "status": lambda: run_status(store),
         "eval: summary (every eval read)": lambda: summarize(store, RUN_ID, ROLEPLAYER, recipe.roles.judge,
                                                              judge_protocol(recipe.judge)),
@@ -85,7 +86,7 @@ def main() -> None:
               ("pairs", "conversations", "turns", "scores", "golds", "eval_scores", "judgments")}
     print(f"store: {', '.join(f'{n:,} {t}' for t, n in counts.items())}; "
           f"{(a.store / 'stargate.db').stat().st_size / 2**30:.2f} GiB; variable limit {VARIABLE_LIMIT}")
-    print(f"{'query':<44} {'first':>8} {'warm':>8}")
+    print(f"{'query':<48} {'first':>8} {'warm':>8}")
     for name, call in queries(store).items():
         started = time.perf_counter()
         call()
@@ -95,7 +96,7 @@ def main() -> None:
             started = time.perf_counter()
             call()
             warm.append(time.perf_counter() - started)
-        print(f"{name:<44} {first:7.2f}s {statistics.median(warm):7.2f}s")
+        print(f"{name:<48} {first:7.2f}s {statistics.median(warm):7.2f}s")
 
 
 if __name__ == "__main__":

@@ -40,13 +40,13 @@ def training_examples(store: Store, recipe: Recipe, run_id: str, iteration: int)
     """
     pairs = {p["id"]: p for p in store.pairs(run_id, iteration)}
     selections = store.selections(run_id, iteration)
-    turns = store.turns([s["conversation_id"] for s in selections])
+    turns = store.selected_turns(run_id, iteration)
     responses = store.responses(run_id, iteration)
     target = recipe.train.target
     instruction = recipe.train.format == "instructed"
     examples = []
     for s in selections:
-        pair, conversation = pairs[s["pair_id"]], turns[s["conversation_id"]]
+        pair, conversation = pairs[s["pair_id"]], turns.get(s["conversation_id"], [])
         final = {"response": (responses.get(s["pair_id"]) or {}).get("text"), "gold": pair["gold"]}.get(target)
         if any(not t["text"].strip() for t in conversation if t["role"] == "questioner"):
             continue

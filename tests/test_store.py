@@ -62,3 +62,17 @@ def test_training_done_and_iteration_finished_are_one_transaction(home):
     store.finish_training(record)
     assert store.training("r", 1)["format"] == "bare" and store.stage_done("r", 1, "train")
     assert store.iterations("r")[0]["finished_at"] is not None
+
+
+def test_selection_keeps_each_pairs_best_conversation_ties_to_the_lowest_sample(home):
+    from stargate_lite.select import select_best
+
+    store = Store(home)
+    logprobs = {("p1", 0): -5.0, ("p1", 1): -3.0, ("p1", 2): -3.0, ("p2", 0): -1.0, ("p2", 1): -2.0}
+    store.save_conversations([{"id": f"{p}#{s:03d}", "run_id": "r", "iteration": 1, "pair_id": p, "sample": s,
+                               "turns": 1, "policy": "base", "messages": []} for p, s in logprobs])
+    store.insert_rows("scores", [{"conversation_id": f"{p}#{s:03d}", "run_id": "r", "iteration": 1, "logprob": lp,
+                                  "n_tokens": 1} for (p, s), lp in logprobs.items()], pk="conversation_id")
+    assert select_best(store, "r", 1) == 2
+    assert [(s["pair_id"], s["conversation_id"], s["logprob"]) for s in store.selections("r", 1)] == [
+        ("p1", "p1#001", -3.0), ("p2", "p2#000", -1.0)]

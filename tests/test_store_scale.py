@@ -25,7 +25,8 @@ def test_every_query_works_under_a_999_variable_limit(tmp_path):
     assert len(results["turns of one 64-conversation chunk"]) == 64
     selections, responses = results["respond resume: selections, responses"]
     assert len(selections) == len(responses) == pairs
-    assert len(results["train: training examples"]) == pairs
+    assert len(results["train: selected conversations' turns"]) == pairs
+    assert len(results["train: training examples (reads + assembly)"]) == pairs
     (status_run,) = results["status"]["runs"]
     (iteration,) = status_run["iterations"]
     assert (iteration["pairs"], iteration["conversations"], iteration["scored"], iteration["responses"]) == (
