@@ -9,6 +9,7 @@ from .progress import Progress
 from .prompts import questioner_messages
 from .questioner import Questioner
 from .recipe import RespondConfig
+from .runs import chunks_left
 from .store import Store
 
 RESPONSE_CHUNK = 32  # responses generated and stored per transaction
@@ -30,13 +31,9 @@ def respond_stage(
     pairs = {p["id"]: p for p in store.pairs(run_id, iteration)}
     selections = store.selections(run_id, iteration)
     have = store.responses(run_id, iteration)
-    # Chunks at fixed indices, as simulate's: a resumed run generates the same chunks, so forms the same batches.
-    chunks = [selections[i : i + RESPONSE_CHUNK] for i in range(0, len(selections), RESPONSE_CHUNK)]
-    done = sum(len(chunk) for chunk in chunks if all(s["pair_id"] in have for s in chunk))
+    chunks, done = chunks_left(selections, RESPONSE_CHUNK, lambda s: s["pair_id"] in have)
     with progress.stage(f"iteration {iteration}: respond", len(selections), done) as advance:
         for chunk in chunks:
-            if all(s["pair_id"] in have for s in chunk):
-                continue
             turns = store.turns([s["conversation_id"] for s in chunk])
             prompts = [
                 questioner_messages(pairs[s["pair_id"]]["persona_name"], pairs[s["pair_id"]]["task"],

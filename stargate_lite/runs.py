@@ -7,7 +7,7 @@ from __future__ import annotations
 import fcntl
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -153,3 +153,13 @@ def resolve_checkpoint(store: Store, run_id: str | None, iteration: int | None, 
     training = pick_training(store, run, iteration)
     return (recipe, training["adapter"], f"{run['id']}/iteration-{training['iteration']}",
             training_format(training, recipe))
+
+
+def chunks_left(items: list, size: int, finished: Callable[[dict], bool]) -> tuple[list[list], int]:
+    """The chunks of `size` items, cut at fixed indices, that are not wholly finished, and how many items the
+    finished ones hold. Fixed indices make a resumed stage form the same chunks, and so the same batches, as an
+    uninterrupted one (a chunk cut by a crash is done again whole)."""
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+    left = [chunk for chunk in chunks if not all(finished(item) for item in chunk)]
+    return left, len(items) - sum(len(chunk) for chunk in left)
+

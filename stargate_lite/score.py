@@ -18,6 +18,7 @@ from .progress import Progress
 from .prompts import questioner_messages
 from .questioner import Encoded, Questioner
 from .recipe import ScoreConfig
+from .runs import chunks_left
 from .store import Store
 
 
@@ -136,14 +137,10 @@ def score_stage(
     """Score every unscored conversation of an iteration under the base model (`model` with adapters off)."""
     pairs = {p["id"]: p for p in store.pairs(run_id, iteration)}
     conversations = store.conversations_to_score(run_id, iteration)
-    # Chunks at fixed indices, as simulate's: a resumed run scores the same chunks, so forms the same batches.
-    chunks = [conversations[i : i + SCORE_CHUNK] for i in range(0, len(conversations), SCORE_CHUNK)]
-    done = sum(len(chunk) for chunk in chunks if all(c["scored"] for c in chunk))
+    chunks, done = chunks_left(conversations, SCORE_CHUNK, lambda c: c["scored"])
     with progress.stage(f"iteration {iteration}: score (conversations)", len(conversations), done) as advance:
         with base_weights(model):
             for chunk in chunks:
-                if all(c["scored"] for c in chunk):
-                    continue
                 turns = store.turns([c["id"] for c in chunk])
                 encoded = [
                     encode_gold(questioner, pairs[c["pair_id"]]["persona_name"], pairs[c["pair_id"]]["task"],
