@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Protocol
 
 from .errors import StargateError
-from .llama_server import LlamaServer, find_binary
 from .models import resolve_gguf
 from .prompts import fold_system
 from .recipe import ChatModelConfig
+from .servers import LlamaServer, find_binary
 
 
 @dataclass(frozen=True)
@@ -253,7 +253,7 @@ class OpenAIChat:
 
 
 class LlamaServerChat(OpenAIChat):
-    """A GGUF served by a llama-server that this object starts (llama_server.py) and stops (close): `slots`
+    """A GGUF served by a llama-server that this object starts (servers.py) and stops (close): `slots`
     requests in flight, the prompt cache on, the recipe's repeat penalty."""
 
     def __init__(self, name: str, config: ChatModelConfig, log_dir: Path):

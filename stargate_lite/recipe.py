@@ -205,6 +205,14 @@ class TrainConfig(_Strict):
     )
 
 
+    processes: int = Field(
+        1, ge=1, description="Processes training together (data parallel, launched with `accelerate launch`): one "
+        "per GPU, or CPU processes sharing the cores. Each micro-batch's sequences are shared out among them, so "
+        "the effective batch (batch_size x gradient_accumulation) and the result are those of one process. peft "
+        "backend only.",
+    )
+
+
 class EvalConfig(_Strict):
     """Evaluation on the test split: gold log-probs under four conditions, and win rates against Q_0."""
 

@@ -183,6 +183,11 @@ def _m010_scale_indexes(db: sqlite_utils.Database) -> None:
     db["eval_responses"].create_index(["ns", "iteration", "responder"], if_not_exists=True)
 
 
+def _m011_training_processes(db: sqlite_utils.Database) -> None:
+    # How many processes trained the adapter together (train.processes); NULL in runs made before: one.
+    db["trainings"].add_column("processes", int)
+
+
 MIGRATIONS = [
     ("m001_initial", _m001_initial),
     ("m002_eval", _m002_eval),
@@ -194,6 +199,7 @@ MIGRATIONS = [
     ("m008_training_format", _m008_training_format),
     ("m009_adapter_paths_in_home", _m009_adapter_paths_in_home),
     ("m010_scale_indexes", _m010_scale_indexes),
+    ("m011_training_processes", _m011_training_processes),
 ]
 
 

@@ -57,6 +57,11 @@ def resolve_backend(config: TrainConfig, device_type: str) -> str:
     """The trainer to use: Unsloth where asked or (auto) where it is installed and the Questioner is on CUDA."""
     import importlib.util
 
+    if config.processes > 1:
+        if config.backend == "unsloth":
+            raise StargateError("train.backend unsloth trains in one process: set train.processes=1, or "
+                                "train.backend=peft (or auto) to train in several")
+        return "peft"
     available = device_type == "cuda" and importlib.util.find_spec("unsloth") is not None
     if config.backend == "unsloth" and not available:
         raise StargateError(
@@ -134,9 +139,14 @@ def train_lora(
     pad_token_id: int,
     backend: str = "peft",
     on_step: Callable[[int, int, float], None] | None = None,
+    accelerator=None,
 ) -> dict:
     """Train `model`'s LoRA adapter (from `load_for_training`, or `attach_lora`) and save it to out_dir.
-    Returns the training record."""
+    Returns the training record.
+
+    With an `accelerator` of N processes (train_processes.py), each micro-batch's sequences are shared out
+    among them (per-process batch ceil(batch_size / N)), so an optimizer step sees the same sequences as in one
+    process; the summed gradients make the same step, and the main process saves the adapter."""
     import torch
 
     if not examples:
@@ -165,11 +175,14 @@ def train_lora(
     losses: list[float] = []
     trained_tokens = 0
     started = time.time()
+    processes, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
     for step in range(total_steps):
         group = micro[step * config.gradient_accumulation : (step + 1) * config.gradient_accumulation]
         step_tokens = sum(len(examples[i].target_positions) for b in group for i in b)
         step_loss = 0.0
-        for batch in group:
+        for batch in (b[rank::processes] for b in group):
+            if not batch:  # fewer sequences than processes: this one has none of them
+                continue
             width = max(len(examples[i].input_ids) for i in batch)
             ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
             labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
@@ -193,6 +206,8 @@ def train_lora(
             step_loss += loss.item()
             if device.type == "cpu":
                 trim_heap()  # give back each micro-batch's freed activations (memory.py)
+        if processes > 1:
+            step_loss = sum_gradients(params, step_loss, accelerator)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
@@ -202,6 +217,24 @@ def train_lora(
         if on_step:
             on_step(step + 1, total_steps, losses[-1])
 
+    if rank == 0:
+        save_adapter(model, out_dir)
+    return {
+        "adapter": str(out_dir),
+        "examples": len(examples),
+        "trained_tokens": trained_tokens,
+        "steps": total_steps,
+        "final_loss": losses[-1],
+        "losses": losses,
+        "seconds": time.time() - started,
+        "backend": backend,
+        "processes": processes,
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+    }
+
+
+def save_adapter(model, out_dir: Path) -> None:
+    """Write the adapter to a temporary folder and rename it into place: a folder at out_dir is complete."""
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(out_dir, ignore_errors=True)  # a leftover from a run killed after the rename, before the record
@@ -213,17 +246,26 @@ def train_lora(
             raise OSError(errno.ENOSPC, "No space left on device", str(tmp)) from None
         raise
     tmp.rename(out_dir)
-    return {
-        "adapter": str(out_dir),
-        "examples": len(examples),
-        "trained_tokens": trained_tokens,
-        "steps": total_steps,
-        "final_loss": losses[-1],
-        "losses": losses,
-        "seconds": time.time() - started,
-        "backend": backend,
-        "peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-    }
+
+
+def sum_gradients(params, step_loss: float, accelerator) -> float:
+    """Data parallelism by one all-reduce per optimizer step: each process holds the gradient of its share of
+    the step's loss (its tokens' summed loss over the whole step's target count), so the sum over processes is
+    the gradient one process would compute. Returns the step's whole loss.
+
+    Not torch's DDP wrapper: it syncs only through its own forward, and the lean loss calls the decoder inside
+    the peft model; an adapter's gradient is small (a 7B model's r=16 LoRA: 40M values), so overlapping its
+    reduction with the backward pass would save little."""
+    import torch
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([*(g.reshape(-1).float() for g in grads), torch.tensor([step_loss], device=grads[0].device)])
+    flat = accelerator.reduce(flat, reduction="sum")
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        p.grad = flat[offset : offset + g.numel()].view_as(p).to(p.dtype)
+        offset += g.numel()
+    return float(flat[-1])
 
 
 def _loss_at_targets(decoder, ids, labels):
@@ -259,6 +301,10 @@ def train_adapter(
     those patches must not reach the generation and scoring this process does in later iterations.
     """
     backend = resolve_backend(config, questioner.device.type)
+    if config.processes > 1:
+        from .train_processes import train_in_processes
+
+        return train_in_processes(questioner, examples, config, seed=seed, out_dir=out_dir, on_step=on_step)
     if backend == "unsloth":
         return train_isolated(questioner, examples, config, seed=seed, out_dir=out_dir, on_step=on_step)
     model, _ = load_for_training(questioner, config, seed)

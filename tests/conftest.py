@@ -78,6 +78,28 @@ def cli(*args: str, home: Path, check: bool = True) -> subprocess.CompletedProce
     return result
 
 
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (in a container nobody may reap a killed orphan)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def children_of(parent: int, marker: str) -> list[int]:
+    """Live child processes of `parent` whose command line contains `marker`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == parent and marker in (stat.parent / "cmdline").read_text() and fields[0] != "Z":
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def run_args() -> list[str]:
     return ["run", "--iterations", "2", *[a for o in TINY_CI_OVERRIDES for a in ("--set", o)]]
 

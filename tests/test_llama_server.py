@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY_CI_OVERRIDES, alive, children_of, cli
 
-from conftest import TINY_CI_OVERRIDES, cli
 from stargate_lite.chat import ChatModels, LlamaServerChat, Sampling, complete_all
 from stargate_lite.errors import StargateError
-from stargate_lite.llama_server import find_binary
 from stargate_lite.prompts import roleplayer_messages
 from stargate_lite.recipe import ChatModelConfig
+from stargate_lite.servers import find_binary
 
 SERVED = ChatModelConfig(backend="llama-server", model="builtin:smollm2-135m-instruct", n_ctx=1024, n_threads=2,
                          repeat_penalty=1.15, max_retries=1)
@@ -39,27 +39,6 @@ def binary():
         find_binary(None)
     except StargateError as err:
         pytest.fail(f"{err} (the tests need it)")
-
-
-def _alive(pid: int) -> bool:
-    """A process that exists and is not a zombie (in a container nobody may reap a killed orphan)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _servers_of(parent: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == parent and "llama-server" in (stat.parent / "cmdline").read_text():
-                found.append(int(stat.parent.name))
-        except (OSError, ValueError):
-            continue
-    return found
 
 
 def test_a_managed_server_answers_logs_and_stops(tmp_path):
@@ -162,7 +141,7 @@ def _wait_for_answers(run: subprocess.Popen, log: Path, after: int) -> int:
     while time.time() < deadline:
         assert run.poll() is None, f"the run ended early: {run.stderr.read()[-2000:]}"
         answered = _answered(log)
-        servers = _servers_of(run.pid)
+        servers = children_of(run.pid, "llama-server")
         if answered > after and servers:
             return servers[0]
         time.sleep(0.2)
@@ -185,9 +164,9 @@ def test_a_server_death_and_a_sigkill_lose_nothing_and_leave_no_server(home):
     run.send_signal(signal.SIGKILL)
     run.wait(timeout=60)
     deadline = time.time() + 10
-    while _alive(server) and time.time() < deadline:
+    while alive(server) and time.time() < deadline:
         time.sleep(0.1)
-    assert not _alive(server), "the llama-server outlived the stargate-lite that started it"
+    assert not alive(server), "the llama-server outlived the stargate-lite that started it"
 
     # A rerun finishes the iteration without redoing or duplicating anything.
     with sqlite3.connect(home / "stargate.db") as db:

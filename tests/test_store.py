@@ -12,7 +12,8 @@ def test_migrations_create_the_schema_once(home):
     names = [r["name"] for r in store.rows("select name from _migrations")]
     assert names == ["m001_initial", "m002_eval", "m003_chats", "m004_failures", "m005_trimmed_answers",
                      "m006_training_backend", "m007_judge_protocol", "m008_training_format",
-                     "m009_adapter_paths_in_home", "m010_scale_indexes"]
+                     "m009_adapter_paths_in_home", "m010_scale_indexes",
+                     "m011_training_processes"]
     assert store.db["turns"].columns_dict == {
         "conversation_id": str, "idx": int, "role": str, "text": str, "is_question": int, "trimmed": int,
     }

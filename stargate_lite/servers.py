@@ -1,0 +1,133 @@
+"""Inference servers run as tied children of stargate-lite (processes.py): llama.cpp's `llama-server` for a GGUF
+chat model, and vLLM's OpenAI-compatible server for the Questioner (questioner.engine vllm).
+
+In-process llama-cpp-python decodes one sequence at a time; llama-server decodes `slots` sequences together
+(continuous batching) and keeps each slot's prompt cached, so a conversation's next turn reads only what is new.
+A server lives as long as the command that started it, and never outlives stargate-lite (processes.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .errors import StargateError
+from .processes import free_port, log_tail, spawn_tied, stop
+from .recipe import ChatModelConfig
+
+BINARY_ENV = "STARGATE_LLAMA_SERVER"
+BUILD_COMMAND = "bash install.sh --llama-server"
+
+
+def find_binary(configured: str | None) -> Path:
+    """The llama-server to run: the recipe's `server_binary`, else $STARGATE_LLAMA_SERVER, else `llama-server` on
+    PATH or beside this Python (a venv's bin/, where install.sh links it)."""
+    for source, value in (("server_binary", configured), (f"${BINARY_ENV}", os.environ.get(BINARY_ENV))):
+        if value:
+            path = Path(value).expanduser()
+            if not (path.is_file() and os.access(path, os.X_OK)):
+                raise StargateError(f"{source} names {path}, which is not an executable file: build it with "
+                                    f"`{BUILD_COMMAND}` or fix the path")
+            return path
+    found = shutil.which("llama-server") or shutil.which("llama-server", path=str(Path(sys.prefix) / "bin"))
+    if not found:
+        raise StargateError(f"no llama-server found (recipe server_binary, ${BINARY_ENV}, PATH): build it with "
+                            f"`{BUILD_COMMAND}` (CUDA: CMAKE_ARGS=\"-DGGML_CUDA=on\" {BUILD_COMMAND})")
+    return Path(found)
+
+
+class ManagedServer:
+    """One server process on a free port of 127.0.0.1, started by `start` and stopped by `stop`. Subclasses say
+    what to run (`command`), which path answers 200 once it is ready (`health_path`) and what it is called."""
+
+    kind = "server"
+    health_path = "/health"
+
+    def __init__(self, name: str, log_path: Path, startup_timeout: float):
+        self.name = name
+        self.log_path = log_path
+        self.startup_timeout = startup_timeout
+        self.process = None
+        self.url = ""
+
+    def command(self, port: int) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict | None:
+        """The child's environment (None: this process's)."""
+        return None
+
+    def start(self) -> str:
+        """Start the server and wait until it answers its health check; returns its OpenAI base URL."""
+        for _ in range(3):  # another process may take the free port before the server binds it
+            port = free_port()
+            self.process = spawn_tied(self.command(port), self.log_path, self.environment())
+            try:
+                healthy = self._wait_healthy(port)
+            except BaseException:  # Ctrl-C while the model loads: nobody else holds this server to stop it
+                self.stop()
+                raise
+            if healthy:
+                self.url = f"http://127.0.0.1:{port}/v1"
+                return self.url
+            tail = log_tail(self.log_path, lines=8).lower()
+            if "bind" not in tail and "address already in use" not in tail:
+                break
+        raise StargateError(self.failure("did not start"))
+
+    def _wait_healthy(self, port: int) -> bool:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{self.health_path}", timeout=2) as response:
+                    if response.status == 200:
+                        return True
+            except (urllib.error.URLError, OSError):
+                pass  # not listening yet, or 503 while the model loads
+            time.sleep(0.2)
+        raise StargateError(f"{self.name}: {self.kind} was not ready after {self.startup_timeout:.0f} s "
+                            f"(startup_timeout): {log_tail(self.log_path)} (log: {self.log_path})")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def failure(self, what: str) -> str:
+        code = self.process.poll() if self.process else None
+        exit_part = f" (exit code {code})" if code is not None else ""
+        return f"{self.name}: {self.kind} {what}{exit_part}: {log_tail(self.log_path)} (log: {self.log_path})"
+
+    def ensure_alive(self) -> None:
+        """Raise the one-line error of a server that died mid-run (finished work is stored; a rerun continues)."""
+        if not self.alive():
+            raise StargateError(self.failure("exited mid-run"))
+
+    def stop(self) -> None:
+        stop(self.process)
+
+
+class LlamaServer(ManagedServer):
+    """llama.cpp's server for one GGUF chat model: `slots` sequences decoded together, prompts cached."""
+
+    kind = "llama-server"
+
+    def __init__(self, name: str, config: ChatModelConfig, gguf: Path, log_path: Path):
+        super().__init__(f"chat model {name}", log_path, config.startup_timeout)
+        self.config = config
+        self.binary = find_binary(config.server_binary)
+        self.gguf = gguf
+
+    def command(self, port: int) -> list[str]:
+        c = self.config
+        args = [str(self.binary), "--model", str(self.gguf), "--host", "127.0.0.1", "--port", str(port),
+                "--parallel", str(c.slots), "--ctx-size", str(c.slots * c.n_ctx), "--n-gpu-layers",
+                str(c.n_gpu_layers), "--cont-batching", "--cache-prompt", "--no-webui", "--fit", "off"]
+        if c.n_threads:
+            args += ["--threads", str(c.n_threads), "--threads-batch", str(c.n_threads)]
+        return args
