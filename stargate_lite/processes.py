@@ -1,9 +1,12 @@
 """Child processes tied to stargate-lite's life: the managed servers (servers.py) and the multi-process trainer's
 launcher (train_processes.py).
 
-A tied child is stopped by whoever started it on exit, Ctrl-C or an exception, and, on Linux, killed by the
-kernel when stargate-lite itself dies, even by SIGKILL (PR_SET_PDEATHSIG), so none is ever orphaned. It runs in
-its own session, so a Ctrl-C in the terminal reaches stargate-lite only, which then stops it.
+A tied child runs under a small supervisor, in a process group of its own with everything it starts (vLLM's
+engine and workers, for one). The supervisor holds a pipe from stargate-lite: when the pipe closes, because
+stargate-lite stops the child, exits, or dies even by SIGKILL, it terminates the whole group, then kills what is
+left after a grace period. When the child ends by itself, the supervisor kills what the child left behind and
+ends as the child ended (its exit code, or the signal that killed it), so none is ever orphaned. The supervisor
+runs in a session of its own, so a Ctrl-C in the terminal reaches stargate-lite only, which then stops it.
 """
 
 from __future__ import annotations
@@ -15,21 +18,42 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Runs in the child before it becomes the real program: the kernel sends SIGKILL when the parent dies
-# (PR_SET_PDEATHSIG, kept across exec), and a parent already gone by then means exiting at once. Elsewhere than
-# Linux it only execs.
-_TIED_EXEC = """import ctypes, os, signal, sys
-if sys.platform.startswith("linux"):
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
-    if os.getppid() != int(sys.argv[1]):
-        sys.exit(1)
-os.execv(sys.argv[2], sys.argv[2:])
+GRACE_SECONDS = 10  # between asking a child's group to terminate and killing it
+
+_SUPERVISOR = f"""import ctypes, os, select, signal, subprocess, sys, time
+def die_with_supervisor():  # Linux: should the supervisor itself be killed, the child is killed too
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+child = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, start_new_session=True,
+                         preexec_fn=die_with_supervisor)
+def end_group():
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + {GRACE_SECONDS}
+        while sig == signal.SIGTERM and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the pipe, not a signal, says when to stop
+while child.poll() is None:
+    ready, _, _ = select.select([0], [], [], 0.5)
+    if ready and not os.read(0, 1):  # stargate-lite closed the pipe, or is gone
+        break
+end_group()
+code = child.wait()
+if code < 0:  # end by the same signal
+    if -code not in (signal.SIGKILL, signal.SIGSTOP):
+        signal.signal(-code, signal.SIG_DFL)
+    os.kill(os.getpid(), -code)
+sys.exit(code)
 """
 
 
 def die_with_parent() -> None:
-    """For a process we start but whose own children another program starts (accelerate's workers): ask the
-    kernel to kill this process when its parent dies, and exit at once if the parent is already gone."""
+    """For a process whose children another program starts in sessions of their own (accelerate's workers): ask
+    the kernel to kill this process when its parent dies (PR_SET_PDEATHSIG, Linux), and exit at once if the
+    parent is already gone."""
     if sys.platform.startswith("linux"):
         parent = os.getppid()
         import ctypes
@@ -40,34 +64,25 @@ def die_with_parent() -> None:
 
 
 def spawn_tied(command: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
-    """Start `command` (its first item an executable path) as a tied child, its output appended to log_path
-    after a line naming the command."""
+    """Start `command` as a tied child, its output appended to log_path after a line naming the command."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         log.write(f"\n# {' '.join(command)}\n".encode())
         log.flush()
-        return subprocess.Popen(
-            [sys.executable, "-c", _TIED_EXEC, str(os.getpid()), *command],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
+        return subprocess.Popen([sys.executable, "-c", _SUPERVISOR, *command], stdin=subprocess.PIPE, stdout=log,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def stop(process: subprocess.Popen | None, grace_seconds: float = 15) -> None:
-    """Terminate a child (and, as it runs in its own session, whatever it started), killing it after a grace
-    period."""
-    if process is None or process.poll() is not None:
+def stop(process: subprocess.Popen | None) -> None:
+    """Stop a tied child and everything it started: terminated, then killed after the grace period."""
+    if process is None:
         return
+    if process.stdin and not process.stdin.closed:
+        process.stdin.close()
     try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(timeout=grace_seconds)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        process.wait(timeout=GRACE_SECONDS + 10)
+    except subprocess.TimeoutExpired:  # the supervisor itself is stuck
+        process.kill()
         process.wait()
 
 

@@ -1,5 +1,5 @@
 """The Questioner backend: transformers (+ peft) models, chat-template rendering with exact character spans,
-and batched generation.
+and batched generation, here or (questioner.engine vllm) on a vLLM server (vllm_engine.py).
 
 Each stage loads the model it needs (the base for scoring and training, base + adapter for the policy), so no
 adapter state can leak from one stage into another.
@@ -53,6 +53,17 @@ class Questioner:
         gib = config.memory_budget_gib
         self.memory_budget_bytes = int(gib * 2**30) if gib else None
         self.static_decoder = config.decoder == "static" or (config.decoder == "auto" and want_cuda)
+        self.engine = None
+        if config.engine == "vllm":
+            from .vllm_engine import VllmEngine
+
+            dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[self.dtype]
+            self.engine = VllmEngine(config.vllm, self.source, dtype, config.load_in_4bit, home / "logs")
+
+    def close(self) -> None:
+        """Stop the Questioner's managed vLLM servers, if any run (the next stage that needs them starts them)."""
+        if self.engine is not None:
+            self.engine.close()
 
     # -- models ------------------------------------------------------------------------------------------------
     @contextmanager
@@ -86,6 +97,13 @@ class Questioner:
             model.to(self.device)
         model.eval()
         return model
+
+    def engine_policy(self, adapter: str | None):
+        """Q_eta for the stages that generate and score (`generate`, score.token_logprobs): served by the vLLM
+        engine, or loaded here (`load_policy`)."""
+        if self.engine is not None:
+            return self.engine.policy(adapter)
+        return self.load_policy(adapter)
 
     def load_policy(self, adapter: str | None):
         """Q_eta: the base model with iteration eta's LoRA adapter (the base itself for eta = 0)."""
@@ -146,10 +164,17 @@ class Questioner:
 
     # -- generation ------------------------------------------------------------------------------------------
     def stop_token_ids(self, model) -> list[int]:
-        ids = {self.tokenizer.eos_token_id}
-        configured = getattr(model.generation_config, "eos_token_id", None)
-        ids.update(configured if isinstance(configured, list) else [configured])
-        return sorted(i for i in ids if i is not None)
+        return _stop_ids(self.tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None))
+
+    def served_stop_ids(self) -> list[int]:
+        """stop_token_ids for a model served elsewhere: its generation config read from the model's files."""
+        from transformers import GenerationConfig
+
+        try:
+            configured = GenerationConfig.from_pretrained(self.source).eos_token_id
+        except OSError:  # no generation_config.json: the tokenizer's end of sequence alone
+            configured = None
+        return _stop_ids(self.tokenizer.eos_token_id, configured)
 
     def generate(
         self,
@@ -177,6 +202,9 @@ class Questioner:
             self.tokenizer(self.render(m, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
             for m in conversations
         ]
+        if self.engine is not None and not isinstance(model, torch.nn.Module):  # a policy the engine serves
+            return model.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                  seed=seed, stop_ids=self.served_stop_ids(), on_done=on_batch)
         order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
         outputs: list[str] = [""] * len(prompts)
         pad = self.tokenizer.pad_token_id
@@ -244,6 +272,11 @@ class Questioner:
         worker.join()
 
 
+def _stop_ids(eos_token_id: int | None, configured: int | list[int] | None) -> list[int]:
+    ids = {eos_token_id, *(configured if isinstance(configured, list) else [configured])}
+    return sorted(i for i in ids if i is not None)
+
+
 def _checked_adapter(adapter: str) -> str:
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise StargateError(f"adapter {adapter} is missing or incomplete: rerun the iteration that trains it")
@@ -264,6 +297,9 @@ class SharedBase:
         """The model acting as Q_eta (its adapter active) or, with None, as Q_0, for the duration of the block."""
         from peft import PeftModel
 
+        if self.questioner.engine is not None:  # the vLLM server holds the base and every adapter
+            yield self.questioner.engine_policy(adapter)
+            return
         if self.model is None:
             self.model = self.questioner.load_base()
         if adapter is None:

@@ -23,8 +23,41 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class VllmConfig(_Strict):
+    """The Questioner on vLLM servers (questioner.engine vllm): one generates (the base with each iteration's
+    adapter, loaded under a name of its own), one scores (the base alone); training stays here (transformers +
+    peft)."""
+
+    base_url: str | None = Field(
+        None, description="A vLLM server that is already running, e.g. http://gpu-node:8000/v1 (a fleet behind one "
+        "address, or `vllm serve` with --tensor-parallel-size over many GPUs), serving questioner.model, started "
+        "with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, and able to read this machine's adapter "
+        "paths. null: stargate-lite starts one and stops it when the command ends.",
+    )
+    score_base_url: str | None = Field(
+        None, description="A running vLLM server of the same base model for scoring, started without "
+        "--enable-lora (vLLM's prompt log-probs are wrong or fail with LoRA enabled: vllm-project/vllm issues "
+        "16668, 29955, 51594) and best with --no-enable-prefix-caching. null: stargate-lite starts one.",
+    )
+    python: str | None = Field(
+        None, description="Managed servers: the Python that has vLLM; default $STARGATE_VLLM_PYTHON, else this "
+        "Python if it has vLLM, else .venv-vllm beside this environment (bash install.sh --vllm makes it).",
+    )
+    server_args: list[str] = Field(
+        [], description="Managed servers: more arguments for each of vLLM's servers (generation and scoring), "
+        "e.g. [--tensor-parallel-size, '2', --gpu-memory-utilization, '0.4'] (both share the GPUs: their two "
+        "shares must fit; on CPU, the share is of host memory: 0.15 suits a small model).",
+    )
+    max_lora_rank: int = Field(16, ge=1, description="The largest LoRA rank the server accepts (>= train.lora_r).")
+    max_concurrency: int = Field(64, ge=1, description="Requests in flight at once; the server batches them.")
+    startup_timeout: float = Field(900.0, gt=0, description="Managed servers: seconds to load the model and answer.")
+    request_timeout: float = Field(600.0, gt=0, description="Seconds before a request is abandoned (and retried).")
+    max_retries: int = Field(3, ge=0, description="Retries of a request (the openai client's: refused connections, "
+                             "timeouts, 408/409/429/5xx) before it fails.")
+
+
 class QuestionerConfig(_Strict):
-    """The policy being trained, run with transformers (+ peft for LoRA)."""
+    """The policy being trained, run with transformers (+ peft for LoRA), or served by vLLM."""
 
     model: str = Field(
         "builtin:smollm2-135m-instruct",
@@ -45,6 +78,12 @@ class QuestionerConfig(_Strict):
         "auto", description="generate: transformers' generate; static: our static-cache decoder, its step "
         "replayed as a CUDA graph on a GPU (several times faster there); auto: static on CUDA, generate on CPU.",
     )
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers", description="Where the Questioner generates (simulate, respond, eval's responses) and "
+        "scores: transformers in this process, or a vLLM server (questioner.vllm), many requests in flight. "
+        "Training is always here; chat always runs in this process.",
+    )
+    vllm: VllmConfig = Field(default_factory=VllmConfig)
 
 
 class ChatModelConfig(_Strict):
@@ -296,6 +335,9 @@ class Recipe(_Strict):
             if name not in self.chat_models:
                 known = ", ".join(sorted(self.chat_models)) or "none"
                 raise ValueError(f"roles.{role}: no chat model named {name!r} (chat_models has: {known})")
+        if self.questioner.engine == "vllm" and self.train.lora_r > self.questioner.vllm.max_lora_rank:
+            raise ValueError(f"train.lora_r {self.train.lora_r} is above questioner.vllm.max_lora_rank "
+                             f"{self.questioner.vllm.max_lora_rank}: raise the latter, or vLLM refuses the adapters")
         for name, chat in self.chat_models.items():
             if chat.backend == "openai" and chat.model.startswith("builtin:"):
                 raise ValueError(f"chat_models.{name}: a builtin model needs backend llamacpp, llama-server or "

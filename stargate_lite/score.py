@@ -30,6 +30,8 @@ def token_logprobs(model, encoded: list[Encoded], *, batch_size: int, vocab_chun
     """
     import torch
 
+    if not isinstance(model, torch.nn.Module):  # a policy served by the vLLM engine: scored there, by the base
+        return model.engine.prompt_logprobs(encoded)
     device = next(model.parameters()).device
     decoder = model.get_base_model() if hasattr(model, "get_base_model") else model
     reason = fast_scoring_refusal(decoder)

@@ -8,6 +8,7 @@ A server lives as long as the command that started it, and never outlives starga
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from .errors import StargateError
 from .processes import free_port, log_tail, spawn_tied, stop
-from .recipe import ChatModelConfig
+from .recipe import ChatModelConfig, VllmConfig
 
 BINARY_ENV = "STARGATE_LLAMA_SERVER"
 BUILD_COMMAND = "bash install.sh --llama-server"
@@ -131,3 +132,62 @@ class LlamaServer(ManagedServer):
         if c.n_threads:
             args += ["--threads", str(c.n_threads), "--threads-batch", str(c.n_threads)]
         return args
+
+
+VLLM_PYTHON_ENV = "STARGATE_VLLM_PYTHON"
+VLLM_INSTALL = "bash install.sh --vllm"
+VLLM_BASE_NAME = "base"  # the name the managed server gives the base model; adapters get names of their own
+
+
+def find_vllm_python(configured: str | None) -> Path:
+    """The Python to run vLLM's server with: questioner.vllm.python, else $STARGATE_VLLM_PYTHON, else this Python
+    if it has vLLM, else the .venv-vllm that `bash install.sh --vllm` makes beside this environment. vLLM pins
+    its own torch, so it usually lives in an environment of its own."""
+    from_env = os.environ.get(VLLM_PYTHON_ENV)
+    for source, value in (("questioner.vllm.python", configured), (f"${VLLM_PYTHON_ENV}", from_env)):
+        if value:
+            path = Path(value).expanduser()
+            if not (path.is_file() and os.access(path, os.X_OK)):
+                raise StargateError(f"{source} names {path}, which is not an executable file: install vLLM with "
+                                    f"`{VLLM_INSTALL}` or fix the path")
+            return path
+    if importlib.util.find_spec("vllm") is not None:
+        return Path(sys.executable)
+    sibling = Path(sys.prefix).parent / ".venv-vllm" / "bin" / "python"
+    if sibling.is_file():
+        return sibling
+    raise StargateError(f"no Python with vLLM found (questioner.vllm.python, ${VLLM_PYTHON_ENV}, this Python, "
+                        f"{sibling}): install it with `{VLLM_INSTALL}`, or give questioner.vllm.base_url")
+
+
+class VllmServer(ManagedServer):
+    """vLLM's OpenAI-compatible server for the Questioner's base model: for generation, with LoRA adapters
+    loadable at run time; for scoring, without LoRA (its prompt log-probs are wrong with LoRA on) and without a
+    prefix cache (prompt log-probs are never read from it)."""
+
+    kind = "vLLM server"
+
+    def __init__(self, config: VllmConfig, model: str, dtype: str, quantize_4bit: bool, log_path: Path,
+                 lora: bool = True):
+        super().__init__("questioner" if lora else "questioner's scorer", log_path, config.startup_timeout)
+        self.config = config
+        self.python = find_vllm_python(config.python)
+        self.model = model
+        self.dtype = dtype
+        self.quantize_4bit = quantize_4bit
+        self.lora = lora
+
+    def command(self, port: int) -> list[str]:
+        args = [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
+                "--served-model-name", VLLM_BASE_NAME, "--host", "127.0.0.1", "--port", str(port),
+                "--dtype", self.dtype]
+        if self.lora:
+            args += ["--enable-lora", "--max-lora-rank", str(self.config.max_lora_rank)]
+        else:
+            args += ["--no-enable-prefix-caching"]
+        if self.quantize_4bit:  # the weights training sees (questioner.load_in_4bit): bitsandbytes nf4
+            args += ["--quantization", "bitsandbytes"]
+        return [*args, *self.config.server_args]
+
+    def environment(self) -> dict:
+        return {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}

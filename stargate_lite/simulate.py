@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 from .chat import ChatFailure, ChatModel, Sampling, complete_all
+from .errors import QuestionerFailure
 from .progress import Progress
 from .prompts import questioner_messages, roleplayer_messages
 from .questioner import Questioner
@@ -115,6 +116,9 @@ def simulate(
                 )
             except ChatFailure as failure:  # the roleplayer's service gave up: the chunk is redone on a rerun
                 record_failure(f"chunk-{index}", f"roleplayer: {failure}")
+                continue
+            except QuestionerFailure as failure:  # the Questioner's vLLM server failed or died: likewise
+                record_failure(f"chunk-{index}", str(failure))
                 continue
             store.save_conversations(
                 [

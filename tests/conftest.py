@@ -87,17 +87,36 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def children_of(parent: int, marker: str) -> list[int]:
-    """Live child processes of `parent` whose command line contains `marker`."""
-    found = []
+def descendants(root: int) -> dict[int, list[str]]:
+    """Live processes under `root` (its children, theirs, ...), each with its command line."""
+    children: dict[int, list[int]] = {}
+    argv: dict[int, list[str]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == parent and marker in (stat.parent / "cmdline").read_text() and fields[0] != "Z":
-                found.append(int(stat.parent.name))
+            pid = int(stat.parent.name)
+            argv[pid] = (stat.parent / "cmdline").read_text().rstrip("\0").split("\0")
         except (OSError, ValueError):
             continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(pid)
+    found, todo = {}, [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found[child] = argv[child]
+            todo.append(child)
     return found
+
+
+def running(root: int, program: str) -> list[int]:
+    """Processes under `root` running `program`: an executable's file name, or a Python module run with -m."""
+    def runs(argv: list[str]) -> bool:
+        if argv[1:2] == ["-c"]:  # a supervisor (stargate_lite/processes.py) naming the program it runs
+            return False
+        module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else None
+        return Path(argv[0]).name == program or module == program
+
+    return [pid for pid, argv in descendants(root).items() if runs(argv)]
 
 
 def run_args() -> list[str]:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_CI_OVERRIDES, alive, children_of, cli
+from conftest import TINY_CI_OVERRIDES, alive, cli, running
 
 from stargate_lite.chat import ChatModels, LlamaServerChat, Sampling, complete_all
 from stargate_lite.errors import StargateError
@@ -141,7 +141,7 @@ def _wait_for_answers(run: subprocess.Popen, log: Path, after: int) -> int:
     while time.time() < deadline:
         assert run.poll() is None, f"the run ended early: {run.stderr.read()[-2000:]}"
         answered = _answered(log)
-        servers = children_of(run.pid, "llama-server")
+        servers = running(run.pid, "llama-server")
         if answered > after and servers:
             return servers[0]
         time.sleep(0.2)

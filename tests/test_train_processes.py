@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import torch
-from conftest import GOLD, TASK, TINY_CI_OVERRIDES, TURNS, alive, children_of, cli
+from conftest import GOLD, TASK, TINY_CI_OVERRIDES, TURNS, alive, cli, running
 from safetensors.torch import load_file
 
 from stargate_lite.prompts import questioner_messages
@@ -61,8 +61,8 @@ def _workers_started(run: subprocess.Popen, timeout: float = 600) -> tuple[int, 
     """The launcher under `run` and its two workers, once both workers exist."""
     deadline = time.time() + timeout
     while time.time() < deadline and run.poll() is None:
-        for launcher in children_of(run.pid, "accelerate.commands.launch"):
-            workers = children_of(launcher, "stargate_lite.train_processes")
+        for launcher in running(run.pid, "accelerate.commands.launch"):
+            workers = running(launcher, "stargate_lite.train_processes")
             if len(workers) == 2:
                 return launcher, workers
         time.sleep(0.1)

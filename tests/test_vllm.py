@@ -1,0 +1,276 @@
+"""The Questioner on a real vLLM server (vLLM's CPU build, installed by `bash install.sh --vllm` in .venv-vllm),
+serving the tiny model with LoRA adapters loaded at run time.
+
+One server serves the whole session (given to stargate-lite as questioner.vllm.base_url); the last test has
+stargate-lite start and stop its own, kills it mid-stage and kills stargate-lite itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import GOLD, TASK, TINY_CI_OVERRIDES, TURNS, alive, cli, descendants, run_args
+
+from stargate_lite.errors import StargateError
+from stargate_lite.prompts import questioner_messages
+from stargate_lite.questioner import Encoded, Questioner
+from stargate_lite.recipe import VllmConfig, load_recipe
+from stargate_lite.score import encode_gold, score_sums, token_logprobs
+from stargate_lite.servers import VllmServer, find_vllm_python
+from stargate_lite.store import Store
+
+# On CPU, --gpu-memory-utilization is the share of host memory a server reserves: 0.1 of 24 GiB is 2.4 GiB,
+# 0.7 GiB of it a KV cache of ~16,000 tokens for the tiny model.
+SERVER_ARGS = ["--gpu-memory-utilization", "0.1", "--max-model-len", "2048"]
+TOLERANCE = 1e-3  # per token, between vLLM and transformers in float32 (measured: 3.4e-5 at most)
+
+
+@pytest.fixture(scope="session")
+def vllm_urls(questioner, tmp_path_factory):
+    """The session's two vLLM servers, for generation (LoRA) and scoring; the tests fail, saying how to install
+    vLLM, where it is missing."""
+    try:
+        find_vllm_python(None)
+    except StargateError as err:
+        pytest.fail(f"{err} (the tests need it)")
+    logs = tmp_path_factory.mktemp("vllm")
+    servers = [VllmServer(VllmConfig(server_args=SERVER_ARGS), questioner.source, "float32", False,
+                          logs / f"{role}.log", lora=role == "generation") for role in ("generation", "scoring")]
+    try:
+        yield [server.start() for server in servers]
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def _engine_settings(urls: list[str]) -> list[str]:
+    return ["questioner.engine=vllm", f"questioner.vllm.base_url={urls[0]}",
+            f"questioner.vllm.score_base_url={urls[1]}"]
+
+
+@pytest.fixture
+def served(vllm_urls, model_cache):
+    """A Questioner whose engine is the session's vLLM servers."""
+    return Questioner(load_recipe("tiny", _engine_settings(vllm_urls)).questioner, model_cache)
+
+
+@pytest.fixture
+def launch():
+    """Start `stargate-lite ARGS` in STARGATE_HOME=home; whatever a test leaves running is killed at its end."""
+    started = []
+
+    def start(args: list[str], home, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+        run = subprocess.Popen([sys.executable, "-m", "stargate_lite", *args],
+                               env={**os.environ, "STARGATE_HOME": str(home)}, stdout=subprocess.DEVNULL,
+                               stderr=stderr, text=True)
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+
+
+# First in the file, before the session's servers start: at most two vLLM servers run at a time.
+MANAGED = ["run", "--iterations", "1", *[a for o in TINY_CI_OVERRIDES for a in ("--set", o)],
+           "--set", "questioner.engine=vllm",
+           "--set", "questioner.vllm.server_args=[" + ", ".join(f"'{a}'" for a in SERVER_ARGS) + "]"]
+API_SERVER = "vllm.entrypoints.openai.api_server"
+
+
+def _vllm_servers(run: subprocess.Popen) -> list[tuple[int, list[int]]]:
+    """Each managed vLLM server under `run` with everything under it (vLLM renames its processes, so a server is
+    found as the child of the supervisor that names it: stargate_lite/processes.py)."""
+    found = []
+    for supervisor, argv in descendants(run.pid).items():
+        if argv[1:2] == ["-c"] and API_SERVER in argv:
+            tree = list(descendants(supervisor))
+            found += [(pid, tree) for pid in tree
+                      if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == supervisor]
+    return found
+
+
+def _serving(run: subprocess.Popen, home, stored: int = 0) -> list[int]:
+    """Every managed vLLM server under `run` and everything under them, once more than `stored` conversations
+    are stored (the generation server has answered)."""
+    _wait_for(home, f"select count(*) > {stored} from conversations", run)
+    servers = _vllm_servers(run)
+    assert servers, "no vLLM server under the run"
+    return [pid for _, tree in servers for pid in tree]
+
+
+def _gone(pids: list[int], timeout: float = 30) -> bool:
+    deadline = time.time() + timeout
+    while any(alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.2)
+    return not any(alive(p) for p in pids)
+
+
+def test_a_managed_server_that_dies_is_a_recorded_failure_and_nothing_outlives_a_killed_run(tmp_path, launch):
+    home = tmp_path / "home"
+
+    # The server dies after the first chunk of conversations: the next is a recorded failure, the rest is kept.
+    run = launch(MANAGED, home, stderr=subprocess.PIPE)
+    tree = _serving(run, home)
+    ((server, _),) = _vllm_servers(run)  # the generation server alone: scoring has not begun
+    assert len(tree) > 1  # vLLM's engine runs in processes of its own
+    os.kill(server, signal.SIGKILL)
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 2
+    (line,) = [s for s in stderr.splitlines() if s.startswith("Error:")]
+    assert "vLLM server exited mid-run (exit code -9)" in line and "run the same command again" in line
+    with sqlite3.connect(home / "stargate.db") as db:
+        reasons = [r[0] for r in db.execute("select reason from failures where stage = 'simulate/1'")]
+        kept = db.execute("select count(*) from conversations").fetchone()[0]
+    assert reasons and all(r.startswith("questioner: vLLM server exited mid-run") for r in reasons) and kept
+    assert _gone(tree), "vLLM's engine outlived its server"
+
+    # stargate-lite is SIGKILLed while its server runs: the server and its engine go with it.
+    run = launch(MANAGED, home)
+    tree = _serving(run, home, stored=kept)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    assert _gone(tree), "the vLLM server outlived the stargate-lite that started it"
+
+    # A rerun finishes the iteration: nothing redone, no failure left, the server stopped at the end.
+    run = launch(MANAGED, home, stderr=subprocess.PIPE)
+    trees = []
+    while run.poll() is None:
+        trees += [p for _, tree in _vllm_servers(run) for p in tree]
+        time.sleep(0.5)
+    assert run.returncode == 0, run.stderr.read()[-2000:]
+    assert trees and _gone(trees, timeout=1)
+    with sqlite3.connect(home / "stargate.db") as db:
+        ids = [r[0] for r in db.execute("select id from conversations where iteration = 1")]
+        assert len(ids) == len(set(ids)) == 2 * 2
+        assert db.execute("select count(*) from failures").fetchone()[0] == 0
+        assert db.execute("select finished_at is not null from iterations where iteration = 1").fetchone()[0]
+    assert (home / "logs" / "vllm-questioner.log").is_file() and (home / "logs" / "vllm-scorer.log").is_file()
+
+
+def _golds(questioner) -> list:
+    return [encode_gold(questioner, name, TASK, TURNS[:turns], GOLD[:length])
+            for name, turns, length in (("Mei", 4, 200), ("Ravi", 2, 90), ("Dana", 0, 150), ("Tomas", 4, 60))]
+
+
+def test_scores_equal_the_local_scorer_per_token(served, questioner, base_model):
+    golds = _golds(questioner)
+    remote = token_logprobs(served.engine_policy(None), golds, batch_size=4, vocab_chunk_tokens=512)
+    local = token_logprobs(base_model, golds, batch_size=4, vocab_chunk_tokens=512)
+    for r, loc in zip(remote, local, strict=True):
+        assert r.shape == loc.shape and r.numel() > 10
+        assert (r - loc).abs().max().item() < TOLERANCE
+    # The stage's own call, after generation has warmed the server's prefix cache with these prompts' starts.
+    served.generate(served.engine_policy(None), [questioner_messages("Mei", TASK, TURNS, final=True,
+                                                                     instruction=False)],
+                    max_new_tokens=8, temperature=0.0, top_p=1.0, batch_size=1, seed=0)
+    sums = score_sums(served.engine_policy(None), golds, batch_size=4, vocab_chunk_tokens=512)
+    assert [n for _, n in sums] == [t.numel() for t in local]
+    assert all(abs(s - float(t.sum())) < TOLERANCE * n for (s, n), t in zip(sums, local, strict=True))
+
+
+def _served_logprobs(policy, prompt: list[int], max_tokens: int) -> Encoded:
+    """A greedy completion by the served policy, with the log-prob it gave each generated token."""
+    response = policy.engine.generation.client.completions.create(
+        model=policy.model_name, prompt=prompt, max_tokens=max_tokens, temperature=0.0, logprobs=0,
+        extra_body={"return_tokens_as_token_ids": True, "ignore_eos": True})
+    logprobs = response.choices[0].logprobs
+    generated = [int(t.removeprefix("token_id:")) for t in logprobs.tokens]
+    return Encoded(prompt + generated, list(range(len(prompt), len(prompt) + len(generated)))), \
+        torch.tensor(logprobs.token_logprobs)
+
+
+def test_each_iterations_adapter_is_served_under_a_name_of_its_own_as_peft_applies_it(served, questioner,
+                                                                                       finished):
+    adapters = [str(finished / "runs" / "tiny" / f"iteration-{i}" / "adapter") for i in (1, 2)]
+    policies = [served.engine_policy(a) for a in adapters]
+    names = [p.model_name for p in policies]
+    assert names[0].startswith("iteration-1-") and names[1].startswith("iteration-2-") and names[0] != names[1]
+    assert served.engine_policy(adapters[0]).model_name == names[0]  # loaded once per adapter file
+    prompt = questioner.tokenizer(questioner.render(questioner_messages("Mei", TASK, TURNS[:2], final=False),
+                                                    add_generation_prompt=True), add_special_tokens=False)
+    # What the server generates under each adapter, teacher-forced through peft here, has the same log-probs.
+    served_logprobs = []
+    for adapter, policy in zip(adapters, policies, strict=True):
+        item, remote = _served_logprobs(policy, prompt["input_ids"], 16)
+        (local,) = token_logprobs(questioner.load_policy(adapter), [item], batch_size=1, vocab_chunk_tokens=512)
+        assert (remote - local).abs().max().item() < TOLERANCE
+        served_logprobs.append((item, remote))
+    # ... and the two iterations' adapters are not the same policy.
+    (second_on_first,) = token_logprobs(questioner.load_policy(adapters[1]), [served_logprobs[0][0]],
+                                        batch_size=1, vocab_chunk_tokens=512)
+    assert (second_on_first - served_logprobs[0][1]).abs().max().item() > 10 * TOLERANCE
+
+    prompts = [questioner_messages(n, TASK, [], final=False) for n in ("Mei", "Ravi", "Dana", "Tomas")]
+    kwargs = {"max_new_tokens": 24, "temperature": 0.9, "top_p": 0.9, "batch_size": 4, "seed": 3}
+    texts = [served.generate(p, prompts, **kwargs) for p in policies]
+    assert all(all(t) for t in texts) and texts[0] != texts[1]
+    assert texts[0] == served.generate(policies[0], prompts, **kwargs)  # seeded per request
+
+
+def _counts(home) -> dict:
+    with sqlite3.connect(home / "stargate.db") as db:
+        return {table: db.execute(f"select iteration, count(*) from {table} where run_id = 'tiny' group by iteration"
+                                  ).fetchall()
+                for table in ("conversations", "scores", "selections", "responses", "trainings")}
+
+
+def _wait_for(home, sql: str, run: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert run.poll() is None, "the run ended before the kill point"
+        try:
+            with sqlite3.connect(home / "stargate.db", timeout=1) as db:
+                if db.execute(sql).fetchone()[0]:
+                    return
+        except sqlite3.OperationalError:
+            pass  # not created yet
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for: {sql}")
+
+
+def test_a_two_iteration_run_on_vllm_completes_and_resumes_after_sigkill(vllm_urls, finished, questioner,
+                                                                          base_model, tmp_path, launch):
+    args = [*run_args(), *[a for o in _engine_settings(vllm_urls) for a in ("--set", o)]]
+    home = tmp_path / "home"
+    for kill_point in ("select count(*) from scores where iteration = 1",
+                       "select count(*) from conversations where iteration = 2"):
+        run = launch(args, home)
+        _wait_for(home, kill_point, run)
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    cli(*args, home=home)
+    assert _counts(home) == _counts(finished)  # as many of everything as the local engine's run
+    report = json.loads(cli("status", "--json", home=home).stdout)
+    assert all(it["complete"] for it in report["runs"][0]["iterations"])
+    # Stored scores are the local scorer's, within float error, for conversations the vLLM policy held.
+    store = Store(home)
+    pairs = {p["id"]: p for p in store.pairs("tiny", 2)}
+    scores = store.scores("tiny", 2)[:3]
+    turns = store.turns([s["conversation_id"] for s in scores])
+    local = score_sums(base_model, [encode_gold(questioner, pairs[s["pair_id"]]["persona_name"],
+                                                pairs[s["pair_id"]]["task"], turns[s["conversation_id"]],
+                                                pairs[s["pair_id"]]["gold"]) for s in scores],
+                       batch_size=4, vocab_chunk_tokens=512)
+    assert [s["n_tokens"] for s in scores] == [n for _, n in local]
+    for stored, (ours, n) in zip(scores, local, strict=True):
+        assert abs(stored["logprob"] - ours) < TOLERANCE * n
+    # Evaluation on the same engine: conversations, scores and every responder's answers from vLLM.
+    evaluated = json.loads(cli("eval", "--json", home=home).stdout)
+    assert [it["iteration"] for it in evaluated["iterations"]] == [0, 1, 2]
+    for it in evaluated["iterations"]:
+        assert it["logprob"]["experimental"]["n"] == 4 and it["logprob"]["random"]["n"] >= 2
+    assert all(it["win_rate"]["valid"] == 2 for it in evaluated["iterations"][1:])
+    with sqlite3.connect(home / "stargate.db") as db:
+        answers = db.execute("select iteration, count(*) from eval_responses where text != '' group by iteration")
+        assert dict(answers.fetchall()) == {0: 2, 1: 2, 2: 2}
