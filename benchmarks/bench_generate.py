@@ -1,14 +1,18 @@
 """Questioner generation, side by side in one run.
 
     python benchmarks/bench_generate.py                     # CPU, tiny model: batched vs one at a time
+    python benchmarks/bench_generate.py --vllm              # ... and the vLLM engine (bash install.sh --vllm)
     python benchmarks/bench_generate.py --shape mistral-7b  # CUDA: our static-cache decoder vs generate
 
 CPU: length-sorted left-padded batches against one sequence at a time, greedy, through Questioner.generate
-(texts must match). CUDA, random weights of Mistral-7B's shape, bf16: transformers' `generate` (dynamic cache),
+(texts must match); with --vllm also the same prompts through the vLLM engine (questioner.engine vllm, a managed
+server started before the clock runs, all prompts in flight), its texts compared with the batched ones.
+CUDA, random weights of Mistral-7B's shape, bf16: transformers' `generate` (dynamic cache),
 `generate` with a static cache (which transformers compiles with torch.compile on a GPU; the warm-up call pays
 the compilation) and our decoder (static cache, step replayed as a CUDA graph), the same prompts, sampled
-(temperature 0.9, top_p 0.9) to the full length; greedy agreement is checked on the side (graph replay vs eager,
-bit-exact).
+(temperature 0.9, top_p 0.9) to the full length; with --vllm also vLLM's server (the engine's generation server,
+the random checkpoint saved to disk, every prompt in flight, end of sequence ignored); greedy agreement is
+checked on the side (graph replay vs eager, bit-exact).
 Prints new tokens/s, ms per decoding step and the ratio.
 """
 
@@ -24,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shapes import gpu_name, random_mistral
+from _shapes import gpu_name, mistral_checkpoint, random_mistral
 
 
 def tiny(a) -> dict:
@@ -49,10 +53,26 @@ def tiny(a) -> dict:
     single_s, single = timed(1)
     batched_s, batched = timed(a.prompts)
     tokens = sum(len(questioner.tokenizer(t)["input_ids"]) for t in batched)
-    return {"device": "cpu", "shape": "tiny", "prompts": a.prompts, "new_tokens": a.new_tokens,
-            "rows": [{"variant": "one at a time", "seconds": single_s, "new_tokens_per_s": tokens / single_s},
-                     {"variant": "batched", "seconds": batched_s, "new_tokens_per_s": tokens / batched_s}],
-            "ratio": single_s / batched_s, "identical_texts": single == batched}
+    result = {"device": "cpu", "shape": "tiny", "prompts": a.prompts, "new_tokens": a.new_tokens,
+              "rows": [{"variant": "one at a time", "seconds": single_s, "new_tokens_per_s": tokens / single_s},
+                       {"variant": "batched", "seconds": batched_s, "new_tokens_per_s": tokens / batched_s}],
+              "ratio": single_s / batched_s, "identical_texts": single == batched}
+    if a.vllm:
+        served = Questioner(load_recipe("tiny", [
+            "questioner.engine=vllm", f"questioner.vllm.max_concurrency={a.prompts}",
+            "questioner.vllm.server_args=[--gpu-memory-utilization, '0.15', --max-model-len, '2048']",
+        ]).questioner, questioner.home)
+        try:
+            policy = served.engine_policy(None)  # starts the server: not timed
+            served.generate(policy, prompts[:2], batch_size=2, **kwargs)  # warm-up
+            start = time.perf_counter()
+            texts = served.generate(policy, prompts, batch_size=a.prompts, **kwargs)
+            vllm_s = time.perf_counter() - start
+        finally:
+            served.close()
+        result["rows"].append({"variant": "vLLM engine", "seconds": vllm_s, "new_tokens_per_s": tokens / vllm_s})
+        result["vllm_same_texts_as_batched"] = sum(t == b for t, b in zip(texts, batched, strict=True)) / len(texts)
+    return result
 
 
 def cuda(a) -> dict:
@@ -102,6 +122,8 @@ def cuda(a) -> dict:
             seconds = min(timed(fn) for _ in range(a.repeats))
             rows.append({"variant": name, "seconds": seconds, "new_tokens_per_s": a.batch * n / seconds,
                          "ms_per_step": 1000 * seconds / n, "warm_up_seconds": warm_up})
+    if a.vllm:
+        rows.append(vllm_row(mistral_checkpoint(), ids, mask, n, a.repeats, "bfloat16", a.vllm_memory))
     captured = not any("CUDA graph" in str(w.message) for w in caught)
     agreement = _greedy_agreement(model, ids[:8], mask[:8])
     # Graph replay must decode exactly as eager steps do. Random bf16 weights give near-tied logits, where
@@ -110,11 +132,48 @@ def cuda(a) -> dict:
     short = {"max_new_tokens": 32, "stop_ids": [], "pad_id": 0, "temperature": 0.0, "top_p": 1.0}
     graph = decode(small, ids[:8], mask[:8], use_graph=True, **short)
     eager = decode(small, ids[:8], mask[:8], use_graph=False, **short)
+    by_name = {row["variant"]: row["seconds"] for row in rows}
+    ours_s = by_name["ours (static + graph)"]
     return {"device": gpu_name(), "shape": "mistral-7b", "batch": a.batch, "prompt_tokens": a.prompt_tokens,
-            "new_tokens": n, "rows": rows, "ratio": rows[0]["seconds"] / rows[-1]["seconds"],
-            "ratio_to_compiled": rows[1]["seconds"] / rows[-1]["seconds"] if len(rows) == 3 else None,
+            "new_tokens": n, "rows": rows, "ratio": by_name["plain generate"] / ours_s,
+            "ratio_to_compiled": by_name["generate, static+compile"] / ours_s
+            if "generate, static+compile" in by_name else None,
+            "ratio_to_vllm": by_name["vLLM engine"] / ours_s if "vLLM engine" in by_name else None,
             "graph_captured": captured, "graph_equals_eager": bool(torch.equal(graph, eager)),
             "greedy_agreement_with_generate": agreement}
+
+
+def vllm_row(checkpoint: Path, ids, mask, n: int, repeats: int, dtype: str, memory_share: float) -> dict:
+    """vLLM's generation server as questioner.engine vllm starts it, on the same prompts (padding removed), all
+    in flight, each decoded to n tokens. The server starts before the clock runs; the best of `repeats`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stargate_lite.recipe import VllmConfig
+    from stargate_lite.vllm_engine import VllmEngine
+
+    prompts = [row[keep.bool()].tolist() for row, keep in zip(ids.cpu(), mask.cpu(), strict=True)]
+    config = VllmConfig(max_concurrency=len(prompts),
+                        server_args=["--gpu-memory-utilization", str(memory_share), "--max-model-len", "4096"])
+    engine = VllmEngine(config, str(checkpoint), dtype, False, checkpoint.parent / "bench-logs")
+    try:
+        client = engine.generation.connect()
+
+        def one(prompt: list[int]) -> None:
+            client.completions.create(model=engine.generation.base_name, prompt=prompt, max_tokens=n,
+                                      temperature=0.9, top_p=0.9, extra_body={"ignore_eos": True})
+
+        def batch() -> float:
+            start = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
+                list(pool.map(one, prompts))
+            return time.perf_counter() - start
+
+        warm_up = batch()
+        seconds = min(batch() for _ in range(repeats))
+    finally:
+        engine.close()
+    return {"variant": "vLLM engine", "seconds": seconds, "new_tokens_per_s": len(prompts) * n / seconds,
+            "ms_per_step": 1000 * seconds / n, "warm_up_seconds": warm_up}
 
 
 def _greedy_agreement(model, ids, mask) -> float:
@@ -138,6 +197,9 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=256, help="mistral-7b: prompt length")
     parser.add_argument("--new-tokens", type=int, default=None, help="default: 32 (tiny), 128 (mistral-7b)")
     parser.add_argument("--repeats", type=int, default=2, help="mistral-7b: best of")
+    parser.add_argument("--vllm", action="store_true", help="also the vLLM engine (bash install.sh --vllm)")
+    parser.add_argument("--vllm-memory", type=float, default=0.5,
+                        help="mistral-7b: share of the GPU's memory vLLM takes (the in-process model holds 14.5 GB)")
     parser.add_argument("--json", action="store_true")
     a = parser.parse_args()
     a.new_tokens = a.new_tokens or (32 if a.shape == "tiny" else 128)
@@ -151,12 +213,15 @@ def main() -> None:
         step = f" {row['ms_per_step']:8.1f}" if "ms_per_step" in row else ""
         print(f"{row['variant']:22} {row['seconds']:8.2f} {row['new_tokens_per_s']:13.1f}{step}")
     if "batch" in result:
-        print(f"ratio ours / plain: {result['ratio']:.2f}x, ours / static+compile: {result['ratio_to_compiled']}x "
-              f"at batch {result['batch']}; graph replay equals eager "
+        print(f"ratio ours / plain: {result['ratio']:.2f}x, ours / static+compile: {result['ratio_to_compiled']}x, "
+              f"ours / vLLM: {result['ratio_to_vllm']}x at batch {result['batch']}; graph replay equals eager "
               f"decoding: {result['graph_equals_eager']}; greedy agreement with generate: "
               f"{result['greedy_agreement_with_generate']:.3f}")
     else:
         print(f"ratio batched / one at a time: {result['ratio']:.2f}x; identical texts: {result['identical_texts']}")
+        if "vllm_same_texts_as_batched" in result:
+            print(f"ratio vLLM engine / batched: {result['rows'][1]['seconds'] / result['rows'][2]['seconds']:.2f}x; "
+                  f"texts the same as batched: {result['vllm_same_texts_as_batched']:.0%}")
 
 
 if __name__ == "__main__":
