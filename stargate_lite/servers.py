@@ -25,16 +25,25 @@ BINARY_ENV = "STARGATE_LLAMA_SERVER"
 BUILD_COMMAND = "bash install.sh --llama-server"
 
 
-def find_binary(configured: str | None) -> Path:
-    """The llama-server to run: the recipe's `server_binary`, else $STARGATE_LLAMA_SERVER, else `llama-server` on
-    PATH or beside this Python (a venv's bin/, where install.sh links it)."""
-    for source, value in (("server_binary", configured), (f"${BINARY_ENV}", os.environ.get(BINARY_ENV))):
+def _named_executable(setting: str, configured: str | None, env_var: str, get_it: str) -> Path | None:
+    """The executable a recipe setting, else an environment variable, names (None where neither does); one
+    that is not an executable file is an error saying how to get it."""
+    for source, value in ((setting, configured), (f"${env_var}", os.environ.get(env_var))):
         if value:
             path = Path(value).expanduser()
             if not (path.is_file() and os.access(path, os.X_OK)):
-                raise StargateError(f"{source} names {path}, which is not an executable file: build it with "
-                                    f"`{BUILD_COMMAND}` or fix the path")
+                raise StargateError(f"{source} names {path}, which is not an executable file: {get_it} or fix "
+                                    "the path")
             return path
+    return None
+
+
+def find_binary(configured: str | None) -> Path:
+    """The llama-server to run: the recipe's `server_binary`, else $STARGATE_LLAMA_SERVER, else `llama-server` on
+    PATH or beside this Python (a venv's bin/, where install.sh links it)."""
+    named = _named_executable("server_binary", configured, BINARY_ENV, f"build it with `{BUILD_COMMAND}`")
+    if named:
+        return named
     found = shutil.which("llama-server") or shutil.which("llama-server", path=str(Path(sys.prefix) / "bin"))
     if not found:
         raise StargateError(f"no llama-server found (recipe server_binary, ${BINARY_ENV}, PATH): build it with "
@@ -143,14 +152,10 @@ def find_vllm_python(configured: str | None) -> Path:
     """The Python to run vLLM's server with: questioner.vllm.python, else $STARGATE_VLLM_PYTHON, else this Python
     if it has vLLM, else the .venv-vllm that `bash install.sh --vllm` makes beside this environment. vLLM pins
     its own torch, so it usually lives in an environment of its own."""
-    from_env = os.environ.get(VLLM_PYTHON_ENV)
-    for source, value in (("questioner.vllm.python", configured), (f"${VLLM_PYTHON_ENV}", from_env)):
-        if value:
-            path = Path(value).expanduser()
-            if not (path.is_file() and os.access(path, os.X_OK)):
-                raise StargateError(f"{source} names {path}, which is not an executable file: install vLLM with "
-                                    f"`{VLLM_INSTALL}` or fix the path")
-            return path
+    named = _named_executable("questioner.vllm.python", configured, VLLM_PYTHON_ENV,
+                              f"install vLLM with `{VLLM_INSTALL}`")
+    if named:
+        return named
     if importlib.util.find_spec("vllm") is not None:
         return Path(sys.executable)
     sibling = Path(sys.prefix).parent / ".venv-vllm" / "bin" / "python"
