@@ -1,5 +1,5 @@
 """The Questioner backend: transformers (+ peft) models, chat-template rendering with exact character spans,
-and batched generation, here or (questioner.engine vllm) on a vLLM server (vllm_engine.py).
+and batched generation, here or (questioner.engine vllm) on vLLM servers (vllm_engine.py).
 
 Each stage loads the model it needs (the base for scoring and training, base + adapter for the policy), so no
 adapter state can leak from one stage into another.
@@ -7,6 +7,7 @@ adapter state can leak from one stage into another.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -166,8 +167,9 @@ class Questioner:
     def stop_token_ids(self, model) -> list[int]:
         return _stop_ids(self.tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None))
 
+    @functools.cached_property
     def served_stop_ids(self) -> list[int]:
-        """stop_token_ids for a model served elsewhere: its generation config read from the model's files."""
+        """stop_token_ids for a model served elsewhere: its generation config read (once) from the model's files."""
         from transformers import GenerationConfig
 
         try:
@@ -204,7 +206,7 @@ class Questioner:
         ]
         if self.engine is not None and not isinstance(model, torch.nn.Module):  # a policy the engine serves
             return model.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                  seed=seed, stop_ids=self.served_stop_ids(), on_done=on_batch)
+                                  seed=seed, stop_ids=self.served_stop_ids, on_done=on_batch)
         order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
         outputs: list[str] = [""] * len(prompts)
         pad = self.tokenizer.pad_token_id
