@@ -180,7 +180,7 @@ class VllmEngine:
     def complete(self, model_name: str, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
                  top_p: float, seed: int, stop_ids: list[int], on_done=None) -> list[str]:
         """One completion per token-id prompt; greedy at temperature 0. Request i is sampled with seed + i, so a
-        list of prompts yields the same texts however the server batches them."""
+        request's sampling does not hang on what else the server decodes at the time."""
 
         def call(client, item):
             index, prompt = item
