@@ -169,6 +169,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _mean(stat: dict, digits: int = 0) -> str:
+    return "-" if stat["mean"] is None else f"{stat['mean']:.{digits}f}"
+
+
 def _print_status(report: dict) -> None:
     if not report["runs"]:
         out.print(f"No runs in {report['home']} yet: start one with `stargate-lite run`.")
@@ -177,14 +181,17 @@ def _print_status(report: dict) -> None:
         where = f"; adapters in {adapters.pop()}" if len(adapters) == 1 else ""
         table = Table(title=f"run {run['id']} (recipe {run['recipe']}, data {run['dataset']}{where})")
         columns = ("iteration", "split", "pairs", "conversations", "scored", "selected", "responses", "train loss",
-                   "done")
+                   "questions/conv", "question counts", "user tokens", "response tokens", "done")
         for column in columns:
-            table.add_column(column, justify="left" if column == "split" else "right")
+            table.add_column(column, justify="left" if column in ("split", "question counts") else "right")
         for it in run["iterations"]:
             loss = f"{it['train_loss']:.3f}" if it["train_loss"] is not None else "-"
+            eff = it["efficiency"]
+            counts = " ".join(f"{q}:{n}" for q, n in eff["question_counts"].items()) or "-"
             table.add_row(str(it["iteration"]), it["split"], str(it["pairs"]), str(it["conversations"]),
                           str(it["scored"]), str(it["selected"]), str(it["responses"]), loss,
-                          "yes" if it["complete"] else "no")
+                          _mean(eff["questions"], 2), counts, _mean(eff["user_tokens"]),
+                          _mean(eff["response_tokens"]), "yes" if it["complete"] else "no")
         out.print(table)
 
 
@@ -207,7 +214,7 @@ def eval_(
 ) -> None:
     """Evaluate on the test split: gold log-probs in four conditions, and win rates against the base model."""
     from .evaluate import evaluate
-    from .report import plot, summary_table
+    from .report import efficiency_table, plot, summary_table
     from .runs import run_dir
     from .store import Store
 
@@ -217,6 +224,7 @@ def eval_(
         print(json.dumps(summary, indent=2))
     else:
         out.print(summary_table(summary))
+        out.print(efficiency_table(summary))
         out.print("Plots: " + ", ".join(summary["plots"]))
 
 
@@ -232,7 +240,7 @@ def report(
     """Redraw the evaluation table and plots from the store, without loading any model."""
     from .evaluate import summarize
     from .judge import judge_protocol
-    from .report import plot, summary_table
+    from .report import efficiency_table, plot, summary_table
     from .runs import pick_run, recipe_of_run, run_dir
     from .store import Store
 
@@ -244,6 +252,7 @@ def report(
     if not summary["iterations"]:
         raise StargateError(f"run {run['id']} has no evaluation with that roleplayer yet: run `stargate-lite eval`")
     out.print(summary_table(summary))
+    out.print(efficiency_table(summary))
     out.print("Plots: " + ", ".join(str(p) for p in plot(summary, run_dir(store, run["id"]))))
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .chat import ChatFailure, ChatModels, Sampling, preflight
 from .data import make_pairs, prepare_data
+from .efficiency import efficiency, mean_sem
 from .errors import StargateError
 from .judge import judge_prompt_text, judge_protocol, policy_is_a, read_verdict, winner_of
 from .progress import Progress
@@ -131,8 +132,9 @@ def _respond(store: Store, ns: str, iteration: int, responder: str, pairs: list[
             texts = questioner.generate(model, prompts[sl], max_new_tokens=recipe.respond.max_tokens, temperature=0.0,
                                         top_p=1.0, batch_size=recipe.respond.batch_size, seed=0)
             rows = [{"id": f"{ns}/{iteration}/{responder}/{_pair_key(p)}", "ns": ns, "iteration": iteration,
-                     "responder": responder, "pair_key": _pair_key(p), "conversation_id": c, "text": t}
-                    for p, c, t in zip(todo[sl], conv_ids[sl], texts)]
+                     "responder": responder, "pair_key": _pair_key(p), "conversation_id": c, "text": t,
+                     "n_tokens": n}
+                    for p, c, t, n in zip(todo[sl], conv_ids[sl], texts, questioner.count_tokens(texts))]
             store.insert_rows("eval_responses", rows, pk="id")
             bar(len(rows))
 
@@ -263,13 +265,6 @@ def _closing_questioner(models: Callable[[], SharedBase]) -> Iterator[None]:
             models().questioner.close()
 
 
-def _mean_sem(values: list[float]) -> dict:
-    n = len(values)
-    mean = statistics.fmean(values) if n else None
-    sem = statistics.stdev(values) / math.sqrt(n) if n > 1 else None
-    return {"mean": mean, "sem": sem, "n": n}
-
-
 def summarize(store: Store, run_id: str, roleplayer: str, judge: str, protocol: str, responder: str = "policy",
               iterations: list[int] | None = None) -> dict:
     """The evaluation as stored: no model is loaded. Used by `eval --json` and `report`."""
@@ -286,13 +281,17 @@ def summarize(store: Store, run_id: str, roleplayer: str, judge: str, protocol: 
         out.append({
             "iteration": it,
             "logprob": {
-                "negative": _mean_sem(controls["negative"]),
-                "positive": _mean_sem(controls["positive"]),
-                "experimental": _mean_sem([s["logprob"] for s in exp]),
-                "experimental_best_of_n": _mean_sem(list(best.values())),
-                "random": _mean_sem(store.eval_logprobs(ns, it, "random")),
+                "negative": mean_sem(controls["negative"]),
+                "positive": mean_sem(controls["positive"]),
+                "experimental": mean_sem([s["logprob"] for s in exp]),
+                "experimental_best_of_n": mean_sem(list(best.values())),
+                "random": mean_sem(store.eval_logprobs(ns, it, "random")),
             },
             **(win_rates(store.judgments(ns, it, responder, judge, protocol)) if it else _REFERENCE),
+            # Q_eta's conversations (the experimental condition's; the random condition reuses them) and the
+            # responses the win rates judged (Q_0 answers for itself at iteration 0).
+            "efficiency": efficiency(store.conversation_efficiency(ns, it),
+                                     store.eval_response_lengths(ns, it, responder if it else "policy")),
         })
     return {"run": run_id, "roleplayer": roleplayer, "judge": judge, "protocol": protocol, "responder": responder,
             "iterations": out}

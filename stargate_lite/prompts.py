@@ -42,6 +42,13 @@ GOLD_PROMPT = (
 )
 
 
+def is_question(text: str) -> bool:
+    """Whether a Questioner turn asks something: it holds a question mark. Small models often answer or ramble
+    instead of asking; the efficiency metrics count questions by this rule, and with simulate.turns policy a turn
+    that is not a question is the Questioner's answer, which ends the conversation."""
+    return "?" in text
+
+
 def greeting(name: str, task: str) -> str:
     """The user's opening turn, as in the paper's code: the name and the request, nothing else."""
     return f"My name is {name}.\n\n{task}"

@@ -123,6 +123,12 @@ class Questioner:
             messages, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Each text's length in this tokenizer's tokens (no special tokens): the efficiency metrics' unit."""
+        if not texts:
+            return []
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
     def _tokens_in_spans(self, text: str, spans: list[tuple[int, int]]) -> Encoded:
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         targets = [

@@ -1,4 +1,5 @@
-"""Evaluation output: a Rich table and two PNG plots (the paper's Figures 3 and 4), drawn from the store alone."""
+"""Evaluation output: Rich tables and three PNG plots (the paper's Figures 3 and 4, and the efficiency metrics),
+drawn from the store alone."""
 
 from __future__ import annotations
 
@@ -55,8 +56,34 @@ def summary_table(summary: dict) -> Table:
     return table
 
 
+EFFICIENCY_LABELS = {
+    "questions": "questions / conversation",
+    "question_share": "share of turns asking",
+    "user_tokens": "tokens the user typed",
+    "response_tokens": "final response tokens",
+    "turns": "turns",
+}
+
+
+def efficiency_table(summary: dict) -> Table:
+    """The efficiency metrics per iteration, over all its conversations and per number of turns."""
+    table = Table(title=f"Efficiency (Q_eta's conversations with roleplayer {summary['roleplayer']}, "
+                        f"responder {summary['responder']}; mean ± SEM)")
+    table.add_column("iteration", justify="right")
+    table.add_column("turns", justify="right")
+    for label in EFFICIENCY_LABELS.values():
+        table.add_column(label, justify="right")
+    for it in summary["iterations"]:
+        eff = it["efficiency"]
+        for k, metrics in [("all", eff), *eff["by_turns"].items()]:
+            table.add_row(str(it["iteration"]) if k == "all" else "", k,
+                          *(_fmt(metrics[m], 2 if m == "question_share" else 1) for m in EFFICIENCY_LABELS))
+    return table
+
+
 def plot(summary: dict, out_dir: Path) -> list[Path]:
-    """gold-logprobs.png (log-prob per iteration per condition, SEM bars) and win-rates.png (with the 0.5 line)."""
+    """gold-logprobs.png (log-prob per iteration per condition, SEM bars), win-rates.png (with the 0.5 line) and
+    efficiency.png (one panel per metric: all conversations, and each number of turns)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,4 +125,25 @@ def plot(summary: dict, out_dir: Path) -> list[Path]:
     ax.axhline(0.5, color="gray", linestyle=":", label="no change")
     ax.set(xlabel="iteration", ylabel="win rate", ylim=(0, 1), title=f"Win rate, roleplayer {summary['roleplayer']}")
     paths.append(save(fig, ax, "win-rates", legend_size=8))
+
+    fig, axes = plt.subplots(1, len(EFFICIENCY_LABELS), figsize=(3.2 * len(EFFICIENCY_LABELS), 3.4))
+    turn_counts = sorted({k for it in summary["iterations"] for k in it["efficiency"]["by_turns"]}, key=int)
+    for ax, (metric, label) in zip(axes, EFFICIENCY_LABELS.items()):
+        for k in [None, *turn_counts]:
+            stats = [(it["iteration"], it["efficiency"] if k is None else it["efficiency"]["by_turns"].get(k))
+                     for it in summary["iterations"]]
+            points = [(i, s[metric]) for i, s in stats if s and s[metric]["mean"] is not None]
+            if points:
+                ax.errorbar([i for i, _ in points], [p["mean"] for _, p in points],
+                            yerr=[p["sem"] or 0.0 for _, p in points], marker="o", capsize=3,
+                            linestyle="-" if k is None else ":", label="all" if k is None else f"{k} turns")
+        ax.set(xlabel="iteration", title=label)
+        ax.set_xticks(iterations)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Efficiency, roleplayer {summary['roleplayer']}", fontsize=10)
+    fig.tight_layout()
+    path = out_dir / f"efficiency-{suffix}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    paths.append(path)
     return paths

@@ -45,8 +45,8 @@ def respond_stage(
                                         top_p=1.0, batch_size=config.batch_size, seed=0)
             rows = [
                 {"pair_id": s["pair_id"], "run_id": run_id, "iteration": iteration,
-                 "conversation_id": s["conversation_id"], "text": text, "policy": policy_name}
-                for s, text in zip(chunk, texts)
+                 "conversation_id": s["conversation_id"], "text": text, "policy": policy_name, "n_tokens": n}
+                for s, text, n in zip(chunk, texts, questioner.count_tokens(texts))
             ]
             store.insert_rows("responses", rows, pk="pair_id")
             advance(len(chunk))

@@ -15,7 +15,7 @@ import re
 from .chat import ChatFailure, ChatModel, Sampling, complete_all
 from .errors import QuestionerFailure
 from .progress import Progress
-from .prompts import questioner_messages, roleplayer_messages
+from .prompts import is_question, questioner_messages, roleplayer_messages
 from .questioner import Questioner
 from .recipe import SimulateConfig
 from .store import Store
@@ -72,7 +72,7 @@ def simulate_chunk(
             on_batch=on_message,
         )
         for c, q in zip(active, questions):
-            c["messages"].append({"role": "questioner", "text": q})
+            c["messages"].append({"role": "questioner", "text": q, "is_question": is_question(q)})
         answers = complete_all(
             roleplayer,
             [roleplayer_messages(c["pair"]["persona"], c["pair"]["task"], c["messages"]) for c in active],
@@ -83,6 +83,9 @@ def simulate_chunk(
             c["messages"].append({"role": "roleplayer", "text": kept, "trimmed": int(kept != a)})
         if on_message:
             on_message(len(active))
+    messages = [m for c in convs for m in c["messages"]]
+    for m, n in zip(messages, questioner.count_tokens([m["text"] for m in messages])):
+        m["n_tokens"] = n
     return convs
 
 

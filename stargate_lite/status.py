@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .efficiency import efficiency
 from .errors import StargateError
 from .loop import STAGES, split_for
 from .runs import recipe_of_run, training_format
@@ -37,6 +38,8 @@ def run_status(store: Store, run_id: str | None = None) -> dict:
                     "train_loss": training["final_loss"] if training else None,
                     "adapter": training["adapter"] if training else None,
                     "format": training_format(training, recipe) if training else None,
+                    "efficiency": efficiency(store.conversation_efficiency(run["id"], n),
+                                             store.response_lengths(run["id"], n)),
                     "stages_done": done,
                     "complete": it["finished_at"] is not None,
                 }

@@ -188,6 +188,19 @@ def _m011_training_processes(db: sqlite_utils.Database) -> None:
     db["trainings"].add_column("processes", int)
 
 
+def _m012_efficiency(db: sqlite_utils.Database) -> None:
+    # Token counts in the Questioner's tokenizer, for the efficiency metrics (how much the user typed, how long the
+    # final response is): of each turn, each regularizer response and each evaluation response; NULL in rows
+    # written before. And each conversation's number of questions (Questioner turns with a question mark), which
+    # selection charges for (reward.question_cost): filled in here for conversations written before.
+    db["turns"].add_column("n_tokens", int)
+    db["responses"].add_column("n_tokens", int)
+    db["eval_responses"].add_column("n_tokens", int)
+    db["conversations"].add_column("questions", int)
+    db.execute("update conversations set questions = (select coalesce(sum(t.is_question), 0) from turns t "
+               "where t.conversation_id = conversations.id)")
+
+
 MIGRATIONS = [
     ("m001_initial", _m001_initial),
     ("m002_eval", _m002_eval),
@@ -200,6 +213,7 @@ MIGRATIONS = [
     ("m009_adapter_paths_in_home", _m009_adapter_paths_in_home),
     ("m010_scale_indexes", _m010_scale_indexes),
     ("m011_training_processes", _m011_training_processes),
+    ("m012_efficiency", _m012_efficiency),
 ]
 
 
@@ -407,20 +421,24 @@ class Store:
         return {conversation for (conversation,) in self.db.execute(sql, [run_id, iteration])}
 
     def save_conversations(self, conversations: list[dict]) -> None:
-        """Store finished conversations and their turns together: one chunk, one transaction."""
+        """Store finished conversations and their turns together: one chunk, one transaction.
+
+        A message is {role, text, is_question, trimmed, n_tokens}; a conversation's `questions` is counted here."""
         turn_rows = [
             {
                 "conversation_id": c["id"],
                 "idx": i,
                 "role": t["role"],
                 "text": t["text"],
-                "is_question": int(t["role"] == "questioner" and "?" in t["text"]),
+                "is_question": int(t.get("is_question", 0)),
                 "trimmed": t.get("trimmed", 0),
+                "n_tokens": t.get("n_tokens"),
             }
             for c in conversations
             for i, t in enumerate(c["messages"])
         ]
-        conv_rows = [{k: v for k, v in c.items() if k != "messages"} for c in conversations]
+        conv_rows = [{**{k: v for k, v in c.items() if k != "messages"},
+                      "questions": sum(int(t.get("is_question", 0)) for t in c["messages"])} for c in conversations]
         with self.transaction():
             self.db["conversations"].insert_all(conv_rows, pk="id", ignore=True)
             self.db["turns"].insert_all(turn_rows, pk=("conversation_id", "idx"), ignore=True)
@@ -499,6 +517,32 @@ class Store:
         return {table: self.value(f"select count(*) from {table} where run_id = ? and iteration = ?",
                                   [run_id, iteration])
                 for table in ("pairs", "conversations", "scores", "selections", "responses")}
+
+    def conversation_efficiency(self, run_id: str, iteration: int) -> list[dict]:
+        """Per conversation of an iteration (or evaluation): {turns, questions, questioner_turns, user_tokens};
+        user_tokens (the Roleplayer's answers) is NULL for conversations stored before token counts were."""
+        return self.rows(
+            """
+            select c.turns, c.questions, count(case when t.role = 'questioner' then 1 end) as questioner_turns,
+              case when count(case when t.role = 'roleplayer' and t.n_tokens is null then 1 end) > 0 then null
+                   else coalesce(sum(case when t.role = 'roleplayer' then t.n_tokens end), 0) end as user_tokens
+            from conversations c left join turns t on t.conversation_id = c.id
+            where c.run_id = ? and c.iteration = ? group by c.id
+            """,
+            [run_id, iteration],
+        )
+
+    def response_lengths(self, run_id: str, iteration: int) -> list[dict]:
+        """{turns, n_tokens} of each regularizer response of an iteration, with its conversation's turns."""
+        sql = ("select c.turns, r.n_tokens from responses r join conversations c on c.id = r.conversation_id "
+               "where r.run_id = ? and r.iteration = ?")
+        return self.rows(sql, [run_id, iteration])
+
+    def eval_response_lengths(self, ns: str, iteration: int, responder: str) -> list[dict]:
+        """{turns, n_tokens} of each evaluation response, with the turns of the conversation it followed."""
+        sql = ("select c.turns, r.n_tokens from eval_responses r join conversations c on c.id = r.conversation_id "
+               "where r.ns = ? and r.iteration = ? and r.responder = ?")
+        return self.rows(sql, [ns, iteration, responder])
 
     def pair_iterations(self, run_id: str) -> list[int]:
         return [r["iteration"] for r in self.rows(

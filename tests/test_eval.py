@@ -52,8 +52,16 @@ def test_eval_reports_four_conditions_and_win_rates(evaluated, finished):
         assert it["win_rate"]["ties"] == 0  # one order gives a verdict or none, never a tie
         both = it["win_rate_counterbalanced"]
         assert both["consistency"] == (both["wins"] + both["losses"]) / both["valid"]
+    assert [Path(p).name.split("-")[0] for p in evaluated["plots"]] == ["gold", "win", "efficiency"]
     for path in evaluated["plots"]:
         assert Path(path).stat().st_size > 1000
+    for it in evaluated["iterations"]:  # efficiency: over the experimental conversations and the judged responses
+        eff = it["efficiency"]
+        assert eff["questions"]["n"] == eff["turns"]["n"] == it["logprob"]["experimental"]["n"]
+        assert eff["response_tokens"]["n"] == 2 and eff["response_tokens"]["mean"] > 0
+        assert eff["user_tokens"]["mean"] > 0 and 0 <= eff["question_share"]["mean"] <= 1
+        assert sum(eff["question_counts"].values()) == eff["questions"]["n"]
+        assert sum(g["turns"]["n"] for g in eff["by_turns"].values()) == eff["turns"]["n"]
     with sqlite3.connect(finished / "stargate.db") as db:
         raw = db.execute("select count(*) from judgments where raw is null").fetchone()[0]
         assert raw == 0  # the judge's own words (here its letters' log-probs) are kept for every verdict
@@ -70,6 +78,7 @@ def test_eval_reports_four_conditions_and_win_rates(evaluated, finished):
 def test_eval_table_shows_both_win_rates(evaluated, finished):
     table = cli("report", home=finished).stdout
     assert "win rate, random order" in table and "win rate, both orders" in table and "consistency" in table
+    assert "Efficiency" in table and "tokens the user typed" in table
 
 
 def test_a_second_eval_reuses_everything(evaluated, finished, monkeypatch):

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import cli, run_args
 
 TABLES = ("tasks", "personas", "golds", "pairs", "conversations", "turns", "scores", "selections", "responses",
@@ -79,6 +81,39 @@ def test_two_iterations_complete_with_consistent_records(finished):
         policies = dict(db.execute("select iteration, policy from responses group by iteration"))
         assert policies == {1: "base", 2: "iteration-1"}
     assert (finished / "runs" / "tiny" / "recipe.json").is_file()
+
+
+def test_status_reports_each_iterations_efficiency(finished, questioner):
+    """The metrics of `status`, recomputed here from the stored texts with the Questioner's tokenizer."""
+    from statistics import fmean
+
+    def tokens(text: str) -> int:
+        return len(questioner.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    report = json.loads(cli("status", "--json", home=finished).stdout)
+    table = cli("status", home=finished).stdout
+    assert "questions/conv" in table and "user tokens" in table and "response tokens" in table
+    with sqlite3.connect(finished / "stargate.db") as db:
+        for it in report["runs"][0]["iterations"]:
+            eff, n = it["efficiency"], it["iteration"]
+            conversations = db.execute("select id, turns from conversations where run_id = 'tiny' and iteration = ?",
+                                       [n]).fetchall()
+            questions, typed = [], []
+            for cid, _ in conversations:
+                turns = db.execute("select role, text from turns where conversation_id = ?", [cid]).fetchall()
+                questions.append(sum(role == "questioner" and "?" in text for role, text in turns))
+                typed.append(sum(tokens(text) for role, text in turns if role == "roleplayer"))
+            responses = [tokens(text) for (text,) in db.execute(
+                "select text from responses where run_id = 'tiny' and iteration = ?", [n])]
+            assert eff["questions"]["n"] == len(conversations) == it["conversations"]
+            assert eff["questions"]["mean"] == pytest.approx(fmean(questions))
+            assert eff["user_tokens"]["mean"] == pytest.approx(fmean(typed)) and min(typed) > 0
+            assert eff["response_tokens"]["mean"] == pytest.approx(fmean(responses))
+            assert eff["response_tokens"]["n"] == it["responses"]
+            assert eff["turns"]["mean"] == pytest.approx(fmean(k for _, k in conversations))
+            assert set(eff["by_turns"]) == {str(k) for _, k in conversations}
+            assert {int(q): c for q, c in eff["question_counts"].items()} == {
+                q: questions.count(q) for q in set(questions)}
 
 
 def test_adapters_load_and_differ_from_the_base(finished, questioner):

@@ -13,12 +13,14 @@ def test_migrations_create_the_schema_once(home):
     assert names == ["m001_initial", "m002_eval", "m003_chats", "m004_failures", "m005_trimmed_answers",
                      "m006_training_backend", "m007_judge_protocol", "m008_training_format",
                      "m009_adapter_paths_in_home", "m010_scale_indexes",
-                     "m011_training_processes"]
+                     "m011_training_processes", "m012_efficiency"]
     assert store.db["turns"].columns_dict == {
         "conversation_id": str, "idx": int, "role": str, "text": str, "is_question": int, "trimmed": int,
+        "n_tokens": int,
     }
     assert store.db["conversations"].columns_dict == {
         "id": str, "run_id": str, "iteration": int, "pair_id": str, "sample": int, "turns": int, "policy": str,
+        "questions": int,
     }
     assert store.db["turns"].pks == ["conversation_id", "idx"]
     assert store.db["judgments"].columns_dict == {
@@ -77,3 +79,25 @@ def test_selection_keeps_each_pairs_best_conversation_ties_to_the_lowest_sample(
     assert select_best(store, "r", 1) == 2
     assert [(s["pair_id"], s["conversation_id"], s["logprob"]) for s in store.selections("r", 1)] == [
         ("p1", "p1#001", -3.0), ("p2", "p2#000", -1.0)]
+
+
+def test_a_store_from_before_efficiency_gets_each_conversations_question_count(home):
+    """m012 counts the questions of conversations stored before it, from their turns' flags."""
+    from stargate_lite import store as store_module
+
+    all_migrations = store_module.MIGRATIONS
+    store_module.MIGRATIONS = [m for m in all_migrations if m[0] != "m012_efficiency"]
+    try:
+        old = Store(home)
+        old.db["conversations"].insert({"id": "c", "run_id": "r", "iteration": 1, "pair_id": "p", "sample": 0,
+                                        "turns": 2, "policy": "base"})
+        old.db["turns"].insert_all([{"conversation_id": "c", "idx": i, "role": role, "text": text,
+                                     "is_question": int("?" in text)}
+                                    for i, (role, text) in enumerate([("questioner", "Where?"), ("roleplayer", "Rome."),
+                                                                      ("questioner", "Noted."), ("roleplayer", "OK.")])])
+    finally:
+        store_module.MIGRATIONS = all_migrations
+    store = Store(home)
+    assert store.value("select questions from conversations where id = 'c'") == 1
+    (row,) = store.conversation_efficiency("r", 1)
+    assert row == {"turns": 2, "questions": 1, "questioner_turns": 2, "user_tokens": None}  # tokens: not counted then
