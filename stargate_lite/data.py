@@ -132,7 +132,8 @@ def split_pairs(store: Store, recipe: Recipe, split: str) -> list[tuple[dict, di
 
 def make_pairs(store: Store, recipe: Recipe, run_id: str, iteration: int, split: str, turns_seed: str) -> None:
     """The split's pairs with a gold response, each with its turn count k ~ uniform(1..K) drawn from
-    `turns_seed` and the pair: training uses one draw per iteration, evaluation the same draw for all."""
+    `turns_seed` and the pair: training uses one draw per iteration, evaluation the same draw for all. With
+    simulate.turns policy, k = K: the most turns the Questioner may take before it must answer."""
     pairs = split_pairs(store, recipe, split)
     golds = store.golds_for((t["id"], p["id"]) for t, p in pairs)
     usable = [(t, p) for t, p in pairs if golds[(t["id"], p["id"])]["status"] == "ok"]
@@ -141,7 +142,10 @@ def make_pairs(store: Store, recipe: Recipe, run_id: str, iteration: int, split:
     rows = []
     for idx, (t, p) in enumerate(usable):
         key = f"{t['id']}|{p['id']}"
-        turns = random.Random(f"{turns_seed}/{key}").randint(1, recipe.simulate.max_turns)
+        if recipe.simulate.turns == "policy":
+            turns = recipe.simulate.max_turns
+        else:
+            turns = random.Random(f"{turns_seed}/{key}").randint(1, recipe.simulate.max_turns)
         rows.append({"id": f"{run_id}/{iteration}/{key}", "run_id": run_id, "iteration": iteration,
                      "task_id": t["id"], "persona_id": p["id"], "turns": turns, "idx": idx})
     store.insert_rows("pairs", rows, pk="id")

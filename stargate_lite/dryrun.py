@@ -25,7 +25,9 @@ TRAIN_FORWARD_COST = 3  # a training step does about three forwards' work per to
 
 def estimate(recipe: Recipe, home: Path) -> list[dict]:
     """Rows of (stage, model, calls, tokens, tokens/s, seconds); seconds is None where nothing was measured."""
-    sim, k_mean = recipe.simulate, (recipe.simulate.max_turns + 1) / 2
+    sim = recipe.simulate
+    # uniform: k averages (K + 1) / 2; policy: the Questioner stops when it chooses, at most K (the bound is used)
+    k_mean = sim.max_turns if sim.turns == "policy" else (sim.max_turns + 1) / 2
     pairs = recipe.data.tasks.A * recipe.data.personas.A  # iteration 1 trains on split A
     conversations = pairs * sim.conversations_per_pair
     turns = conversations * k_mean

@@ -122,8 +122,9 @@ def _respond(store: Store, ns: str, iteration: int, responder: str, pairs: list[
     conv_ids = [f"{ns}/{conv_iteration}/{_pair_key(p)}#{_sample_for(recipe.seed, p, n):03d}" for p in todo]
     turns = store.turns(conv_ids)
     instruction = recipe.train.format == "instructed"
-    prompts = [questioner_messages(p["persona_name"], p["task"], turns[c], final=True, instruction=instruction)
-               for p, c in zip(todo, conv_ids)]
+    decide = recipe.simulate.turns == "policy"
+    prompts = [questioner_messages(p["persona_name"], p["task"], turns[c], final=True, instruction=instruction,
+                                   decide=decide) for p, c in zip(todo, conv_ids)]
     questioner = models().questioner
     with progress.stage(f"eval {iteration}: responses ({responder})", len(todo)) as bar, \
             models().policy(adapter) as model:
@@ -152,6 +153,8 @@ def _judge(store: Store, ns: str, iteration: int, responder: str, pairs: list[di
     config = recipe.judge
     protocol, template = judge_protocol(config), judge_prompt_text(config)
     responses = store.eval_response_texts(ns, [0, iteration])
+    # The turns Q_eta's conversation took (its pair's k, unless the Questioner chose when to stop).
+    turns = {r["pair_key"]: r["turns"] for r in store.eval_response_lengths(ns, iteration, responder)}
     have = {r["id"] for r in store.judgments(ns, iteration, responder, judge.name, protocol)}
     todo = [(p, swapped) for p in pairs for swapped in range(recipe.eval.judge_orders)
             if _judgment_id(ns, iteration, responder, judge.name, protocol, _pair_key(p), swapped) not in have]
@@ -184,7 +187,7 @@ def _judge(store: Store, ns: str, iteration: int, responder: str, pairs: list[di
                 verdict, margin, raw = read_verdict(config, result)
                 rows.append({"id": _judgment_id(ns, iteration, responder, judge.name, protocol, key, swapped),
                              "ns": ns, "iteration": iteration, "responder": responder, "judge": judge.name,
-                             "protocol": protocol, "pair_key": key, "turns": p["turns"], "swapped": swapped,
+                             "protocol": protocol, "pair_key": key, "turns": turns[key], "swapped": swapped,
                              "policy_is_a": int(first), "verdict": verdict, "winner": winner_of(verdict, first),
                              "margin": margin, "status": "valid" if verdict else "unparsable", "raw": raw})
             store.insert_rows("judgments", rows, pk="id")

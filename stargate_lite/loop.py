@@ -45,6 +45,7 @@ def training_examples(store: Store, recipe: Recipe, run_id: str, iteration: int)
     responses = store.responses(run_id, iteration)
     target = recipe.train.target
     instruction = recipe.train.format == "instructed"
+    decide = recipe.simulate.turns == "policy"
     examples = []
     for s in selections:
         pair, conversation = pairs[s["pair_id"]], turns.get(s["conversation_id"], [])
@@ -53,10 +54,10 @@ def training_examples(store: Store, recipe: Recipe, run_id: str, iteration: int)
             continue
         if target == "none":
             examples.append(questioner_messages(pair["persona_name"], pair["task"], conversation, final=False,
-                                                instruction=instruction))
+                                                instruction=instruction, decide=decide))
         elif final and final.strip():
             messages = questioner_messages(pair["persona_name"], pair["task"], conversation, final=True,
-                                           instruction=instruction)
+                                           instruction=instruction, decide=decide)
             examples.append([*messages, {"role": "assistant", "content": final}])
     if not examples:
         raise StargateError(
@@ -96,12 +97,12 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
         score_stage(store, run_id, iteration, policy, questioner, recipe.score, progress)
         store.mark_stage(run_id, iteration, "score")
     if not store.stage_done(run_id, iteration, "select"):
-        select_best(store, run_id, iteration)
+        select_best(store, run_id, iteration, recipe.reward.question_cost)
         store.mark_stage(run_id, iteration, "select")
     if not store.stage_done(run_id, iteration, "respond"):
         if recipe.train.target == "response":
             respond_stage(store, run_id, iteration, policy, policy_name, questioner, recipe.respond,
-                          recipe.train.format, progress)
+                          recipe.train.format, progress, decide=recipe.simulate.turns == "policy")
         store.mark_stage(run_id, iteration, "respond")
     del policy
     questioner.close()  # managed vLLM servers give their GPU memory to training; the next iteration restarts them

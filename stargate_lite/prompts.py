@@ -13,6 +13,13 @@ QUESTION_INSTRUCTION = (
     "when I repeat my request, give your full answer."
 )
 
+# Its counterpart where the Questioner decides when it knows enough (simulate.turns policy).
+DECIDE_INSTRUCTION = (
+    "Before you help me, you may ask me short, open questions about my preferences, circumstances or needs, one "
+    "at a time and only the question. As soon as you know enough to help me well, stop asking and give me your "
+    "full answer."
+)
+
 ROLEPLAYER_SYSTEM = (
     "You are playing a person in a conversation with an AI assistant. This is who you are:\n\n"
     "{persona}\n\n"
@@ -55,15 +62,18 @@ def greeting(name: str, task: str) -> str:
 
 
 def questioner_messages(
-    name: str, task: str, turns: list[dict], *, final: bool, instruction: bool = True
+    name: str, task: str, turns: list[dict], *, final: bool, instruction: bool = True, decide: bool = False
 ) -> list[dict]:
     """The Questioner's view of a conversation.
 
     With `final`, the task is repeated after the last answer to ask for the response. `instruction` adds
     QUESTION_INSTRUCTION to the first turn: on for what the policy generates and trains on, off for scoring,
-    which uses the paper's bare format so log-probs are comparable across iterations and conditions.
+    which uses the paper's bare format so log-probs are comparable across iterations and conditions. `decide`
+    (simulate.turns policy): the Questioner chooses when to answer, so the instruction says so
+    (DECIDE_INSTRUCTION) and the final response follows the last answer as it is, the request not repeated.
     """
-    first = greeting(name, task) + (f"\n\n{QUESTION_INSTRUCTION}" if instruction else "")
+    instruction_text = DECIDE_INSTRUCTION if decide else QUESTION_INSTRUCTION
+    first = greeting(name, task) + (f"\n\n{instruction_text}" if instruction else "")
     messages = [{"role": "user", "content": first}]
     for turn in turns:
         role = "assistant" if turn["role"] == "questioner" else "user"
@@ -71,6 +81,8 @@ def questioner_messages(
     if final:
         if messages[-1]["role"] != "user":
             raise ValueError("a final response needs a conversation that ends with the roleplayer's answer")
+        if decide:
+            return messages
         if len(messages) == 1:
             messages[0]["content"] = greeting(name, task)
         else:

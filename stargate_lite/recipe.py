@@ -176,7 +176,13 @@ class SimulateConfig(_Strict):
     """How conversations are simulated between the Questioner and the Roleplayer."""
 
     conversations_per_pair: int = Field(10, ge=1, description="n: conversations per (task, persona) (paper: 10).")
-    max_turns: int = Field(3, ge=1, description="K: each pair gets k ~ uniform(1..K) question turns (paper: 3).")
+    max_turns: int = Field(3, ge=1, description="K: the most question turns a conversation has (paper: 3).")
+    turns: Literal["uniform", "policy"] = Field(
+        "uniform", description="uniform (the paper): each pair gets k ~ uniform(1..K) turns, all its conversations "
+        "that many; policy: at each turn up to K the Questioner asks (a turn with a question mark) or gives its "
+        "answer (any other turn), which ends the conversation (kept in conversations.answer, not a turn); its "
+        "final response then follows the last answer without the request repeated, in training and evaluation.",
+    )
     temperature: float = Field(0.9, ge=0, description="Questioner sampling temperature for questions.")
     top_p: float = Field(0.9, gt=0, le=1, description="Questioner nucleus sampling for questions.")
     question_max_tokens: int = Field(64, ge=4, description="Token limit for one question.")
@@ -190,6 +196,16 @@ class SimulateConfig(_Strict):
     )
     batch_size: int = Field(32, ge=1, description="Questioner generation batch (sequences at once).")
     pairs_per_chunk: int = Field(8, ge=1, description="Pairs simulated and stored together; the unit of resume.")
+
+
+class RewardConfig(_Strict):
+    """How a conversation is rewarded when each pair's best is kept."""
+
+    question_cost: float = Field(
+        0.0, ge=0, description="Nats subtracted from a conversation's gold log-prob per question it asked (a "
+        "Questioner turn with a question mark): selection then prefers, of two conversations that explain the "
+        "gold equally well, the one that asked less. 0 (the paper): the log-prob alone.",
+    )
 
 
 class ScoreConfig(_Strict):
@@ -322,6 +338,7 @@ class Recipe(_Strict):
     roles: RolesConfig
     data: DataConfig
     simulate: SimulateConfig = Field(default_factory=SimulateConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     respond: RespondConfig = Field(default_factory=RespondConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -1,6 +1,7 @@
 """Respond stage (the regularizer): the previous policy's greedy final response after each kept conversation.
 
-The Questioner sees the conversation with the task repeated after the last answer, never the persona.
+The Questioner sees the conversation with the task repeated after the last answer (or, with simulate.turns policy,
+the conversation as it ended), never the persona.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ def respond_stage(
     config: RespondConfig,
     prompt_format: str,
     progress: Progress,
+    decide: bool = False,
 ) -> None:
     """`prompt_format` (train.format): "instructed" keeps the instruction to ask in the prompt, "bare" leaves it
-    out, as the policy will be trained on this response."""
+    out, as the policy will be trained on this response. `decide` (simulate.turns policy): the response follows
+    the last answer, the request not repeated (prompts.questioner_messages)."""
     pairs = {p["id"]: p for p in store.pairs(run_id, iteration)}
     selections = store.selections(run_id, iteration)
     have = store.responses(run_id, iteration)
@@ -38,7 +41,7 @@ def respond_stage(
             prompts = [
                 questioner_messages(pairs[s["pair_id"]]["persona_name"], pairs[s["pair_id"]]["task"],
                                     turns[s["conversation_id"]], final=True,
-                                    instruction=prompt_format == "instructed")
+                                    instruction=prompt_format == "instructed", decide=decide)
                 for s in chunk
             ]
             texts = questioner.generate(policy, prompts, max_new_tokens=config.max_tokens, temperature=0.0,

@@ -1,6 +1,8 @@
 """Simulate stage: n conversations per (task, persona) between the current policy and the Roleplayer.
 
-All n conversations of a pair share its turn count k; each ends with the Roleplayer's answer. Work is done and
+With simulate.turns uniform (the paper) all n conversations of a pair share its turn count k, and each ends with
+the Roleplayer's answer. With policy, a conversation also ends where the Questioner's turn is not a question
+(prompts.is_question): that turn is its answer, stored with the conversation, not as a turn. Work is done and
 stored a chunk of pairs at a time, with a seed derived from the chunk, so a rerun after a crash redoes at most
 one chunk and produces what the uninterrupted run would have: exactly, with an in-process Roleplayer; up to
 llama.cpp's rounding with a llama-server one, whose batched decoding and prompt cache are not bit-for-bit those
@@ -52,17 +54,22 @@ def simulate_chunk(
     seed: int,
     on_message=None,
 ) -> list[dict]:
-    """Run every conversation of these pairs to its end; returns conversation records with their messages."""
+    """Run every conversation of these pairs to its end; returns conversation records with their messages
+    (and, where the Questioner answered instead of asking, its "answer")."""
+    decide = config.turns == "policy"
     convs = [
-        {"pair": pair, "sample": s, "messages": []}
+        {"pair": pair, "sample": s, "messages": [], "answer": None}
         for pair in pairs
         for s in range(config.conversations_per_pair)
     ]
     for turn in range(max(p["turns"] for p in pairs)):
-        active = [c for c in convs if c["pair"]["turns"] > turn]
+        active = [c for c in convs if c["pair"]["turns"] > turn and c["answer"] is None]
+        if not active:
+            break
         questions = questioner.generate(
             policy,
-            [questioner_messages(c["pair"]["persona_name"], c["pair"]["task"], c["messages"], final=False)
+            [questioner_messages(c["pair"]["persona_name"], c["pair"]["task"], c["messages"], final=False,
+                                 decide=decide)
              for c in active],
             max_new_tokens=config.question_max_tokens,
             temperature=config.temperature,
@@ -71,18 +78,25 @@ def simulate_chunk(
             seed=seed + 2 * turn,
             on_batch=on_message,
         )
+        asking = []
         for c, q in zip(active, questions):
-            c["messages"].append({"role": "questioner", "text": q, "is_question": is_question(q)})
+            if decide and not is_question(q):
+                c["answer"] = q
+                if on_message:  # the answer and the turns it did not take
+                    on_message(1 + 2 * (c["pair"]["turns"] - 1 - turn))
+            else:
+                c["messages"].append({"role": "questioner", "text": q})
+                asking.append(c)
         answers = complete_all(
             roleplayer,
-            [roleplayer_messages(c["pair"]["persona"], c["pair"]["task"], c["messages"]) for c in active],
+            [roleplayer_messages(c["pair"]["persona"], c["pair"]["task"], c["messages"]) for c in asking],
             Sampling(config.answer_max_tokens, temperature=config.answer_temperature, seed=seed + 2 * turn + 1),
-        )
-        for c, a in zip(active, answers):
+        ) if asking else []
+        for c, a in zip(asking, answers):
             kept = first_sentences(a, config.max_answer_sentences)
             c["messages"].append({"role": "roleplayer", "text": kept, "trimmed": int(kept != a)})
         if on_message:
-            on_message(len(active))
+            on_message(len(asking))
     messages = [m for c in convs for m in c["messages"]]
     for m, n in zip(messages, questioner.count_tokens([m["text"] for m in messages])):
         m["n_tokens"] = n
@@ -131,8 +145,9 @@ def simulate(
                         "iteration": iteration,
                         "pair_id": c["pair"]["id"],
                         "sample": c["sample"],
-                        "turns": c["pair"]["turns"],
+                        "turns": len(c["messages"]) // 2,
                         "policy": policy_name,
+                        "answer": c["answer"],
                         "messages": c["messages"],
                     }
                     for c in convs

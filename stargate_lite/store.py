@@ -17,6 +17,7 @@ from pathlib import Path
 import sqlite_utils
 
 from .errors import StargateError
+from .prompts import is_question
 
 DB_NAME = "stargate.db"
 BUSY_TIMEOUT_S = 30  # how long a write waits for another program's lock on the store
@@ -201,6 +202,14 @@ def _m012_efficiency(db: sqlite_utils.Database) -> None:
                "where t.conversation_id = conversations.id)")
 
 
+def _m013_question_cost(db: sqlite_utils.Database) -> None:
+    # simulate.turns policy: the Questioner's turn that answered instead of asking, which ended the conversation
+    # (NULL where it asked to the end). And each selection's reward: its log-prob less reward.question_cost per
+    # question; NULL in runs made before, whose reward was the log-prob.
+    db["conversations"].add_column("answer", str)
+    db["selections"].add_column("reward", float)
+
+
 MIGRATIONS = [
     ("m001_initial", _m001_initial),
     ("m002_eval", _m002_eval),
@@ -214,6 +223,7 @@ MIGRATIONS = [
     ("m010_scale_indexes", _m010_scale_indexes),
     ("m011_training_processes", _m011_training_processes),
     ("m012_efficiency", _m012_efficiency),
+    ("m013_question_cost", _m013_question_cost),
 ]
 
 
@@ -423,14 +433,15 @@ class Store:
     def save_conversations(self, conversations: list[dict]) -> None:
         """Store finished conversations and their turns together: one chunk, one transaction.
 
-        A message is {role, text, is_question, trimmed, n_tokens}; a conversation's `questions` is counted here."""
+        A message is {role, text, trimmed, n_tokens}; whether a Questioner turn is a question
+        (prompts.is_question), and how many a conversation asked, are worked out here."""
         turn_rows = [
             {
                 "conversation_id": c["id"],
                 "idx": i,
                 "role": t["role"],
                 "text": t["text"],
-                "is_question": int(t.get("is_question", 0)),
+                "is_question": int(t["role"] == "questioner" and is_question(t["text"])),
                 "trimmed": t.get("trimmed", 0),
                 "n_tokens": t.get("n_tokens"),
             }
@@ -438,7 +449,8 @@ class Store:
             for i, t in enumerate(c["messages"])
         ]
         conv_rows = [{**{k: v for k, v in c.items() if k != "messages"},
-                      "questions": sum(int(t.get("is_question", 0)) for t in c["messages"])} for c in conversations]
+                      "questions": sum(t["role"] == "questioner" and is_question(t["text"]) for t in c["messages"])}
+                     for c in conversations]
         with self.transaction():
             self.db["conversations"].insert_all(conv_rows, pk="id", ignore=True)
             self.db["turns"].insert_all(turn_rows, pk=("conversation_id", "idx"), ignore=True)
@@ -477,19 +489,21 @@ class Store:
             [run_id, iteration],
         )
 
-    def best_scores(self, run_id: str, iteration: int) -> list[dict]:
-        """Each pair's best-scoring conversation {pair_id, conversation_id, logprob}, ties to the lowest sample,
-        by pair: the selection, chosen in SQL (an iteration can hold a million scores)."""
+    def best_scores(self, run_id: str, iteration: int, question_cost: float = 0.0) -> list[dict]:
+        """Each pair's best conversation {pair_id, conversation_id, logprob, reward} by reward (its log-prob less
+        question_cost per question), ties to the lowest sample, by pair: the selection, chosen in SQL (an iteration
+        can hold a million scores). With no cost the reward is the log-prob itself (x - 0.0 is x, exactly)."""
         return self.rows(
             """
-            select pair_id, conversation_id, logprob from (
-              select c.pair_id, s.conversation_id, s.logprob,
-                row_number() over (partition by c.pair_id order by s.logprob desc, c.sample) as place
+            select pair_id, conversation_id, logprob, reward from (
+              select c.pair_id, s.conversation_id, s.logprob, s.logprob - ? * c.questions as reward,
+                row_number() over (partition by c.pair_id order by s.logprob - ? * c.questions desc, c.sample)
+                  as place
               from conversations c join scores s on s.conversation_id = c.id
               where c.run_id = ? and c.iteration = ?
             ) where place = 1 order by pair_id
             """,
-            [run_id, iteration],
+            [question_cost, question_cost, run_id, iteration],
         )
 
     def selected_turns(self, run_id: str, iteration: int) -> dict[str, list[dict]]:
@@ -539,9 +553,10 @@ class Store:
         return self.rows(sql, [run_id, iteration])
 
     def eval_response_lengths(self, ns: str, iteration: int, responder: str) -> list[dict]:
-        """{turns, n_tokens} of each evaluation response, with the turns of the conversation it followed."""
-        sql = ("select c.turns, r.n_tokens from eval_responses r join conversations c on c.id = r.conversation_id "
-               "where r.ns = ? and r.iteration = ? and r.responder = ?")
+        """{pair_key, turns, n_tokens} of each evaluation response, with the turns of the conversation it
+        followed."""
+        sql = ("select r.pair_key, c.turns, r.n_tokens from eval_responses r join conversations c "
+               "on c.id = r.conversation_id where r.ns = ? and r.iteration = ? and r.responder = ?")
         return self.rows(sql, [ns, iteration, responder])
 
     def pair_iterations(self, run_id: str) -> list[int]:

@@ -13,14 +13,14 @@ def test_migrations_create_the_schema_once(home):
     assert names == ["m001_initial", "m002_eval", "m003_chats", "m004_failures", "m005_trimmed_answers",
                      "m006_training_backend", "m007_judge_protocol", "m008_training_format",
                      "m009_adapter_paths_in_home", "m010_scale_indexes",
-                     "m011_training_processes", "m012_efficiency"]
+                     "m011_training_processes", "m012_efficiency", "m013_question_cost"]
     assert store.db["turns"].columns_dict == {
         "conversation_id": str, "idx": int, "role": str, "text": str, "is_question": int, "trimmed": int,
         "n_tokens": int,
     }
     assert store.db["conversations"].columns_dict == {
         "id": str, "run_id": str, "iteration": int, "pair_id": str, "sample": int, "turns": int, "policy": str,
-        "questions": int,
+        "questions": int, "answer": str,
     }
     assert store.db["turns"].pks == ["conversation_id", "idx"]
     assert store.db["judgments"].columns_dict == {
@@ -101,3 +101,25 @@ def test_a_store_from_before_efficiency_gets_each_conversations_question_count(h
     assert store.value("select questions from conversations where id = 'c'") == 1
     (row,) = store.conversation_efficiency("r", 1)
     assert row == {"turns": 2, "questions": 1, "questioner_turns": 2, "user_tokens": None}  # tokens: not counted then
+
+
+def test_a_question_cost_makes_selection_prefer_the_shorter_of_two_equally_good_conversations(home):
+    from stargate_lite.select import select_best
+
+    store = Store(home)
+    ask = [{"role": "questioner", "text": "Which city?"}, {"role": "roleplayer", "text": "Rome."}]
+    asked = {0: ask * 2, 1: ask, 2: []}  # sample: its turns; the three explain the gold equally well
+    store.save_conversations([{"id": f"p#{s:03d}", "run_id": "r", "iteration": 1, "pair_id": "p", "sample": s,
+                               "turns": len(m) // 2, "policy": "base", "messages": m} for s, m in asked.items()])
+    store.insert_rows("scores", [{"conversation_id": f"p#{s:03d}", "run_id": "r", "iteration": 1, "logprob": -7.25,
+                                  "n_tokens": 1} for s in asked], pk="conversation_id")
+    select_best(store, "r", 1)  # no cost: the log-prob alone, the tie to the lowest sample
+    assert [(s["conversation_id"], s["reward"]) for s in store.selections("r", 1)] == [("p#000", -7.25)]
+    store.db.execute("delete from selections")
+    select_best(store, "r", 1, question_cost=0.5)
+    assert [(s["conversation_id"], s["logprob"], s["reward"]) for s in store.selections("r", 1)] == [
+        ("p#002", -7.25, -7.25)]
+    store.db.execute("delete from selections")
+    store.db.execute("update scores set logprob = -6.5 where conversation_id = 'p#000'")  # two questions, 0.75 better
+    select_best(store, "r", 1, question_cost=0.25)
+    assert [(s["conversation_id"], s["reward"]) for s in store.selections("r", 1)] == [("p#000", -7.0)]

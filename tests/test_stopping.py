@@ -1,0 +1,138 @@
+"""simulate.turns policy with a question cost, end to end on the tiny model: the Questioner chooses when to stop
+asking, selection charges for questions, and training and evaluation answer after the conversation as it ended."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import TINY_CI_OVERRIDES, cli
+
+from stargate_lite.prompts import DECIDE_INSTRUCTION, QUESTION_INSTRUCTION
+
+K, N = 2, 4  # turn limit, conversations per pair (2 pairs): the tiny model asks in about a quarter of its turns
+POLICY = ["simulate.turns=policy", "reward.question_cost=1.0", f"simulate.max_turns={K}",
+          f"simulate.conversations_per_pair={N}"]
+
+
+def policy_args(iterations: int = 1) -> list[str]:
+    return ["run", "--iterations", str(iterations), *[a for o in TINY_CI_OVERRIDES + POLICY for a in ("--set", o)]]
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory, model_cache) -> Path:
+    home = tmp_path_factory.mktemp("policy-turns")
+    cli(*policy_args(), home=home)
+    return home
+
+
+def test_conversations_end_where_the_questioner_answers_or_at_the_turn_limit(stopped):
+    with sqlite3.connect(stopped / "stargate.db") as db:
+        assert {k for (k,) in db.execute("select turns from pairs")} == {K}  # the limit, for every pair
+        rows = db.execute("select c.id, c.turns, c.questions, c.answer, count(t.idx), "
+                          "sum(t.role = 'questioner' and t.is_question = 0) from conversations c "
+                          "left join turns t on t.conversation_id = c.id group by c.id").fetchall()
+    assert len(rows) == 2 * N
+    for cid, turns, questions, answer, messages, not_questions in rows:
+        assert messages == 2 * turns and questions == turns and not not_questions, cid  # every kept turn asks
+        if answer is None:
+            assert turns == K, cid  # asked to the limit
+        else:
+            assert "?" not in answer and turns < K, cid  # its answer ended the conversation, kept beside it
+    report = json.loads(cli("status", "--json", home=stopped).stdout)
+    (it,) = report["runs"][0]["iterations"]
+    counts = it["efficiency"]["question_counts"]
+    assert sum(counts.values()) == 2 * N and counts == {
+        str(q): sum(1 for r in rows if r[2] == q) for q in {r[2] for r in rows}}
+
+
+def test_selection_charges_each_question_and_training_answers_after_the_conversation_as_it_ended(stopped):
+    from stargate_lite.loop import training_examples
+    from stargate_lite.runs import pick_run, recipe_of_run
+    from stargate_lite.store import Store
+
+    with sqlite3.connect(stopped / "stargate.db") as db:
+        chosen = db.execute("select s.pair_id, s.conversation_id, s.reward, s.logprob, c.questions from selections s "
+                            "join conversations c on c.id = s.conversation_id").fetchall()
+        for pair_id, _, reward, logprob, questions in chosen:
+            assert reward == pytest.approx(logprob - 1.0 * questions)
+            others = db.execute("select sc.logprob - c.questions from conversations c join scores sc "
+                                "on sc.conversation_id = c.id where c.pair_id = ?", [pair_id]).fetchall()
+            assert reward == pytest.approx(max(r for (r,) in others))
+    store = Store(stopped)
+    recipe = recipe_of_run(pick_run(store, None))
+    turns = store.selected_turns("tiny", 1)
+    for (_, cid, *_), example in zip(sorted(chosen), training_examples(store, recipe, "tiny", 1)):
+        assert DECIDE_INSTRUCTION in example[0]["content"] and QUESTION_INSTRUCTION not in example[0]["content"]
+        conversation = turns.get(cid, [])
+        assert [m["content"] for m in example[1:-1]] == [t["text"] for t in conversation]  # the request not repeated
+        assert example[-1]["role"] == "assistant"
+
+
+def test_eval_judges_by_the_turns_each_conversation_took(stopped):
+    summary = json.loads(cli("eval", "--json", home=stopped).stdout)
+    with sqlite3.connect(stopped / "stargate.db") as db:
+        taken = dict(db.execute("select r.pair_key, c.turns from eval_responses r join conversations c "
+                                "on c.id = r.conversation_id where r.iteration = 1").fetchall())
+        judged = db.execute("select pair_key, turns from judgments").fetchall()
+    assert judged and all(turns == taken[key] for key, turns in judged)
+    win = summary["iterations"][1]["win_rate"]
+    assert sorted(win["by_turns"]) == sorted({str(t) for t in taken.values()})
+    assert summary["iterations"][1]["efficiency"]["turns"]["n"] == 2 * 2  # 2 test pairs, 2 conversations each
+
+
+class ScriptedQuestioner:
+    """Asks as many questions as the task's script says, then answers (fault injection's kind of fake: it pins
+    down the stopping rule exactly; the tests above run the real model)."""
+
+    def __init__(self, questions_by_task: dict[str, int]):
+        self.questions_by_task = questions_by_task
+
+    def generate(self, policy, prompts, *, on_batch=None, **sampling):
+        out = []
+        for messages in prompts:
+            task = next(t for t in self.questions_by_task if t in messages[0]["content"])
+            asked = sum(m["role"] == "assistant" for m in messages)
+            out.append(f"Question {asked + 1}?" if asked < self.questions_by_task[task] else "Here is my answer.")
+        if on_batch:
+            on_batch(len(prompts))
+        return out
+
+    def count_tokens(self, texts):
+        return [len(t.split()) for t in texts]
+
+
+class EchoRoleplayer:
+    def __init__(self):
+        self.requests = 0
+
+    def complete_each(self, conversations, sampling):
+        self.requests += len(conversations)
+        return [f"My answer to {c[-1]['content']}" for c in conversations]
+
+
+@pytest.mark.parametrize("mode", ["uniform", "policy"])
+def test_the_questioner_stops_where_it_answers_only_in_policy_mode(mode):
+    from stargate_lite.recipe import SimulateConfig
+    from stargate_lite.simulate import simulate_chunk
+
+    script = {"Plan a trip.": 0, "Cook dinner.": 1, "Pick a book.": 5}
+    pairs = [{"id": task, "task": task, "persona": "I'm ANA.", "persona_name": "Ana", "turns": 3} for task in script]
+    config = SimulateConfig(turns=mode, max_turns=3, conversations_per_pair=2)
+    roleplayer, progress = EchoRoleplayer(), []
+    convs = simulate_chunk(pairs, None, ScriptedQuestioner(script), roleplayer, config, seed=0,
+                           on_message=progress.append)
+    assert sum(progress) == 2 * 3 * len(convs)  # the progress bar's total, whatever the conversations took
+    taken = {c["pair"]["task"]: (len(c["messages"]) // 2, c["answer"]) for c in convs}
+    if mode == "policy":
+        assert taken == {"Plan a trip.": (0, "Here is my answer."), "Cook dinner.": (1, "Here is my answer."),
+                         "Pick a book.": (3, None)}
+        assert roleplayer.requests == 2 * (0 + 1 + 3)  # only questions are answered
+    else:  # the paper's protocol: k turns whatever the Questioner says, the answer turn kept as a turn
+        assert taken == {task: (3, None) for task in script}
+        assert roleplayer.requests == 2 * 3 * 3
+    for c in convs:
+        assert [m["role"] for m in c["messages"]] == ["questioner", "roleplayer"] * (len(c["messages"]) // 2)
+        assert all("n_tokens" in m for m in c["messages"])
