@@ -140,7 +140,7 @@ def _print_estimate(recipe, home) -> None:
     from .dryrun import estimate
     from .store import default_home
 
-    preflight(recipe.chat_models, {recipe.roles.oracle, recipe.roles.roleplayer})
+    preflight(recipe.chat_models, {recipe.roles.oracle, *recipe.roles.roleplayer_weights})
     rows = estimate(recipe, Path(home) if home else default_home())
     table = Table(title=f"One iteration of recipe {recipe.name} (estimate; token counts at the recipe's limits)")
     for column in ("stage", "model", "calls", "tokens", "tokens/s here", "time"):
@@ -154,11 +154,14 @@ def _print_estimate(recipe, home) -> None:
     out.print(f"Measured stages: about {_duration(known)} in all (data stages run once per project home)."
               + ("" if all(r["seconds"] is not None for r in rows) else
                  " Rows marked ? use a remote endpoint, which a dry run does not call."))
-    roleplayer = recipe.chat_models[recipe.roles.roleplayer]
-    per_chunk = recipe.simulate.pairs_per_chunk * recipe.simulate.conversations_per_pair
-    if roleplayer.backend == "llama-server" and per_chunk < roleplayer.slots:
-        out.print(f"Note: a chunk holds {per_chunk} conversations, fewer than the Roleplayer's {roleplayer.slots} "
-                  "slots, so some slots idle: raise simulate.pairs_per_chunk.")
+    weights = recipe.roles.roleplayer_weights
+    for name, weight in weights.items():
+        roleplayer = recipe.chat_models[name]
+        per_chunk = recipe.simulate.pairs_per_chunk * recipe.simulate.conversations_per_pair
+        theirs = int(per_chunk * weight / sum(weights.values()))
+        if roleplayer.backend == "llama-server" and theirs < roleplayer.slots:
+            out.print(f"Note: a chunk holds about {theirs} conversations for Roleplayer {name}, fewer than its "
+                      f"{roleplayer.slots} slots, so some slots idle: raise simulate.pairs_per_chunk.")
 
 
 def _duration(seconds: float) -> str:
@@ -247,7 +250,7 @@ def report(
     store = Store(home, create=False)
     run = pick_run(store, run_id)
     recipe = recipe_of_run(run)
-    summary = summarize(store, run["id"], roleplayer or recipe.roles.roleplayer, judge or recipe.roles.judge,
+    summary = summarize(store, run["id"], roleplayer or recipe.roles.main_roleplayer, judge or recipe.roles.judge,
                         judge_protocol(recipe.judge), responder)
     if not summary["iterations"]:
         raise StargateError(f"run {run['id']} has no evaluation with that roleplayer yet: run `stargate-lite eval`")
@@ -309,7 +312,7 @@ def chat(
         return text.strip()
 
     with ChatModels(recipe.chat_models, store.home) as chat_models:
-        roleplayer = chat_models.get(recipe.roles.roleplayer) if persona else None
+        roleplayer = chat_models.get(recipe.roles.main_roleplayer) if persona else None
         transcript = Transcript(store, policy_name, name, persona)
         if interactive:
             err.print(f"Chatting with {policy_name}. {COMMANDS}")

@@ -41,9 +41,9 @@ def estimate(recipe: Recipe, home: Path) -> list[dict]:
     generation_rate = _generation_rate(questioner, model, sim.batch_size)
     scoring_rate = _scoring_rate(questioner, model, recipe, scored_len)
     del model
-    roleplayer, oracle = recipe.roles.roleplayer, recipe.roles.oracle
+    weights, oracle = recipe.roles.roleplayer_weights, recipe.roles.oracle
     with tempfile.TemporaryDirectory() as logs, ChatModels(recipe.chat_models, home, Path(logs)) as chat:
-        rates = {name: _chat_rate(chat, recipe, name, questioner) for name in {roleplayer, oracle}}
+        rates = {name: _chat_rate(chat, recipe, name, questioner) for name in {*weights, oracle}}
 
     def row(stage, who, calls, tokens, rate):
         return {"stage": stage, "model": who, "calls": int(calls), "tokens": int(tokens), "tokens_per_s": rate,
@@ -55,7 +55,8 @@ def estimate(recipe: Recipe, home: Path) -> list[dict]:
         row("data: gold responses (once)", oracle, all_pairs, all_pairs * recipe.data.gold_max_tokens,
             rates[oracle]),
         row("simulate: questions", qname, turns, turns * sim.question_max_tokens, generation_rate),
-        row("simulate: roleplayer answers", roleplayer, turns, turns * sim.answer_max_tokens, rates[roleplayer]),
+        *(row("simulate: roleplayer answers", name, turns * share, turns * share * sim.answer_max_tokens, rates[name])
+          for name, share in ((name, w / sum(weights.values())) for name, w in weights.items())),
         row("score", qname, conversations, conversations * scored_len, scoring_rate),
         row("respond", qname, pairs, pairs * recipe.respond.max_tokens, generation_rate),
         row("train", qname, pairs * recipe.train.epochs, pairs * recipe.train.epochs * min(scored_len,

@@ -32,7 +32,7 @@ from .prompts import greeting, judge_messages, questioner_messages
 from .questioner import Questioner, SharedBase
 from .runs import pick_run, recipe_of_run, run_dir, trained_iterations
 from .score import base_weights, encode_gold, score_stage, score_sums
-from .simulate import simulate
+from .simulate import Roleplayers, simulate
 from .store import Store
 
 RESPONDERS = ("policy", "base")  # who answers after Q_eta's conversation: Q_eta itself, or Q_0 (ablation)
@@ -204,7 +204,7 @@ def evaluate(home: Path | str | None = None, run_id: str | None = None, iteratio
     run = pick_run(store, run_id)
     recipe = recipe_of_run(run)
     run_id = run["id"]
-    roleplayer = roleplayer or recipe.roles.roleplayer
+    roleplayer = roleplayer or recipe.roles.main_roleplayer
     judge_name = judge or recipe.roles.judge
     for role, name in (("--roleplayer", roleplayer), ("--judge", judge_name)):
         if name not in recipe.chat_models:
@@ -241,7 +241,8 @@ def evaluate(home: Path | str | None = None, run_id: str | None = None, iteratio
                 make_pairs(store, recipe, ns, iteration, "test", f"{recipe.seed}/eval")
                 with models().policy(adapter_of(iteration)) as policy:
                     simulate(store, ns, iteration, policy, f"iteration-{iteration}" if iteration else "base",
-                             questioner, chat.get(roleplayer), sim_config, recipe.seed + 7919, progress)
+                             questioner, Roleplayers({roleplayer: 1.0}, chat.get, recipe.seed), sim_config,
+                             recipe.seed + 7919, progress)
                     score_stage(store, ns, iteration, policy, questioner, recipe.score, progress)
                     _score_conditions(store, ns, iteration, policy, questioner, recipe, progress)
                 store.mark_stage(ns, iteration, "eval")

@@ -22,7 +22,7 @@ from .respond import respond_stage
 from .runs import open_run, run_dir, run_lock
 from .score import score_stage
 from .select import select_best
-from .simulate import simulate
+from .simulate import Roleplayers, simulate
 from .store import Store
 from .train import train_adapter
 
@@ -89,8 +89,8 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
     needs_policy = any(not store.stage_done(run_id, iteration, s) for s in ("simulate", "score", "respond"))
     policy = questioner.engine_policy(adapter) if needs_policy else None
     if not store.stage_done(run_id, iteration, "simulate"):
-        roleplayer = chat.get(recipe.roles.roleplayer)
-        simulate(store, run_id, iteration, policy, policy_name, questioner, roleplayer, recipe.simulate,
+        roleplayers = Roleplayers(recipe.roles.roleplayer_weights, chat.get, recipe.seed)
+        simulate(store, run_id, iteration, policy, policy_name, questioner, roleplayers, recipe.simulate,
                  recipe.seed, progress)
         store.mark_stage(run_id, iteration, "simulate")
     if not store.stage_done(run_id, iteration, "score"):
@@ -128,7 +128,7 @@ def run(recipe: Recipe, iterations: int, home: Path | str | None = None, run_id:
     """Run (or resume) STaR-GATE for `iterations` iterations; returns the run id."""
     if iterations < 1:
         raise StargateError("--iterations must be at least 1")
-    preflight(recipe.chat_models, {recipe.roles.oracle, recipe.roles.roleplayer})
+    preflight(recipe.chat_models, {recipe.roles.oracle, *recipe.roles.roleplayer_weights})
     store = Store(home)
     run_id = open_run(store, recipe, run_id)
     progress = progress or Progress()

@@ -146,9 +146,40 @@ class ChatModelConfig(_Strict):
 class RolesConfig(_Strict):
     """Which entry of `chat_models` plays each role."""
 
-    roleplayer: str = Field(..., description="Answers the Questioner's questions as the hidden persona.")
+    roleplayer: str | list[str] | dict[str, float] = Field(
+        ..., description="Answers the Questioner's questions as the hidden persona: one chat model, or several (a "
+        "list, or a mapping of each to its weight) over which training's conversations are spread by a seeded "
+        "draw per conversation (conversations.roleplayer). Evaluation uses one: --roleplayer, or the first named.",
+    )
     oracle: str = Field(..., description="Writes personas and gold responses.")
     judge: str = Field(..., description="Picks the better of two responses in evaluation.")
+
+    @field_validator("roleplayer")
+    @classmethod
+    def _some_roleplayer(cls, value):
+        if isinstance(value, str):
+            return value
+        if not value:
+            raise ValueError("name at least one chat model")
+        if isinstance(value, list) and len(set(value)) < len(value):
+            raise ValueError("a chat model is named twice: give weights as a mapping ({name: weight}) instead")
+        if isinstance(value, dict) and any(w <= 0 for w in value.values()):
+            raise ValueError("every weight must be above 0 (leave a roleplayer out instead)")
+        return value
+
+    @property
+    def roleplayer_weights(self) -> dict[str, float]:
+        """Each Roleplayer of training with its weight, in the order the recipe names them."""
+        if isinstance(self.roleplayer, str):
+            return {self.roleplayer: 1.0}
+        if isinstance(self.roleplayer, list):
+            return dict.fromkeys(self.roleplayer, 1.0)
+        return dict(self.roleplayer)
+
+    @property
+    def main_roleplayer(self) -> str:
+        """The Roleplayer of evaluation, chat and reports when none is named: the first the recipe names."""
+        return next(iter(self.roleplayer_weights))
 
 
 class SplitSizes(_Strict):
@@ -347,8 +378,8 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _roles_exist(self) -> Recipe:
-        for role in ("roleplayer", "oracle", "judge"):
-            name = getattr(self.roles, role)
+        roles = [("roleplayer", name) for name in self.roles.roleplayer_weights]
+        for role, name in [*roles, ("oracle", self.roles.oracle), ("judge", self.roles.judge)]:
             if name not in self.chat_models:
                 known = ", ".join(sorted(self.chat_models)) or "none"
                 raise ValueError(f"roles.{role}: no chat model named {name!r} (chat_models has: {known})")

@@ -12,7 +12,9 @@ slots fill (simulate.pairs_per_chunk x conversations_per_pair conversations per 
 
 from __future__ import annotations
 
+import random
 import re
+from collections.abc import Callable
 
 from .chat import ChatFailure, ChatModel, Sampling, complete_all
 from .errors import QuestionerFailure
@@ -21,6 +23,21 @@ from .prompts import is_question, questioner_messages, roleplayer_messages
 from .questioner import Questioner
 from .recipe import SimulateConfig
 from .store import Store
+
+
+class Roleplayers:
+    """The Roleplayers a stage's conversations are spread over (roles.roleplayer), each conversation's drawn by
+    weight from a seed and the conversation's id: the same on every rerun, whatever was done before. Models are
+    got (loaded) on first use."""
+
+    def __init__(self, weights: dict[str, float], get: Callable[[str], ChatModel], seed: int):
+        self.weights, self.get, self.seed = weights, get, seed
+
+    def name_for(self, conversation: str) -> str:
+        if len(self.weights) == 1:
+            return next(iter(self.weights))
+        draw = random.Random(f"{self.seed}/roleplayer/{conversation}")
+        return draw.choices(list(self.weights), weights=list(self.weights.values()))[0]
 
 
 def conversation_id(pair_id: str, sample: int) -> str:
@@ -49,16 +66,17 @@ def simulate_chunk(
     pairs: list[dict],
     policy,
     questioner: Questioner,
-    roleplayer: ChatModel,
+    roleplayers: Roleplayers,
     config: SimulateConfig,
     seed: int,
     on_message=None,
 ) -> list[dict]:
-    """Run every conversation of these pairs to its end; returns conversation records with their messages
-    (and, where the Questioner answered instead of asking, its "answer")."""
+    """Run every conversation of these pairs to its end; returns conversation records with their messages, their
+    Roleplayer's name and, where the Questioner answered instead of asking, its "answer"."""
     decide = config.turns == "policy"
     convs = [
-        {"pair": pair, "sample": s, "messages": [], "answer": None}
+        {"pair": pair, "sample": s, "messages": [], "answer": None,
+         "roleplayer": roleplayers.name_for(conversation_id(pair["id"], s))}
         for pair in pairs
         for s in range(config.conversations_per_pair)
     ]
@@ -87,12 +105,20 @@ def simulate_chunk(
             else:
                 c["messages"].append({"role": "questioner", "text": q})
                 asking.append(c)
-        answers = complete_all(
-            roleplayer,
-            [roleplayer_messages(c["pair"]["persona"], c["pair"]["task"], c["messages"]) for c in asking],
-            Sampling(config.answer_max_tokens, temperature=config.answer_temperature, seed=seed + 2 * turn + 1),
-        ) if asking else []
-        for c, a in zip(asking, answers):
+        sampling = Sampling(config.answer_max_tokens, temperature=config.answer_temperature, seed=seed + 2 * turn + 1)
+        replies: dict[int, str] = {}  # by place in `asking`
+        for name in roleplayers.weights:  # each Roleplayer's answers requested at once
+            theirs = [i for i, c in enumerate(asking) if c["roleplayer"] == name]
+            if theirs:
+                answers = complete_all(
+                    roleplayers.get(name),
+                    [roleplayer_messages(asking[i]["pair"]["persona"], asking[i]["pair"]["task"],
+                                         asking[i]["messages"]) for i in theirs],
+                    sampling,
+                )
+                replies.update(zip(theirs, answers))
+        for i, c in enumerate(asking):
+            a = replies[i]
             kept = first_sentences(a, config.max_answer_sentences)
             c["messages"].append({"role": "roleplayer", "text": kept, "trimmed": int(kept != a)})
         if on_message:
@@ -110,7 +136,7 @@ def simulate(
     policy,
     policy_name: str,
     questioner: Questioner,
-    roleplayer: ChatModel,
+    roleplayers: Roleplayers,
     config: SimulateConfig,
     seed: int,
     progress: Progress,
@@ -129,7 +155,7 @@ def simulate(
                 continue
             try:
                 convs = simulate_chunk(
-                    chunk, policy, questioner, roleplayer, config, chunk_seed(seed, iteration, index, 0), advance
+                    chunk, policy, questioner, roleplayers, config, chunk_seed(seed, iteration, index, 0), advance
                 )
             except ChatFailure as failure:  # the roleplayer's service gave up: the chunk is redone on a rerun
                 record_failure(f"chunk-{index}", f"roleplayer: {failure}")
@@ -148,6 +174,7 @@ def simulate(
                         "turns": len(c["messages"]) // 2,
                         "policy": policy_name,
                         "answer": c["answer"],
+                        "roleplayer": c["roleplayer"],
                         "messages": c["messages"],
                     }
                     for c in convs

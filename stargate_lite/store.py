@@ -210,6 +210,12 @@ def _m013_question_cost(db: sqlite_utils.Database) -> None:
     db["selections"].add_column("reward", float)
 
 
+def _m014_roleplayers(db: sqlite_utils.Database) -> None:
+    # Which chat model played the persona in a conversation (roles.roleplayer may name several); NULL in runs made
+    # before: the recipe's one roleplayer (an evaluation's: the one in its namespace).
+    db["conversations"].add_column("roleplayer", str)
+
+
 MIGRATIONS = [
     ("m001_initial", _m001_initial),
     ("m002_eval", _m002_eval),
@@ -224,6 +230,7 @@ MIGRATIONS = [
     ("m011_training_processes", _m011_training_processes),
     ("m012_efficiency", _m012_efficiency),
     ("m013_question_cost", _m013_question_cost),
+    ("m014_roleplayers", _m014_roleplayers),
 ]
 
 
@@ -531,6 +538,12 @@ class Store:
         return {table: self.value(f"select count(*) from {table} where run_id = ? and iteration = ?",
                                   [run_id, iteration])
                 for table in ("pairs", "conversations", "scores", "selections", "responses")}
+
+    def roleplayer_counts(self, run_id: str, iteration: int) -> dict[str, int]:
+        """How many of an iteration's conversations each Roleplayer answered (None: stored before this was)."""
+        sql = ("select roleplayer, count(*) as n from conversations where run_id = ? and iteration = ? "
+               "group by roleplayer order by roleplayer")
+        return {r["roleplayer"]: r["n"] for r in self.rows(sql, [run_id, iteration])}
 
     def conversation_efficiency(self, run_id: str, iteration: int) -> list[dict]:
         """Per conversation of an iteration (or evaluation): {turns, questions, questioner_turns, user_tokens};

@@ -30,3 +30,14 @@ def test_estimate_counts_follow_the_recipe(home):
     assert rows["data: personas (once)"]["calls"] == 1 + 1 + 2
     for r in rows.values():  # every model of the tiny recipe is local: every rate is measured
         assert r["tokens_per_s"] > 0 and r["seconds"] > 0
+
+
+def test_a_mix_of_roleplayers_shares_the_answers_by_weight(home):
+    from stargate_lite.dryrun import estimate
+    from stargate_lite.recipe import load_recipe
+
+    recipe = load_recipe("tiny", [*TINY_CI_OVERRIDES, "simulate.conversations_per_pair=8",
+                                  "roles.roleplayer={smollm2: 3, smollm2-plain: 1}"])
+    answers = {r["model"]: r for r in estimate(recipe, home) if r["stage"] == "simulate: roleplayer answers"}
+    assert {m: r["calls"] for m, r in answers.items()} == {"smollm2": 18, "smollm2-plain": 6}  # of 2 x 8 x 1.5 turns
+    assert all(r["seconds"] > 0 for r in answers.values())

@@ -35,6 +35,10 @@ def test_overrides_apply_and_parse_yaml_values():
         ("simulate.conversations_per_pair=0", "simulate.conversations_per_pair"),
         ("train.target=everything", "train.target"),
         ("roles.roleplayer=gemma", "roles.roleplayer: no chat model named 'gemma'"),
+        ("roles.roleplayer=[smollm2, gemma]", "roles.roleplayer: no chat model named 'gemma'"),
+        ("roles.roleplayer=[]", "roles.roleplayer: name at least one"),
+        ("roles.roleplayer=[smollm2, smollm2]", "roles.roleplayer: a chat model is named twice"),
+        ("roles.roleplayer={smollm2: 1, smollm2-plain: 0}", "roles.roleplayer: every weight must be above 0"),
         ("simulate.temperature=hot", "simulate.temperature"),
         ("data.tasks.A=0", "data.tasks.A"),
     ],
@@ -43,6 +47,16 @@ def test_bad_values_are_errors_naming_the_key(override, named):
     with pytest.raises(StargateError, match="invalid") as info:
         load_recipe("tiny", [override])
     assert named in str(info.value)
+
+
+def test_several_roleplayers_with_or_without_weights():
+    plain = load_recipe("tiny")
+    assert plain.roles.roleplayer_weights == {"smollm2": 1.0} and plain.roles.main_roleplayer == "smollm2"
+    listed = load_recipe("tiny", ["roles.roleplayer=[smollm2-plain, smollm2]"])
+    assert listed.roles.roleplayer_weights == {"smollm2-plain": 1.0, "smollm2": 1.0}
+    assert listed.roles.main_roleplayer == "smollm2-plain"  # evaluation's, when --roleplayer names none
+    weighted = load_recipe("tiny", ["roles.roleplayer={smollm2: 3, smollm2-hf: 1}"])
+    assert weighted.roles.roleplayer_weights == {"smollm2": 3.0, "smollm2-hf": 1.0}
 
 
 def test_all_errors_are_reported_together():
@@ -110,3 +124,14 @@ def test_a_run_stored_before_the_judge_section_still_loads(home):
     stored["eval"]["judge_max_tokens"] = 12
     recipe = recipe_of_run({"id": "old", "recipe": json.dumps(stored)})
     assert recipe.judge.max_tokens == 12 and recipe.judge.read == "reply" and recipe.train.format == "instructed"
+
+
+@pytest.mark.parametrize("name", ["tiny", "paper"])
+def test_the_commented_roleplayer_mix_of_a_shipped_recipe_loads(name):
+    import re
+
+    from stargate_lite.recipe import recipes_dir
+
+    (mix,) = re.findall(r"#\s+roleplayer: (\{.*\})", (recipes_dir() / f"{name}.yaml").read_text())
+    recipe = load_recipe(name, [f"roles.roleplayer={mix}"])
+    assert len(recipe.roles.roleplayer_weights) == 2

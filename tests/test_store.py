@@ -91,10 +91,9 @@ def test_a_store_from_before_efficiency_gets_each_conversations_question_count(h
         old = Store(home)
         old.db["conversations"].insert({"id": "c", "run_id": "r", "iteration": 1, "pair_id": "p", "sample": 0,
                                         "turns": 2, "policy": "base"})
+        turns = [("questioner", "Where?"), ("roleplayer", "Rome."), ("questioner", "Noted."), ("roleplayer", "OK.")]
         old.db["turns"].insert_all([{"conversation_id": "c", "idx": i, "role": role, "text": text,
-                                     "is_question": int("?" in text)}
-                                    for i, (role, text) in enumerate([("questioner", "Where?"), ("roleplayer", "Rome."),
-                                                                      ("questioner", "Noted."), ("roleplayer", "OK.")])])
+                                     "is_question": int("?" in text)} for i, (role, text) in enumerate(turns)])
     finally:
         store_module.MIGRATIONS = all_migrations
     store = Store(home)
