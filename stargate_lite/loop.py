@@ -33,36 +33,77 @@ def split_for(iteration: int) -> str:
     return "A" if iteration % 2 == 1 else "B"
 
 
+def _example(recipe: Recipe, pair: dict, conversation: list[dict], final: str | None) -> list[dict] | None:
+    """A conversation + final turn, as the Questioner sees it; what follows the questions is the target. None
+    where the rule for empty generations leaves it out (see training_examples)."""
+    instruction = recipe.train.format == "instructed"
+    decide = recipe.simulate.turns == "policy"
+    if any(not t["text"].strip() for t in conversation if t["role"] == "questioner"):
+        return None
+    if recipe.train.target == "none":
+        return questioner_messages(pair["persona_name"], pair["task"], conversation, final=False,
+                                   instruction=instruction, decide=decide)
+    if not (final and final.strip()):
+        return None
+    messages = questioner_messages(pair["persona_name"], pair["task"], conversation, final=True,
+                                   instruction=instruction, decide=decide)
+    return [*messages, {"role": "assistant", "content": final}]
+
+
+def _final(recipe: Recipe, pair: dict, responses: dict[str, dict]) -> str | None:
+    """What follows a pair's conversations in training (train.target): the regularizer's response, or the gold."""
+    return {"response": (responses.get(pair["id"]) or {}).get("text"), "gold": pair["gold"]}.get(recipe.train.target)
+
+
 def training_examples(store: Store, recipe: Recipe, run_id: str, iteration: int) -> list[list[dict]]:
-    """Kept conversation + final turn, as the Questioner sees it; what follows the questions is the target.
+    """Each pair's kept conversation + final turn (train.method sft).
 
     Rule for empty generations: a kept conversation with an empty question, or an empty regularizer response,
     is left out of training (it would teach the model to end its turn at once); it stays in the store.
     """
     pairs = {p["id"]: p for p in store.pairs(run_id, iteration)}
-    selections = store.selections(run_id, iteration)
     turns = store.selected_turns(run_id, iteration)
     responses = store.responses(run_id, iteration)
-    target = recipe.train.target
-    instruction = recipe.train.format == "instructed"
-    decide = recipe.simulate.turns == "policy"
+    examples = []
+    for s in store.selections(run_id, iteration):
+        pair = pairs[s["pair_id"]]
+        example = _example(recipe, pair, turns.get(s["conversation_id"], []), _final(recipe, pair, responses))
+        if example:
+            examples.append(example)
+    return _some(examples, run_id, iteration)
+
+
+def preference_examples(store: Store, recipe: Recipe, run_id: str, iteration: int) -> list[tuple[list[dict], ...]]:
+    """(chosen, rejected) per pair (train.method dpo): the kept conversation, the best by reward, against the
+    worst, each followed by the same final turn (the regularizer's response to the kept one, or the gold).
+
+    Left out: pairs whose best and worst conversations have the same reward (no preference to learn, e.g. a
+    single conversation per pair), and, by the rule for empty generations, pairs where either conversation has
+    an empty question or the final turn is empty."""
+    pairs = {p["id"]: p for p in store.pairs(run_id, iteration)}
+    cost = recipe.reward.question_cost
+    worst = {w["pair_id"]: w for w in store.best_scores(run_id, iteration, cost, worst=True)}
+    selections = [s for s in store.selections(run_id, iteration)
+                  if s["pair_id"] in worst and worst[s["pair_id"]]["reward"] < s["reward"]]
+    turns = store.turns([c for s in selections for c in (s["conversation_id"], worst[s["pair_id"]]["conversation_id"])])
+    responses = store.responses(run_id, iteration)
     examples = []
     for s in selections:
-        pair, conversation = pairs[s["pair_id"]], turns.get(s["conversation_id"], [])
-        final = {"response": (responses.get(s["pair_id"]) or {}).get("text"), "gold": pair["gold"]}.get(target)
-        if any(not t["text"].strip() for t in conversation if t["role"] == "questioner"):
-            continue
-        if target == "none":
-            examples.append(questioner_messages(pair["persona_name"], pair["task"], conversation, final=False,
-                                                instruction=instruction, decide=decide))
-        elif final and final.strip():
-            messages = questioner_messages(pair["persona_name"], pair["task"], conversation, final=True,
-                                           instruction=instruction, decide=decide)
-            examples.append([*messages, {"role": "assistant", "content": final}])
+        pair = pairs[s["pair_id"]]
+        final = _final(recipe, pair, responses)
+        chosen = _example(recipe, pair, turns[s["conversation_id"]], final)
+        rejected = _example(recipe, pair, turns[worst[s["pair_id"]]["conversation_id"]], final)
+        if chosen and rejected:
+            examples.append((chosen, rejected))
+    return _some(examples, run_id, iteration)
+
+
+def _some(examples: list, run_id: str, iteration: int) -> list:
     if not examples:
         raise StargateError(
             f"iteration {iteration} of run {run_id} has no usable training example (every kept conversation has "
-            "an empty question or response): check the Questioner model and its generation settings"
+            "an empty question or response, or no pair has a better and a worse conversation): check the "
+            "Questioner model and its generation settings"
         )
     return examples
 
@@ -109,7 +150,11 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
     release_memory()
 
     if not store.stage_done(run_id, iteration, "train"):
-        examples = [questioner.encode_for_training(m) for m in training_examples(store, recipe, run_id, iteration)]
+        if recipe.train.method == "dpo":
+            examples = [(questioner.encode_for_training(chosen), questioner.encode_for_training(rejected))
+                        for chosen, rejected in preference_examples(store, recipe, run_id, iteration)]
+        else:
+            examples = [questioner.encode_for_training(m) for m in training_examples(store, recipe, run_id, iteration)]
         out_dir = run_dir(store, run_id) / f"iteration-{iteration}" / "adapter"
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         with progress.stage(f"iteration {iteration}: train (steps)", 1) as bar:

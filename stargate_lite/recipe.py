@@ -258,6 +258,13 @@ class RespondConfig(_Strict):
 class TrainConfig(_Strict):
     """LoRA fine-tuning of the base Questioner on the kept conversations."""
 
+    method: Literal["sft", "dpo"] = Field(
+        "sft", description="sft (the paper): fine-tune on each pair's best conversation and what follows it; dpo: "
+        "prefer, per pair, the best conversation by reward to the worst, each followed by the same `target` "
+        "(Direct Preference Optimization; the reference is the base, the adapter switched off). The same turns "
+        "count in either: the Questioner's, never the prompt or the Roleplayer's. peft backend only.",
+    )
+    dpo_beta: float = Field(0.1, gt=0, description="dpo: the strength beta of the preference (DPO's usual 0.1).")
     target: Literal["response", "gold", "none"] = Field(
         "response",
         description="What follows the questions in training: the policy's response (STaR-GATE), the gold "

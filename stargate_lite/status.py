@@ -38,6 +38,7 @@ def run_status(store: Store, run_id: str | None = None) -> dict:
                     "train_loss": training["final_loss"] if training else None,
                     "adapter": training["adapter"] if training else None,
                     "format": training_format(training, recipe) if training else None,
+                    "method": (training["method"] or "sft") if training else None,
                     "roleplayers": store.roleplayer_counts(run["id"], n),
                     "efficiency": efficiency(store.conversation_efficiency(run["id"], n),
                                              store.response_lengths(run["id"], n)),

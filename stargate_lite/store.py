@@ -216,6 +216,11 @@ def _m014_roleplayers(db: sqlite_utils.Database) -> None:
     db["conversations"].add_column("roleplayer", str)
 
 
+def _m015_training_method(db: sqlite_utils.Database) -> None:
+    # How the adapter was trained (train.method: sft or dpo); NULL in runs made before: sft.
+    db["trainings"].add_column("method", str)
+
+
 MIGRATIONS = [
     ("m001_initial", _m001_initial),
     ("m002_eval", _m002_eval),
@@ -231,6 +236,7 @@ MIGRATIONS = [
     ("m012_efficiency", _m012_efficiency),
     ("m013_question_cost", _m013_question_cost),
     ("m014_roleplayers", _m014_roleplayers),
+    ("m015_training_method", _m015_training_method),
 ]
 
 
@@ -496,15 +502,17 @@ class Store:
             [run_id, iteration],
         )
 
-    def best_scores(self, run_id: str, iteration: int, question_cost: float = 0.0) -> list[dict]:
+    def best_scores(self, run_id: str, iteration: int, question_cost: float = 0.0, worst: bool = False) -> list[dict]:
         """Each pair's best conversation {pair_id, conversation_id, logprob, reward} by reward (its log-prob less
         question_cost per question), ties to the lowest sample, by pair: the selection, chosen in SQL (an iteration
-        can hold a million scores). With no cost the reward is the log-prob itself (x - 0.0 is x, exactly)."""
+        can hold a million scores). With no cost the reward is the log-prob itself (x - 0.0 is x, exactly).
+        `worst`: each pair's worst instead (ties to the lowest sample too), for preference training."""
+        order = "asc" if worst else "desc"
         return self.rows(
-            """
+            f"""
             select pair_id, conversation_id, logprob, reward from (
               select c.pair_id, s.conversation_id, s.logprob, s.logprob - ? * c.questions as reward,
-                row_number() over (partition by c.pair_id order by s.logprob - ? * c.questions desc, c.sample)
+                row_number() over (partition by c.pair_id order by s.logprob - ? * c.questions {order}, c.sample)
                   as place
               from conversations c join scores s on s.conversation_id = c.id
               where c.run_id = ? and c.iteration = ?

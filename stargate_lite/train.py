@@ -24,9 +24,9 @@ from .score import fast_scoring_refusal
 IGNORE = -100
 
 
-def _batches(examples: list[Encoded], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Length-grouped micro-batches (little padding), visited in random order."""
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+def _batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Length-grouped micro-batches of example indices (little padding), visited in random order."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     rng.shuffle(batches)
     return batches
@@ -61,6 +61,11 @@ def resolve_backend(config: TrainConfig, device_type: str) -> str:
         if config.backend == "unsloth":
             raise StargateError("train.backend unsloth trains in one process: set train.processes=1, or "
                                 "train.backend=peft (or auto) to train in several")
+        return "peft"
+    if config.method == "dpo":
+        if config.backend == "unsloth":
+            raise StargateError("train.method dpo trains with the peft backend (its loss needs each sequence's "
+                                "log-probs, with and without the adapter): set train.backend=peft (or auto)")
         return "peft"
     available = device_type == "cuda" and importlib.util.find_spec("unsloth") is not None
     if config.backend == "unsloth" and not available:
@@ -131,7 +136,7 @@ def _unsloth_targets(target_modules) -> list[str]:
 
 def train_lora(
     model,
-    examples: list[Encoded],
+    examples: list,
     config: TrainConfig,
     *,
     seed: int,
@@ -144,13 +149,15 @@ def train_lora(
     """Train `model`'s LoRA adapter (from `load_for_training`, or `attach_lora`) and save it to out_dir.
     Returns the training record.
 
-    With an `accelerator` of N processes (train_processes.py), each micro-batch's sequences are shared out
-    among them (per-process batch ceil(batch_size / N)), so an optimizer step sees the same sequences as in one
+    `examples` are Encoded sequences (train.method sft) or (chosen, rejected) pairs of them (dpo, `_dpo_loss`).
+    With an `accelerator` of N processes (train_processes.py), each micro-batch's examples are shared out
+    among them (per-process batch ceil(batch_size / N)), so an optimizer step sees the same examples as in one
     process; the summed gradients make the same step, and the main process saves the adapter."""
     import torch
 
     if not examples:
         raise ValueError("no training examples")
+    preference = config.method == "dpo"
     torch.manual_seed(seed)
     rng = random.Random(seed)
     device = next(model.parameters()).device
@@ -160,8 +167,15 @@ def train_lora(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    examples = [_keep_last(e, config.max_length) for e in examples]
-    epochs = [_batches(examples, config.batch_size, rng) for _ in range(config.epochs)]
+    if preference:
+        examples = [(_keep_last(c, config.max_length), _keep_last(r, config.max_length)) for c, r in examples]
+        lengths = [max(len(c.input_ids), len(r.input_ids)) for c, r in examples]
+        targets = [len(c.target_positions) + len(r.target_positions) for c, r in examples]
+    else:
+        examples = [_keep_last(e, config.max_length) for e in examples]
+        lengths = [len(e.input_ids) for e in examples]
+        targets = [len(e.target_positions) for e in examples]
+    epochs = [_batches(lengths, config.batch_size, rng) for _ in range(config.epochs)]
     micro = [b for epoch in epochs for b in epoch]
     total_steps = math.ceil(len(micro) / config.gradient_accumulation)
     schedule = warmup_cosine(math.ceil(config.warmup_ratio * total_steps), total_steps)
@@ -172,36 +186,33 @@ def train_lora(
 
     decoder = model.get_base_model() if hasattr(model, "get_base_model") else model
     target_logits_only = backend == "peft" and fast_scoring_refusal(decoder) is None
+    reference: dict[int, tuple[float, float]] = {}  # dpo: each pair's log-probs under the base, once computed
     losses: list[float] = []
     trained_tokens = 0
     started = time.time()
     processes, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
     for step in range(total_steps):
         group = micro[step * config.gradient_accumulation : (step + 1) * config.gradient_accumulation]
-        step_tokens = sum(len(examples[i].target_positions) for b in group for i in b)
+        step_tokens = sum(targets[i] for b in group for i in b)
+        step_pairs = sum(len(b) for b in group)
         step_loss = 0.0
         for batch in (b[rank::processes] for b in group):
-            if not batch:  # fewer sequences than processes: this one has none of them
+            if not batch:  # fewer examples than processes: this one has none of them
                 continue
-            width = max(len(examples[i].input_ids) for i in batch)
-            ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-            labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                seq = torch.tensor(examples[i].input_ids)
-                ids[row, : len(seq)] = seq
-                mask[row, : len(seq)] = 1
-                positions = torch.tensor(examples[i].target_positions, dtype=torch.long)
-                labels[row, positions] = seq[positions]
-            ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
-            with autocast:
-                # Summed over target tokens and divided by the step's target count, so every token weighs the
-                # same however the step is split.
-                if target_logits_only:
-                    loss = _loss_at_targets(decoder, ids, labels) / max(step_tokens, 1)
-                else:  # the model's own loss (Unsloth's fused one)
-                    loss = model(input_ids=ids, attention_mask=mask, labels=labels,
-                                 num_items_in_batch=max(step_tokens, 1)).loss
+            if preference:
+                with autocast:  # the mean over the step's pairs, however the step is split
+                    loss = _dpo_loss(model, decoder, examples, batch, reference, config.dpo_beta, pad_token_id,
+                                     target_logits_only) / step_pairs
+            else:
+                ids, labels, mask = _padded([examples[i] for i in batch], pad_token_id, device)
+                with autocast:
+                    # Summed over target tokens and divided by the step's target count, so every token weighs the
+                    # same however the step is split.
+                    if target_logits_only:
+                        loss = _loss_at_targets(decoder, ids, labels) / max(step_tokens, 1)
+                    else:  # the model's own loss (Unsloth's fused one)
+                        loss = model(input_ids=ids, attention_mask=mask, labels=labels,
+                                     num_items_in_batch=max(step_tokens, 1)).loss
             loss.backward()
             step_loss += loss.item()
             if device.type == "cpu":
@@ -229,8 +240,70 @@ def train_lora(
         "seconds": time.time() - started,
         "backend": backend,
         "processes": processes,
+        "method": config.method,
         "peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
     }
+
+
+def _padded(sequences: list[Encoded], pad_token_id: int, device):
+    """Right-padded input ids, labels (IGNORE but at target positions) and attention mask."""
+    import torch
+
+    width = max(len(e.input_ids) for e in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(sequences), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, e in enumerate(sequences):
+        seq = torch.tensor(e.input_ids)
+        ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+        positions = torch.tensor(e.target_positions, dtype=torch.long)
+        labels[row, positions] = seq[positions]
+    return ids.to(device), labels.to(device), mask.to(device)
+
+
+def sequence_logprobs(model, decoder, sequences: list[Encoded], pad_token_id: int, target_logits_only: bool):
+    """Each sequence's summed log-prob of its target tokens (with grad, where grad is on): DPO's log pi(y | x),
+    over exactly the tokens the SFT loss trains."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids, labels, mask = _padded(sequences, pad_token_id, device)
+    targets = labels[:, 1:]
+    rows, cols = (targets != IGNORE).nonzero(as_tuple=True)  # the state at col predicts the token at col + 1
+    if target_logits_only:
+        from .score import head_logits
+
+        hidden = decoder.base_model(input_ids=ids, use_cache=False).last_hidden_state
+        logits = head_logits(decoder, hidden[rows, cols])
+    else:  # the model's own forward, for heads the lean path does not reproduce
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[rows, cols].float()
+    token = torch.log_softmax(logits, dim=-1).gather(1, targets[rows, cols].unsqueeze(1)).squeeze(1)
+    return torch.zeros(len(sequences), device=device, dtype=token.dtype).index_add(0, rows, token)
+
+
+def _dpo_loss(model, decoder, pairs, batch: list[int], reference: dict, beta: float, pad_token_id: int,
+              target_logits_only: bool):
+    """Summed DPO loss of these (chosen, rejected) pairs: -log sigmoid(beta * (chosen's log-ratio - rejected's)),
+    a log-ratio being log pi(y) - log pi_ref(y) over the trained tokens. pi_ref is the base: the same model with its
+    adapter switched off, so no second copy is held; its log-probs are computed once per pair, without grad."""
+    import torch
+
+    missing = [i for i in batch if i not in reference]
+    if missing:
+        model.eval()
+        with torch.no_grad(), model.disable_adapter():
+            base = sequence_logprobs(model, decoder, [pairs[i][0] for i in missing] + [pairs[i][1] for i in missing],
+                                     pad_token_id, target_logits_only)
+        model.train()
+        for k, i in enumerate(missing):
+            reference[i] = (float(base[k]), float(base[k + len(missing)]))
+    ours = sequence_logprobs(model, decoder, [pairs[i][0] for i in batch] + [pairs[i][1] for i in batch],
+                             pad_token_id, target_logits_only)
+    chosen, rejected = ours[: len(batch)], ours[len(batch) :]
+    base = torch.tensor([reference[i] for i in batch], device=ours.device, dtype=ours.dtype)
+    margin = (chosen - base[:, 0]) - (rejected - base[:, 1])
+    return -torch.nn.functional.logsigmoid(beta * margin).sum()
 
 
 def save_adapter(model, out_dir: Path) -> None:

@@ -116,14 +116,14 @@ class EchoRoleplayer:
 @pytest.mark.parametrize("mode", ["uniform", "policy"])
 def test_the_questioner_stops_where_it_answers_only_in_policy_mode(mode):
     from stargate_lite.recipe import SimulateConfig
-    from stargate_lite.simulate import simulate_chunk
+    from stargate_lite.simulate import Roleplayers, simulate_chunk
 
     script = {"Plan a trip.": 0, "Cook dinner.": 1, "Pick a book.": 5}
     pairs = [{"id": task, "task": task, "persona": "I'm ANA.", "persona_name": "Ana", "turns": 3} for task in script]
     config = SimulateConfig(turns=mode, max_turns=3, conversations_per_pair=2)
     roleplayer, progress = EchoRoleplayer(), []
-    convs = simulate_chunk(pairs, None, ScriptedQuestioner(script), roleplayer, config, seed=0,
-                           on_message=progress.append)
+    convs = simulate_chunk(pairs, None, ScriptedQuestioner(script), Roleplayers({"echo": 1.0}, lambda _: roleplayer, 0),
+                           config, seed=0, on_message=progress.append)
     assert sum(progress) == 2 * 3 * len(convs)  # the progress bar's total, whatever the conversations took
     taken = {c["pair"]["task"]: (len(c["messages"]) // 2, c["answer"]) for c in convs}
     if mode == "policy":

@@ -13,14 +13,15 @@ def test_migrations_create_the_schema_once(home):
     assert names == ["m001_initial", "m002_eval", "m003_chats", "m004_failures", "m005_trimmed_answers",
                      "m006_training_backend", "m007_judge_protocol", "m008_training_format",
                      "m009_adapter_paths_in_home", "m010_scale_indexes",
-                     "m011_training_processes", "m012_efficiency", "m013_question_cost"]
+                     "m011_training_processes", "m012_efficiency", "m013_question_cost", "m014_roleplayers",
+                     "m015_training_method"]
     assert store.db["turns"].columns_dict == {
         "conversation_id": str, "idx": int, "role": str, "text": str, "is_question": int, "trimmed": int,
         "n_tokens": int,
     }
     assert store.db["conversations"].columns_dict == {
         "id": str, "run_id": str, "iteration": int, "pair_id": str, "sample": int, "turns": int, "policy": str,
-        "questions": int, "answer": str,
+        "questions": int, "answer": str, "roleplayer": str,
     }
     assert store.db["turns"].pks == ["conversation_id", "idx"]
     assert store.db["judgments"].columns_dict == {

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import GOLD, TASK, TINY_CI_OVERRIDES, TURNS, alive, cli, running
 from safetensors.torch import load_file
@@ -22,25 +23,28 @@ from stargate_lite.train import train_adapter
 
 # No dropout: its masks are drawn per process, so with it two processes train as well as one, not identically.
 CONFIG = TrainConfig(lora_r=8, lora_alpha=16, lora_dropout=0.0, batch_size=3, gradient_accumulation=2, epochs=2)
-# Measured: 8.9e-6 at most, on weights up to 0.042 (float sums in another order, nothing more).
+# Measured: 8.9e-6 at most (sft; dpo 6.6e-6), on weights up to 0.042 (float sums in another order, nothing more).
 TOLERANCE = 1e-4
 
 
-def _examples(questioner) -> list:
+def _examples(questioner, final=lambda i: GOLD[: 40 + 7 * i]) -> list:
     names = ["Ravi", "Mei", "Dana", "Tomas", "Hanna"]
     examples = []
     for i in range(7):  # 7 sequences in micro-batches of 3: the last one leaves one process without a sequence
         messages = questioner_messages(names[i % 5], TASK, TURNS[: 2 * (1 + i % 2)], final=True, instruction=True)
-        examples.append(questioner.encode_for_training([*messages, {"role": "assistant",
-                                                                     "content": GOLD[: 40 + 7 * i]}]))
+        examples.append(questioner.encode_for_training([*messages, {"role": "assistant", "content": final(i)}]))
     return examples
 
 
-def test_two_processes_train_the_adapter_that_one_process_trains(questioner, tmp_path):
+@pytest.mark.parametrize("method", ["sft", "dpo"])
+def test_two_processes_train_the_adapter_that_one_process_trains(questioner, tmp_path, method):
     examples = _examples(questioner)
-    one = train_adapter(questioner, examples, CONFIG, seed=5, out_dir=tmp_path / "one")
+    if method == "dpo":  # 7 pairs: each conversation's plan preferred to a refusal after it
+        examples = list(zip(examples, _examples(questioner, lambda i: "I cannot help with meal plans.")))
+    config = CONFIG.model_copy(update={"method": method})
+    one = train_adapter(questioner, examples, config, seed=5, out_dir=tmp_path / "one")
     steps = []
-    two = train_adapter(questioner, examples, CONFIG.model_copy(update={"processes": 2}), seed=5,
+    two = train_adapter(questioner, examples, config.model_copy(update={"processes": 2}), seed=5,
                         out_dir=tmp_path / "two", on_step=lambda step, total, loss: steps.append((step, total)))
     assert (one["processes"], two["processes"]) == (1, 2)
     assert steps == [(1, 3), (2, 3), (3, 3)]  # progress reaches this process as the workers step

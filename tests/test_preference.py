@@ -1,0 +1,141 @@
+"""train.method dpo on the tiny model: preference pairs, the loss over the SFT masks, the margin it raises, the
+method recorded, and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_CI_OVERRIDES, cli
+
+DPO = ["train.method=dpo", "simulate.conversations_per_pair=3", "train.epochs=2"]
+
+
+def dpo_args() -> list[str]:
+    return ["run", "--iterations", "1", *[a for o in TINY_CI_OVERRIDES + DPO for a in ("--set", o)]]
+
+
+@pytest.fixture(scope="module")
+def preferred(tmp_path_factory, model_cache) -> Path:
+    home = tmp_path_factory.mktemp("dpo")
+    cli(*dpo_args(), home=home)
+    return home
+
+
+def result(home: Path) -> dict:
+    with sqlite3.connect(home / "stargate.db") as db:
+        out = {
+            "selections": db.execute("select pair_id, conversation_id, reward from selections order by 1").fetchall(),
+            "responses": db.execute("select pair_id, text from responses order by 1").fetchall(),
+            "trainings": db.execute("select iteration, method, losses, examples from trainings").fetchall(),
+        }
+    out["adapter"] = hashlib.sha256(
+        (home / "runs" / "tiny" / "iteration-1" / "adapter" / "adapter_model.safetensors").read_bytes()).hexdigest()
+    return out
+
+
+def test_each_pair_prefers_its_best_conversation_to_its_worst_with_the_same_final_turn(preferred):
+    from stargate_lite.loop import preference_examples, training_examples
+    from stargate_lite.runs import pick_run, recipe_of_run
+    from stargate_lite.store import Store
+
+    store = Store(preferred)
+    recipe = recipe_of_run(pick_run(store, None))
+    pairs = preference_examples(store, recipe, "tiny", 1)
+    assert pairs
+    # The chosen side is exactly what SFT trains on (same prompt, turns and final response, so the same masks).
+    assert [chosen for chosen, _ in pairs] == training_examples(store, recipe, "tiny", 1)[: len(pairs)]
+    with sqlite3.connect(preferred / "stargate.db") as db:
+        worst = db.execute("select c.pair_id, min(s.logprob) from conversations c "  # no question cost here
+                           "join scores s on s.conversation_id = c.id group by c.pair_id order by 1").fetchall()
+        best = db.execute("select pair_id, reward from selections order by 1").fetchall()
+    assert all(b > w for (_, b), (_, w) in zip(best, worst))
+    for chosen, rejected in pairs:
+        assert chosen[0] == rejected[0] and chosen[-1] == rejected[-1]  # same greeting, same final turn
+        assert chosen[1:-1] != rejected[1:-1]  # the conversations differ
+
+
+def test_one_dpo_iteration_raises_the_chosen_minus_rejected_margin_on_its_own_pairs(preferred):
+    import torch
+
+    from stargate_lite.loop import preference_examples
+    from stargate_lite.questioner import Questioner
+    from stargate_lite.runs import pick_run, recipe_of_run
+    from stargate_lite.store import Store
+    from stargate_lite.train import sequence_logprobs
+
+    store = Store(preferred)
+    recipe = recipe_of_run(pick_run(store, None))
+    questioner = Questioner(recipe.questioner, preferred)
+    pairs = [(questioner.encode_for_training(c), questioner.encode_for_training(r))
+             for c, r in preference_examples(store, recipe, "tiny", 1)]
+    policy = questioner.load_policy(store.training("tiny", 1)["adapter"])
+    sequences = [c for c, _ in pairs] + [r for _, r in pairs]
+    with torch.no_grad():
+        tuned = sequence_logprobs(policy, policy.get_base_model(), sequences, questioner.tokenizer.pad_token_id, True)
+        with policy.disable_adapter():  # the base: where every margin starts, at 0
+            base = sequence_logprobs(policy, policy.get_base_model(), sequences, questioner.tokenizer.pad_token_id,
+                                     True)
+    n = len(pairs)
+    margins = (tuned[:n] - base[:n]) - (tuned[n:] - base[n:])
+    assert bool((margins > 0).all()), margins.tolist()
+
+
+def test_the_method_is_recorded_with_the_training(preferred):
+    (it,) = json.loads(cli("status", "--json", home=preferred).stdout)["runs"][0]["iterations"]
+    assert it["method"] == "dpo"
+    (_, method, losses, examples), = result(preferred)["trainings"]
+    assert method == "dpo" and examples == 2
+    assert json.loads(losses)[0] == pytest.approx(0.6931, abs=1e-3)  # log 2: at the start policy = reference
+
+
+def test_dpo_resumes_after_sigkill_with_the_uninterrupted_result(preferred, tmp_path):
+    home = tmp_path / "killed"
+    env = {**os.environ, "STARGATE_HOME": str(home)}
+    rng = random.Random(7)
+    kill_points = [
+        "select count(*) from conversations where iteration = 1",  # simulate
+        "select count(*) from stages where stage = 'select'",  # respond
+        "select count(*) from stages where stage = 'respond'",  # train
+    ]
+    kills = 0
+    for sql in kill_points:
+        process = subprocess.Popen([sys.executable, "-m", "stargate_lite", *dpo_args()], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 600
+        while process.poll() is None and time.time() < deadline:
+            try:
+                with sqlite3.connect(home / "stargate.db", timeout=1) as db:
+                    if db.execute(sql).fetchone()[0]:
+                        break
+            except sqlite3.OperationalError:
+                pass  # not created yet
+            time.sleep(0.1)
+        time.sleep(rng.uniform(0, 1.0))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait()
+    assert kills >= 2
+    cli(*dpo_args(), home=home)
+    assert result(home) == result(preferred)
+
+
+def test_dpo_refuses_unsloth():
+    from stargate_lite.errors import StargateError
+    from stargate_lite.recipe import TrainConfig
+    from stargate_lite.train import resolve_backend
+
+    with pytest.raises(StargateError, match="dpo trains with the peft backend"):
+        resolve_backend(TrainConfig(method="dpo", backend="unsloth"), "cuda")
+    assert resolve_backend(TrainConfig(method="dpo", backend="auto"), "cuda") == "peft"
