@@ -1,7 +1,8 @@
 """`stargate-lite chat`: talk with a Questioner checkpoint, or watch it talk with a Roleplayer.
 
 The Questioner sees what it saw in training: the greeting (with the instruction to ask where it was trained
-with it), the answers, and, when it is time to answer, the request repeated. Every transcript is saved to the
+with it), the answers, and, when it is time to answer, the request repeated (or, where it was trained to choose
+when to answer, nothing: its turn that is not a question is its answer). Every transcript is saved to the
 store as it grows.
 """
 
@@ -13,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 from .chat import ChatModel, Sampling, complete_all
-from .prompts import questioner_messages, roleplayer_messages
+from .prompts import is_question, questioner_messages, roleplayer_messages
 from .questioner import Questioner
 from .recipe import Recipe
 from .store import Store
@@ -55,8 +56,10 @@ def chat_loop(
     """Run chats until /quit or end of input. `read(prompt)` returns a line or None at end of input.
 
     `prompt_format` is the one the checkpoint was trained in (train.format): "bare" greets it with the name and
-    request alone, as in its training, so what it asks it asks by itself."""
+    request alone, as in its training, so what it asks it asks by itself. A run with simulate.turns policy
+    trained it to choose when to answer: a turn of its that is not a question is its answer."""
     instruction = prompt_format == "instructed"
+    decide = recipe.simulate.turns == "policy"
     limit = max_questions or recipe.simulate.max_turns
     while True:
         request = task if roleplayer else read("Your request (or /quit): ")
@@ -69,9 +72,12 @@ def chat_loop(
         answer_now = False
         while len([t for t in transcript.turns if t["role"] == "questioner"]) < limit and not answer_now:
             messages = questioner_messages(transcript.name, transcript.task, transcript.turns, final=False,
-                                           instruction=instruction)
+                                           instruction=instruction, decide=decide)
             question = stream(questioner.stream(model, messages, max_new_tokens=recipe.simulate.question_max_tokens,
                                                 temperature=recipe.simulate.temperature, top_p=recipe.simulate.top_p))
+            if decide and not is_question(question):  # it chose to answer
+                transcript.response = question
+                break
             transcript.turns.append({"role": "questioner", "text": question})
             transcript.save()
             if roleplayer:
@@ -95,12 +101,13 @@ def chat_loop(
             transcript.save()
         else:
             answer_now = True
-        if not answer_now:
+        if transcript.response is None and not answer_now:
             continue  # /reset
-        messages = questioner_messages(transcript.name, transcript.task, transcript.turns, final=True,
-                                       instruction=instruction)
-        transcript.response = stream(questioner.stream(model, messages, max_new_tokens=recipe.respond.max_tokens,
-                                                       temperature=0.0, top_p=1.0))
+        if transcript.response is None:
+            messages = questioner_messages(transcript.name, transcript.task, transcript.turns, final=True,
+                                           instruction=instruction, decide=decide)
+            transcript.response = stream(questioner.stream(model, messages, max_new_tokens=recipe.respond.max_tokens,
+                                                           temperature=0.0, top_p=1.0))
         transcript.save()
         if roleplayer:
             return

@@ -160,8 +160,9 @@ def _print_estimate(recipe, home) -> None:
         per_chunk = recipe.simulate.pairs_per_chunk * recipe.simulate.conversations_per_pair
         theirs = int(per_chunk * weight / sum(weights.values()))
         if roleplayer.backend == "llama-server" and theirs < roleplayer.slots:
-            out.print(f"Note: a chunk holds about {theirs} conversations for Roleplayer {name}, fewer than its "
-                      f"{roleplayer.slots} slots, so some slots idle: raise simulate.pairs_per_chunk.")
+            holds = (f"a chunk holds {theirs} conversations, fewer than the Roleplayer's" if len(weights) == 1 else
+                     f"a chunk holds about {theirs} conversations for Roleplayer {name}, fewer than its")
+            out.print(f"Note: {holds} {roleplayer.slots} slots, so some slots idle: raise simulate.pairs_per_chunk.")
 
 
 def _duration(seconds: float) -> str:

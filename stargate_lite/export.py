@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from .errors import StargateError
-from .prompts import QUESTION_INSTRUCTION
+from .prompts import DECIDE_INSTRUCTION, QUESTION_INSTRUCTION
 from .questioner import Questioner
 from .runs import pick_run, pick_training, recipe_of_run, training_format
 from .store import Store
@@ -26,7 +26,7 @@ Fränken, Gerstenberg, Goodman, 2024) to ask clarifying questions before it answ
 LoRA adapter of run `{run}`, iteration {iteration}, merged into the weights.
 
 Prompt it as in training ({format} format): the user's first turn is "My name is NAME.\\n\\nREQUEST"{instruction};
-when the user repeats the request after an answer, it answers.
+{ending}
 
 ## Recipe
 
@@ -46,8 +46,12 @@ def export(home: Path | str | None, out_dir: Path, run_id: str | None = None, it
         raise StargateError(f"{out_dir} exists: choose a new --out folder")
     recipe = recipe_of_run(run)
     prompt_format = training_format(training, recipe)
-    instruction = (f", followed by a blank line and this instruction: \"{QUESTION_INSTRUCTION}\""
+    decide = recipe.simulate.turns == "policy"
+    asked_to = DECIDE_INSTRUCTION if decide else QUESTION_INSTRUCTION
+    instruction = (f", followed by a blank line and this instruction: \"{asked_to}\""
                    if prompt_format == "instructed" else ", nothing else: it asks its questions by itself")
+    ending = ("it asks until it knows enough, then answers in its own turn (a turn without a question is its answer)."
+              if decide else "when the user repeats the request after an answer, it answers.")
     # Merging needs full-precision base weights: a 4-bit base is loaded unquantised for export.
     questioner = Questioner(recipe.questioner.model_copy(update={"load_in_4bit": False}), store.home)
     merged = questioner.load_policy(adapter).merge_and_unload()
@@ -57,7 +61,7 @@ def export(home: Path | str | None, out_dir: Path, run_id: str | None = None, it
     questioner.tokenizer.save_pretrained(tmp)
     (tmp / "README.md").write_text(
         CARD.format(base=recipe.questioner.model, name=out_dir.name, run=run["id"], iteration=iteration,
-                    format=prompt_format, instruction=instruction,
+                    format=prompt_format, instruction=instruction, ending=ending,
                     recipe=json.dumps(json.loads(run["recipe"]), indent=2)),
         encoding="utf-8",
     )

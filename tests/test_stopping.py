@@ -4,7 +4,10 @@ asking, selection charges for questions, and training and evaluation answer afte
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,3 +139,44 @@ def test_the_questioner_stops_where_it_answers_only_in_policy_mode(mode):
     for c in convs:
         assert [m["role"] for m in c["messages"]] == ["questioner", "roleplayer"] * (len(c["messages"]) // 2)
         assert all("n_tokens" in m for m in c["messages"])
+
+
+def test_chat_and_export_of_a_policy_turns_run_let_the_model_choose_when_to_answer(stopped, tmp_path):
+    env = {**os.environ, "STARGATE_HOME": str(stopped)}
+    result = subprocess.run([sys.executable, "-m", "stargate_lite", "chat", "--name", "Mei"], env=env, text=True,
+                            input="Plan my week.\nI work nights.\nI like quiet evenings.\n/answer\n/quit\n",
+                            capture_output=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with sqlite3.connect(stopped / "stargate.db") as db:
+        first = db.execute("select turns, response from chats order by started_at limit 1").fetchone()
+    turns = json.loads(first[0])
+    assert first[1]  # it answered: on its own turn, or when asked to with /answer
+    assert all("?" in t["text"] for t in turns if t["role"] == "questioner")  # a turn without one is its answer
+    out = tmp_path / "merged"
+    cli("export", "--out", str(out), home=stopped)
+    card = (out / "README.md").read_text()
+    assert DECIDE_INSTRUCTION in card and "a turn without a question is its answer" in card
+
+
+def test_in_chat_a_turn_that_is_not_a_question_is_the_answer():
+    from stargate_lite.chat_session import chat_loop
+    from stargate_lite.recipe import load_recipe
+
+    class Streaming(ScriptedQuestioner):
+        def stream(self, model, messages, **sampling):
+            return iter(self.generate(model, [messages]))
+
+    class Transcript:
+        name, persona, task, turns, response = "Ana", None, None, [], None
+
+        def save(self):
+            pass
+
+        def new(self):
+            pass
+
+    transcript, said = Transcript(), iter(["Cook dinner.", "Pasta, please.", "/quit"])
+    chat_loop(Streaming({"Cook dinner.": 1}), None, load_recipe("tiny", ["simulate.turns=policy"]), transcript,
+              read=lambda prompt: next(said), write=print, stream="".join)
+    assert [t["text"] for t in transcript.turns] == ["Question 1?", "Pasta, please."]
+    assert transcript.response == "Here is my answer."

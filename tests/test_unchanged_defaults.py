@@ -41,7 +41,8 @@ def results(home: Path) -> dict:
 def test_the_default_recipe_gives_what_the_code_before_issue_12_gave(finished, tmp_path, model_cache):
     if not shutil.which("git") or not (ROOT / ".git").exists():
         pytest.skip("needs the repository's git history")
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE, "stargate_lite"], capture_output=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE, "stargate_lite", "recipes"],
+                             capture_output=True)
     if archive.returncode != 0:
         pytest.skip(f"commit {BEFORE} is not in this clone's history")
     before = tmp_path / "before"
@@ -51,7 +52,7 @@ def test_the_default_recipe_gives_what_the_code_before_issue_12_gave(finished, t
     env = {**os.environ, "STARGATE_HOME": str(home), "STARGATE_MODEL_CACHE": str(model_cache),
            "PYTHONPATH": str(before)}
     run = subprocess.run([sys.executable, "-m", "stargate_lite", *run_args()], env=env, capture_output=True,
-                         text=True, timeout=900)
+                         text=True, timeout=900, cwd=before)  # not this checkout: `-m` puts the cwd first on the path
     assert run.returncode == 0, run.stderr[-3000:]
     with sqlite3.connect(home / "stargate.db") as db:  # the code before made this store, not today's
         assert "m012_efficiency" not in {name for (name,) in db.execute("select name from _migrations")}
