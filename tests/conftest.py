@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +119,23 @@ def running(root: int, program: str) -> list[int]:
         return Path(argv[0]).name == program or module == program
 
     return [pid for pid, argv in descendants(root).items() if runs(argv)]
+
+
+def wait_for(home: Path, sql: str, process: subprocess.Popen, timeout: float = 600) -> bool:
+    """True once the SQL condition holds in the home's store; False if the process finished first (a kill point
+    of the resume tests)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            with sqlite3.connect(home / "stargate.db", timeout=1) as db:
+                if db.execute(sql).fetchone()[0]:
+                    return True
+        except sqlite3.OperationalError:
+            pass  # the store or its tables are not created yet
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for: {sql}")
 
 
 def run_args() -> list[str]:

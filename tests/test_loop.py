@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli, run_args
+from conftest import cli, run_args, wait_for
 
 TABLES = ("tasks", "personas", "golds", "pairs", "conversations", "turns", "scores", "selections", "responses",
           "trainings")
@@ -136,22 +136,6 @@ def test_rerunning_a_finished_run_adds_nothing(finished):
     assert counts(finished) == before
 
 
-def _wait_for(home: Path, sql: str, process: subprocess.Popen, timeout: float = 600) -> bool:
-    """True once the condition holds; False if the run finished first."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            with sqlite3.connect(home / "stargate.db", timeout=1) as db:
-                if db.execute(sql).fetchone()[0]:
-                    return True
-        except sqlite3.OperationalError:
-            pass  # the store or its tables are not created yet
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for: {sql}")
-
-
 # A kill point per stage: the moment the condition holds, plus a seeded random delay, the run gets SIGKILL.
 KILL_POINTS = [
     "select count(*) from personas",  # data: personas
@@ -187,7 +171,7 @@ def test_resume_after_sigkill_at_every_stage_gives_the_uninterrupted_result(fini
         process = subprocess.Popen([sys.executable, "-m", "stargate_lite", *run_args()], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            if _wait_for(home, sql, process):
+            if wait_for(home, sql, process):
                 time.sleep(rng.uniform(0, 1.5))
         finally:
             if process.poll() is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_CI_OVERRIDES, cli
+from conftest import TINY_CI_OVERRIDES, cli, wait_for
 
 DPO = ["train.method=dpo", "simulate.conversations_per_pair=3", "train.epochs=2"]
 
@@ -112,16 +112,8 @@ def test_dpo_resumes_after_sigkill_with_the_uninterrupted_result(preferred, tmp_
     for sql in kill_points:
         process = subprocess.Popen([sys.executable, "-m", "stargate_lite", *dpo_args()], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 600
-        while process.poll() is None and time.time() < deadline:
-            try:
-                with sqlite3.connect(home / "stargate.db", timeout=1) as db:
-                    if db.execute(sql).fetchone()[0]:
-                        break
-            except sqlite3.OperationalError:
-                pass  # not created yet
-            time.sleep(0.1)
-        time.sleep(rng.uniform(0, 1.0))
+        if wait_for(home, sql, process):
+            time.sleep(rng.uniform(0, 1.0))
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             kills += 1

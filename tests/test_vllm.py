@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import GOLD, TASK, TINY_CI_OVERRIDES, TURNS, alive, cli, descendants, run_args
+from conftest import GOLD, TASK, TINY_CI_OVERRIDES, TURNS, alive, cli, descendants, run_args, wait_for
 
 from stargate_lite.errors import StargateError
 from stargate_lite.prompts import questioner_messages
@@ -103,7 +103,7 @@ def _vllm_servers(run: subprocess.Popen) -> list[tuple[int, list[int]]]:
 def _serving(run: subprocess.Popen, home, stored: int = 0) -> list[int]:
     """Every managed vLLM server under `run` and everything under them, once more than `stored` conversations
     are stored (the generation server has answered)."""
-    _wait_for(home, f"select count(*) > {stored} from conversations", run)
+    assert wait_for(home, f"select count(*) > {stored} from conversations", run), "the run ended before the kill point"
     servers = _vllm_servers(run)
     assert servers, "no vLLM server under the run"
     return [pid for _, tree in servers for pid in tree]
@@ -225,20 +225,6 @@ def _counts(home) -> dict:
                 for table in ("conversations", "scores", "selections", "responses", "trainings")}
 
 
-def _wait_for(home, sql: str, run: subprocess.Popen, timeout: float = 600) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert run.poll() is None, "the run ended before the kill point"
-        try:
-            with sqlite3.connect(home / "stargate.db", timeout=1) as db:
-                if db.execute(sql).fetchone()[0]:
-                    return
-        except sqlite3.OperationalError:
-            pass  # not created yet
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for: {sql}")
-
-
 def test_a_two_iteration_run_on_vllm_completes_and_resumes_after_sigkill(vllm_urls, finished, questioner,
                                                                           base_model, tmp_path, launch):
     args = [*run_args(), *[a for o in _engine_settings(vllm_urls) for a in ("--set", o)]]
@@ -246,7 +232,7 @@ def test_a_two_iteration_run_on_vllm_completes_and_resumes_after_sigkill(vllm_ur
     for kill_point in ("select count(*) from scores where iteration = 1",
                        "select count(*) from conversations where iteration = 2"):
         run = launch(args, home)
-        _wait_for(home, kill_point, run)
+        assert wait_for(home, kill_point, run), "the run ended before the kill point"
         run.send_signal(signal.SIGKILL)
         run.wait()
     cli(*args, home=home)
