@@ -62,7 +62,7 @@ def mistral_checkpoint(path: Path = MISTRAL_CHECKPOINT) -> Path:
 
 
 def tiny_source() -> str:
-    from stargate_lite.models import questioner_source
+    from stargate_lite.engines.models import questioner_source
 
     return questioner_source("builtin:smollm2-135m-instruct", None, Path(os.environ.get("STARGATE_HOME", ".stargate")))
 

@@ -58,14 +58,14 @@ def main() -> None:
     parser.add_argument("--managed", action="store_true", help="start a managed llama-server (tiny model, 8 slots)")
     a = parser.parse_args()
 
-    from stargate_lite.chat import OpenAIChat, Sampling
+    from stargate_lite.engines.chat_models import OpenAIChat, Sampling
     from stargate_lite.recipe import ChatModelConfig
 
     managed = None
     if a.managed:
         import tempfile
 
-        from stargate_lite.chat import ChatModels
+        from stargate_lite.engines.chat_models import ChatModels
         from stargate_lite.recipe import load_recipe
 
         config = load_recipe("tiny").chat_models["smollm2"].model_copy(update={"backend": "llama-server", "slots": 8})

@@ -32,9 +32,9 @@ from _shapes import gpu_name, mistral_checkpoint, random_mistral
 
 
 def tiny(a) -> dict:
-    from stargate_lite import builtin_data
+    from stargate_lite.stages import builtin_data
     from stargate_lite.prompts import questioner_messages
-    from stargate_lite.questioner import Questioner
+    from stargate_lite.engines.questioner import Questioner
     from stargate_lite.recipe import load_recipe
 
     questioner = Questioner(load_recipe("tiny").questioner, Path(os.environ.get("STARGATE_HOME", ".stargate")))
@@ -78,7 +78,7 @@ def tiny(a) -> dict:
 def cuda(a) -> dict:
     import torch
 
-    from stargate_lite.decode import decode
+    from stargate_lite.engines.decode import decode
 
     model = random_mistral()
     g = torch.Generator().manual_seed(0)
@@ -149,7 +149,7 @@ def vllm_row(checkpoint: Path, ids, mask, n: int, repeats: int, dtype: str, memo
     from concurrent.futures import ThreadPoolExecutor
 
     from stargate_lite.recipe import VllmConfig
-    from stargate_lite.vllm_engine import VllmEngine
+    from stargate_lite.engines.vllm_engine import VllmEngine
 
     prompts = [row[keep.bool()].tolist() for row, keep in zip(ids.cpu(), mask.cpu(), strict=True)]
     config = VllmConfig(max_concurrency=len(prompts),
@@ -180,7 +180,7 @@ def _greedy_agreement(model, ids, mask) -> float:
     """Share of greedy tokens our decoder and `generate` agree on (bf16: the kernels differ, ties flip)."""
     import torch
 
-    from stargate_lite.decode import decode
+    from stargate_lite.engines.decode import decode
 
     ours = decode(model, ids, mask, max_new_tokens=16, stop_ids=[], pad_id=0, temperature=0.0, top_p=1.0)
     with torch.no_grad():

@@ -83,7 +83,7 @@ def main() -> None:
     cache = work / "models"
     os.environ["STARGATE_MODEL_CACHE"] = str(cache)  # convert the tiny model's GGUF once, outside the timings
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from stargate_lite.models import questioner_source
+    from stargate_lite.engines.models import questioner_source
     from stargate_lite.recipe import load_recipe
 
     questioner = load_recipe("tiny").questioner

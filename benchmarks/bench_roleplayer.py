@@ -35,7 +35,7 @@ QUESTIONS = (
 
 
 def workload(pairs: int, conversations: int, max_turns: int, seed: int) -> list[dict]:
-    from stargate_lite.builtin_data import SEED_PERSONAS, TASKS
+    from stargate_lite.stages.builtin_data import SEED_PERSONAS, TASKS
 
     rng = random.Random(seed)
     return [{"persona": SEED_PERSONAS[i % len(SEED_PERSONAS)][1], "task": TASKS[(7 * i) % len(TASKS)],
@@ -45,9 +45,9 @@ def workload(pairs: int, conversations: int, max_turns: int, seed: int) -> list[
 
 def run_workload(model, convs: list[dict], sim, chunk_conversations: int, seed: int) -> list[str]:
     """simulate_chunk's Roleplayer side: per chunk, per turn, every active conversation's answer at once."""
-    from stargate_lite.chat import Sampling, complete_all
+    from stargate_lite.engines.chat_models import Sampling, complete_all
     from stargate_lite.prompts import roleplayer_messages
-    from stargate_lite.simulate import first_sentences
+    from stargate_lite.stages.simulate import first_sentences
 
     raw: list[str] = []
     for start in range(0, len(convs), chunk_conversations):
@@ -76,8 +76,8 @@ def main() -> None:
 
     from llama_cpp import Llama
 
-    from stargate_lite.chat import ChatModels
-    from stargate_lite.models import resolve_gguf
+    from stargate_lite.engines.chat_models import ChatModels
+    from stargate_lite.engines.models import resolve_gguf
     from stargate_lite.recipe import load_recipe
 
     recipe = load_recipe(a.recipe, a.set)

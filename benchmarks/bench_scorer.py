@@ -47,7 +47,7 @@ def _model(shape: str, four_bit: bool = False):
 def _inputs(batch: int, length: int, target: int, vocab: int, seed: int = 0):
     import torch
 
-    from stargate_lite.questioner import Encoded
+    from stargate_lite.engines.questioner import Encoded
 
     g = torch.Generator().manual_seed(seed)
     items = []
@@ -71,7 +71,7 @@ def _plain(model, items, device):
 
 
 def _ours(model, items, batch, chunk, budget_gib):
-    from stargate_lite.score import token_logprobs
+    from stargate_lite.stages.score import token_logprobs
 
     budget = int(budget_gib * 2**30) if budget_gib else None
     return token_logprobs(model, items, batch_size=batch, vocab_chunk_tokens=chunk, memory_budget_bytes=budget)

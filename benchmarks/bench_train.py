@@ -5,7 +5,7 @@
 
 plain: the usual QLoRA recipe -- from_pretrained with BitsAndBytesConfig nf4 (CUDA),
 prepare_model_for_kbit_training, get_peft_model, the model's own loss, gradient checkpointing on CUDA.
-ours: stargate_lite.train (load_for_training + train_lora) with train.backend=peft, and on CUDA a third
+ours: stargate_lite.stages.train (load_for_training + train_lora) with train.backend=peft, and on CUDA a third
 row with train.backend=unsloth where Unsloth is installed. LoRA r=16 on all linear layers, AdamW, bf16 autocast
 on CUDA. Each variant runs in its own process (peak memory is its own; Unsloth patches transformers on import).
 Prints tokens/s (median step after a warm-up) and peak memory, and the ratios to plain.
@@ -32,7 +32,7 @@ from _shapes import gpu_name, mistral_checkpoint, tiny_source
 def _examples(n: int, length: int, vocab: int):
     import torch
 
-    from stargate_lite.questioner import Encoded
+    from stargate_lite.engines.questioner import Encoded
 
     g = torch.Generator().manual_seed(0)
     return [Encoded(torch.randint(3, vocab, (length,), generator=g).tolist(), list(range(1, length)))
@@ -72,9 +72,9 @@ def _plain(args: dict, source: str, cuda: bool, on_step) -> None:
 
 
 def _ours(args: dict, source: str, cuda: bool, backend: str, on_step) -> list[str]:
-    from stargate_lite.questioner import Questioner
+    from stargate_lite.engines.questioner import Questioner
     from stargate_lite.recipe import QuestionerConfig, TrainConfig
-    from stargate_lite.train import load_for_training, train_lora
+    from stargate_lite.stages.train import load_for_training, train_lora
 
     questioner = Questioner(QuestionerConfig(model=source, load_in_4bit=cuda, device="cuda" if cuda else "cpu"),
                             Path(tempfile.mkdtemp()))

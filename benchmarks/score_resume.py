@@ -28,8 +28,8 @@ def main() -> None:
 
     import torch
 
-    from stargate_lite.questioner import Encoded
-    from stargate_lite.score import SCORE_CHUNK, score_sums
+    from stargate_lite.engines.questioner import Encoded
+    from stargate_lite.stages.score import SCORE_CHUNK, score_sums
 
     if a.shape == "mistral-7b":
         model, batch_size = random_mistral("cuda"), 16

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .chat import ChatFailure
+from .engines.chat_models import ChatFailure
 from .errors import FallbackNotice, StargateError
 from .store import DB_NAME, default_home, store_error
 
@@ -106,7 +106,7 @@ def run(
     """Run STaR-GATE, or resume it: the same command after a crash continues where it stopped."""
     from .loop import run as run_loop
     from .recipe import load_recipe
-    from .status import run_status
+    from .commands.status import run_status
     from .store import Store
 
     resolved = load_recipe(recipe, set_ or [])
@@ -125,7 +125,7 @@ def status(
     home: HomeOption = None,
 ) -> None:
     """Per run and iteration: split, pairs, conversations, scored, selected, responses, loss, adapter."""
-    from .status import run_status
+    from .commands.status import run_status
     from .store import Store
 
     report = run_status(Store(home, create=False), run_id)
@@ -136,8 +136,8 @@ def status(
 
 
 def _print_estimate(recipe, home) -> None:
-    from .chat import preflight
-    from .dryrun import estimate
+    from .engines.chat_models import preflight
+    from .commands.dryrun import estimate
     from .store import default_home
 
     preflight(recipe.chat_models, {recipe.roles.oracle, *recipe.roles.roleplayer_weights})
@@ -217,8 +217,8 @@ def eval_(
     home: HomeOption = None,
 ) -> None:
     """Evaluate on the test split: gold log-probs in four conditions, and win rates against the base model."""
-    from .evaluate import evaluate
-    from .report import efficiency_table, plot, summary_table
+    from .evaluation.evaluate import evaluate
+    from .evaluation.report import efficiency_table, plot, summary_table
     from .runs import run_dir
     from .store import Store
 
@@ -242,9 +242,9 @@ def report(
     home: HomeOption = None,
 ) -> None:
     """Redraw the evaluation table and plots from the store, without loading any model."""
-    from .evaluate import summarize
-    from .judge import judge_protocol
-    from .report import efficiency_table, plot, summary_table
+    from .evaluation.evaluate import summarize
+    from .evaluation.judge import judge_protocol
+    from .evaluation.report import efficiency_table, plot, summary_table
     from .runs import pick_run, recipe_of_run, run_dir
     from .store import Store
 
@@ -278,9 +278,9 @@ def chat(
     """Talk with a trained Questioner: it asks its questions, then answers. Works through a pipe too."""
     import sys
 
-    from .chat import ChatModels
-    from .chat_session import COMMANDS, Transcript, chat_loop
-    from .questioner import Questioner
+    from .engines.chat_models import ChatModels
+    from .commands.chat import COMMANDS, Transcript, chat_loop
+    from .engines.questioner import Questioner
     from .runs import resolve_checkpoint
     from .store import Store
 
@@ -330,7 +330,7 @@ def export_(
     home: HomeOption = None,
 ) -> None:
     """Write base + adapter merged (safetensors, tokenizer, chat template, model card)."""
-    from .export import export
+    from .commands.export import export
 
     out.print(f"Exported to {export(home, out_dir, run_id, iteration)}")
 
@@ -351,7 +351,7 @@ def data_import(
     home: HomeOption = None,
 ) -> None:
     """Import one split of a data set (JSONL, or the STaR-GATE authors' JSON files)."""
-    from .data import import_data
+    from .stages.data import import_data
     from .store import Store
 
     counts = import_data(Store(home), dataset, split, tasks, personas, names, golds)

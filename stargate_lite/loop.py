@@ -10,21 +10,21 @@ import gc
 from contextlib import closing
 from pathlib import Path
 
-from .chat import ChatModels, preflight
-from .data import make_pairs, prepare_data
+from .engines.chat_models import ChatModels, preflight
+from .stages.data import make_pairs, prepare_data
 from .errors import StargateError
-from .memory import trim_heap
+from .engines.memory import trim_heap
 from .progress import Progress
 from .prompts import questioner_messages
-from .questioner import Questioner
+from .engines.questioner import Questioner
 from .recipe import Recipe
-from .respond import respond_stage
+from .stages.respond import respond_stage
 from .runs import open_run, run_dir, run_lock
-from .score import score_stage
-from .select import select_best
-from .simulate import Roleplayers, simulate
+from .stages.score import score_stage
+from .stages.select import select_best
+from .stages.simulate import Roleplayers, simulate
 from .store import Store
-from .train import train_adapter
+from .stages.train import train_adapter
 
 STAGES = ("pairs", "simulate", "score", "select", "respond", "train")
 

@@ -58,7 +58,7 @@ def home(tmp_path, monkeypatch, model_cache) -> Path:
 @pytest.fixture(scope="session")
 def questioner(model_cache):
     """The real tiny Questioner (SmolLM2-135M-Instruct), loaded once."""
-    from stargate_lite.questioner import Questioner
+    from stargate_lite.engines.questioner import Questioner
     from stargate_lite.recipe import load_recipe
 
     os.environ["STARGATE_MODEL_CACHE"] = str(model_cache)
@@ -113,7 +113,7 @@ def descendants(root: int) -> dict[int, list[str]]:
 def running(root: int, program: str) -> list[int]:
     """Processes under `root` running `program`: an executable's file name, or a Python module run with -m."""
     def runs(argv: list[str]) -> bool:
-        if argv[1:2] == ["-c"]:  # a supervisor (stargate_lite/processes.py) naming the program it runs
+        if argv[1:2] == ["-c"]:  # a supervisor (stargate_lite/engines/processes.py) naming the program it runs
             return False
         module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else None
         return Path(argv[0]).name == program or module == program

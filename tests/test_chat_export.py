@@ -11,7 +11,7 @@ import sys
 import torch
 
 from conftest import cli
-from stargate_lite.score import encode_gold, score_sums
+from stargate_lite.stages.score import encode_gold, score_sums
 
 
 def chat(home, stdin: str, *args: str) -> subprocess.CompletedProcess:

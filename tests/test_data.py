@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED
-from stargate_lite import builtin_data
-from stargate_lite.data import builtin_persona_name, builtin_task_splits, clean_persona, import_data
+from stargate_lite.stages import builtin_data
+from stargate_lite.stages.data import builtin_persona_name, builtin_task_splits, clean_persona, import_data
 from stargate_lite.errors import StargateError
 from stargate_lite.store import Store
 
@@ -113,7 +113,7 @@ def test_a_50_mb_file_imports_in_one_pass(tmp_path, home):
 
 
 def test_roleplayer_answers_that_run_on_are_cut_to_their_first_sentences():
-    from stargate_lite.simulate import first_sentences
+    from stargate_lite.stages.simulate import first_sentences
 
     answer = "I love spicy food. I work nights! Do you cook? Here is your meal plan: Monday, soup."
     assert first_sentences(answer, 3) == "I love spicy food. I work nights! Do you cook?"

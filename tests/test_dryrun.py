@@ -16,7 +16,7 @@ def test_dry_run_estimates_one_iteration_and_writes_nothing(home, monkeypatch):
 
 
 def test_estimate_counts_follow_the_recipe(home):
-    from stargate_lite.dryrun import estimate
+    from stargate_lite.commands.dryrun import estimate
     from stargate_lite.recipe import load_recipe
 
     recipe = load_recipe("tiny", TINY_CI_OVERRIDES)
@@ -33,7 +33,7 @@ def test_estimate_counts_follow_the_recipe(home):
 
 
 def test_a_mix_of_roleplayers_shares_the_answers_by_weight(home):
-    from stargate_lite.dryrun import estimate
+    from stargate_lite.commands.dryrun import estimate
     from stargate_lite.recipe import load_recipe
 
     recipe = load_recipe("tiny", [*TINY_CI_OVERRIDES, "simulate.conversations_per_pair=8",

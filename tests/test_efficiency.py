@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from stargate_lite.efficiency import efficiency, mean_sem
+from stargate_lite.evaluation.efficiency import efficiency, mean_sem
 
 
 def test_metrics_overall_per_turn_count_and_the_question_count_distribution():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cli
-from stargate_lite.judge import parse_last_line, parse_verdict, policy_is_a, read_verdict, winner_of
+from stargate_lite.evaluation.judge import parse_last_line, parse_verdict, policy_is_a, read_verdict, winner_of
 from stargate_lite.recipe import JudgeConfig
 
 EVAL_TABLES = ("eval_scores", "eval_responses", "judgments")
@@ -83,14 +83,15 @@ def test_eval_table_shows_both_win_rates(evaluated, finished):
 
 def test_a_second_eval_reuses_everything(evaluated, finished, monkeypatch):
     """No model is built when every row exists: constructors that fail prove it."""
-    from stargate_lite import chat, evaluate
+    from stargate_lite.engines import chat_models
+    from stargate_lite.evaluation import evaluate
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded on a rerun")
 
     before = eval_counts(finished)
     monkeypatch.setattr(evaluate, "Questioner", refuse)
-    monkeypatch.setattr(chat, "LlamaCppChat", refuse)
+    monkeypatch.setattr(chat_models, "LlamaCppChat", refuse)
     again = evaluate.evaluate(home=finished)
     assert eval_counts(finished) == before
     assert again["iterations"] == [{k: v for k, v in it.items()} for it in evaluated["iterations"]]
@@ -191,7 +192,7 @@ def test_verdicts_map_to_the_model_shown_in_that_position():
 
 
 def test_counterbalanced_outcomes():
-    from stargate_lite.evaluate import win_rates
+    from stargate_lite.evaluation.evaluate import win_rates
 
     def row(key, swapped, winner, turns=1):
         return {"pair_key": key, "swapped": swapped, "winner": winner, "turns": turns}
@@ -247,8 +248,8 @@ def test_a_judge_that_always_picks_the_policy_credits_the_policy_in_both_orders(
     """Through the real judge stage: swapping how a verdict maps to a model would turn every win into a loss."""
     import shutil
 
-    from stargate_lite.evaluate import _judge, namespace, win_rates
-    from stargate_lite.judge import judge_protocol
+    from stargate_lite.evaluation.evaluate import _judge, namespace, win_rates
+    from stargate_lite.evaluation.judge import judge_protocol
     from stargate_lite.progress import Progress
     from stargate_lite.runs import recipe_of_run
     from stargate_lite.store import Store
@@ -276,7 +277,7 @@ def test_a_judge_that_always_picks_the_policy_credits_the_policy_in_both_orders(
 
 def test_letter_logprobs_from_llamacpp_match_transformers_and_the_greedy_reply(home):
     """The same model's P(A) and P(B) through llama.cpp (Q4_1) and transformers (fp32), on real judge prompts."""
-    from stargate_lite.chat import ChatModels, Sampling
+    from stargate_lite.engines.chat_models import ChatModels, Sampling
     from stargate_lite.prompts import JUDGE_TEMPLATES, judge_messages
     from stargate_lite.recipe import load_recipe
 

@@ -4,11 +4,11 @@ memory budgets bound what scoring and generation batches allocate (no timings he
 import torch
 
 from memtrack import PeakMemory
-from stargate_lite.budget import Shape, generation_batch, score_batches
-from stargate_lite.decode import decode
+from stargate_lite.engines.budget import Shape, generation_batch, score_batches
+from stargate_lite.engines.decode import decode
 from stargate_lite.prompts import questioner_messages
-from stargate_lite.questioner import Encoded
-from stargate_lite.score import token_logprobs
+from stargate_lite.engines.questioner import Encoded
+from stargate_lite.stages.score import token_logprobs
 
 PROMPTS = [
     questioner_messages("Mei", "Can you suggest a weekly meal plan for me?", [], final=False),
@@ -56,7 +56,7 @@ def test_static_decoder_batched_equals_one_at_a_time_and_samples_reproducibly(qu
 
 
 def test_nucleus_sampling_keeps_only_the_top_mass():
-    from stargate_lite.decode import _choose
+    from stargate_lite.engines.decode import _choose
 
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(2000, 1)
     picks = _choose(logits, 1.0, 0.7, torch.Generator().manual_seed(0))
@@ -133,7 +133,7 @@ def test_training_backend_is_chosen_from_what_is_there():
 
     from stargate_lite.errors import StargateError
     from stargate_lite.recipe import TrainConfig
-    from stargate_lite.train import resolve_backend
+    from stargate_lite.stages.train import resolve_backend
 
     assert resolve_backend(TrainConfig(), "cpu") == "peft"
     assert resolve_backend(TrainConfig(backend="peft"), "cuda") == "peft"
@@ -148,7 +148,7 @@ def test_training_backend_is_chosen_from_what_is_there():
 def test_training_in_a_child_process_reports_steps_and_saves_the_adapter(questioner, tmp_path):
     """The path Unsloth trains on (a spawned process), run here with the peft backend on the tiny model."""
     from stargate_lite.recipe import TrainConfig
-    from stargate_lite.train import train_isolated
+    from stargate_lite.stages.train import train_isolated
 
     examples = [questioner.encode_for_training([*p, {"role": "assistant", "content": "Which cuisine do you like?"}])
                 for p in PROMPTS]
@@ -165,7 +165,7 @@ def test_a_failing_training_process_is_one_clear_error(questioner, tmp_path):
 
     from stargate_lite.errors import StargateError
     from stargate_lite.recipe import TrainConfig
-    from stargate_lite.train import train_isolated
+    from stargate_lite.stages.train import train_isolated
 
     broken = [Encoded([1, 2, 3], [5])]  # a target position past the end of the sequence
     with pytest.raises(StargateError, match="training failed: IndexError"):
@@ -176,7 +176,7 @@ def test_a_failing_training_process_is_one_clear_error(questioner, tmp_path):
 def test_the_loss_at_target_positions_is_the_models_own_loss(questioner, base_model):
     """Training's lean loss (logits only where a target is predicted) gives the model's loss and gradients."""
     from stargate_lite.recipe import TrainConfig
-    from stargate_lite.train import IGNORE, _loss_at_targets, attach_lora
+    from stargate_lite.stages.train import IGNORE, _loss_at_targets, attach_lora
 
     model = attach_lora(questioner.load_base(), TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0), seed=0)
     model.train()

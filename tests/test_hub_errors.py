@@ -10,7 +10,7 @@ import huggingface_hub.constants
 import pytest
 
 from stargate_lite.errors import StargateError
-from stargate_lite.models import resolve_gguf
+from stargate_lite.engines.models import resolve_gguf
 
 ANSWERS = {  # repo -> (status, X-Error-Code)
     "org/gated": (403, "GatedRepo"),
@@ -66,7 +66,7 @@ def test_no_network_is_named(monkeypatch, tmp_path):
 
 
 def test_a_hub_questioner_keeps_the_cause(fake_hub, tmp_path):
-    from stargate_lite.questioner import Questioner
+    from stargate_lite.engines.questioner import Questioner
     from stargate_lite.recipe import QuestionerConfig
 
     with pytest.raises(StargateError, match="^questioner model org/gated: a gated repo on the Hugging Face Hub"):

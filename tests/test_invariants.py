@@ -13,9 +13,9 @@ import torch
 from conftest import GOLD, TASK, TURNS
 from stargate_lite.progress import Progress
 from stargate_lite.prompts import questioner_messages
-from stargate_lite.questioner import SharedBase
+from stargate_lite.engines.questioner import SharedBase
 from stargate_lite.runs import recipe_of_run
-from stargate_lite.score import base_weights, encode_gold, token_logprobs
+from stargate_lite.stages.score import base_weights, encode_gold, token_logprobs
 from stargate_lite.store import Store
 
 
@@ -59,7 +59,8 @@ def test_one_base_serves_every_iteration_as_its_own_load_would(finished, questio
 def test_each_iteration_trains_a_fresh_lora_on_the_base(finished, tmp_path, monkeypatch, questioner):
     """Iteration 2 retrained through the real loop: its LoRA weights before the first step are a fresh
     initialisation from its seed (not iteration 1's adapter), and training changes no non-LoRA weight."""
-    from stargate_lite import loop, train
+    from stargate_lite import loop
+    from stargate_lite.stages import train
 
     home = tmp_path / "copy"
     shutil.copytree(finished, home)

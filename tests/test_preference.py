@@ -69,10 +69,10 @@ def test_one_dpo_iteration_raises_the_chosen_minus_rejected_margin_on_its_own_pa
     import torch
 
     from stargate_lite.loop import preference_examples
-    from stargate_lite.questioner import Questioner
+    from stargate_lite.engines.questioner import Questioner
     from stargate_lite.runs import pick_run, recipe_of_run
     from stargate_lite.store import Store
-    from stargate_lite.train import sequence_logprobs
+    from stargate_lite.stages.train import sequence_logprobs
 
     store = Store(preferred)
     recipe = recipe_of_run(pick_run(store, None))
@@ -126,7 +126,7 @@ def test_dpo_resumes_after_sigkill_with_the_uninterrupted_result(preferred, tmp_
 def test_dpo_refuses_unsloth():
     from stargate_lite.errors import StargateError
     from stargate_lite.recipe import TrainConfig
-    from stargate_lite.train import resolve_backend
+    from stargate_lite.stages.train import resolve_backend
 
     with pytest.raises(StargateError, match="dpo trains with the peft backend"):
         resolve_backend(TrainConfig(method="dpo", backend="unsloth"), "cuda")

@@ -7,7 +7,7 @@ import sqlite3
 from collections import Counter
 
 from conftest import TINY_CI_OVERRIDES, cli
-from stargate_lite.simulate import Roleplayers, conversation_id
+from stargate_lite.stages.simulate import Roleplayers, conversation_id
 
 MIX = {"smollm2": 1.0, "smollm2-plain": 1.0}  # the same model with and without a repetition penalty
 
@@ -23,10 +23,10 @@ def test_the_draw_is_seeded_per_conversation_and_follows_the_weights():
 
 
 def test_a_run_spreads_conversations_over_the_roleplayers_and_records_who_answered(home):
-    from stargate_lite.chat import ChatModels, Sampling
+    from stargate_lite.engines.chat_models import ChatModels, Sampling
     from stargate_lite.prompts import roleplayer_messages
     from stargate_lite.recipe import load_recipe
-    from stargate_lite.simulate import chunk_seed
+    from stargate_lite.stages.simulate import chunk_seed
 
     overrides = [*TINY_CI_OVERRIDES, "roles.roleplayer={smollm2: 1, smollm2-plain: 1}"]
     cli("run", "--iterations", "1", *[a for o in overrides for a in ("--set", o)], home=home)

@@ -119,7 +119,7 @@ class EchoRoleplayer:
 @pytest.mark.parametrize("mode", ["uniform", "policy"])
 def test_the_questioner_stops_where_it_answers_only_in_policy_mode(mode):
     from stargate_lite.recipe import SimulateConfig
-    from stargate_lite.simulate import Roleplayers, simulate_chunk
+    from stargate_lite.stages.simulate import Roleplayers, simulate_chunk
 
     script = {"Plan a trip.": 0, "Cook dinner.": 1, "Pick a book.": 5}
     pairs = [{"id": task, "task": task, "persona": "I'm ANA.", "persona_name": "Ana", "turns": 3} for task in script]
@@ -159,7 +159,7 @@ def test_chat_and_export_of_a_policy_turns_run_let_the_model_choose_when_to_answ
 
 
 def test_in_chat_a_turn_that_is_not_a_question_is_the_answer():
-    from stargate_lite.chat_session import chat_loop
+    from stargate_lite.commands.chat import chat_loop
     from stargate_lite.recipe import load_recipe
 
     class Streaming(ScriptedQuestioner):

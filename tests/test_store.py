@@ -69,7 +69,7 @@ def test_training_done_and_iteration_finished_are_one_transaction(home):
 
 
 def test_selection_keeps_each_pairs_best_conversation_ties_to_the_lowest_sample(home):
-    from stargate_lite.select import select_best
+    from stargate_lite.stages.select import select_best
 
     store = Store(home)
     logprobs = {("p1", 0): -5.0, ("p1", 1): -3.0, ("p1", 2): -3.0, ("p2", 0): -1.0, ("p2", 1): -2.0}
@@ -104,7 +104,7 @@ def test_a_store_from_before_efficiency_gets_each_conversations_question_count(h
 
 
 def test_a_question_cost_makes_selection_prefer_the_shorter_of_two_equally_good_conversations(home):
-    from stargate_lite.select import select_best
+    from stargate_lite.stages.select import select_best
 
     store = Store(home)
     ask = [{"role": "questioner", "text": "Which city?"}, {"role": "roleplayer", "text": "Rome."}]

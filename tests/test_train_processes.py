@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from stargate_lite.prompts import questioner_messages
 from stargate_lite.recipe import TrainConfig
-from stargate_lite.train import train_adapter
+from stargate_lite.stages.train import train_adapter
 
 # No dropout: its masks are drawn per process, so with it two processes train as well as one, not identically.
 CONFIG = TrainConfig(lora_r=8, lora_alpha=16, lora_dropout=0.0, batch_size=3, gradient_accumulation=2, epochs=2)
@@ -66,7 +66,7 @@ def _workers_started(run: subprocess.Popen, timeout: float = 600) -> tuple[int, 
     deadline = time.time() + timeout
     while time.time() < deadline and run.poll() is None:
         for launcher in running(run.pid, "accelerate.commands.launch"):
-            workers = running(launcher, "stargate_lite.train_processes")
+            workers = running(launcher, "stargate_lite.stages.train_processes")
             if len(workers) == 2:
                 return launcher, workers
         time.sleep(0.1)

@@ -21,10 +21,10 @@ from conftest import GOLD, TASK, TINY_CI_OVERRIDES, TURNS, alive, cli, descendan
 
 from stargate_lite.errors import StargateError
 from stargate_lite.prompts import questioner_messages
-from stargate_lite.questioner import Encoded, Questioner
+from stargate_lite.engines.questioner import Encoded, Questioner
 from stargate_lite.recipe import VllmConfig, load_recipe
-from stargate_lite.score import encode_gold, score_sums, token_logprobs
-from stargate_lite.servers import VllmServer, find_vllm_python
+from stargate_lite.stages.score import encode_gold, score_sums, token_logprobs
+from stargate_lite.engines.servers import VllmServer, find_vllm_python
 from stargate_lite.store import Store
 
 # On CPU, --gpu-memory-utilization is the share of host memory a server reserves: 0.1 of 24 GiB is 2.4 GiB,
@@ -90,7 +90,7 @@ API_SERVER = "vllm.entrypoints.openai.api_server"
 
 def _vllm_servers(run: subprocess.Popen) -> list[tuple[int, list[int]]]:
     """Each managed vLLM server under `run` with everything under it (vLLM renames its processes, so a server is
-    found as the child of the supervisor that names it: stargate_lite/processes.py)."""
+    found as the child of the supervisor that names it: stargate_lite/engines/processes.py)."""
     found = []
     for supervisor, argv in descendants(run.pid).items():
         if argv[1:2] == ["-c"] and API_SERVER in argv:

@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import QuestionerFailure, StargateError
+from ..errors import QuestionerFailure, StargateError
 from .questioner import Encoded
-from .recipe import VllmConfig
+from ..recipe import VllmConfig
 from .servers import VLLM_BASE_NAME, VllmServer
 
 

@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FallbackNotice, StargateError
+from ..errors import FallbackNotice, StargateError
 from .models import hub_failure, questioner_source
-from .recipe import QuestionerConfig
+from ..recipe import QuestionerConfig
 
 
 @dataclass

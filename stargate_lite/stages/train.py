@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import StargateError
-from .memory import trim_heap
-from .questioner import Encoded, Questioner
-from .recipe import TrainConfig
+from ..errors import StargateError
+from ..engines.memory import trim_heap
+from ..engines.questioner import Encoded, Questioner
+from ..recipe import TrainConfig
 from .score import fast_scoring_refusal
 
 IGNORE = -100

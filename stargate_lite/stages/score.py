@@ -12,14 +12,14 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager
 
-from .budget import Shape, score_batches, vocab_chunk
-from .errors import FallbackNotice
-from .progress import Progress
-from .prompts import questioner_messages
-from .questioner import Encoded, Questioner
-from .recipe import ScoreConfig
-from .runs import chunks_left
-from .store import Store
+from ..engines.budget import Shape, score_batches, vocab_chunk
+from ..errors import FallbackNotice
+from ..progress import Progress
+from ..prompts import questioner_messages
+from ..engines.questioner import Encoded, Questioner
+from ..recipe import ScoreConfig
+from ..runs import chunks_left
+from ..store import Store
 
 
 def token_logprobs(model, encoded: list[Encoded], *, batch_size: int, vocab_chunk_tokens: int,

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .errors import StargateError
+from ..errors import StargateError
 from .models import resolve_gguf
-from .prompts import fold_system
-from .recipe import ChatModelConfig
+from ..prompts import fold_system
+from ..recipe import ChatModelConfig
 from .servers import LlamaServer, find_binary
 
 
@@ -291,7 +291,7 @@ class TransformersChat:
 
     def __init__(self, name: str, config: ChatModelConfig, home: Path):
         from .questioner import Questioner
-        from .recipe import QuestionerConfig
+        from ..recipe import QuestionerConfig
 
         self.name = name
         self.config = config

@@ -17,7 +17,7 @@ import json
 import random
 import re
 
-from .prompts import JUDGE_TEMPLATES
+from ..prompts import JUDGE_TEMPLATES
 
 _DECORATION = r"[\s*_`\"'(\[]*"
 # The whole reply is the letter, maybe dressed: "B", "**B**", "(A)", "Response A.", "Answer: B"

@@ -8,11 +8,11 @@ import json
 import shutil
 from pathlib import Path
 
-from .errors import StargateError
-from .prompts import DECIDE_INSTRUCTION, QUESTION_INSTRUCTION
-from .questioner import Questioner
-from .runs import pick_run, pick_training, recipe_of_run, training_format
-from .store import Store
+from ..errors import StargateError
+from ..prompts import DECIDE_INSTRUCTION, QUESTION_INSTRUCTION
+from ..engines.questioner import Questioner
+from ..runs import pick_run, pick_training, recipe_of_run, training_format
+from ..store import Store
 
 CARD = """---
 library_name: transformers

@@ -6,12 +6,12 @@ the conversation as it ended), never the persona.
 
 from __future__ import annotations
 
-from .progress import Progress
-from .prompts import questioner_messages
-from .questioner import Questioner
-from .recipe import RespondConfig
-from .runs import chunks_left
-from .store import Store
+from ..progress import Progress
+from ..prompts import questioner_messages
+from ..engines.questioner import Questioner
+from ..recipe import RespondConfig
+from ..runs import chunks_left
+from ..store import Store
 
 RESPONSE_CHUNK = 32  # responses generated and stored per transaction
 

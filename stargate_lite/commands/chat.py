@@ -13,11 +13,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
-from .chat import ChatModel, Sampling, complete_all
-from .prompts import is_question, questioner_messages, roleplayer_messages
-from .questioner import Questioner
-from .recipe import Recipe
-from .store import Store
+from ..engines.chat_models import ChatModel, Sampling, complete_all
+from ..prompts import is_question, questioner_messages, roleplayer_messages
+from ..engines.questioner import Questioner
+from ..recipe import Recipe
+from ..store import Store
 
 COMMANDS = "/answer: answer now  /reset: start over  /quit: leave"
 

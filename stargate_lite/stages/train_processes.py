@@ -6,7 +6,7 @@ The launcher is a tied child (processes.py), and each worker dies with the launc
 the launcher, even by SIGKILL, leaves no worker behind; the stage then counts as not done and a rerun trains again
 from the start (the adapter folder appears complete or not at all).
 
-Run as a worker: python -m stargate_lite.train_processes JOB_DIR (by accelerate launch, never by hand).
+Run as a worker: python -m stargate_lite.stages.train_processes JOB_DIR (by accelerate launch, never by hand).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import StargateError
-from .processes import die_with_parent, free_port, log_tail, spawn_tied, stop
-from .questioner import Encoded, Questioner
-from .recipe import TrainConfig
+from ..errors import StargateError
+from ..engines.processes import die_with_parent, free_port, log_tail, spawn_tied, stop
+from ..engines.questioner import Encoded, Questioner
+from ..recipe import TrainConfig
 
 STEPS_FILE = "steps.jsonl"  # one line per optimizer step, written by the main worker
 RECORD_FILE = "record.json"
@@ -37,7 +37,7 @@ def launch_command(processes: int, job_dir: Path, device_type: str) -> list[str]
                "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no"]
     if device_type == "cpu":
         command += ["--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // processes))]
-    return [*command, "-m", "stargate_lite.train_processes", str(job_dir)]
+    return [*command, "-m", "stargate_lite.stages.train_processes", str(job_dir)]
 
 
 def train_in_processes(

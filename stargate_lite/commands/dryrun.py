@@ -13,11 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from .chat import ChatModels, Sampling, complete_all
-from .prompts import questioner_messages, roleplayer_messages
-from .questioner import Encoded, Questioner
-from .recipe import SPLITS, Recipe
-from .score import token_logprobs
+from ..engines.chat_models import ChatModels, Sampling, complete_all
+from ..prompts import questioner_messages, roleplayer_messages
+from ..engines.questioner import Encoded, Questioner
+from ..recipe import SPLITS, Recipe
+from ..stages.score import token_logprobs
 
 PROBE_TOKENS = 16
 TRAIN_FORWARD_COST = 3  # a training step does about three forwards' work per token (forward + backward)

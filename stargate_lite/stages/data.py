@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import builtin_data
-from .chat import ChatFailure, ChatModel, Sampling
-from .errors import StargateError
-from .progress import Progress
-from .prompts import gold_messages, persona_messages
-from .recipe import SPLITS, Recipe
-from .store import Store
+from ..engines.chat_models import ChatFailure, ChatModel, Sampling
+from ..errors import StargateError
+from ..progress import Progress
+from ..prompts import gold_messages, persona_messages
+from ..recipe import SPLITS, Recipe
+from ..store import Store
 
 BUILTIN = "builtin"
 # Fixed, recipe-independent assignment of the built-in tasks, so every recipe sees the same splits.

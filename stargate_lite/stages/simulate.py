@@ -16,13 +16,13 @@ import random
 import re
 from collections.abc import Callable
 
-from .chat import ChatFailure, ChatModel, Sampling, complete_all
-from .errors import QuestionerFailure
-from .progress import Progress
-from .prompts import is_question, questioner_messages, roleplayer_messages
-from .questioner import Questioner
-from .recipe import SimulateConfig
-from .store import Store
+from ..engines.chat_models import ChatFailure, ChatModel, Sampling, complete_all
+from ..errors import QuestionerFailure
+from ..progress import Progress
+from ..prompts import is_question, questioner_messages, roleplayer_messages
+from ..engines.questioner import Questioner
+from ..recipe import SimulateConfig
+from ..store import Store
 
 
 class Roleplayers:
