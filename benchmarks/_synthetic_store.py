@@ -10,11 +10,11 @@ from __future__ import annotations
 import random
 import time
 
-from stargate_lite.stages.data import make_pairs, persona_id, task_id
 from stargate_lite.evaluation.evaluate import _judgment_id, _pair_key, _score_id, namespace
 from stargate_lite.evaluation.judge import judge_protocol
 from stargate_lite.recipe import Recipe, load_recipe
 from stargate_lite.runs import open_run
+from stargate_lite.stages.data import make_pairs, persona_id, task_id
 from stargate_lite.stages.select import select_best
 from stargate_lite.stages.simulate import conversation_id
 from stargate_lite.store import Store

@@ -32,10 +32,10 @@ from _shapes import gpu_name, mistral_checkpoint, random_mistral
 
 
 def tiny(a) -> dict:
-    from stargate_lite.stages import builtin_data
-    from stargate_lite.prompts import questioner_messages
     from stargate_lite.engines.questioner import Questioner
+    from stargate_lite.prompts import questioner_messages
     from stargate_lite.recipe import load_recipe
+    from stargate_lite.stages import builtin_data
 
     questioner = Questioner(load_recipe("tiny").questioner, Path(os.environ.get("STARGATE_HOME", ".stargate")))
     model = questioner.load_base()
@@ -148,8 +148,8 @@ def vllm_row(checkpoint: Path, ids, mask, n: int, repeats: int, dtype: str, memo
     in flight, each decoded to n tokens. The server starts before the clock runs; the best of `repeats`."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from stargate_lite.recipe import VllmConfig
     from stargate_lite.engines.vllm_engine import VllmEngine
+    from stargate_lite.recipe import VllmConfig
 
     prompts = [row[keep.bool()].tolist() for row, keep in zip(ids.cpu(), mask.cpu(), strict=True)]
     config = VllmConfig(max_concurrency=len(prompts),

@@ -4,7 +4,7 @@
     python benchmarks/bench_loss.py --shape mistral-7b    # CUDA, random Mistral-7B-shaped weights (bf16)
 
 own: `model(..., labels=...).loss`, whose forward builds [batch x length x vocab] logits and keeps them for
-backward; targets: `stargate_lite.stages.train._loss_at_targets`, what the peft backend trains with. One LoRA adapter
+backward; targets: `stargate_lite.engines.training._loss_at_targets`, what the peft backend trains with. One LoRA adapter
 (r 16, all linear layers, gradient checkpointing, B made non-zero so every LoRA weight has a gradient) serves
 both, on the same micro-batches, alternately; 40% of each sequence is target, in turns, as in a conversation.
 Prints the median step (forward + backward) time, the peak memory of a step beyond the model (CUDA: the
@@ -29,7 +29,7 @@ from _shapes import gpu_name, random_mistral, tiny_source  # noqa: E402
 def _batches(count: int, batch: int, length: int, vocab: int, device):
     import torch
 
-    from stargate_lite.stages.train import IGNORE
+    from stargate_lite.engines.training import IGNORE
 
     g = torch.Generator().manual_seed(0)
     out = []
@@ -53,10 +53,10 @@ def main() -> None:
     a = parser.parse_args()
 
     import torch
-
     from memtrack import PeakMemory
+
+    from stargate_lite.engines.training import _loss_at_targets, attach_lora
     from stargate_lite.recipe import TrainConfig
-    from stargate_lite.stages.train import _loss_at_targets, attach_lora
 
     cuda = a.shape == "mistral-7b"
     if cuda:

@@ -47,7 +47,7 @@ def _model(shape: str, four_bit: bool = False):
 def _inputs(batch: int, length: int, target: int, vocab: int, seed: int = 0):
     import torch
 
-    from stargate_lite.engines.questioner import Encoded
+    from stargate_lite.engines.encoded import Encoded
 
     g = torch.Generator().manual_seed(seed)
     items = []

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _synthetic_store import RUN_ID, ROLEPLAYER, fill  # noqa: E402
+from _synthetic_store import ROLEPLAYER, RUN_ID, fill  # noqa: E402
 
 from stargate_lite.store import Store  # noqa: E402
 
@@ -36,12 +36,12 @@ def limited_store(home: Path) -> Store:
 
 def queries(store: Store) -> dict:
     """name -> call of each read that a stage, a resume, `status` or `eval` makes (as the library makes it)."""
-    from stargate_lite.stages.data import split_pairs
+    from stargate_lite.commands.status import run_status
     from stargate_lite.evaluation.evaluate import namespace, summarize
     from stargate_lite.evaluation.judge import judge_protocol
     from stargate_lite.loop import training_examples
     from stargate_lite.runs import recipe_of_run
-    from stargate_lite.commands.status import run_status
+    from stargate_lite.stages.data import split_pairs
 
     recipe = recipe_of_run(store.get_run(RUN_ID))
     ns = namespace(RUN_ID, ROLEPLAYER)

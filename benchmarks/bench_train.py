@@ -32,7 +32,7 @@ from _shapes import gpu_name, mistral_checkpoint, tiny_source
 def _examples(n: int, length: int, vocab: int):
     import torch
 
-    from stargate_lite.engines.questioner import Encoded
+    from stargate_lite.engines.encoded import Encoded
 
     g = torch.Generator().manual_seed(0)
     return [Encoded(torch.randint(3, vocab, (length,), generator=g).tolist(), list(range(1, length)))
@@ -73,8 +73,8 @@ def _plain(args: dict, source: str, cuda: bool, on_step) -> None:
 
 def _ours(args: dict, source: str, cuda: bool, backend: str, on_step) -> list[str]:
     from stargate_lite.engines.questioner import Questioner
+    from stargate_lite.engines.training import load_for_training, train_lora
     from stargate_lite.recipe import QuestionerConfig, TrainConfig
-    from stargate_lite.stages.train import load_for_training, train_lora
 
     questioner = Questioner(QuestionerConfig(model=source, load_in_4bit=cuda, device="cuda" if cuda else "cpu"),
                             Path(tempfile.mkdtemp()))

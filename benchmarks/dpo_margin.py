@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from stargate_lite.loop import preference_examples
 from stargate_lite.engines.questioner import Questioner
+from stargate_lite.engines.training import sequence_logprobs
+from stargate_lite.loop import preference_examples
 from stargate_lite.runs import pick_run, recipe_of_run
 from stargate_lite.store import Store
-from stargate_lite.stages.train import sequence_logprobs
 
 
 def main(home: Path, run: str, iteration: int) -> None:

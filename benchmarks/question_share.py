@@ -26,11 +26,11 @@ def main() -> None:
     args = parser.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="question-share-"))
 
-    from stargate_lite.stages import builtin_data
+    from stargate_lite.engines.questioner import Questioner, SharedBase
     from stargate_lite.loop import run
     from stargate_lite.prompts import questioner_messages
-    from stargate_lite.engines.questioner import Questioner, SharedBase
     from stargate_lite.recipe import load_recipe
+    from stargate_lite.stages import builtin_data
     from stargate_lite.store import Store
 
     adapters = {}

@@ -28,7 +28,7 @@ def main() -> None:
 
     import torch
 
-    from stargate_lite.engines.questioner import Encoded
+    from stargate_lite.engines.encoded import Encoded
     from stargate_lite.stages.score import SCORE_CHUNK, score_sums
 
     if a.shape == "mistral-7b":

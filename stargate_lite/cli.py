@@ -104,9 +104,9 @@ def run(
                                           "(throughputs measured now with the recipe's models); run nothing.")] = False,
 ) -> None:
     """Run STaR-GATE, or resume it: the same command after a crash continues where it stopped."""
+    from .commands.status import run_status
     from .loop import run as run_loop
     from .recipe import load_recipe
-    from .commands.status import run_status
     from .store import Store
 
     resolved = load_recipe(recipe, set_ or [])
@@ -136,8 +136,8 @@ def status(
 
 
 def _print_estimate(recipe, home) -> None:
-    from .engines.chat_models import preflight
     from .commands.dryrun import estimate
+    from .engines.chat_models import preflight
     from .store import default_home
 
     preflight(recipe.chat_models, {recipe.roles.oracle, *recipe.roles.roleplayer_weights})
@@ -278,8 +278,8 @@ def chat(
     """Talk with a trained Questioner: it asks its questions, then answers. Works through a pipe too."""
     import sys
 
-    from .engines.chat_models import ChatModels
     from .commands.chat import COMMANDS, Transcript, chat_loop
+    from .engines.chat_models import ChatModels
     from .engines.questioner import Questioner
     from .runs import resolve_checkpoint
     from .store import Store

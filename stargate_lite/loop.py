@@ -11,26 +11,20 @@ from contextlib import closing
 from pathlib import Path
 
 from .engines.chat_models import ChatModels, preflight
-from .stages.data import make_pairs, prepare_data
-from .errors import StargateError
 from .engines.memory import trim_heap
+from .engines.questioner import Questioner
+from .errors import StargateError
 from .progress import Progress
 from .prompts import questioner_messages
-from .engines.questioner import Questioner
 from .recipe import Recipe
+from .runs import open_run, run_dir, run_lock, split_for
+from .stages.data import make_pairs, prepare_data
 from .stages.respond import respond_stage
-from .runs import open_run, run_dir, run_lock
 from .stages.score import score_stage
 from .stages.select import select_best
 from .stages.simulate import Roleplayers, simulate
-from .store import Store
 from .stages.train import train_adapter
-
-STAGES = ("pairs", "simulate", "score", "select", "respond", "train")
-
-
-def split_for(iteration: int) -> str:
-    return "A" if iteration % 2 == 1 else "B"
+from .store import Store
 
 
 def _example(recipe: Recipe, pair: dict, conversation: list[dict], final: str | None) -> list[dict] | None:

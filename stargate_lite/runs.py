@@ -16,6 +16,8 @@ from .recipe import Recipe, load_recipe, validate_recipe
 from .store import Store
 
 _SECRET_KEY = re.compile(r"(?:^|_)(?:key|token|secret|password)$", re.IGNORECASE)
+# An iteration's stages in order; each is marked done in the store when its rows are all written.
+STAGES = ("pairs", "simulate", "score", "select", "respond", "train")
 # Recipe keys that moved since a run was stored: old path -> new path (section.key).
 _MOVED_KEYS = {("eval", "judge_max_tokens"): ("judge", "max_tokens")}
 
@@ -29,6 +31,11 @@ def redact(value):
     if isinstance(value, list):
         return [redact(v) for v in value]
     return value
+
+
+def split_for(iteration: int) -> str:
+    """The train split an iteration generates data for: A, B, A, ... (the policy never sees its training pairs)."""
+    return "A" if iteration % 2 == 1 else "B"
 
 
 def run_dir(store: Store, run_id: str) -> Path:

@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import torch
-
 from conftest import cli
+
 from stargate_lite.stages.score import encode_gold, score_sums
 
 

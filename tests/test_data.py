@@ -4,11 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED
+
+from stargate_lite.errors import StargateError
 from stargate_lite.stages import builtin_data
 from stargate_lite.stages.data import builtin_persona_name, builtin_task_splits, clean_persona, import_data
-from stargate_lite.errors import StargateError
 from stargate_lite.store import Store
 
 

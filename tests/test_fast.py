@@ -2,12 +2,12 @@
 memory budgets bound what scoring and generation batches allocate (no timings here: see benchmarks/)."""
 
 import torch
-
 from memtrack import PeakMemory
+
 from stargate_lite.engines.budget import Shape, generation_batch, score_batches
 from stargate_lite.engines.decode import decode
+from stargate_lite.engines.encoded import Encoded
 from stargate_lite.prompts import questioner_messages
-from stargate_lite.engines.questioner import Encoded
 from stargate_lite.stages.score import token_logprobs
 
 PROMPTS = [
@@ -131,9 +131,9 @@ def test_training_backend_is_chosen_from_what_is_there():
 
     import pytest
 
+    from stargate_lite.engines.training import resolve_backend
     from stargate_lite.errors import StargateError
     from stargate_lite.recipe import TrainConfig
-    from stargate_lite.stages.train import resolve_backend
 
     assert resolve_backend(TrainConfig(), "cpu") == "peft"
     assert resolve_backend(TrainConfig(backend="peft"), "cuda") == "peft"
@@ -175,8 +175,8 @@ def test_a_failing_training_process_is_one_clear_error(questioner, tmp_path):
 
 def test_the_loss_at_target_positions_is_the_models_own_loss(questioner, base_model):
     """Training's lean loss (logits only where a target is predicted) gives the model's loss and gradients."""
+    from stargate_lite.engines.training import IGNORE, _loss_at_targets, attach_lora
     from stargate_lite.recipe import TrainConfig
-    from stargate_lite.stages.train import IGNORE, _loss_at_targets, attach_lora
 
     model = attach_lora(questioner.load_base(), TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0), seed=0)
     model.train()

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from stargate_lite.engines.decode import decode, static_decoding_refusal
+from stargate_lite.engines.encoded import Encoded
+from stargate_lite.engines.logits import fast_scoring_refusal
 from stargate_lite.errors import FallbackNotice
 from stargate_lite.prompts import questioner_messages
-from stargate_lite.engines.questioner import Encoded
-from stargate_lite.stages.score import fast_scoring_refusal, token_logprobs
+from stargate_lite.stages.score import token_logprobs
 
 PROMPT = questioner_messages("Mei", "Can you suggest a weekly meal plan for me?", [], final=False)
 SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

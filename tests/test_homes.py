@@ -10,8 +10,8 @@ import subprocess
 from contextlib import closing
 
 import pytest
-
 from conftest import cli
+
 from stargate_lite.store import Store
 
 

@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import huggingface_hub.constants
 import pytest
 
-from stargate_lite.errors import StargateError
 from stargate_lite.engines.models import resolve_gguf
+from stargate_lite.errors import StargateError
 
 ANSWERS = {  # repo -> (status, X-Error-Code)
     "org/gated": (403, "GatedRepo"),

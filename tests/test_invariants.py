@@ -9,11 +9,11 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import GOLD, TASK, TURNS
+
+from stargate_lite.engines.questioner import SharedBase
 from stargate_lite.progress import Progress
 from stargate_lite.prompts import questioner_messages
-from stargate_lite.engines.questioner import SharedBase
 from stargate_lite.runs import recipe_of_run
 from stargate_lite.stages.score import base_weights, encode_gold, token_logprobs
 from stargate_lite.store import Store
@@ -60,6 +60,7 @@ def test_each_iteration_trains_a_fresh_lora_on_the_base(finished, tmp_path, monk
     """Iteration 2 retrained through the real loop: its LoRA weights before the first step are a fresh
     initialisation from its seed (not iteration 1's adapter), and training changes no non-LoRA weight."""
     from stargate_lite import loop
+    from stargate_lite.engines.training import attach_lora
     from stargate_lite.stages import train
 
     home = tmp_path / "copy"
@@ -84,7 +85,7 @@ def test_each_iteration_trains_a_fresh_lora_on_the_base(finished, tmp_path, monk
     loop.run(recipe, 2, home=home, run_id="tiny", progress=Progress(enabled=False))
     assert store.training("tiny", 2) is not None and seen["seed"] == recipe.seed + 2
 
-    fresh = train.attach_lora(questioner.load_base(), recipe.train, seed=seen["seed"])
+    fresh = attach_lora(questioner.load_base(), recipe.train, seed=seen["seed"])
     fresh_lora = {n: p for n, p in fresh.named_parameters() if "lora_" in n}
     start_lora = {n: p for n, p in seen["start"].items() if "lora_" in n}
     assert fresh_lora and start_lora.keys() == fresh_lora.keys()

@@ -18,10 +18,10 @@ import pytest
 from conftest import TINY_CI_OVERRIDES, alive, cli, running
 
 from stargate_lite.engines.chat_models import ChatModels, LlamaServerChat, Sampling, complete_all
+from stargate_lite.engines.servers import find_binary
 from stargate_lite.errors import StargateError
 from stargate_lite.prompts import roleplayer_messages
 from stargate_lite.recipe import ChatModelConfig
-from stargate_lite.engines.servers import find_binary
 
 SERVED = ChatModelConfig(backend="llama-server", model="builtin:smollm2-135m-instruct", n_ctx=1024, n_threads=2,
                          repeat_penalty=1.15, max_retries=1)

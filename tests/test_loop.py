@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import cli, run_args, wait_for
 
 TABLES = ("tasks", "personas", "golds", "pairs", "conversations", "turns", "scores", "selections", "responses",
@@ -222,9 +221,9 @@ def test_a_resumed_score_stage_redoes_whole_chunks_at_fixed_indices(finished, qu
     rerun scores the chunks an uninterrupted run scores, so forms the same batches and stores the same floats."""
     import shutil
 
-    from stargate_lite.stages import score
     from stargate_lite.progress import Progress
     from stargate_lite.recipe import load_recipe
+    from stargate_lite.stages import score
     from stargate_lite.store import Store
 
     home = tmp_path / "copy"

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_CI_OVERRIDES, cli, wait_for
 
 DPO = ["train.method=dpo", "simulate.conversations_per_pair=3", "train.epochs=2"]
@@ -68,11 +67,11 @@ def test_each_pair_prefers_its_best_conversation_to_its_worst_with_the_same_fina
 def test_one_dpo_iteration_raises_the_chosen_minus_rejected_margin_on_its_own_pairs(preferred):
     import torch
 
-    from stargate_lite.loop import preference_examples
     from stargate_lite.engines.questioner import Questioner
+    from stargate_lite.engines.training import sequence_logprobs
+    from stargate_lite.loop import preference_examples
     from stargate_lite.runs import pick_run, recipe_of_run
     from stargate_lite.store import Store
-    from stargate_lite.stages.train import sequence_logprobs
 
     store = Store(preferred)
     recipe = recipe_of_run(pick_run(store, None))
@@ -124,9 +123,9 @@ def test_dpo_resumes_after_sigkill_with_the_uninterrupted_result(preferred, tmp_
 
 
 def test_dpo_refuses_unsloth():
+    from stargate_lite.engines.training import resolve_backend
     from stargate_lite.errors import StargateError
     from stargate_lite.recipe import TrainConfig
-    from stargate_lite.stages.train import resolve_backend
 
     with pytest.raises(StargateError, match="dpo trains with the peft backend"):
         resolve_backend(TrainConfig(method="dpo", backend="unsloth"), "cuda")

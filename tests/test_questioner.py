@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-
 from conftest import GOLD, TASK, TURNS
+
+from stargate_lite.engines.training import attach_lora, train_lora
 from stargate_lite.prompts import QUESTION_INSTRUCTION, questioner_messages
 from stargate_lite.recipe import TrainConfig
 from stargate_lite.stages.score import encode_gold, score_sums, token_logprobs
-from stargate_lite.stages.train import attach_lora, train_lora
 
 
 def _decode(questioner, encoded, positions):
@@ -119,7 +119,7 @@ def test_sampled_generation_is_reproducible_from_its_seed(questioner, base_model
 
 
 def test_every_step_of_the_schedule_trains():
-    from stargate_lite.stages.train import warmup_cosine
+    from stargate_lite.engines.training import warmup_cosine
 
     one = warmup_cosine(1, 1)
     assert one(0) > 0
@@ -181,8 +181,8 @@ def test_empty_questions_and_responses_are_left_out_of_training(home):
 
 
 def test_long_examples_keep_their_end():
-    from stargate_lite.engines.questioner import Encoded
-    from stargate_lite.stages.train import _keep_last
+    from stargate_lite.engines.encoded import Encoded
+    from stargate_lite.engines.training import _keep_last
 
     cut = _keep_last(Encoded(list(range(10)), [1, 7, 8]), 4)
     assert cut.input_ids == [6, 7, 8, 9] and cut.target_positions == [1, 2]

@@ -7,6 +7,7 @@ import sqlite3
 from collections import Counter
 
 from conftest import TINY_CI_OVERRIDES, cli
+
 from stargate_lite.stages.simulate import Roleplayers, conversation_id
 
 MIX = {"smollm2": 1.0, "smollm2-plain": 1.0}  # the same model with and without a repetition penalty

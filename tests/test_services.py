@@ -15,15 +15,15 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from conftest import TINY_CI_OVERRIDES, cli
+
 from stargate_lite.engines.chat_models import ChatFailure, OpenAIChat, Sampling, preflight
-from stargate_lite.stages.data import builtin_task_splits, prepare_data
-from stargate_lite.errors import StargateError
-from stargate_lite.runs import open_run
 from stargate_lite.engines.models import builtin_gguf
+from stargate_lite.errors import StargateError
 from stargate_lite.progress import Progress
 from stargate_lite.recipe import ChatModelConfig, load_recipe
+from stargate_lite.runs import open_run
+from stargate_lite.stages.data import builtin_task_splits, prepare_data
 from stargate_lite.store import Store
 
 HELLO = [{"role": "user", "content": "Say hello."}]

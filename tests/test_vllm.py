@@ -19,12 +19,13 @@ import pytest
 import torch
 from conftest import GOLD, TASK, TINY_CI_OVERRIDES, TURNS, alive, cli, descendants, run_args, wait_for
 
+from stargate_lite.engines.encoded import Encoded
+from stargate_lite.engines.questioner import Questioner
+from stargate_lite.engines.servers import VllmServer, find_vllm_python
 from stargate_lite.errors import StargateError
 from stargate_lite.prompts import questioner_messages
-from stargate_lite.engines.questioner import Encoded, Questioner
 from stargate_lite.recipe import VllmConfig, load_recipe
 from stargate_lite.stages.score import encode_gold, score_sums, token_logprobs
-from stargate_lite.engines.servers import VllmServer, find_vllm_python
 from stargate_lite.store import Store
 
 # On CPU, --gpu-memory-utilization is the share of host memory a server reserves: 0.1 of 24 GiB is 2.4 GiB,

@@ -14,8 +14,8 @@ import uuid
 from collections.abc import Callable, Iterator
 
 from ..engines.chat_models import ChatModel, Sampling, complete_all
-from ..prompts import is_question, questioner_messages, roleplayer_messages
 from ..engines.questioner import Questioner
+from ..prompts import is_question, questioner_messages, roleplayer_messages
 from ..recipe import Recipe
 from ..store import Store
 

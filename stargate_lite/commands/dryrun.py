@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 from ..engines.chat_models import ChatModels, Sampling, complete_all
+from ..engines.encoded import Encoded
+from ..engines.questioner import Questioner
 from ..prompts import questioner_messages, roleplayer_messages
-from ..engines.questioner import Encoded, Questioner
 from ..recipe import SPLITS, Recipe
 from ..stages.score import token_logprobs
 

@@ -8,9 +8,9 @@ import json
 import shutil
 from pathlib import Path
 
+from ..engines.questioner import Questioner
 from ..errors import StargateError
 from ..prompts import DECIDE_INSTRUCTION, QUESTION_INSTRUCTION
-from ..engines.questioner import Questioner
 from ..runs import pick_run, pick_training, recipe_of_run, training_format
 from ..store import Store
 

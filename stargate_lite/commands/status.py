@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from ..evaluation.efficiency import efficiency
 from ..errors import StargateError
-from ..loop import STAGES, split_for
-from ..runs import recipe_of_run, training_format
+from ..evaluation.efficiency import efficiency
+from ..runs import STAGES, recipe_of_run, split_for, training_format
 from ..store import Store
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import StargateError
-from .models import resolve_gguf
 from ..prompts import fold_system
 from ..recipe import ChatModelConfig
+from .models import resolve_gguf
 from .servers import LlamaServer, find_binary
 
 
@@ -290,8 +290,8 @@ class TransformersChat:
     """A Hugging Face chat model in this process, run like the Questioner (batched, length-sorted)."""
 
     def __init__(self, name: str, config: ChatModelConfig, home: Path):
-        from .questioner import Questioner
         from ..recipe import QuestionerConfig
+        from .questioner import Questioner
 
         self.name = name
         self.config = config

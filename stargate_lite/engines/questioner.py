@@ -11,20 +11,12 @@ import functools
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FallbackNotice, StargateError
-from .models import hub_failure, questioner_source
 from ..recipe import QuestionerConfig
-
-
-@dataclass
-class Encoded:
-    """Token ids of a rendered chat plus the positions whose tokens are targets (trained or scored)."""
-
-    input_ids: list[int]
-    target_positions: list[int]
+from .encoded import Encoded
+from .models import hub_failure, questioner_source
 
 
 class Questioner:

@@ -18,8 +18,8 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import StargateError
-from .processes import free_port, log_tail, spawn_tied, stop
 from ..recipe import ChatModelConfig, VllmConfig
+from .processes import free_port, log_tail, spawn_tied, stop
 
 BINARY_ENV = "STARGATE_LLAMA_SERVER"
 BUILD_COMMAND = "bash install.sh --llama-server"

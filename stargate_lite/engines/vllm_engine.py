@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import QuestionerFailure, StargateError
-from .questioner import Encoded
 from ..recipe import VllmConfig
+from .encoded import Encoded
 from .servers import VLLM_BASE_NAME, VllmServer
 
 

@@ -23,17 +23,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..engines.chat_models import ChatFailure, ChatModels, Sampling, preflight
-from ..stages.data import make_pairs, prepare_data
-from .efficiency import efficiency, mean_sem
+from ..engines.questioner import Questioner, SharedBase
 from ..errors import StargateError
-from .judge import judge_prompt_text, judge_protocol, policy_is_a, read_verdict, winner_of
 from ..progress import Progress
 from ..prompts import greeting, judge_messages, questioner_messages
-from ..engines.questioner import Questioner, SharedBase
 from ..runs import pick_run, recipe_of_run, run_dir, trained_iterations
+from ..stages.data import make_pairs, prepare_data
 from ..stages.score import base_weights, encode_gold, score_stage, score_sums
 from ..stages.simulate import Roleplayers, simulate
 from ..store import Store
+from .efficiency import efficiency, mean_sem
+from .judge import judge_prompt_text, judge_protocol, policy_is_a, read_verdict, winner_of
 
 RESPONDERS = ("policy", "base")  # who answers after Q_eta's conversation: Q_eta itself, or Q_0 (ablation)
 

@@ -14,13 +14,13 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from . import builtin_data
 from ..engines.chat_models import ChatFailure, ChatModel, Sampling
 from ..errors import StargateError
 from ..progress import Progress
 from ..prompts import gold_messages, persona_messages
 from ..recipe import SPLITS, Recipe
 from ..store import Store
+from . import builtin_data
 
 BUILTIN = "builtin"
 # Fixed, recipe-independent assignment of the built-in tasks, so every recipe sees the same splits.

@@ -6,9 +6,9 @@ the conversation as it ended), never the persona.
 
 from __future__ import annotations
 
+from ..engines.questioner import Questioner
 from ..progress import Progress
 from ..prompts import questioner_messages
-from ..engines.questioner import Questioner
 from ..recipe import RespondConfig
 from ..runs import chunks_left
 from ..store import Store

@@ -17,10 +17,10 @@ import re
 from collections.abc import Callable
 
 from ..engines.chat_models import ChatFailure, ChatModel, Sampling, complete_all
+from ..engines.questioner import Questioner
 from ..errors import QuestionerFailure
 from ..progress import Progress
 from ..prompts import is_question, questioner_messages, roleplayer_messages
-from ..engines.questioner import Questioner
 from ..recipe import SimulateConfig
 from ..store import Store
 

@@ -1,5 +1,5 @@
 """The train stage in several processes (train.processes): `accelerate launch` starts them, each loads the base
-model with the same fresh adapter and trains on its share of every micro-batch (train.train_lora), and the main
+model with the same fresh adapter and trains on its share of every micro-batch (engines/training.py), and the main
 one writes the adapter and the training record.
 
 The launcher is a tied child (processes.py), and each worker dies with the launcher, so killing stargate-lite or
@@ -20,9 +20,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import StargateError
+from ..engines.encoded import Encoded
 from ..engines.processes import die_with_parent, free_port, log_tail, spawn_tied, stop
-from ..engines.questioner import Encoded, Questioner
+from ..engines.questioner import Questioner
+from ..errors import StargateError
 from ..recipe import TrainConfig
 
 STEPS_FILE = "steps.jsonl"  # one line per optimizer step, written by the main worker
@@ -100,7 +101,7 @@ def _report_steps(path: Path, seen: int, on_step) -> int:
 def _worker(job_dir: Path) -> None:
     from accelerate import Accelerator
 
-    from .train import attach_lora, train_lora
+    from ..engines.training import attach_lora, train_lora
 
     die_with_parent()  # the launcher: a worker never outlives it
     job = pickle.loads((job_dir / "job.pkl").read_bytes())
