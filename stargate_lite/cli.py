@@ -6,6 +6,7 @@ import errno
 import functools
 import json
 import os
+import signal
 import sqlite3
 import sys
 import warnings
@@ -403,6 +404,10 @@ def recipe_show(recipe: Annotated[str, typer.Argument(help="Name or YAML path.")
 
 
 def main() -> None:
+    # A process started in the background of a script inherits SIGINT ignored, and Python then installs no
+    # handler: Ctrl-C, or a SIGINT sent to the run, would be lost and the run go on to the end. Every command
+    # stops cleanly on it (finished work is committed), so take it back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         app()
     except KeyboardInterrupt:  # outside a command's own handler: while arguments are parsed or modules load

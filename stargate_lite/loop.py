@@ -17,7 +17,7 @@ from .errors import StargateError
 from .progress import Progress
 from .prompts import questioner_messages
 from .recipe import Recipe
-from .runs import open_run, run_dir, run_lock, split_for
+from .runs import open_run, run_dir, run_lock, split_for, stop_point
 from .stages.data import make_pairs, prepare_data
 from .stages.respond import respond_stage
 from .stages.score import score_stage
@@ -119,6 +119,7 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
 
     if not store.stage_done(run_id, iteration, "pairs"):
         make_pairs(store, recipe, run_id, iteration, split, f"{recipe.seed}/{iteration}")
+        stop_point(f"pairs/{iteration}")
         store.mark_stage(run_id, iteration, "pairs")
 
     needs_policy = any(not store.stage_done(run_id, iteration, s) for s in ("simulate", "score", "respond"))
@@ -133,6 +134,7 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
         store.mark_stage(run_id, iteration, "score")
     if not store.stage_done(run_id, iteration, "select"):
         select_best(store, run_id, iteration, recipe.reward.question_cost)
+        stop_point(f"select/{iteration}")
         store.mark_stage(run_id, iteration, "select")
     if not store.stage_done(run_id, iteration, "respond"):
         if recipe.train.target == "response":
@@ -155,9 +157,11 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
             def on_step(step: int, total: int, loss: float) -> None:
                 bar.set_total(total)
                 bar(1)
+                stop_point(f"train/{iteration}")
 
             record = train_adapter(questioner, examples, recipe.train, seed=recipe.seed + iteration,
                                    out_dir=out_dir, on_step=on_step)
+        stop_point(f"trained/{iteration}")
         store.finish_training({"run_id": run_id, "iteration": iteration, "format": recipe.train.format, **record})
         release_memory()
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import re
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +17,8 @@ from .errors import StargateError
 from .recipe import Recipe, load_recipe, validate_recipe
 from .store import Store
 
+# Tests stop a run at a named point with this variable: POINT (SIGKILL there) or POINT=INT (SIGINT, a Ctrl-C).
+STOP_AT_ENV = "STARGATE_STOP_AT"
 _SECRET_KEY = re.compile(r"(?:^|_)(?:key|token|secret|password)$", re.IGNORECASE)
 # An iteration's stages in order; each is marked done in the store when its rows are all written.
 STAGES = ("pairs", "simulate", "score", "select", "respond", "train")
@@ -31,6 +35,17 @@ def redact(value):
     if isinstance(value, list):
         return [redact(v) for v in value]
     return value
+
+
+def stop_point(point: str) -> None:
+    """A named point of a run where finished work has just been committed: "personas", "golds", then per iteration
+    "pairs/N", "simulate/N", "score/N", "select/N", "respond/N", "train/N" (after an optimizer step) and
+    "trained/N" (the adapter written, its record not yet). Where $STARGATE_STOP_AT names the point, the process
+    signals itself there, so the resume and Ctrl-C tests stop a run exactly where they say, not after a guessed
+    sleep. Unset (always, outside tests), it does nothing."""
+    wanted, _, how = os.environ.get(STOP_AT_ENV, "").partition("=")
+    if wanted == point:
+        os.kill(os.getpid(), signal.SIGINT if how == "INT" else signal.SIGKILL)
 
 
 def split_for(iteration: int) -> str:

@@ -1,15 +1,23 @@
-"""Shared fixtures: every test gets its own project home; the converted tiny model is made once per session."""
+"""Shared fixtures: every test gets its own project home; the converted tiny model is made once per session.
+
+Test tiers: plain `pytest` runs the fast tier (pyproject.toml's addopts deselect the others); `pytest -m ""` runs
+every tier. A test's tiers follow from what it uses (TIERS below), so a new test that uses a finished run, starts
+a server or kills a process cannot slip into the fast tier; `cli` refuses a real run from an unmarked test."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
+
+from stargate_lite.runs import STOP_AT_ENV
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 # A 2-iteration run small enough for CI: 2 pairs per iteration, 2 conversations each, short generations.
@@ -41,6 +49,61 @@ TASK = "Can you suggest a weekly meal plan for me?"
 GOLD = "Here is a plan of quick spicy dinners: Monday, dan dan noodles; Tuesday, mapo tofu with rice."
 
 
+# tier -> (fixtures, names the test's code uses, string constants it holds) that put a test in it.
+TIERS = {
+    "run": ({"finished_run", "eval_home", "preferred_run", "stopped_run"},
+            {"run_args", "dpo_args", "policy_args", "RUN_ARGS", "TINY_CI_OVERRIDES"}, {"--iterations"}),
+    "server": ({"binary", "llama_server"}, {"LlamaServer", "LlamaServerChat", "find_binary"}, set()),
+    "vllm": ({"vllm_urls", "served", "launch"}, {"VllmEngine", "VllmServer"}, set()),
+    "processes": (set(), {"train_in_processes"}, {"processes", "train.processes=2"}),
+    "kill": (set(), {"SIGKILL", "SIGINT", "SIGTERM", "wait_for"}, set()),
+    "root": (set(), {"geteuid", "getuid"}, set()),
+}
+FAST_TIMEOUT, FULL_TIMEOUT = 180, 1800  # seconds per test, its fixtures' set-up included
+STRICT = os.environ.get("STARGATE_STRICT_TESTS") == "1"  # set by .ci/run: a skip that would hide work fails
+_current: list[pytest.Item] = []
+
+
+def _used(code: types.CodeType) -> tuple[set[str], set[str]]:
+    """Names and string constants of a function's code and of the functions defined in it."""
+    names, constants = set(code.co_names), set()
+    for value in code.co_consts:
+        if isinstance(value, types.CodeType):
+            inner_names, inner_constants = _used(value)
+            names |= inner_names
+            constants |= inner_constants
+        elif isinstance(value, str):
+            constants.add(value)
+    return names, constants
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        function = getattr(item, "function", None)
+        names, constants = _used(function.__code__) if function else (set(), set())
+        fixtures = set(getattr(item, "fixturenames", ()))
+        for tier, (by_fixture, by_name, by_constant) in TIERS.items():
+            if fixtures & by_fixture or names & by_name or constants & by_constant:
+                item.add_marker(tier)
+        if item.get_closest_marker("timeout") is None:
+            full = any(item.get_closest_marker(tier) for tier in TIERS)
+            item.add_marker(pytest.mark.timeout(FULL_TIMEOUT if full else FAST_TIMEOUT))
+
+
+@pytest.fixture(autouse=True)
+def _current_test(request):
+    _current.append(request.node)
+    yield
+    _current.pop()
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip a test that cannot run here; under .ci/run (STARGATE_STRICT_TESTS=1) fail instead, with the reason."""
+    if STRICT:
+        pytest.fail(f"would skip under CI, where it must run: {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("model-cache")
@@ -70,9 +133,15 @@ def base_model(questioner):
     return questioner.load_base()
 
 
-def cli(*args: str, home: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """The real command in a subprocess, as a user runs it."""
+def cli(*args: str, home: Path, check: bool = True, stop_at: str | None = None) -> subprocess.CompletedProcess:
+    """The real command in a subprocess, as a user runs it; `stop_at` names a point where it stops itself
+    (runs.stop_point: SIGKILL, or SIGINT with "POINT=INT")."""
+    if args[:1] == ("run",) and "--dry-run" not in args and _current:
+        assert _current[-1].get_closest_marker("run"), "a test that makes a real run belongs to the run tier: " \
+            "use run_args() or add what it uses to TIERS in conftest.py"
     env = {**os.environ, "STARGATE_HOME": str(home), "COLUMNS": "250"}  # tables one line per row
+    if stop_at:
+        env[STOP_AT_ENV] = stop_at
     result = subprocess.run([sys.executable, "-m", "stargate_lite", *args], env=env, capture_output=True, text=True,
                             timeout=900)
     if check and result.returncode != 0:
@@ -143,9 +212,20 @@ def run_args() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def finished(tmp_path_factory, model_cache) -> Path:
-    """The home of one uninterrupted tiny run of two iterations, shared by the tests that only read it."""
+def finished_run(tmp_path_factory, model_cache) -> Path:
+    """The home of one uninterrupted tiny run of two iterations, made once; tests get copies (`finished`)."""
     home = tmp_path_factory.mktemp("finished")
     os.environ["STARGATE_MODEL_CACHE"] = str(model_cache)
     cli(*run_args(), home=home)
     return home
+
+
+def copy_home(home: Path, to: Path) -> Path:
+    shutil.copytree(home, to)
+    return to
+
+
+@pytest.fixture
+def finished(finished_run, tmp_path) -> Path:
+    """A copy of the finished run's home, this test's own: what one test writes no other test reads."""
+    return copy_home(finished_run, tmp_path / "finished")

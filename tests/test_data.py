@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SHARED
+from conftest import SHARED, skip_or_fail
 
 from stargate_lite.errors import StargateError
 from stargate_lite.stages import builtin_data
@@ -89,9 +89,10 @@ def test_splits_of_an_import_must_not_overlap(tmp_path, home):
         import_data(store, "d", "B", tasks=tasks)
 
 
-@pytest.mark.skipif(not (SHARED / "data" / "assistant-gate").is_dir(), reason="../shared/data is not present")
 def test_the_authors_released_personas_import(home):
     root = SHARED / "data" / "assistant-gate" / "personas"
+    if not root.is_dir():
+        skip_or_fail(f"the authors' released data is not at {root} (../shared/data)")
     store = Store(home)
     for split in ("A", "B"):
         counts = import_data(store, "assistant-gate", split, personas=root / f"{split}.json",

@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import cli
+from conftest import cli, copy_home
 
 from stargate_lite.evaluation.judge import parse_last_line, parse_verdict, policy_is_a, read_verdict, winner_of
 from stargate_lite.recipe import JudgeConfig
@@ -25,11 +25,17 @@ def eval_counts(home: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def evaluated(finished) -> dict:
-    return json.loads(cli("eval", "--json", home=finished).stdout)
+def eval_home(finished_run, tmp_path_factory) -> Path:
+    """A copy of the finished run, evaluated once by `evaluated`; tests that write to it copy it first."""
+    return copy_home(finished_run, tmp_path_factory.mktemp("evaluated") / "home")
 
 
-def test_eval_reports_four_conditions_and_win_rates(evaluated, finished):
+@pytest.fixture(scope="module")
+def evaluated(eval_home) -> dict:
+    return json.loads(cli("eval", "--json", home=eval_home).stdout)
+
+
+def test_eval_reports_four_conditions_and_win_rates(evaluated, eval_home):
     assert [it["iteration"] for it in evaluated["iterations"]] == [0, 1, 2]
     assert evaluated["roleplayer"] == "smollm2" and evaluated["judge"] == "smollm2"
     for it in evaluated["iterations"]:
@@ -62,7 +68,7 @@ def test_eval_reports_four_conditions_and_win_rates(evaluated, finished):
         assert eff["user_tokens"]["mean"] > 0 and 0 <= eff["question_share"]["mean"] <= 1
         assert sum(eff["question_counts"].values()) == eff["questions"]["n"]
         assert sum(g["turns"]["n"] for g in eff["by_turns"].values()) == eff["turns"]["n"]
-    with sqlite3.connect(finished / "stargate.db") as db:
+    with sqlite3.connect(eval_home / "stargate.db") as db:
         raw = db.execute("select count(*) from judgments where raw is null").fetchone()[0]
         assert raw == 0  # the judge's own words (here its letters' log-probs) are kept for every verdict
         rows = db.execute("select pair_key, iteration, swapped, policy_is_a, margin, verdict from judgments"
@@ -75,13 +81,13 @@ def test_eval_reports_four_conditions_and_win_rates(evaluated, finished):
     assert all(orders[0] != orders[1] for orders in by_item.values())  # the second order shows them the other way
 
 
-def test_eval_table_shows_both_win_rates(evaluated, finished):
-    table = cli("report", home=finished).stdout
+def test_eval_table_shows_both_win_rates(evaluated, eval_home):
+    table = cli("report", home=eval_home).stdout
     assert "win rate, random order" in table and "win rate, both orders" in table and "consistency" in table
     assert "Efficiency" in table and "tokens the user typed" in table
 
 
-def test_a_second_eval_reuses_everything(evaluated, finished, monkeypatch):
+def test_a_second_eval_reuses_everything(evaluated, eval_home, monkeypatch):
     """No model is built when every row exists: constructors that fail prove it."""
     from stargate_lite.engines import chat_models
     from stargate_lite.evaluation import evaluate
@@ -89,15 +95,16 @@ def test_a_second_eval_reuses_everything(evaluated, finished, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded on a rerun")
 
-    before = eval_counts(finished)
+    before = eval_counts(eval_home)
     monkeypatch.setattr(evaluate, "Questioner", refuse)
     monkeypatch.setattr(chat_models, "LlamaCppChat", refuse)
-    again = evaluate.evaluate(home=finished)
-    assert eval_counts(finished) == before
+    again = evaluate.evaluate(home=eval_home)
+    assert eval_counts(eval_home) == before
     assert again["iterations"] == [{k: v for k, v in it.items()} for it in evaluated["iterations"]]
 
 
-def test_another_roleplayer_adds_rows_and_keeps_the_old(evaluated, finished):
+def test_another_roleplayer_adds_rows_and_keeps_the_old(evaluated, eval_home, tmp_path):
+    finished = copy_home(eval_home, tmp_path / "home")
     before = eval_counts(finished)
     other = json.loads(cli("eval", "--json", "--roleplayer", "smollm2-plain", "--iteration", "2", home=finished).stdout)
     assert other["roleplayer"] == "smollm2-plain"
@@ -243,20 +250,16 @@ class TruthfulJudge:
 
 @pytest.mark.parametrize("judge", [{"template": "letter", "read": "logprobs"},
                                    {"template": "compare", "read": "last_line", "max_tokens": 256}])
-def test_a_judge_that_always_picks_the_policy_credits_the_policy_in_both_orders(evaluated, finished, tmp_path,
+def test_a_judge_that_always_picks_the_policy_credits_the_policy_in_both_orders(evaluated, eval_home, tmp_path,
                                                                                 judge):
     """Through the real judge stage: swapping how a verdict maps to a model would turn every win into a loss."""
-    import shutil
-
     from stargate_lite.evaluation.evaluate import _judge, namespace, win_rates
     from stargate_lite.evaluation.judge import judge_protocol
     from stargate_lite.progress import Progress
     from stargate_lite.runs import recipe_of_run
     from stargate_lite.store import Store
 
-    home = tmp_path / "copy"
-    shutil.copytree(finished, home)
-    store = Store(home)
+    store = Store(copy_home(eval_home, tmp_path / "copy"))
     recipe = recipe_of_run(store.get_run("tiny")).model_copy(update={"judge": JudgeConfig(**judge)})
     ns = namespace("tiny", "smollm2")
     texts = store.eval_response_texts(ns, [0, 2])

@@ -10,7 +10,7 @@ import subprocess
 from contextlib import closing
 
 import pytest
-from conftest import cli
+from conftest import cli, skip_or_fail
 
 from stargate_lite.store import Store
 
@@ -61,7 +61,7 @@ def test_an_unwritable_home(tmp_path):
         mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(home)],
                                  capture_output=True)
         if mounted.returncode != 0:
-            pytest.skip(f"root without mount rights: cannot make a read-only home ({mounted.stderr!r})")
+            skip_or_fail(f"root without mount rights: cannot make a read-only home ({mounted.stderr!r})")
     else:
         home.chmod(0o555)
     try:
@@ -97,7 +97,7 @@ def test_a_disk_that_fills_up_mid_stage_loses_nothing(tmp_path):
     home.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(home)], capture_output=True)
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a size-limited file system here ({mounted.stderr!r})")
+        skip_or_fail(f"cannot mount a size-limited file system here ({mounted.stderr!r})")
     args = ["run", "--iterations", "1", *[a for o in TINY_CI_OVERRIDES for a in ("--set", o)]]
     try:
         line = _error_line(cli(*args, home=home, check=False))

@@ -5,7 +5,6 @@ chat template's shape."""
 from __future__ import annotations
 
 import copy
-import shutil
 
 import pytest
 import torch
@@ -63,8 +62,7 @@ def test_each_iteration_trains_a_fresh_lora_on_the_base(finished, tmp_path, monk
     from stargate_lite.engines.training import attach_lora
     from stargate_lite.stages import train
 
-    home = tmp_path / "copy"
-    shutil.copytree(finished, home)
+    home = finished  # this test's own copy
     store = Store(home)
     with store.transaction():  # undo iteration 2's training only: everything before it stays
         store.db.execute("delete from trainings where run_id = 'tiny' and iteration = 2")

@@ -135,21 +135,23 @@ def test_rerunning_a_finished_run_adds_nothing(finished):
     assert counts(finished) == before
 
 
-# A kill point per stage: the moment the condition holds, plus a seeded random delay, the run gets SIGKILL.
-KILL_POINTS = [
-    "select count(*) from personas",  # data: personas
-    "select count(*) from golds",  # data: gold responses
-    "select count(*) from conversations where iteration = 1",  # simulate, one chunk stored
-    "select count(*) from stages where iteration = 1 and stage = 'simulate'",  # score
-    "select count(*) from stages where iteration = 1 and stage = 'select'",  # respond
-    "select count(*) from stages where iteration = 1 and stage = 'respond'",  # train
-    "select count(*) from iterations where iteration = 2",  # between iterations
-    "select count(*) from conversations where iteration = 2",  # simulate
-    "select count(*) from scores where iteration = 2",  # score
-    "select count(*) from stages where iteration = 2 and stage = 'score'",  # select/respond
-    "select count(*) from stages where iteration = 2 and stage = 'respond'",  # train
-    "select count(*) from trainings where iteration = 2",  # the very end
-]
+def _not_done(stage: str, iteration: int) -> str:
+    return f"not exists (select 1 from stages where iteration = {iteration} and stage = '{stage}')"
+
+
+# Every named stop point of a run (runs.stop_point), each with what the store holds when the run is killed there:
+# that stage's first rows committed and the stage not yet marked done.
+KILL_POINTS = {
+    "personas": "select count(*) between 1 and 3 from personas",  # 4 wanted
+    "golds": "select count(*) between 1 and 3 from golds",  # 6 pairs over the three splits, 2 at a time
+    **{f"{stage}/1": f"select count(*) > 0 and {_not_done(stage, 1)} from {table} where iteration = 1"
+       for stage, table in [("pairs", "pairs"), ("simulate", "conversations"), ("score", "scores"),
+                            ("select", "selections"), ("respond", "responses")]},
+    "train/1": f"select {_not_done('train', 1)} and not exists (select 1 from trainings where iteration = 1)",
+    "trained/1": "select not exists (select 1 from trainings where iteration = 1)",
+    "pairs/2": f"select count(*) > 0 and {_not_done('pairs', 2)} from pairs where iteration = 2",
+    "trained/2": "select not exists (select 1 from trainings where iteration = 2)",
+}
 ORPHANS = [
     "select count(*) from turns t left join conversations c on c.id = t.conversation_id where c.id is null",
     "select count(*) from scores s left join conversations c on c.id = s.conversation_id where c.id is null",
@@ -162,29 +164,33 @@ ORPHANS = [
 
 
 def test_resume_after_sigkill_at_every_stage_gives_the_uninterrupted_result(finished, tmp_path):
+    """SIGKILL at every named point in turn (each rerun gets further), and once at a seeded random moment of
+    iteration 2; then a last run must give the uninterrupted run, record for record, with no orphan rows."""
     home = tmp_path / "killed"
-    env = {**os.environ, "STARGATE_HOME": str(home)}
-    rng = random.Random(1234)
-    kills = 0
-    for sql in KILL_POINTS:
-        process = subprocess.Popen([sys.executable, "-m", "stargate_lite", *run_args()], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            if wait_for(home, sql, process):
-                time.sleep(rng.uniform(0, 1.5))
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGKILL)
-                kills += 1
+    for point, holds in KILL_POINTS.items():
+        if point == "trained/2":  # before it, a kill at no named point
+            process = subprocess.Popen([sys.executable, "-m", "stargate_lite", *run_args()],
+                                       env={**os.environ, "STARGATE_HOME": str(home)},
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            assert wait_for(home, "select count(*) from conversations where iteration = 2", process)
+            time.sleep(random.Random(1234).uniform(0, 1.5))
+            assert process.poll() is None, "the run ended before the random kill"
+            process.send_signal(signal.SIGKILL)
             process.wait()
-    assert kills >= 10
+        result = cli(*run_args(), home=home, check=False, stop_at=point)
+        assert result.returncode == -signal.SIGKILL, f"the run never reached {point}: {result.stderr[-2000:]}"
+        with sqlite3.connect(home / "stargate.db") as db:
+            assert db.execute(holds).fetchone()[0], f"killed at {point}, the store does not show it: {holds}"
+        if point.startswith("trained/"):  # the adapter in place, its record not yet
+            assert (home / "runs" / "tiny" / f"iteration-{point[-1]}" / "adapter" / "adapter_config.json").is_file()
     cli(*run_args(), home=home)
     assert counts(home) == counts(finished)
     assert snapshot(home) == snapshot(finished)
     with sqlite3.connect(home / "stargate.db") as db:
-        assert all(db.execute(sql).fetchone()[0] == 0 for sql in ORPHANS)
+        orphans = [db.execute(sql).fetchone()[0] for sql in ORPHANS]
+    assert orphans and not any(orphans)
     report = json.loads(cli("status", "--json", home=home).stdout)
-    assert all(it["complete"] for it in report["runs"][0]["iterations"])
+    assert report["runs"][0]["iterations"] and all(it["complete"] for it in report["runs"][0]["iterations"])
     assert not list(home.rglob("*.tmp"))  # no half-written adapter or model left behind as if finished
 
 
@@ -198,15 +204,13 @@ def test_a_changed_recipe_does_not_silently_resume(finished):
 def test_a_trained_iteration_left_unfinished_is_finished_on_resume(finished, tmp_path):
     """Stores from before training and finish were one transaction can hold a trained, unfinished iteration:
     the next run finishes it without training again."""
-    import shutil
 
     from stargate_lite.loop import run
     from stargate_lite.progress import Progress
     from stargate_lite.runs import recipe_of_run
     from stargate_lite.store import Store
 
-    home = tmp_path / "copy"
-    shutil.copytree(finished, home)
+    home = finished  # this test's own copy
     store = Store(home)
     trained_at = store.training("tiny", 2)["finished_at"]
     with store.transaction():
@@ -219,15 +223,13 @@ def test_a_trained_iteration_left_unfinished_is_finished_on_resume(finished, tmp
 def test_a_resumed_score_stage_redoes_whole_chunks_at_fixed_indices(finished, questioner, tmp_path, monkeypatch):
     """Chunks sit at fixed indices of the iteration's conversations, as simulate's do: whatever was left, the
     rerun scores the chunks an uninterrupted run scores, so forms the same batches and stores the same floats."""
-    import shutil
 
     from stargate_lite.progress import Progress
     from stargate_lite.recipe import load_recipe
     from stargate_lite.stages import score
     from stargate_lite.store import Store
 
-    home = tmp_path / "copy"
-    shutil.copytree(finished, home)
+    home = finished  # this test's own copy
     monkeypatch.setattr(score, "SCORE_CHUNK", 2)
     batches, real = [], score.score_sums
     monkeypatch.setattr(score, "score_sums", lambda model, encoded, **kw: batches.append(len(encoded))

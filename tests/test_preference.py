@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import random
 import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_CI_OVERRIDES, cli, wait_for
+from conftest import TINY_CI_OVERRIDES, cli, copy_home
 
 DPO = ["train.method=dpo", "simulate.conversations_per_pair=3", "train.epochs=2"]
 
@@ -25,10 +20,16 @@ def dpo_args() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def preferred(tmp_path_factory, model_cache) -> Path:
+def preferred_run(tmp_path_factory, model_cache) -> Path:
     home = tmp_path_factory.mktemp("dpo")
     cli(*dpo_args(), home=home)
     return home
+
+
+@pytest.fixture
+def preferred(preferred_run, tmp_path) -> Path:
+    """A copy of the module's run, this test's own."""
+    return copy_home(preferred_run, tmp_path / "dpo")
 
 
 def result(home: Path) -> dict:
@@ -99,25 +100,15 @@ def test_the_method_is_recorded_with_the_training(preferred):
 
 
 def test_dpo_resumes_after_sigkill_with_the_uninterrupted_result(preferred, tmp_path):
+    """SIGKILL at the named points of every stage from simulate to the written adapter (runs.stop_point), each
+    rerun getting further; the last run gives the uninterrupted run's selections, responses and losses."""
     home = tmp_path / "killed"
-    env = {**os.environ, "STARGATE_HOME": str(home)}
-    rng = random.Random(7)
-    kill_points = [
-        "select count(*) from conversations where iteration = 1",  # simulate
-        "select count(*) from stages where stage = 'select'",  # respond
-        "select count(*) from stages where stage = 'respond'",  # train
-    ]
-    kills = 0
-    for sql in kill_points:
-        process = subprocess.Popen([sys.executable, "-m", "stargate_lite", *dpo_args()], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if wait_for(home, sql, process):
-            time.sleep(rng.uniform(0, 1.0))
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            kills += 1
-        process.wait()
-    assert kills >= 2
+    for point in ("simulate/1", "score/1", "select/1", "respond/1", "train/1", "trained/1"):
+        stopped = cli(*dpo_args(), home=home, check=False, stop_at=point)
+        assert stopped.returncode == -signal.SIGKILL, f"the run never reached {point}: {stopped.stderr[-2000:]}"
+        stage = {"trained": "train"}.get(point.split("/")[0], point.split("/")[0])
+        with sqlite3.connect(home / "stargate.db") as db:
+            assert not db.execute("select count(*) from stages where stage = ?", [stage]).fetchone()[0], point
     cli(*dpo_args(), home=home)
     assert result(home) == result(preferred)
 

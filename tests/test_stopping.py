@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_CI_OVERRIDES, cli
+from conftest import TINY_CI_OVERRIDES, cli, copy_home
 
 from stargate_lite.prompts import DECIDE_INSTRUCTION, QUESTION_INSTRUCTION
 
@@ -25,10 +25,16 @@ def policy_args(iterations: int = 1) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def stopped(tmp_path_factory, model_cache) -> Path:
+def stopped_run(tmp_path_factory, model_cache) -> Path:
     home = tmp_path_factory.mktemp("policy-turns")
     cli(*policy_args(), home=home)
     return home
+
+
+@pytest.fixture
+def stopped(stopped_run, tmp_path) -> Path:
+    """A copy of the module's run, this test's own."""
+    return copy_home(stopped_run, tmp_path / "policy-turns")
 
 
 def test_conversations_end_where_the_questioner_answers_or_at_the_turn_limit(stopped):

@@ -19,6 +19,7 @@ from ..errors import StargateError
 from ..progress import Progress
 from ..prompts import gold_messages, persona_messages
 from ..recipe import SPLITS, Recipe
+from ..runs import stop_point
 from ..store import Store
 from . import builtin_data
 
@@ -102,6 +103,7 @@ def generate_personas(store: Store, recipe: Recipe, get_oracle: Callable[[], Cha
             }
             store.insert_rows("personas", [row], pk="id")
             advance(1)
+            stop_point("personas")
 
 
 def _write_persona(oracle: ChatModel, seeds: list[str], name: str, key: str, max_tokens: int) -> str | ChatFailure:
@@ -183,6 +185,7 @@ def generate_golds(store: Store, recipe: Recipe, get_oracle: Callable[[], ChatMo
             ]
             store.insert_rows("golds", rows, pk="id")
             advance(len(chunk))
+            stop_point("golds")
 
 
 def prepare_data(store: Store, recipe: Recipe, get_oracle: Callable[[], ChatModel], progress: Progress) -> None:

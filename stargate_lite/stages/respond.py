@@ -10,7 +10,7 @@ from ..engines.questioner import Questioner
 from ..progress import Progress
 from ..prompts import questioner_messages
 from ..recipe import RespondConfig
-from ..runs import chunks_left
+from ..runs import chunks_left, stop_point
 from ..store import Store
 
 RESPONSE_CHUNK = 32  # responses generated and stored per transaction
@@ -53,3 +53,4 @@ def respond_stage(
             ]
             store.insert_rows("responses", rows, pk="pair_id")
             advance(len(chunk))
+            stop_point(f"respond/{iteration}")

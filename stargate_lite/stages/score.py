@@ -20,7 +20,7 @@ from ..errors import FallbackNotice
 from ..progress import Progress
 from ..prompts import questioner_messages
 from ..recipe import ScoreConfig
-from ..runs import chunks_left
+from ..runs import chunks_left, stop_point
 from ..store import Store
 
 
@@ -133,6 +133,7 @@ def score_stage(
                 ]
                 store.insert_rows("scores", rows, pk="conversation_id")
                 advance(len(chunk))
+                stop_point(f"score/{iteration}")
 
 
 @contextmanager

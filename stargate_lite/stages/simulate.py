@@ -22,6 +22,7 @@ from ..errors import QuestionerFailure
 from ..progress import Progress
 from ..prompts import is_question, questioner_messages, roleplayer_messages
 from ..recipe import SimulateConfig
+from ..runs import stop_point
 from ..store import Store
 
 
@@ -180,3 +181,4 @@ def simulate(
                     for c in convs
                 ]
             )
+            stop_point(f"simulate/{iteration}")
