@@ -48,6 +48,11 @@ class VllmConfig(_Strict):
         "e.g. [--tensor-parallel-size, '2', --gpu-memory-utilization, '0.4'] (both share the GPUs: their two "
         "shares must fit; on CPU, the share is of host memory: 0.15 suits a small model).",
     )
+    kv_cache_gib: float | None = Field(
+        None, gt=0, description="Managed servers: GiB of KV cache each reserves (--kv-cache-memory-bytes). null: "
+        "on a GPU, vLLM sizes it from --gpu-memory-utilization; on a CPU, 1 GiB (vLLM's CPU build would size it "
+        "from the memory free at that moment, so whether a server starts would depend on what else runs).",
+    )
     max_lora_rank: int = Field(16, ge=1, description="The largest LoRA rank the server accepts (>= train.lora_r).")
     max_concurrency: int = Field(64, ge=1, description="Requests in flight at once; the server batches them.")
     startup_timeout: float = Field(900.0, gt=0, description="Managed servers: seconds to load the model and answer.")

@@ -17,8 +17,10 @@ from .errors import StargateError
 from .recipe import Recipe, load_recipe, validate_recipe
 from .store import Store
 
-# Tests stop a run at a named point with this variable: POINT (SIGKILL there) or POINT=INT (SIGINT, a Ctrl-C).
+# Tests stop a run at a named point with this variable: POINT (SIGKILL there), POINT=INT (SIGINT, a Ctrl-C) or
+# POINT=STOP (SIGSTOP: the run waits, frozen, until the test sends SIGCONT).
 STOP_AT_ENV = "STARGATE_STOP_AT"
+_STOP_SIGNALS = {"": signal.SIGKILL, "KILL": signal.SIGKILL, "INT": signal.SIGINT, "STOP": signal.SIGSTOP}
 _SECRET_KEY = re.compile(r"(?:^|_)(?:key|token|secret|password)$", re.IGNORECASE)
 # An iteration's stages in order; each is marked done in the store when its rows are all written.
 STAGES = ("pairs", "simulate", "score", "select", "respond", "train")
@@ -42,10 +44,11 @@ def stop_point(point: str) -> None:
     "pairs/N", "simulate/N", "score/N", "select/N", "respond/N", "train/N" (after an optimizer step) and
     "trained/N" (the adapter written, its record not yet). Where $STARGATE_STOP_AT names the point, the process
     signals itself there, so the resume and Ctrl-C tests stop a run exactly where they say, not after a guessed
-    sleep. Unset (always, outside tests), it does nothing."""
+    sleep. Unset (always, outside tests), it does nothing; once per process (a point is passed again only where
+    a stage goes on to its next chunk)."""
     wanted, _, how = os.environ.get(STOP_AT_ENV, "").partition("=")
     if wanted == point:
-        os.kill(os.getpid(), signal.SIGINT if how == "INT" else signal.SIGKILL)
+        os.kill(os.getpid(), _STOP_SIGNALS[how])
 
 
 def split_for(iteration: int) -> str:

@@ -54,7 +54,7 @@ TIERS = {
     "run": ({"finished_run", "eval_home", "preferred_run", "stopped_run"},
             {"run_args", "dpo_args", "policy_args", "RUN_ARGS", "TINY_CI_OVERRIDES"}, {"--iterations"}),
     "server": ({"binary", "llama_server"}, {"LlamaServer", "LlamaServerChat", "find_binary"}, set()),
-    "vllm": ({"vllm_urls", "served", "launch"}, {"VllmEngine", "VllmServer"}, set()),
+    "vllm": ({"vllm_urls", "served", "launch"}, set(), set()),
     "processes": (set(), {"train_in_processes"}, {"processes", "train.processes=2"}),
     "kill": (set(), {"SIGKILL", "SIGINT", "SIGTERM", "wait_for"}, set()),
     "root": (set(), {"geteuid", "getuid"}, set()),

@@ -59,7 +59,7 @@ def test_each_pair_prefers_its_best_conversation_to_its_worst_with_the_same_fina
         worst = db.execute("select c.pair_id, min(s.logprob) from conversations c "  # no question cost here
                            "join scores s on s.conversation_id = c.id group by c.pair_id order by 1").fetchall()
         best = db.execute("select pair_id, reward from selections order by 1").fetchall()
-    assert all(b > w for (_, b), (_, w) in zip(best, worst))
+    assert best and all(b > w for (_, b), (_, w) in zip(best, worst, strict=True))
     for chosen, rejected in pairs:
         assert chosen[0] == rejected[0] and chosen[-1] == rejected[-1]  # same greeting, same final turn
         assert chosen[1:-1] != rejected[1:-1]  # the conversations differ

@@ -59,7 +59,7 @@ def test_scorer_matches_a_plain_forward_per_token(questioner, base_model):
             assert g.shape == r.shape
             assert torch.max(torch.abs(g - r)).item() < 1e-4
     sums = score_sums(base_model, items, batch_size=2, vocab_chunk_tokens=64)
-    assert all(s < 0 and n > 0 for s, n in sums)
+    assert len(sums) == len(items) and all(s < 0 and n > 0 for s, n in sums)
     assert abs(sums[0][0] - references[0].sum().item()) < 1e-3
 
 

@@ -21,6 +21,7 @@ def test_every_query_works_under_a_999_variable_limit(tmp_path):
     assert len(results["pairing: golds of the split's pairs"]) == pairs
     assert len(results["pairs of an iteration (joined)"]) == pairs
     assert len(results["simulate resume: conversation ids"]) == pairs * samples
+    assert results["score resume: conversations to score"]
     assert all(c["scored"] for c in results["score resume: conversations to score"])
     assert len(results["turns of one 64-conversation chunk"]) == 64
     selections, responses = results["respond resume: selections, responses"]

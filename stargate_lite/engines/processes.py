@@ -12,6 +12,7 @@ runs in a session of its own, so a Ctrl-C in the terminal reaches stargate-lite 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -90,6 +91,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# "ValueError: ...", "torch.OutOfMemoryError: ...", after any prefix a logger or a worker process puts before it.
+_EXCEPTION = re.compile(r"\b[A-Za-z_][\w.]*(?:Error|Exception): \S.*")
+
+
+def log_cause(path: Path, width: int = 300) -> str:
+    """Why a child failed, as its log says: the last exception raised there (type and message), else the log's
+    last lines. A failing vLLM server's log ends with its processes' shutdown warnings, not with the cause."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "(no log)"
+    raised = [found.group(0) for line in text.splitlines() if (found := _EXCEPTION.search(line))]
+    return " ".join(raised[-1].split())[:width] if raised else log_tail(path)
 
 
 def log_tail(path: Path, lines: int = 2, width: int = 160) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import StargateError
 from ..recipe import ChatModelConfig, VllmConfig
-from .processes import free_port, log_tail, spawn_tied, stop
+from .processes import free_port, log_cause, log_tail, spawn_tied, stop
 
 BINARY_ENV = "STARGATE_LLAMA_SERVER"
 BUILD_COMMAND = "bash install.sh --llama-server"
@@ -103,7 +103,7 @@ class ManagedServer:
                 pass  # not listening yet, or 503 while the model loads
             time.sleep(0.2)
         raise StargateError(f"{self.name}: {self.kind} was not ready after {self.startup_timeout:.0f} s "
-                            f"(startup_timeout): {log_tail(self.log_path)} (log: {self.log_path})")
+                            f"(startup_timeout): {log_cause(self.log_path)} (log: {self.log_path})")
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -111,7 +111,7 @@ class ManagedServer:
     def failure(self, what: str) -> str:
         code = self.process.poll() if self.process else None
         exit_part = f" (exit code {code})" if code is not None else ""
-        return f"{self.name}: {self.kind} {what}{exit_part}: {log_tail(self.log_path)} (log: {self.log_path})"
+        return f"{self.name}: {self.kind} {what}{exit_part}: {log_cause(self.log_path)} (log: {self.log_path})"
 
     def ensure_alive(self) -> None:
         """Raise the one-line error of a server that died mid-run (finished work is stored; a rerun continues)."""
@@ -146,6 +146,7 @@ class LlamaServer(ManagedServer):
 VLLM_PYTHON_ENV = "STARGATE_VLLM_PYTHON"
 VLLM_INSTALL = "bash install.sh --vllm"
 VLLM_BASE_NAME = "base"  # the name the managed server gives the base model; adapters get names of their own
+CPU_KV_CACHE_GIB = 1.0  # questioner.vllm.kv_cache_gib's value on a CPU: 8k tokens of a 7B model in bf16
 
 
 def find_vllm_python(configured: str | None) -> Path:
@@ -165,6 +166,13 @@ def find_vllm_python(configured: str | None) -> Path:
                         f"{sibling}): install it with `{VLLM_INSTALL}`, or give questioner.vllm.base_url")
 
 
+def _cuda_visible() -> bool:
+    """Whether vLLM's server here will run on a GPU: the machine's, as this process's torch sees it."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
 class VllmServer(ManagedServer):
     """vLLM's OpenAI-compatible server for the Questioner's base model: for generation, with LoRA adapters
     loadable at run time; for scoring, without LoRA (its prompt log-probs are wrong with LoRA on) and without a
@@ -181,6 +189,7 @@ class VllmServer(ManagedServer):
         self.dtype = dtype
         self.quantize_4bit = quantize_4bit
         self.lora = lora
+        self.kv_cache_gib = config.kv_cache_gib or (None if _cuda_visible() else CPU_KV_CACHE_GIB)
 
     def command(self, port: int) -> list[str]:
         args = [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
@@ -192,6 +201,8 @@ class VllmServer(ManagedServer):
             args += ["--no-enable-prefix-caching"]
         if self.quantize_4bit:  # the weights training sees (questioner.load_in_4bit): bitsandbytes nf4
             args += ["--quantization", "bitsandbytes"]
+        if self.kv_cache_gib and "--kv-cache-memory-bytes" not in self.config.server_args:
+            args += ["--kv-cache-memory-bytes", str(int(self.kv_cache_gib * 2**30))]
         return [*args, *self.config.server_args]
 
     def environment(self) -> dict:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..engines.encoded import Encoded
-from ..engines.processes import die_with_parent, free_port, log_tail, spawn_tied, stop
+from ..engines.processes import die_with_parent, free_port, log_cause, spawn_tied, stop
 from ..engines.questioner import Questioner
 from ..errors import StargateError
 from ..recipe import TrainConfig
@@ -78,7 +78,7 @@ def train_in_processes(
     record_path = job_dir / RECORD_FILE
     if process.returncode != 0 or not record_path.is_file():
         raise StargateError(f"training in {processes} processes failed (exit code {process.returncode}): "
-                            f"{log_tail(log)} (log: {log}); rerun the same command to train again")
+                            f"{log_cause(log)} (log: {log}); rerun the same command to train again")
     record = json.loads(record_path.read_text())
     shutil.rmtree(job_dir, ignore_errors=True)
     return record

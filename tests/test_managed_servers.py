@@ -1,0 +1,70 @@
+"""Managed servers without a model: a tiny script as the server says why a start failed, and what a vLLM server is
+asked to reserve on a CPU."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from stargate_lite.engines.servers import CPU_KV_CACHE_GIB, ManagedServer, VllmServer
+from stargate_lite.errors import StargateError
+from stargate_lite.recipe import VllmConfig
+
+# A server that fails as vLLM's CPU build did: an exception, then its processes' shutdown warnings after it.
+FAILING = """
+import atexit, sys
+atexit.register(lambda: print("resource_tracker: There appear to be 1 leaked semaphore objects to clean up",
+                              file=sys.stderr))
+print("INFO starting the engine", flush=True)
+raise ValueError("Available memory on node 0 (0.06/23.4 GiB) is less than requested memory for kv (0.09 GiB)")
+"""
+
+
+class ScriptServer(ManagedServer):
+    kind = "test server"
+
+    def __init__(self, script: str, log_path, startup_timeout: float = 60):
+        super().__init__("script", log_path, startup_timeout)
+        self.script = script
+
+    def command(self, port: int) -> list[str]:
+        return [sys.executable, "-c", self.script]
+
+
+def test_a_server_that_fails_to_start_is_reported_by_the_exception_in_its_log(tmp_path):
+    server = ScriptServer(FAILING, tmp_path / "server.log")
+    with pytest.raises(StargateError) as failed:
+        server.start()
+    message = str(failed.value)
+    assert "did not start (exit code 1)" in message
+    assert "ValueError: Available memory on node 0" in message and "resource_tracker" not in message
+    assert "resource_tracker" in (tmp_path / "server.log").read_text()  # the line the old message showed
+
+
+def test_a_log_without_an_exception_is_reported_by_its_last_lines(tmp_path):
+    server = ScriptServer("print('listening failed'); raise SystemExit(3)", tmp_path / "server.log")
+    with pytest.raises(StargateError, match=r"exit code 3\): .*listening failed"):
+        server.start()
+
+
+def _vllm(**config) -> VllmServer:
+    """A vLLM server as configured, never started: this Python stands in for vLLM's."""
+    return VllmServer(VllmConfig(python=sys.executable, **config), "model", "float32", False, Path("unused.log"))
+
+
+def _kv_bytes(command: list[str]) -> list[str]:
+    return [command[i + 1] for i, arg in enumerate(command) if arg == "--kv-cache-memory-bytes"]
+
+
+def test_vllm_servers_on_a_cpu_reserve_an_explicit_kv_cache():
+    """vLLM's CPU build otherwise sizes its KV cache from the memory free when it starts, so a start failed or
+    succeeded by what else ran on the machine (0.06 GiB available, 0.09 needed, in one CI run)."""
+    import torch
+
+    assert not torch.cuda.is_available()  # this suite runs on CPUs; on a GPU vLLM's own sizing is kept
+    assert _kv_bytes(_vllm().command(8000)) == [str(int(CPU_KV_CACHE_GIB * 2**30))]
+    assert _kv_bytes(_vllm(kv_cache_gib=0.5).command(8000)) == [str(2**29)]
+    given = _vllm(server_args=["--kv-cache-memory-bytes", "12345"]).command(8000)
+    assert _kv_bytes(given) == ["12345"]  # the user's own setting, once
