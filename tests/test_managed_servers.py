@@ -7,18 +7,24 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import alive
 
 from stargate_lite.engines.servers import CPU_KV_CACHE_GIB, ManagedServer, VllmServer
 from stargate_lite.errors import StargateError
 from stargate_lite.recipe import VllmConfig
 
-# A server that fails as vLLM's CPU build did: an exception, then its processes' shutdown warnings after it.
+# A server that fails as vLLM's CPU build did: the worker's exception, wrappers that point back to it, then its
+# processes' shutdown warnings.
 FAILING = """
-import atexit, sys
+import atexit, sys, traceback
 atexit.register(lambda: print("resource_tracker: There appear to be 1 leaked semaphore objects to clean up",
                               file=sys.stderr))
 print("INFO starting the engine", flush=True)
-raise ValueError("Available memory on node 0 (0.06/23.4 GiB) is less than requested memory for kv (0.09 GiB)")
+try:
+    raise ValueError("Available memory on node 0 (0.06/23.4 GiB) is less than requested memory for kv (0.09 GiB)")
+except ValueError:
+    traceback.print_exc()
+raise RuntimeError("Engine core initialization failed. See root cause above.")
 """
 
 
@@ -39,7 +45,8 @@ def test_a_server_that_fails_to_start_is_reported_by_the_exception_in_its_log(tm
         server.start()
     message = str(failed.value)
     assert "did not start (exit code 1)" in message
-    assert "ValueError: Available memory on node 0" in message and "resource_tracker" not in message
+    assert "ValueError: Available memory on node 0" in message
+    assert "resource_tracker" not in message and "root cause above" not in message
     assert "resource_tracker" in (tmp_path / "server.log").read_text()  # the line the old message showed
 
 
@@ -68,3 +75,32 @@ def test_vllm_servers_on_a_cpu_reserve_an_explicit_kv_cache():
     assert _kv_bytes(_vllm(kv_cache_gib=0.5).command(8000)) == [str(2**29)]
     given = _vllm(server_args=["--kv-cache-memory-bytes", "12345"]).command(8000)
     assert _kv_bytes(given) == ["12345"]  # the user's own setting, once
+
+
+def test_only_the_last_start_of_a_log_is_read_for_the_cause(tmp_path):
+    """A managed server's log grows with every start: an earlier start's failure is not this one's cause."""
+    log = tmp_path / "server.log"
+    log.write_text("\n# old command\nOSError: [Errno 98] Address already in use\n")
+    server = ScriptServer("print('no model file at /models/x.gguf'); raise SystemExit(1)", log)
+    with pytest.raises(StargateError) as failed:
+        server.start()
+    assert "no model file" in str(failed.value) and "Errno 98" not in str(failed.value)
+    assert log.read_text().count("\n# ") == 2  # one start: the old clash did not make it retry on another port
+
+
+def test_a_port_taken_first_is_retried_on_another_port(tmp_path):
+    """Another process may take the free port before the server binds it: the start is retried on a new port (three
+    tries in all), and nothing else is retried."""
+    server = ScriptServer("print('error while attempting to bind: address already in use'); raise SystemExit(1)",
+                          tmp_path / "server.log")
+    with pytest.raises(StargateError, match="did not start"):
+        server.start()
+    assert (tmp_path / "server.log").read_text().count("\n# ") == 3
+
+
+def test_a_server_not_ready_in_time_is_stopped_and_named(tmp_path):
+    server = ScriptServer("import time; print('loading weights', flush=True); time.sleep(600)", tmp_path / "server.log",
+                          startup_timeout=1)
+    with pytest.raises(StargateError, match=r"was not ready after 1 s \(startup_timeout\): .*loading weights"):
+        server.start()
+    assert server.process.poll() is not None and not alive(server.process.pid)  # stopped, not left loading

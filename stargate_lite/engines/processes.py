@@ -95,17 +95,27 @@ def free_port() -> int:
 
 # "ValueError: ...", "torch.OutOfMemoryError: ...", after any prefix a logger or a worker process puts before it.
 _EXCEPTION = re.compile(r"\b[A-Za-z_][\w.]*(?:Error|Exception): \S.*")
+_POINTS_ABOVE = re.compile(r"\b(?:cause|trace) above\b", re.IGNORECASE)
+
+
+def last_start(path: Path) -> str:
+    """What a tied child's log holds since its last start (spawn_tied writes "# COMMAND" before each)."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").rsplit("\n# ", 1)[-1]
+    except OSError:
+        return ""
 
 
 def log_cause(path: Path, width: int = 300) -> str:
-    """Why a child failed, as its log says: the last exception raised there (type and message), else the log's
-    last lines. A failing vLLM server's log ends with its processes' shutdown warnings, not with the cause."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
+    """Why a child failed, as its log says since its last start: the last exception raised there (type and
+    message) that does not point to a cause "above" it, else the log's last lines. A failing vLLM server's log
+    ends with wrappers ("Engine core initialization failed. See root cause above.") and its processes' shutdown
+    warnings; the cause is the worker's exception before them."""
+    if not path.exists():
         return "(no log)"
-    raised = [found.group(0) for line in text.splitlines() if (found := _EXCEPTION.search(line))]
-    return " ".join(raised[-1].split())[:width] if raised else log_tail(path)
+    raised = [found.group(0) for line in last_start(path).splitlines() if (found := _EXCEPTION.search(line))]
+    causes = [line for line in raised if not _POINTS_ABOVE.search(line)] or raised
+    return " ".join(causes[-1].split())[:width] if causes else log_tail(path)
 
 
 def log_tail(path: Path, lines: int = 2, width: int = 160) -> str:

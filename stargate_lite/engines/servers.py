@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import StargateError
 from ..recipe import ChatModelConfig, VllmConfig
-from .processes import free_port, log_cause, log_tail, spawn_tied, stop
+from .processes import free_port, last_start, log_cause, spawn_tied, stop
 
 BINARY_ENV = "STARGATE_LLAMA_SERVER"
 BUILD_COMMAND = "bash install.sh --llama-server"
@@ -49,6 +49,10 @@ def find_binary(configured: str | None) -> Path:
         raise StargateError(f"no llama-server found (recipe server_binary, ${BINARY_ENV}, PATH): build it with "
                             f"`{BUILD_COMMAND}` (CUDA: CMAKE_ARGS=\"-DGGML_CUDA=on\" {BUILD_COMMAND})")
     return Path(found)
+
+
+# What a server's log says when another process took its port first: llama-server's words, then uvicorn's (vLLM).
+PORT_CLASHES = ("couldn't bind", "address already in use")
 
 
 class ManagedServer:
@@ -85,8 +89,8 @@ class ManagedServer:
             if healthy:
                 self.url = f"http://127.0.0.1:{port}/v1"
                 return self.url
-            tail = log_tail(self.log_path, lines=8).lower()
-            if "bind" not in tail and "address already in use" not in tail:
+            said = last_start(self.log_path).lower()  # an earlier start's port clash is not this one's
+            if not any(clash in said for clash in PORT_CLASHES):
                 break
         raise StargateError(self.failure("did not start"))
 
