@@ -100,10 +100,11 @@ def test_the_method_is_recorded_with_the_training(preferred):
 
 
 def test_dpo_resumes_after_sigkill_with_the_uninterrupted_result(preferred, tmp_path):
-    """SIGKILL at the named points of every stage from simulate to the written adapter (runs.stop_point), each
-    rerun getting further; the last run gives the uninterrupted run's selections, responses and losses."""
+    """SIGKILL where DPO differs from SFT, in training (after an optimizer step, and with the adapter written but
+    not recorded: runs.stop_point); test_loop.py kills the SFT run at every stage before it. The last run gives
+    the uninterrupted run's selections, responses and losses."""
     home = tmp_path / "killed"
-    for point in ("simulate/1", "score/1", "select/1", "respond/1", "train/1", "trained/1"):
+    for point in ("train/1", "trained/1"):
         stopped = cli(*dpo_args(), home=home, check=False, stop_at=point)
         assert stopped.returncode == -signal.SIGKILL, f"the run never reached {point}: {stopped.stderr[-2000:]}"
         stage = {"trained": "train"}.get(point.split("/")[0], point.split("/")[0])
