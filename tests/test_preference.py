@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import signal
 import sqlite3
 from pathlib import Path
@@ -99,19 +100,24 @@ def test_the_method_is_recorded_with_the_training(preferred):
     assert json.loads(losses)[0] == pytest.approx(0.6931, abs=1e-3)  # log 2: at the start policy = reference
 
 
-def test_dpo_resumes_after_sigkill_with_the_uninterrupted_result(preferred, tmp_path):
+def test_dpo_resumes_after_sigkill_with_the_uninterrupted_result(preferred_run, preferred):
     """SIGKILL where DPO differs from SFT, in training (after an optimizer step, and with the adapter written but
-    not recorded: runs.stop_point); test_loop.py kills the SFT run at every stage before it. The last run gives
-    the uninterrupted run's selections, responses and losses."""
-    home = tmp_path / "killed"
+    not recorded: runs.stop_point); test_loop.py kills the SFT run at every stage before it. From a copy of the
+    finished DPO run with its training undone, the last run gives its preferences, losses and adapter bytes."""
+    home = preferred
+    shutil.rmtree(home / "runs" / "tiny" / "iteration-1" / "adapter")
+    with sqlite3.connect(home / "stargate.db") as db:
+        db.execute("delete from trainings")
+        db.execute("delete from stages where stage = 'train'")
+        db.execute("update iterations set finished_at = null")
     for point in ("train/1", "trained/1"):
         stopped = cli(*dpo_args(), home=home, check=False, stop_at=point)
         assert stopped.returncode == -signal.SIGKILL, f"the run never reached {point}: {stopped.stderr[-2000:]}"
-        stage = {"trained": "train"}.get(point.split("/")[0], point.split("/")[0])
         with sqlite3.connect(home / "stargate.db") as db:
-            assert not db.execute("select count(*) from stages where stage = ?", [stage]).fetchone()[0], point
+            assert not db.execute("select count(*) from trainings").fetchone()[0], point
+    assert (home / "runs" / "tiny" / "iteration-1" / "adapter" / "adapter_config.json").is_file()  # trained/1
     cli(*dpo_args(), home=home)
-    assert result(home) == result(preferred)
+    assert result(home) == result(preferred_run)
 
 
 def test_dpo_refuses_unsloth():
