@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,10 @@ from stargate_lite.store import Store
 
 # On a CPU each managed server reserves an explicit KV cache (questioner.vllm.kv_cache_gib, 1 GiB: ~22,000 tokens
 # of the tiny model in float32), so how many servers run at once, in whatever order the tests come, is no matter.
-SERVER_ARGS = ["--max-model-len", "2048"]
+# -O0: no torch.compile. Its warm-up, done again for every model path (the tests' models live in a new temporary
+# folder each session), took 67 s of a scoring server's start against 20.5 s without, on 2 cores; the tests
+# check what stargate-lite asks of vLLM, not vLLM's compiled kernels.
+SERVER_ARGS = ["--max-model-len", "2048", "-O0"]
 TOLERANCE = 1e-3  # per token, between vLLM and transformers in float32 (measured: 3.4e-5 at most)
 
 
@@ -47,7 +51,9 @@ def vllm_urls(questioner, tmp_path_factory):
     servers = [VllmServer(VllmConfig(server_args=SERVER_ARGS), questioner.source, "float32", False,
                           logs / f"{role}.log", lora=role == "generation") for role in ("generation", "scoring")]
     try:
-        yield [server.start() for server in servers]
+        with ThreadPoolExecutor(len(servers)) as starting:  # side by side: a start is mostly one process's imports
+            urls = list(starting.map(lambda server: server.start(), servers))
+        yield urls
     finally:
         for server in servers:
             server.stop()
@@ -83,7 +89,10 @@ def launch():
             run.wait()
 
 
-MANAGED = ["run", "--iterations", "1", *[a for o in TINY_CI_OVERRIDES for a in ("--set", o)],
+# Three pairs in iteration 1, one chunk each: the first for a kill of stargate-lite, the second kept before its
+# server dies, the third a recorded failure.
+MANAGED = ["run", "--iterations", "1",
+           *[a for o in TINY_CI_OVERRIDES for a in ("--set", o.replace("tasks={A: 2,", "tasks={A: 3,"))],
            "--set", "questioner.engine=vllm",
            "--set", "questioner.vllm.server_args=[" + ", ".join(f"'{a}'" for a in SERVER_ARGS) + "]"]
 API_SERVER = "vllm.entrypoints.openai.api_server"
@@ -101,10 +110,8 @@ def _vllm_servers(run: subprocess.Popen) -> list[tuple[int, list[int]]]:
     return found
 
 
-def _serving(run: subprocess.Popen, home, stored: int = 0) -> list[int]:
-    """Every managed vLLM server under `run` and everything under them, once more than `stored` conversations
-    are stored (the generation server has answered)."""
-    assert wait_for(home, f"select count(*) > {stored} from conversations", run), "the run ended before the kill point"
+def _serving(run: subprocess.Popen) -> list[int]:
+    """Every managed vLLM server under `run` (frozen at its stop point) and everything under them."""
     servers = _vllm_servers(run)
     assert servers, "no vLLM server under the run"
     return [pid for _, tree in servers for pid in tree]
@@ -128,13 +135,23 @@ def _gone(pids: list[int], timeout: float = 30) -> bool:
 def test_a_managed_server_that_dies_is_a_recorded_failure_and_nothing_outlives_a_killed_run(tmp_path, launch):
     home = tmp_path / "home"
 
-    # The server dies after the first chunk of conversations: the next is a recorded failure, the rest is kept.
-    # The run freezes itself once that chunk is stored (runs.stop_point), so the next chunk waits for the kill.
+    # stargate-lite is SIGKILLed while its server runs (frozen at its stop point once the first chunk is stored):
+    # the server and its engine go with it.
+    run = launch(MANAGED, home, stop_at="simulate/1=STOP")
+    _wait_until_stopped(run)
+    tree = _serving(run)
+    assert len(_vllm_servers(run)) == 1  # the generation server alone: scoring has not begun
+    assert len(tree) > 1  # vLLM's engine runs in processes of its own
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    assert _gone(tree), "the vLLM server outlived the stargate-lite that started it"
+
+    # The server dies after the next chunk: the one after it is a recorded failure, the rest is kept. The run
+    # freezes itself once that chunk is stored, so the last chunk waits for the kill.
     run = launch(MANAGED, home, stderr=subprocess.PIPE, stop_at="simulate/1=STOP")
     _wait_until_stopped(run)
-    tree = _serving(run, home)
-    ((server, _),) = _vllm_servers(run)  # the generation server alone: scoring has not begun
-    assert len(tree) > 1  # vLLM's engine runs in processes of its own
+    tree = _serving(run)
+    ((server, _),) = _vllm_servers(run)
     os.kill(server, signal.SIGKILL)
     assert _gone([server])
     run.send_signal(signal.SIGCONT)
@@ -146,15 +163,8 @@ def test_a_managed_server_that_dies_is_a_recorded_failure_and_nothing_outlives_a
         reasons = [r[0] for r in db.execute("select reason from failures where stage = 'simulate/1'")]
         kept = db.execute("select count(*) from conversations").fetchone()[0]
     assert reasons and all(r.startswith("questioner: vLLM server exited mid-run") for r in reasons)
-    assert kept == 2  # the first chunk: one pair's two conversations
+    assert kept == 2 * 2  # two chunks: two pairs' two conversations
     assert _gone(tree), "vLLM's engine outlived its server"
-
-    # stargate-lite is SIGKILLed while its server runs: the server and its engine go with it.
-    run = launch(MANAGED, home)
-    tree = _serving(run, home, stored=kept)
-    run.send_signal(signal.SIGKILL)
-    run.wait()
-    assert _gone(tree), "the vLLM server outlived the stargate-lite that started it"
 
     # A rerun finishes the iteration: nothing redone, no failure left, the server stopped at the end.
     run = launch(MANAGED, home, stderr=subprocess.PIPE)
@@ -166,7 +176,7 @@ def test_a_managed_server_that_dies_is_a_recorded_failure_and_nothing_outlives_a
     assert trees and _gone(trees)  # stopped with the command: within the grace period and a margin
     with sqlite3.connect(home / "stargate.db") as db:
         ids = [r[0] for r in db.execute("select id from conversations where iteration = 1")]
-        assert len(ids) == len(set(ids)) == 2 * 2
+        assert len(ids) == len(set(ids)) == 3 * 2
         assert db.execute("select count(*) from failures").fetchone()[0] == 0
         assert db.execute("select finished_at is not null from iterations where iteration = 1").fetchone()[0]
     assert (home / "logs" / "vllm-questioner.log").is_file() and (home / "logs" / "vllm-scorer.log").is_file()
