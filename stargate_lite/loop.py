@@ -6,12 +6,11 @@ command again after a crash continues where it stopped. Iteration eta uses split
 
 from __future__ import annotations
 
-import gc
 from contextlib import closing
 from pathlib import Path
 
 from .engines.chat_models import ChatModels, preflight
-from .engines.memory import trim_heap
+from .engines.memory import release_memory
 from .engines.questioner import Questioner
 from .errors import StargateError
 from .progress import Progress
@@ -102,11 +101,17 @@ def _some(examples: list, run_id: str, iteration: int) -> list:
     return examples
 
 
-def release_memory() -> None:
-    """Free the last stage's models and hand the freed heap back: a CPU process's resident memory would
-    otherwise carry each stage's peak into the next."""
-    gc.collect()
-    trim_heap()
+def hand_over_memory(questioner: Questioner, chat: ChatModels) -> None:
+    """Before the train stage: stop the Questioner's managed vLLM servers and every chat model this process started
+    or loaded (managed llama-servers, in-process llama.cpp or transformers models), drop the models the earlier
+    stages loaded, and give their memory back, so that training, here or in its child processes, starts with the
+    machine to itself. The next stage that needs a server or a chat model starts or loads it again.
+
+    No base model is kept across the hand-over: every stage loads the model it needs, and training loads its own
+    (a kept 4-bit 7B base would hold some 4 GB that a training child could not use)."""
+    questioner.close()
+    chat.close()
+    release_memory()
 
 
 def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, questioner: Questioner,
@@ -142,8 +147,7 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
                           recipe.train.format, progress, decide=recipe.simulate.turns == "policy")
         store.mark_stage(run_id, iteration, "respond")
     del policy
-    questioner.close()  # managed vLLM servers give their GPU memory to training; the next iteration restarts them
-    release_memory()
+    hand_over_memory(questioner, chat)
 
     if not store.stage_done(run_id, iteration, "train"):
         if recipe.train.method == "dpo":

@@ -252,3 +252,52 @@ def test_a_resumed_score_stage_redoes_whole_chunks_at_fixed_indices(finished, qu
     resumed = scores_after_deleting(f"delete from scores where conversation_id = '{second}'")  # half a chunk left
     assert batches == [2]  # the whole first chunk again, not its missing half alone
     assert resumed == uninterrupted  # raw floats
+
+
+def test_training_starts_with_the_earlier_stages_models_and_chat_models_released(finished, monkeypatch):
+    """The memory hand-over (loop.hand_over_memory): when the train stage begins, every model the iteration's
+    earlier stages loaded (the policy and the Roleplayer) is gone, weak references dead."""
+    import shutil
+    import weakref
+
+    from stargate_lite import loop
+    from stargate_lite.engines.chat_models import ChatModels
+    from stargate_lite.engines.questioner import Questioner
+    from stargate_lite.progress import Progress
+    from stargate_lite.runs import recipe_of_run
+    from stargate_lite.store import Store
+
+    home = finished  # this test's own copy, with iteration 2 undone after its pairs
+    with sqlite3.connect(home / "stargate.db") as db:
+        db.execute("delete from turns where conversation_id in (select id from conversations where iteration = 2)")
+        for table in ("conversations", "scores", "selections", "responses", "trainings"):
+            db.execute(f"delete from {table} where iteration = 2")
+        db.execute("delete from stages where iteration = 2 and stage != 'pairs'")
+        db.execute("update iterations set finished_at = null where iteration = 2")
+    shutil.rmtree(home / "runs" / "tiny" / "iteration-2")
+
+    loaded = []  # (kind, weak reference) of each model and chat model loaded, once each
+
+    def track(model):
+        if not any(ref() is model for _, ref in loaded):
+            loaded.append((type(model).__name__, weakref.ref(model)))
+        return model
+
+    load_base, get = Questioner.load_base, ChatModels.get
+    monkeypatch.setattr(Questioner, "load_base", lambda self: track(load_base(self)))
+    monkeypatch.setattr(ChatModels, "get", lambda self, name: track(get(self, name)))
+    alive_at_training = []
+    train_adapter = loop.train_adapter
+
+    def checked(*args, **kwargs):
+        alive_at_training.append([kind for kind, ref in loaded if ref() is not None])
+        return train_adapter(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_adapter", checked)
+    store = Store(home)
+    loop.run(recipe_of_run(store.get_run("tiny")), 2, home=home, run_id="tiny", progress=Progress(enabled=False))
+    kinds = [kind for kind, _ in loaded]
+    # The Roleplayer, the policy that simulate, score and respond share, then training's own base.
+    assert kinds == ["LlamaForCausalLM", "LlamaCppChat", "LlamaForCausalLM"], kinds
+    assert alive_at_training == [[]], f"still alive when training began: {alive_at_training}"
+    assert store.training("tiny", 2) is not None and store.iterations("tiny")[1]["finished_at"] is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import gc
 import sys
 
 
@@ -28,3 +29,14 @@ def trim_heap() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def release_memory() -> None:
+    """Free what the last stage dropped, reference cycles included, and give the memory back: CUDA's cached blocks
+    to the driver, where a training child or a server can use them (`torch.cuda.empty_cache`), and the freed heap
+    to the system, so that a CPU process's resident memory does not carry each stage's peak into the next."""
+    gc.collect()
+    torch = sys.modules.get("torch")  # never imported here just to find that nothing is cached
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    trim_heap()
