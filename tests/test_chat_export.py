@@ -120,3 +120,13 @@ def test_a_moved_home_finds_its_adapters_from_any_directory(finished, tmp_path):
     with sqlite3.connect(home / "stargate.db") as db:
         assert {r[0] for r in db.execute("select adapter from trainings")} == {
             "runs/tiny/iteration-1/adapter", "runs/tiny/iteration-2/adapter"}
+
+
+def test_export_under_a_file_is_refused_in_one_line_before_any_work(tmp_path):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("not a folder")
+    home = tmp_path / "home"
+    result = cli("export", "--out", str(blocker / "model"), home=home, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{blocker} is a file" in result.stderr
+    assert not home.exists()  # refused before the home or its store is made

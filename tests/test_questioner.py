@@ -97,6 +97,19 @@ def test_lora_changes_the_adapter_and_not_the_base(questioner, tmp_path):
     assert trained_lp > base_lp  # it learned the response it was trained on
 
 
+def test_checkpointed_training_warns_the_user_of_nothing(questioner):
+    """transformers deprecated gradient_checkpointing_enable; its warning reached the user at every iteration."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = attach_lora(questioner.load_base(), TrainConfig(gradient_checkpointing=True), seed=0)
+    layers = [m for m in model.modules() if hasattr(m, "gradient_checkpointing")]
+    assert layers and all(m.gradient_checkpointing for m in layers)  # on, in every layer that can have it
+    # (peft's is_gradient_checkpointing question is silenced by the package's own filter: stargate_lite/__init__.py)
+    assert not [str(w.message) for w in caught if "gradient_checkpointing_enable" in str(w.message)]
+
+
 def test_batched_greedy_generation_equals_one_at_a_time(questioner, base_model):
     prompts = [
         questioner_messages("Mei", TASK, [], final=False),

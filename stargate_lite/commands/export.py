@@ -38,12 +38,16 @@ Prompt it as in training ({format} format): the user's first turn is "My name is
 
 def export(home: Path | str | None, out_dir: Path, run_id: str | None = None, iteration: int | None = None) -> Path:
     """Merge a run's adapter into its base model and save it to out_dir (written aside, then renamed)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise StargateError(f"{out_dir} exists: choose a new --out folder")
+    above = next(folder for folder in out_dir.absolute().parents if folder.exists())
+    if not above.is_dir():
+        raise StargateError(f"{above} is a file, so --out {out_dir} cannot be made: choose a folder outside it")
     store = Store(home)
     run = pick_run(store, run_id)
     training = pick_training(store, run, iteration)
     iteration, adapter = training["iteration"], training["adapter"]
-    if out_dir.exists():
-        raise StargateError(f"{out_dir} exists: choose a new --out folder")
     recipe = recipe_of_run(run)
     prompt_format = training_format(training, recipe)
     decide = recipe.simulate.turns == "policy"

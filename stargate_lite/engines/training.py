@@ -85,7 +85,13 @@ def attach_lora(model, config: TrainConfig, seed: int):
         # Non-reentrant checkpointing needs no grad on the inputs. 4-bit models stay as loaded: without
         # prepare_model_for_kbit_training's fp32 upcast of norms, embeddings and head, a Mistral-7B step ran
         # 1.37x faster in 0.76x the memory on an H100 (benchmarks/RESULTS.md).
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Newer transformers name it activation_checkpointing_enable and warn at every call of the old name (the
+        # user saw it at every iteration); the older 5.x releases we accept have only the old one.
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(seed)
     lora = LoraConfig(
         r=config.lora_r,
