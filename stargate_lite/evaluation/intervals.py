@@ -52,12 +52,16 @@ def crossed_bootstrap(values: Sequence[float], tasks: Sequence[str], personas: S
     task_names, task_of = np.unique(np.asarray(tasks, dtype=str), return_inverse=True)
     persona_names, persona_of = np.unique(np.asarray(personas, dtype=str), return_inverse=True)
     rng = np.random.default_rng(seed)
+
+    def draws(names, size: int):
+        """How often each name is drawn, per resample: len(names) draws with replacement."""
+        return rng.multinomial(len(names), np.full(len(names), 1 / len(names)), size=size)
+
     means: list = []
     while len(means) < resamples:
         size = resamples - len(means)
-        task_weight = rng.multinomial(len(task_names), np.full(len(task_names), 1 / len(task_names)), size=size)
-        persona_weight = rng.multinomial(len(persona_names), np.full(len(persona_names), 1 / len(persona_names)),
-                                         size=size)
+        task_weight = draws(task_names, size)  # tasks first, then personas: the seed's draws stay as they were
+        persona_weight = draws(persona_names, size)
         weight = task_weight[:, task_of] * persona_weight[:, persona_of]  # [resamples, pairs]
         total = weight.sum(axis=1)
         drawn = total > 0
