@@ -51,7 +51,7 @@ GOLD = "Here is a plan of quick spicy dinners: Monday, dan dan noodles; Tuesday,
 
 # tier -> (fixtures, names the test's code uses, string constants it holds) that put a test in it.
 TIERS = {
-    "run": ({"finished_run", "eval_home", "preferred_run", "stopped_run"},
+    "run": ({"data_home", "finished_run", "eval_home", "preferred_run", "stopped_run"},
             {"run_args", "dpo_args", "policy_args", "RUN_ARGS", "TINY_CI_OVERRIDES"}, {"--iterations"}),
     "server": ({"binary", "llama_server"}, {"LlamaServer", "LlamaServerChat", "find_binary"}, set()),
     "vllm": ({"vllm_urls", "served", "launch"}, set(), set()),
@@ -212,10 +212,36 @@ def run_args() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def finished_run(tmp_path_factory, model_cache) -> Path:
-    """The home of one uninterrupted tiny run of two iterations, made once; tests get copies (`finished`)."""
-    home = tmp_path_factory.mktemp("finished")
+def data_home(tmp_path_factory, model_cache) -> Path:
+    """A home holding the tests' data set and no run: the tasks, personas and golds that the tiny recipe's oracle
+    writes under TINY_CI_OVERRIDES, made once by the data stage's own function. A run test whose subject is not the
+    data stage starts from a copy (`with_data`) instead of writing the same rows again (about 12 s of a 49 s run on
+    2 cores). The finished run starts from it too, so the tests that compare a run from nothing with the finished
+    one (test_loop's resume, test_unchanged_defaults) also check that these are the rows a run writes."""
+    from stargate_lite.engines.chat_models import ChatModels
+    from stargate_lite.progress import Progress
+    from stargate_lite.recipe import load_recipe
+    from stargate_lite.stages.data import prepare_data
+    from stargate_lite.store import Store
+
+    home = tmp_path_factory.mktemp("data") / "home"
     os.environ["STARGATE_MODEL_CACHE"] = str(model_cache)
+    recipe = load_recipe("tiny", TINY_CI_OVERRIDES)
+    with ChatModels(recipe.chat_models, home) as chat, Progress(enabled=False) as progress:
+        prepare_data(Store(home), recipe, lambda: chat.get(recipe.roles.oracle), progress)
+    return home
+
+
+@pytest.fixture
+def with_data(data_home, home) -> Path:
+    """This test's home, starting as a copy of `data_home`."""
+    return copy_home(data_home, home)
+
+
+@pytest.fixture(scope="session")
+def finished_run(data_home, tmp_path_factory, model_cache) -> Path:
+    """The home of one uninterrupted tiny run of two iterations, made once; tests get copies (`finished`)."""
+    home = copy_home(data_home, tmp_path_factory.mktemp("finished") / "home")
     cli(*run_args(), home=home)
     return home
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 from contextlib import closing
@@ -88,7 +89,7 @@ def test_a_store_locked_by_another_program(tmp_path):
     assert _import_tasks(home, tmp_path).returncode == 0  # the lock gone, the same command works
 
 
-def test_a_disk_that_fills_up_mid_stage_loses_nothing(tmp_path):
+def test_a_disk_that_fills_up_mid_stage_loses_nothing(tmp_path, data_home):
     """A home on a 4 MiB file system: the store fits, the 9.4 MB adapter does not. One line, exit 2; once there
     is room, the same command trains and finishes without redoing a stage."""
     from conftest import TINY_CI_OVERRIDES
@@ -98,6 +99,7 @@ def test_a_disk_that_fills_up_mid_stage_loses_nothing(tmp_path):
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(home)], capture_output=True)
     if mounted.returncode != 0:
         skip_or_fail(f"cannot mount a size-limited file system here ({mounted.stderr!r})")
+    shutil.copytree(data_home, home, dirs_exist_ok=True)
     args = ["run", "--iterations", "1", *[a for o in TINY_CI_OVERRIDES for a in ("--set", o)]]
     try:
         line = _error_line(cli(*args, home=home, check=False))

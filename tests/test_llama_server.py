@@ -148,7 +148,8 @@ def _wait_for_answers(run: subprocess.Popen, log: Path, after: int) -> int:
     raise AssertionError("the server answered nothing in 10 minutes")
 
 
-def test_a_server_death_and_a_sigkill_lose_nothing_and_leave_no_server(home):
+def test_a_server_death_and_a_sigkill_lose_nothing_and_leave_no_server(with_data):
+    home = with_data
     log = home / "runs" / "tiny" / "llama-server-served.log"
     # The server dies mid-simulation: a one-line error naming it, what was finished is kept.
     run = _start_run(home)

@@ -21,8 +21,8 @@ def dpo_args() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def preferred_run(tmp_path_factory, model_cache) -> Path:
-    home = tmp_path_factory.mktemp("dpo")
+def preferred_run(data_home, tmp_path_factory) -> Path:
+    home = copy_home(data_home, tmp_path_factory.mktemp("dpo") / "home")
     cli(*dpo_args(), home=home)
     return home
 

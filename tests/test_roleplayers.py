@@ -23,7 +23,8 @@ def test_the_draw_is_seeded_per_conversation_and_follows_the_weights():
     assert {Roleplayers({"only": 1.0}, get=None, seed=0).name_for(c) for c in ids} == {"only"}
 
 
-def test_a_run_spreads_conversations_over_the_roleplayers_and_records_who_answered(home):
+def test_a_run_spreads_conversations_over_the_roleplayers_and_records_who_answered(with_data):
+    home = with_data
     from stargate_lite.engines.chat_models import ChatModels, Sampling
     from stargate_lite.prompts import roleplayer_messages
     from stargate_lite.recipe import load_recipe

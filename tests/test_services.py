@@ -231,7 +231,8 @@ def test_the_openai_backend_against_llama_cpp_server(llama_server):
     assert len(texts) == 3 and all(isinstance(t, str) and t for t in texts)
 
 
-def test_a_roleplayer_outage_fails_its_chunks_and_a_rerun_redoes_only_them(server, home):
+def test_a_roleplayer_outage_fails_its_chunks_and_a_rerun_redoes_only_them(server, with_data):
+    home = with_data
     args = ["run", "--iterations", "1", *[a for o in TINY_CI_OVERRIDES for a in ("--set", o)],
             "--set", f"chat_models.remote={{backend: openai, model: m, base_url: '{server.url}', max_retries: 0}}",
             "--set", "roles.roleplayer=remote"]

@@ -25,8 +25,8 @@ def policy_args(iterations: int = 1) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def stopped_run(tmp_path_factory, model_cache) -> Path:
-    home = tmp_path_factory.mktemp("policy-turns")
+def stopped_run(data_home, tmp_path_factory) -> Path:
+    home = copy_home(data_home, tmp_path_factory.mktemp("policy-turns") / "home")
     cli(*policy_args(), home=home)
     return home
 

@@ -80,8 +80,8 @@ def _gone(pids: list[int], timeout: float = 20) -> bool:
     return not any(alive(p) for p in pids)
 
 
-def test_a_killed_launcher_or_run_leaves_no_worker_and_a_rerun_trains(tmp_path):
-    home = tmp_path / "home"
+def test_a_killed_launcher_or_run_leaves_no_worker_and_a_rerun_trains(with_data):
+    home = with_data
     env = {**os.environ, "STARGATE_HOME": str(home)}
     command = [sys.executable, "-m", "stargate_lite", *RUN_ARGS]
 

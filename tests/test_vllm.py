@@ -132,8 +132,8 @@ def _gone(pids: list[int], timeout: float = 30) -> bool:
     return not any(alive(p) for p in pids)
 
 
-def test_a_managed_server_that_dies_is_a_recorded_failure_and_nothing_outlives_a_killed_run(tmp_path, launch):
-    home = tmp_path / "home"
+def test_a_managed_server_that_dies_is_a_recorded_failure_and_nothing_outlives_a_killed_run(with_data, launch):
+    home = with_data
 
     # stargate-lite is SIGKILLed while its server runs (frozen at its stop point once the first chunk is stored):
     # the server and its engine go with it.
@@ -250,9 +250,9 @@ def _counts(home) -> dict:
 
 
 def test_a_two_iteration_run_on_vllm_completes_and_resumes_after_sigkill(vllm_urls, finished, questioner,
-                                                                          base_model, tmp_path, launch):
+                                                                          base_model, with_data, launch):
     args = [*run_args(), *[a for o in _engine_settings(vllm_urls) for a in ("--set", o)]]
-    home = tmp_path / "home"
+    home = with_data
     for kill_point in ("select count(*) from scores where iteration = 1",
                        "select count(*) from conversations where iteration = 2"):
         run = launch(args, home)
