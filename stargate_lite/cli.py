@@ -289,7 +289,7 @@ def chat(
         raise StargateError("watch mode needs both --persona and --task")
     if persona and Path(persona).is_file():
         persona = Path(persona).read_text(encoding="utf-8").strip()
-    store = Store(home)
+    store = Store(home, create=False)
     recipe, adapter_path, policy_name, prompt_format = resolve_checkpoint(store, run_id, iteration, adapter, base)
     questioner = Questioner(recipe.questioner, store.home)
     model = questioner.load_policy(adapter_path)
@@ -352,10 +352,11 @@ def data_import(
     home: HomeOption = None,
 ) -> None:
     """Import one split of a data set (JSONL, or the STaR-GATE authors' JSON files)."""
-    from .stages.data import import_data
+    from .stages.data import read_split, write_split
     from .store import Store
 
-    counts = import_data(Store(home), dataset, split, tasks, personas, names, golds)
+    files = read_split(dataset, split, tasks, personas, names, golds)  # refused before a home is made
+    counts = write_split(Store(home), files)
     out.print(f"Imported into {dataset}/{split}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if k != "golds_skipped_empty"))
     if counts.get("golds_skipped_empty"):
         out.print(f"Skipped {counts['golds_skipped_empty']} empty gold response(s): those pairs are left out.")

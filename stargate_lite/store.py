@@ -259,7 +259,8 @@ def store_error(path: Path, err: sqlite3.Error) -> str | None:
 class Store:
     """A project home's SQLite file. Cheap to open; safe to read while a run writes (WAL).
 
-    `create=False` (the read-only commands) refuses a home without a store instead of making one."""
+    `create=False` (commands that read or add to an existing project) refuses a home without a store instead of
+    making one."""
 
     def __init__(self, home: Path | str | None = None, create: bool = True):
         self.home = Path(home) if home is not None else default_home()

@@ -50,6 +50,9 @@ def test_watch_mode_lets_the_roleplayer_answer(finished):
 
 
 def test_chat_without_a_trained_adapter_says_so(home):
+    from stargate_lite.store import Store
+
+    Store(home)  # a project with no run yet
     result = chat(home, "hello\n")
     assert result.returncode == 2 and "no runs" in result.stderr and "Traceback" not in result.stderr
 

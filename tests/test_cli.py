@@ -33,3 +33,25 @@ def test_recipe_list_and_show():
     assert result.exit_code == 0 and "tiny" in result.output and "paper" in result.output
     result = runner.invoke(app, ["recipe", "show", "tiny", "--set", "train.target=gold"])
     assert result.exit_code == 0 and "target: gold" in result.output
+
+
+def test_a_refused_command_makes_no_home(tmp_path):
+    """Bad input is refused before a store is opened: no empty home is left behind to confuse the next command."""
+    tasks = tmp_path / "tasks.json"
+    tasks.write_text('["Plan my week."]', encoding="utf-8")
+    broken = tmp_path / "broken.json"
+    broken.write_text("[1, 2", encoding="utf-8")
+    home = tmp_path / "home"
+    for args, message in [
+        (["data", "import", "--dataset", "d", "--split", "C", "--tasks", str(tasks)], "unknown split 'C'"),
+        (["data", "import", "--dataset", "d", "--split", "A", "--tasks", str(broken)], "not valid JSON"),
+        (["eval"], "no stargate-lite store in"),
+        (["chat"], "no stargate-lite store in"),
+        (["export", "--out", str(tmp_path / "merged")], "no stargate-lite store in"),
+    ]:
+        result = runner.invoke(app, [*args, "--home", str(home)])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+        assert not home.exists(), args
+    result = runner.invoke(app, ["data", "import", "--dataset", "d", "--split", "A", "--tasks", str(tasks),
+                                 "--home", str(home)])
+    assert result.exit_code == 0 and Store(home).value("select count(*) from tasks") == 1

@@ -81,6 +81,16 @@ def test_bad_files_are_clear_errors(tmp_path, home, files, message):
         import_data(Store(home), "bad", "A", **paths)
 
 
+def test_an_import_refused_part_way_writes_nothing(tmp_path, home):
+    """Golds that point past the split's personas are refused after its tasks were read: the tasks are not kept."""
+    store = Store(home)
+    tasks = _write(tmp_path / "tasks.json", ["Plan my week."])
+    golds = _write(tmp_path / "gold.json", {"prompt-0 persona-0": ["Rest on Sunday."]})
+    with pytest.raises(StargateError, match="points past the 1 tasks / 0 personas"):
+        import_data(store, "d", "A", tasks=tasks, golds=golds)
+    assert store.value("select count(*) from tasks where dataset = 'd'") == 0
+
+
 def test_splits_of_an_import_must_not_overlap(tmp_path, home):
     store = Store(home)
     tasks = _write(tmp_path / "tasks.json", ["Plan my week."])

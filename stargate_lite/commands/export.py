@@ -44,7 +44,7 @@ def export(home: Path | str | None, out_dir: Path, run_id: str | None = None, it
     above = next(folder for folder in out_dir.absolute().parents if folder.exists())
     if not above.is_dir():
         raise StargateError(f"{above} is a file, so --out {out_dir} cannot be made: choose a folder outside it")
-    store = Store(home)
+    store = Store(home, create=False)
     run = pick_run(store, run_id)
     training = pick_training(store, run, iteration)
     iteration, adapter = training["iteration"], training["adapter"]

@@ -200,7 +200,7 @@ def evaluate(home: Path | str | None = None, run_id: str | None = None, iteratio
     """Evaluate a run's iterations on the test split; returns the summary (see `summarize`).
 
     One copy of the base weights serves Q_0 and every Q_eta (SharedBase)."""
-    store = Store(home)
+    store = Store(home, create=False)
     run = pick_run(store, run_id)
     recipe = recipe_of_run(run)
     run_id = run["id"]

@@ -12,6 +12,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..engines.chat_models import ChatFailure, ChatModel, Sampling
@@ -243,31 +244,34 @@ def _texts(path: Path, items: list, key: str) -> list[str]:
     return out
 
 
-def import_data(
-    store: Store,
-    dataset: str,
-    split: str,
-    tasks: Path | None = None,
-    personas: Path | None = None,
-    names: Path | None = None,
-    golds: Path | None = None,
-) -> dict:
-    """Import one split of a data set. Returns counts, including gold entries skipped for being empty."""
+@dataclass(frozen=True)
+class SplitImport:
+    """One split's files, read and checked on their own before the store is opened, so that a refused import
+    writes nothing and makes no home. Golds are (task index, persona index, text)."""
+
+    dataset: str
+    split: str
+    tasks: list[str] | None = None
+    personas: list[tuple[str, str]] | None = None  # (name, text)
+    personas_source: str = ""
+    golds: list[tuple[int, int, str]] | None = None
+    golds_source: str = ""
+    golds_path: Path | None = None
+
+
+def read_split(dataset: str, split: str, tasks: Path | None = None, personas: Path | None = None,
+               names: Path | None = None, golds: Path | None = None) -> SplitImport:
+    """Parse and check one split's files (JSON, JSONL or the STaR-GATE authors' layout); touches no store."""
     if dataset == BUILTIN:
         raise StargateError("'builtin' is the package's own data set: import under another --dataset name")
     if split not in SPLITS:
         raise StargateError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
-    counts = {"tasks": 0, "personas": 0, "golds": 0, "golds_skipped_empty": 0}
+    task_texts = persona_rows = gold_rows = None
     if tasks:
-        texts = _texts(tasks, _read_items(tasks), "task")
-        dupes = sorted(t for t, n in Counter(texts).items() if n > 1)
+        task_texts = _texts(tasks, _read_items(tasks), "task")
+        dupes = sorted(t for t, n in Counter(task_texts).items() if n > 1)
         if dupes:
             raise StargateError(f"{tasks} repeats {len(dupes)} task(s), e.g. {dupes[0][:60]!r}: remove duplicates")
-        _check_new(store, "tasks", dataset, split, texts)
-        rows = [{"id": task_id(dataset, split, i), "dataset": dataset, "split": split, "idx": i, "text": t}
-                for i, t in enumerate(texts)]
-        store.insert_rows("tasks", rows, pk="id")
-        counts["tasks"] = len(rows)
     if personas:
         items = _read_items(personas)
         if names:
@@ -279,14 +283,41 @@ def import_data(
             if not all(isinstance(i, dict) and "name" in i for i in items):
                 raise StargateError(f"{personas}: each persona needs a name (objects with 'name' and 'text', or --names)")
             name_list, texts = _texts(personas, items, "name"), _texts(personas, items, "text")
-        _check_new(store, "personas", dataset, split, texts)
-        rows = [{"id": persona_id(dataset, split, i), "dataset": dataset, "split": split, "idx": i, "name": n,
-                 "text": t, "source": f"import:{personas.name}"} for i, (n, t) in enumerate(zip(name_list, texts))]
-        store.insert_rows("personas", rows, pk="id")
-        counts["personas"] = len(rows)
+        persona_rows = list(zip(name_list, texts, strict=True))
     if golds:
-        counts.update(_import_golds(store, dataset, split, golds))
+        gold_rows = _read_golds(golds)
+    return SplitImport(dataset, split, task_texts, persona_rows, personas.name if personas else "", gold_rows,
+                       golds.name if golds else "", golds)
+
+
+def write_split(store: Store, data: SplitImport) -> dict:
+    """Write a read split in one transaction, after checking it against what the store holds: all or nothing.
+    Returns counts, including gold entries skipped for being empty."""
+    dataset, split = data.dataset, data.split
+    counts = {"tasks": 0, "personas": 0, "golds": 0, "golds_skipped_empty": 0}
+    with store.transaction():
+        if data.tasks is not None:
+            _check_new(store, "tasks", dataset, split, data.tasks)
+            store.insert_rows("tasks", [{"id": task_id(dataset, split, i), "dataset": dataset, "split": split,
+                                         "idx": i, "text": t} for i, t in enumerate(data.tasks)], pk="id")
+            counts["tasks"] = len(data.tasks)
+        if data.personas is not None:
+            _check_new(store, "personas", dataset, split, [t for _, t in data.personas])
+            store.insert_rows("personas", [{"id": persona_id(dataset, split, i), "dataset": dataset, "split": split,
+                                            "idx": i, "name": n, "text": t,
+                                            "source": f"import:{data.personas_source}"}
+                                           for i, (n, t) in enumerate(data.personas)], pk="id")
+            counts["personas"] = len(data.personas)
+        if data.golds is not None:
+            counts.update(_write_golds(store, data))
     return counts
+
+
+def import_data(store: Store, dataset: str, split: str, tasks: Path | None = None, personas: Path | None = None,
+                names: Path | None = None, golds: Path | None = None) -> dict:
+    """Import one split of a data set (read_split, then write_split). Returns counts, including gold entries
+    skipped for being empty."""
+    return write_split(store, read_split(dataset, split, tasks, personas, names, golds))
 
 
 def _check_new(store: Store, table: str, dataset: str, split: str, texts: list[str]) -> None:
@@ -304,29 +335,36 @@ def _check_new(store: Store, table: str, dataset: str, split: str, texts: list[s
 _GOLD_KEY = re.compile(r"^prompt-(\d+) persona-(\d+)$")
 
 
-def _import_golds(store: Store, dataset: str, split: str, path: Path) -> dict:
+def _read_golds(path: Path) -> list[tuple[int, int, str]]:
     data = _read_json(path)
     if not isinstance(data, dict):
         raise StargateError(f"{path} must hold a JSON object {{\"prompt-I persona-J\": [\"gold\"]}}")
-    n_tasks, n_personas = len(store.tasks(dataset, split)), len(store.personas(dataset, split))
-    rows, skipped = [], 0
+    rows = []
     for key, value in data.items():
         match = _GOLD_KEY.match(key)
         if not match:
             raise StargateError(f"{path}: key {key!r} is not of the form 'prompt-I persona-J'")
-        i, j = int(match[1]), int(match[2])
-        if i >= n_tasks or j >= n_personas:
-            raise StargateError(
-                f"{path}: {key!r} points past the {n_tasks} tasks / {n_personas} personas of split {split}: "
-                "import the tasks and personas first"
-            )
         text = value[0] if isinstance(value, list) and value else value
         if not isinstance(text, str):
             raise StargateError(f"{path}: {key!r} must map to a string or a list holding one")
+        rows.append((int(match[1]), int(match[2]), text))
+    return rows
+
+
+def _write_golds(store: Store, data: SplitImport) -> dict:
+    dataset, split, path = data.dataset, data.split, data.golds_path
+    n_tasks, n_personas = len(store.tasks(dataset, split)), len(store.personas(dataset, split))
+    rows, skipped = [], 0
+    for i, j, text in data.golds:
+        if i >= n_tasks or j >= n_personas:
+            raise StargateError(
+                f"{path}: 'prompt-{i} persona-{j}' points past the {n_tasks} tasks / {n_personas} personas of "
+                f"split {split}: import the tasks and personas first"
+            )
         status = "ok" if text.strip() else "empty"
         skipped += status == "empty"
         t, p = task_id(dataset, split, i), persona_id(dataset, split, j)
         rows.append({"id": f"{t}|{p}", "dataset": dataset, "task_id": t, "persona_id": p, "text": text,
-                     "status": status, "source": f"import:{path.name}"})
+                     "status": status, "source": f"import:{data.golds_source}"})
     store.insert_rows("golds", rows, pk="id")
     return {"golds": len(rows) - skipped, "golds_skipped_empty": skipped}
