@@ -29,9 +29,10 @@ _API = {
     "import_data": "stages.data",  # stargate-lite data import
     "evaluate": "evaluation.evaluate",  # stargate-lite eval
     "summarize": "evaluation.evaluate",  # stargate-lite report's tables
+    "probe": "evaluation.probe",  # benchmarks/learning.py: does the loop teach?
 }
-__all__ = ["Recipe", "StargateError", "Store", "estimate", "evaluate", "export", "import_data", "load_recipe", "run",
-           "run_status", "summarize"]
+__all__ = ["Recipe", "StargateError", "Store", "estimate", "evaluate", "export", "import_data", "load_recipe", "probe",
+           "run", "run_status", "summarize"]
 
 
 def __getattr__(name: str):

@@ -233,7 +233,7 @@ def evaluate(home: Path | str | None = None, run_id: str | None = None, iteratio
     def adapter_of(iteration: int) -> str | None:
         return store.training(run_id, iteration)["adapter"] if iteration else None
 
-    with progress, chat, _closing_questioner(models):
+    with progress, chat, closing_questioner(models):
         prepare_data(store, recipe, lambda: chat.get(recipe.roles.oracle), progress)
         for iteration in wanted:
             if not store.stage_done(ns, iteration, "eval"):
@@ -260,7 +260,7 @@ def evaluate(home: Path | str | None = None, run_id: str | None = None, iteratio
 
 
 @contextmanager
-def _closing_questioner(models: Callable[[], SharedBase]) -> Iterator[None]:
+def closing_questioner(models: Callable[[], SharedBase]) -> Iterator[None]:
     """Close the Questioner (its managed vLLM server) at the end, if one was made."""
     try:
         yield

@@ -1,0 +1,57 @@
+"""The learning probe (evaluation/probe.py): fresh conversations per policy under the same seeds, rewards paired
+with Q_0's per pair, Q_0 made once, and what kind of turns the Questioner takes."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from stargate_lite.evaluation.probe import probe, probe_namespace, response_words
+from stargate_lite.store import Store
+
+# The finished run's own data: every probe pair has a gold already, and A and B are exactly its training pairs.
+TASKS, PERSONAS = {"A": 2, "B": 2, "test": 1}, {"A": 1, "B": 1, "test": 2}
+
+
+def test_response_words_count_what_a_turn_says_besides_its_questions():
+    assert response_words("What do you like to cook? How long do you have on weeknights?") == 0
+    assert response_words("Here is a plan for Monday: soup and bread. Does that suit you?") == 9
+    assert response_words("Sure, I can help with that") == 6  # no sentence end: all of it
+
+
+def _rows(home) -> dict:
+    with sqlite3.connect(home / "stargate.db") as db:
+        return {table: db.execute(f"select count(*) from {table} where {key} like '%#probe:%'").fetchone()[0]
+                for table, key in (("pairs", "run_id"), ("conversations", "run_id"), ("scores", "run_id"))}
+
+
+def test_the_probe_pairs_each_policy_with_q0_under_the_same_seeds_and_makes_q0_once(finished):
+    first = probe(finished, iterations=[1], tasks=TASKS, personas=PERSONAS, conversations=1)
+    assert [p["iteration"] for p in first["policies"]] == [0, 1]
+    q0, q1 = (p["splits"] for p in first["policies"])
+    assert {g: (q1[g]["pairs"], q1[g]["trained_on"]) for g in q1} == {"A": (2, 2), "B": (2, 2), "A+B": (4, 4),
+                                                                        "test": (2, 0)}
+    store = Store(finished)
+    for split in ("A", "B", "test"):
+        pairs = [{p["task_id"] + "|" + p["persona_id"]: p for p in store.pairs(probe_namespace("tiny", "smollm2",
+                                                                                              split, it), 0)}
+                 for it in (0, 1)]
+        # The same pairs with the same turn counts for both policies ...
+        assert pairs[0].keys() == pairs[1].keys() and len(pairs[0]) == 2
+        assert all(pairs[0][k]["turns"] == pairs[1][k]["turns"] for k in pairs[0])
+        # ... and the gain is Q_1's reward less Q_0's on the same pair, averaged over pairs.
+        rewards = [{s["pair_id"].split("/", 2)[2]: s["logprob"] for s in store.scores(probe_namespace(
+            "tiny", "smollm2", split, it), 0)} for it in (0, 1)]
+        assert rewards[0].keys() == pairs[0].keys() == rewards[1].keys()
+        gains = [rewards[1][k] - rewards[0][k] for k in rewards[0]]
+        assert abs(q1[split]["gain"].mean - sum(gains) / len(gains)) < 1e-9
+        assert q1[split]["gain"].low <= q1[split]["gain"].mean <= q1[split]["gain"].high
+        assert q0[split]["gain"] is None and q1[split]["questioner_turns"] > 0
+    made = _rows(finished)
+    assert made == {"pairs": 2 * 6, "conversations": 2 * 6, "scores": 2 * 6}
+
+    # A rerun reuses everything; a later policy adds its own conversations and nothing for Q_0.
+    assert probe(finished, iterations=[1], tasks=TASKS, personas=PERSONAS, conversations=1) == first
+    assert _rows(finished) == made
+    both = probe(finished, iterations=[1, 2], tasks=TASKS, personas=PERSONAS, conversations=1)
+    assert _rows(finished) == {table: n * 3 // 2 for table, n in made.items()}
+    assert both["policies"][:2] == first["policies"]
