@@ -37,21 +37,25 @@ def _sizes(values: list[str], default: dict[str, int]) -> dict[str, int]:
 def table(summary: dict) -> str:
     title = (f"learning probe: run {summary['run']}, roleplayer {summary['roleplayer']}, "
              f"reward = log p_base(gold) - {summary['question_cost']} x questions")
-    header = (f"{'policy':<7} {'split':<5} {'pairs':>5} {'trained':>7} {'reward':>9}  "
-              f"{'gain over Q_0 [95% interval]':<32} {'asks':>6} {'resp.':>6}")
+    header = (f"{'policy':<8} {'split':<5} {'pairs':>5} {'trained':>7} {'reward':>9}  "
+              f"{'gain over Q_0 [95% interval]':<32} {'detects':>7} {'asks':>6} {'resp.':>6}")
+    rows = [(f"Q_{p['iteration']}", p["splits"]) for p in summary["policies"]]
+    rows += [("control", summary["control"])] if summary.get("control") else []
     lines = [title, header]
-    for policy in summary["policies"]:
+    for label, splits in rows:
         for group in GROUPS:
-            s = policy["splits"][group]
+            s = splits[group]
             gain = s["gain"]
             shown = (f"{gain.mean:+.2f} [{gain.low:+.2f}, {gain.high:+.2f}]{' *' if gain.excludes_zero() else ''}"
                      if gain else "-")
+            detects = f"{s['detectable']:.2f}" if s["detectable"] is not None else "-"
             reward = f"{s['reward']:.2f}" if s["reward"] is not None else "-"
             share = [f"{s[k]:.2f}" if s[k] is not None else "-" for k in ("asking_share", "response_text_share")]
-            lines.append(f"Q_{policy['iteration']:<5} {group:<5} {s['pairs']:>5} {s['trained_on']:>7} {reward:>9}  "
-                         f"{shown:<32} {share[0]:>6} {share[1]:>6}")
-    lines.append("trained: probe pairs the run trained on; * interval excludes 0; asks: Questioner turns that ask; "
-                 "resp.: turns with response text")
+            lines.append(f"{label:<8} {group:<5} {s['pairs']:>5} {s['trained_on']:>7} {reward:>9}  "
+                         f"{shown:<32} {detects:>7} {share[0]:>6} {share[1]:>6}")
+    lines.append("trained: probe pairs the run trained on; * interval excludes 0; detects: the smallest gain found "
+                 "80% of the time (5% two-sided); asks: Questioner turns that ask; resp.: turns with response text; "
+                 "control: Q_0 with a Roleplayer that recites its persona")
     return "\n".join(lines)
 
 
@@ -87,6 +91,8 @@ def main() -> None:
     parser.add_argument("--personas", nargs="*", default=[], metavar="SPLIT=N", help="first N personas per split")
     parser.add_argument("--conversations", type=int, default=3, help="fresh conversations per pair and policy")
     parser.add_argument("--roleplayer", default=None, help="a chat model of the run [default: its main one]")
+    parser.add_argument("--control", action="store_true",
+                        help="also the positive control: Q_0 with a Roleplayer that recites its persona")
     parser.add_argument("--json", type=Path, default=None, help="write the summary here")
     parser.add_argument("--plot", type=Path, default=None, help="write the gains per iteration here (PNG)")
     a = parser.parse_args()
@@ -94,7 +100,7 @@ def main() -> None:
     from stargate_lite.evaluation.probe import probe
 
     summary = probe(a.home, a.run, a.iterations, _sizes(a.tasks, {"A": 6, "B": 6, "test": 6}),
-                    _sizes(a.personas, {"A": 4, "B": 4, "test": 2}), a.conversations, a.roleplayer)
+                    _sizes(a.personas, {"A": 4, "B": 4, "test": 2}), a.conversations, a.roleplayer, a.control)
     print(table(summary))
     if a.json:
         a.json.write_text(json.dumps(summary, indent=2, default=dataclasses.asdict) + "\n")

@@ -18,6 +18,20 @@ def test_response_words_count_what_a_turn_says_besides_its_questions():
     assert response_words("Sure, I can help with that") == 6  # no sentence end: all of it
 
 
+def test_the_persona_reciter_answers_anything_with_the_persona_in_its_prompt():
+    from stargate_lite.engines.chat_models import ChatFailure, Sampling
+    from stargate_lite.evaluation.probe import PersonaReciter
+    from stargate_lite.prompts import roleplayer_messages
+
+    short, long = "I'm ANA. I paint.", "I'm ANA. I paint. I live by the sea."
+    reciter = PersonaReciter([short, long])
+    turns = [{"role": "questioner", "text": "What do you do on weekends?"}]
+    answers = reciter.complete_each([roleplayer_messages(long, "Plan my week.", turns),
+                                     roleplayer_messages(short, "Plan my week.", turns),
+                                     roleplayer_messages("I'm BO.", "Plan my week.", turns)], Sampling(16))
+    assert answers[:2] == [long, short] and isinstance(answers[2], ChatFailure)
+
+
 def _rows(home) -> dict:
     with sqlite3.connect(home / "stargate.db") as db:
         return {table: db.execute(f"select count(*) from {table} where {key} like '%#probe:%'").fetchone()[0]
@@ -52,6 +66,8 @@ def test_the_probe_pairs_each_policy_with_q0_under_the_same_seeds_and_makes_q0_o
     # A rerun reuses everything; a later policy adds its own conversations and nothing for Q_0.
     assert probe(finished, iterations=[1], tasks=TASKS, personas=PERSONAS, conversations=1) == first
     assert _rows(finished) == made
-    both = probe(finished, iterations=[1, 2], tasks=TASKS, personas=PERSONAS, conversations=1)
-    assert _rows(finished) == {table: n * 3 // 2 for table, n in made.items()}
+    both = probe(finished, iterations=[1, 2], tasks=TASKS, personas=PERSONAS, conversations=1, control=True)
+    assert _rows(finished) == {table: n * 2 for table, n in made.items()}  # Q_2's and the control's
     assert both["policies"][:2] == first["policies"]
+    # The positive control (Q_0 asking a Roleplayer that recites its persona) raises the reward on every split.
+    assert all(both["control"][g]["gain"].mean > 0 for g in ("A", "B", "test"))

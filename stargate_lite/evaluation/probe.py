@@ -12,6 +12,11 @@ What kind of gain it is: the share of Questioner turns that ask (prompts.is_ques
 response text, RESPONSE_WORDS or more words outside their questions. A Questioner that writes the answer into
 its turns raises log p(gold) without eliciting anything, which the reward alone cannot tell apart.
 
+The positive control (`control=True`) shows the probe can see a gain: Q_0 again, with a Roleplayer that recites
+its persona whenever it is asked anything (PersonaReciter), so the conversations hold what a perfect interview
+would elicit. Each gain comes with the smallest gain the probe detects at its size: 2.8 standard errors (a
+two-sided 5% test with 80% power), the standard error read from the gain's own interval.
+
 Each (split, policy) is an evaluation namespace of its own ("RUN#probe:ROLEPLAYER:SPLIT:ETA", iteration 0), so
 every policy meets the same turn counts, the same sampling seeds and the same Roleplayer seeds, and a rerun
 reuses what is stored: Q_0's conversations are made once.
@@ -23,7 +28,7 @@ import functools
 import re
 from pathlib import Path
 
-from ..engines.chat_models import ChatModels, preflight
+from ..engines.chat_models import ChatFailure, ChatModels, Sampling, preflight
 from ..engines.questioner import Questioner, SharedBase
 from ..errors import StargateError
 from ..progress import Progress
@@ -35,9 +40,11 @@ from ..stages.score import score_stage
 from ..stages.simulate import Roleplayers, simulate
 from ..store import Store
 from .evaluate import closing_questioner
-from .intervals import crossed_bootstrap
+from .intervals import Interval, crossed_bootstrap
 
 RESPONSE_WORDS = 8  # about one sentence of content besides the question
+CONTROL = "recite"  # the positive control's Roleplayer, in its namespace's name
+DETECTABLE_SE = 2.8  # z(0.975) + z(0.80): the gain a two-sided 5% test finds 80% of the time, in standard errors
 PROBE_SEED = 104_729  # added to the run's seed: conversations apart from training's and evaluation's
 _SENTENCE = re.compile(r"[^.!?]*[.!?]+|[^.!?]+$")
 
@@ -51,6 +58,28 @@ def response_words(text: str) -> int:
     return sum(len(s.split()) for s in _SENTENCE.findall(text) if not s.strip().endswith("?"))
 
 
+class PersonaReciter:
+    """The positive control's Roleplayer: whatever it is asked, it answers with its persona's text (simulate then
+    keeps the first max_answer_sentences sentences, as it does for any answer). It finds its persona among the
+    probe's in the system text it is given."""
+
+    name = CONTROL
+
+    def __init__(self, personas: list[str]):
+        self.personas = sorted(set(personas), key=len, reverse=True)  # a persona inside another: the longer first
+
+    def complete_each(self, conversations: list[list[dict]], sampling: Sampling) -> list[str | ChatFailure]:
+        answers: list[str | ChatFailure] = []
+        for messages in conversations:
+            system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
+            found = next((p for p in self.personas if p in system), None)
+            answers.append(found if found is not None else ChatFailure("no probe persona in the Roleplayer's prompt"))
+        return answers
+
+    def choice_logprobs(self, conversations, choices):
+        raise NotImplementedError("the persona reciter only answers questions")
+
+
 def probe_recipe(recipe: Recipe, tasks: dict[str, int], personas: dict[str, int], conversations: int) -> Recipe:
     """The run's recipe with the probe's data sizes and conversations per pair; everything else as trained."""
     data = recipe.data.model_copy(update={"tasks": recipe.data.tasks.model_copy(update=tasks),
@@ -61,7 +90,7 @@ def probe_recipe(recipe: Recipe, tasks: dict[str, int], personas: dict[str, int]
 
 def probe(home: Path | str | None = None, run_id: str | None = None, iterations: list[int] | None = None,
           tasks: dict[str, int] | None = None, personas: dict[str, int] | None = None, conversations: int = 3,
-          roleplayer: str | None = None, progress: Progress | None = None) -> dict:
+          roleplayer: str | None = None, control: bool = False, progress: Progress | None = None) -> dict:
     """Run (or resume) the probe for a run's policies and return its summary (`summarize_probe`).
 
     tasks / personas: per split, how many of the split's first tasks and personas make the probe's pairs
@@ -83,8 +112,11 @@ def probe(home: Path | str | None = None, run_id: str | None = None, iterations:
         raise StargateError(f"run {run_id} has no trained iteration {missing[0]} (trained: {available or 'none'})")
     sized = probe_recipe(recipe, tasks or {"A": 6, "B": 6, "test": 6}, personas or {"A": 4, "B": 4, "test": 2},
                          conversations)
-    todo = [(split, it) for split in SPLITS for it in wanted
-            if not store.stage_done(probe_namespace(run_id, roleplayer, split, it), 0, "probe")]
+    # (split, answering Roleplayer, policy): the control is Q_0 with the persona reciter.
+    runs = [(split, roleplayer, it) for split in SPLITS for it in wanted]
+    runs += [(split, CONTROL, 0) for split in SPLITS] if control else []
+    todo = [(split, rp, it) for split, rp, it in runs
+            if not store.stage_done(probe_namespace(run_id, rp, split, it), 0, "probe")]
     progress = progress or Progress()
     if todo:
         preflight(recipe.chat_models, {roleplayer, recipe.roles.oracle})
@@ -97,17 +129,20 @@ def probe(home: Path | str | None = None, run_id: str | None = None, iterations:
             closing_questioner(models):
         if todo:
             prepare_data(store, sized, lambda: chat.get(recipe.roles.oracle), progress)
-        for split, it in todo:
-            ns = probe_namespace(run_id, roleplayer, split, it)
+        for split, rp, it in todo:
+            ns = probe_namespace(run_id, rp, split, it)
             make_pairs(store, sized, ns, 0, split, f"{recipe.seed}/probe")
+            get = chat.get
+            if rp == CONTROL:
+                get = {CONTROL: PersonaReciter([p["persona"] for p in store.pairs(ns, 0)])}.__getitem__
             adapter = store.training(run_id, it)["adapter"] if it else None
             with models().policy(adapter) as policy:
                 simulate(store, ns, 0, policy, f"iteration-{it}" if it else "base", models().questioner,
-                         Roleplayers({roleplayer: 1.0}, chat.get, recipe.seed), sized.simulate,
-                         recipe.seed + PROBE_SEED, progress)
+                         Roleplayers({rp: 1.0}, get, recipe.seed), sized.simulate, recipe.seed + PROBE_SEED,
+                         progress)
                 score_stage(store, ns, 0, policy, models().questioner, recipe.score, progress)
             store.mark_stage(ns, 0, "probe")
-    return summarize_probe(store, run_id, roleplayer, wanted, recipe.reward.question_cost)
+    return summarize_probe(store, run_id, roleplayer, wanted, recipe.reward.question_cost, control)
 
 
 def _policy_split(store: Store, ns: str, question_cost: float) -> tuple[dict[str, tuple[str, str, float]], dict]:
@@ -128,38 +163,50 @@ def _policy_split(store: Store, ns: str, question_cost: float) -> tuple[dict[str
     return by_key, counts
 
 
-def summarize_probe(store: Store, run_id: str, roleplayer: str, iterations: list[int],
-                    question_cost: float = 0.0) -> dict:
-    """The probe as stored: per policy and split, the mean reward, the gain over Q_0 paired per pair with its
-    crossed-bootstrap interval, the asking and response-text shares, and how many probe pairs the run trained on."""
+def summarize_probe(store: Store, run_id: str, roleplayer: str, iterations: list[int], question_cost: float = 0.0,
+                    control: bool = False) -> dict:
+    """The probe as stored: per policy (and the control) and split, the mean reward, the gain over Q_0 paired per
+    pair with its crossed-bootstrap interval and the smallest gain detectable at that size, the asking and
+    response-text shares, and how many probe pairs the run trained on. A and B are also taken together ("A+B"):
+    the training distribution's pairs, twice as many as either split's."""
     trained_on = {f"{p['task_id']}|{p['persona_id']}" for it in trained_iterations(store, run_id)
                   for p in store.pairs(run_id, it)}
-    base = {split: _policy_split(store, probe_namespace(run_id, roleplayer, split, 0), question_cost)
+    base = {split: _policy_split(store, probe_namespace(run_id, roleplayer, split, 0), question_cost)[0]
             for split in SPLITS}
-    policies = []
-    for it in iterations:
-        measured = {split: _policy_split(store, probe_namespace(run_id, roleplayer, split, it), question_cost)
+
+    def splits_of(rp: str, it: int, paired: bool) -> dict:
+        measured = {split: _policy_split(store, probe_namespace(run_id, rp, split, it), question_cost)
                     for split in SPLITS}
-        # A and B together too: the training distribution's pairs, twice as many as either split's.
-        groups = {**{split: (split,) for split in SPLITS}, "A+B": ("A", "B")}
-        splits = {}
-        for name, members in groups.items():
+        out = {}
+        for name, members in {**{split: (split,) for split in SPLITS}, "A+B": ("A", "B")}.items():
             rewards = {k: v for m in members for k, v in measured[m][0].items()}
-            reference = {k: v for m in members for k, v in base[m][0].items()}
-            counted = {c: sum(measured[m][1][c] for m in members) for c in ("questioner_turns", "asking",
-                                                                              "response_text")}
+            reference = {k: v for m in members for k, v in base[m].items()}
+            counted = {c: sum(measured[m][1][c] for m in members)
+                       for c in ("questioner_turns", "asking", "response_text")}
             turns = counted["questioner_turns"]
             keys = sorted(rewards.keys() & reference.keys())
             gain = None
-            if it and keys:
+            if paired and keys:
                 gain = crossed_bootstrap([rewards[k][2] - reference[k][2] for k in keys],
                                          [rewards[k][0] for k in keys], [rewards[k][1] for k in keys])
-            splits[name] = {
+            out[name] = {
                 "pairs": len(rewards), "trained_on": len(rewards.keys() & trained_on),
                 "reward": sum(r for *_, r in rewards.values()) / len(rewards) if rewards else None,
-                "gain": gain, "questioner_turns": turns,
+                "gain": gain, "detectable": detectable(gain) if gain else None, "questioner_turns": turns,
                 "asking_share": counted["asking"] / turns if turns else None,
                 "response_text_share": counted["response_text"] / turns if turns else None,
             }
-        policies.append({"iteration": it, "splits": splits})
-    return {"run": run_id, "roleplayer": roleplayer, "question_cost": question_cost, "policies": policies}
+        return out
+
+    return {"run": run_id, "roleplayer": roleplayer, "question_cost": question_cost,
+            "policies": [{"iteration": it, "splits": splits_of(roleplayer, it, it != 0)} for it in iterations],
+            "control": splits_of(CONTROL, 0, True) if control else None}
+
+
+def detectable(gain: Interval) -> float:
+    """The smallest true gain this probe finds (5% two-sided, 80% power), from the gain's interval read as
+    +-z(1 - (1 - confidence) / 2) standard errors."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(1 - (1 - gain.confidence) / 2)
+    return DETECTABLE_SE * (gain.high - gain.low) / (2 * z)
