@@ -130,3 +130,63 @@ def test_roleplayer_answers_that_run_on_are_cut_to_their_first_sentences():
     assert first_sentences(answer, 3) == "I love spicy food. I work nights! Do you cook?"
     assert first_sentences(answer, None) == answer
     assert first_sentences("Short answer.", 3) == "Short answer."
+
+
+def test_pairs_leave_out_the_pairs_whose_gold_is_empty(tmp_path, home):
+    from stargate_lite.recipe import load_recipe
+    from stargate_lite.stages.data import make_pairs
+
+    store = Store(home)
+    tasks = _write(tmp_path / "tasks.json", ["Plan my week.", "Suggest a book."])
+    personas = _write(tmp_path / "A.json", [{"name": "Ana", "text": "I paint."}])
+    golds = _write(tmp_path / "gold.json", {"prompt-0 persona-0": [""], "prompt-1 persona-0": ["Read Dune."]})
+    import_data(store, "mine", "A", tasks, personas, golds=golds)
+    recipe = load_recipe("tiny", ["data.dataset=mine", "data.tasks={A: 2, B: 1, test: 1}",
+                                  "data.personas={A: 1, B: 1, test: 1}"])
+    make_pairs(store, recipe, "r", 1, "A", "0/1")
+    assert [p["task"] for p in store.pairs("r", 1)] == ["Suggest a book."]
+
+
+class _Oracle:
+    """An Oracle at the boundary: a usable persona, except too short a one for the name `refuse` (its first
+    `short_calls` calls, or always)."""
+
+    name = "oracle"
+
+    def __init__(self, refuse: str | None = None, short_calls: int = 10**6):
+        self.refuse, self.short_calls, self.seeds = refuse, short_calls, []
+
+    def complete_each(self, conversations, sampling):
+        if self.refuse and self.refuse in conversations[0][-1]["content"]:
+            self.seeds.append(sampling.seed)
+            if len(self.seeds) <= self.short_calls:
+                return ["I paint."]
+        return ["I paint portraits by the sea every morning."]
+
+
+def test_a_persona_too_short_is_asked_again_with_other_examples_and_a_third_failure_is_recorded(home):
+    from stargate_lite.engines.chat_models import ChatFailure
+    from stargate_lite.progress import Progress
+    from stargate_lite.recipe import load_recipe
+    from stargate_lite.stages.data import _write_persona, generate_personas
+
+    seeds = [text for _, text in builtin_data.SEED_PERSONAS]
+    once = _Oracle("Ana", short_calls=1)
+    assert _write_persona(once, seeds, "Ana", "persona/A/0", 32) == "I paint portraits by the sea every morning."
+    assert len(once.seeds) == 2 and once.seeds[0] != once.seeds[1]  # asked again, with another seed
+    never = _Oracle("Ana")
+    assert isinstance(_write_persona(never, seeds, "Ana", "persona/A/0", 32), ChatFailure) and len(never.seeds) == 3
+
+    # Through the stage: the persona that failed is recorded and the stage fails; a rerun writes only it.
+    store = Store(home)
+    recipe = load_recipe("tiny", ["data.personas={A: 2, B: 1, test: 1}"])
+    refused = builtin_persona_name("A", 1)
+    with pytest.raises(StargateError, match="1 personas failed"):
+        generate_personas(store, recipe, lambda: _Oracle(refused), Progress(enabled=False))
+    assert store.value("select count(*) from failures where stage = 'personas'") == 1
+    assert store.value("select count(*) from personas") == 3
+    again = _Oracle(refused, short_calls=0)
+    generate_personas(store, recipe, lambda: again, Progress(enabled=False))
+    assert len(again.seeds) == 1  # only the missing persona was asked for
+    assert store.value("select count(*) from personas") == 4
+    assert store.value("select count(*) from failures where stage = 'personas'") == 0

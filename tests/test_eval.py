@@ -299,3 +299,28 @@ def test_letter_logprobs_from_llamacpp_match_transformers_and_the_greedy_reply(h
         assert abs(ours["A"] - reference["A"]) < 0.3 and abs(ours["B"] - reference["B"]) < 0.3
         if reply.strip() in ("A", "B"):
             assert (ours["A"] > ours["B"]) == (reply.strip() == "A")
+
+
+def test_win_rate_pairs_per_turn_samples_that_many_of_each_turn_count_by_seed():
+    from stargate_lite.evaluation.evaluate import win_rate_pairs
+
+    pairs = [{"idx": i, "turns": 1 + i % 3, "task_id": f"t{i}", "persona_id": f"p{i % 4}"} for i in range(30)]
+    assert win_rate_pairs(pairs, None, seed=0) == pairs
+    chosen = win_rate_pairs(pairs, 4, seed=0)
+    assert sorted(p["turns"] for p in chosen) == [1] * 4 + [2] * 4 + [3] * 4
+    assert [p["idx"] for p in chosen] == sorted(p["idx"] for p in chosen)
+    assert chosen == win_rate_pairs(list(reversed(pairs)), 4, seed=0)  # the draw, not the order given, decides
+    assert chosen != win_rate_pairs(pairs, 4, seed=1)
+    assert len(win_rate_pairs(pairs, 50, seed=0)) == 30  # fewer than asked: all of them
+
+
+def test_the_random_condition_scores_the_gold_after_another_personas_conversation_on_the_same_task(evaluated,
+                                                                                                   eval_home):
+    with sqlite3.connect(eval_home / "stargate.db") as db:
+        rows = db.execute("select e.pair_key, p.task_id, p.persona_id from eval_scores e "
+                          "join conversations c on c.id = e.conversation_id join pairs p on p.id = c.pair_id "
+                          "where e.condition = 'random'").fetchall()
+    assert rows
+    for pair_key, task_id, persona_id in rows:
+        task, persona = pair_key.split("|")
+        assert task_id == task and persona_id != persona, pair_key

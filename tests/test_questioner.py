@@ -186,7 +186,15 @@ def test_empty_questions_and_responses_are_left_out_of_training(home):
     (bare,) = training_examples(store, load_recipe("tiny", ["train.format=bare"]), "r", 1)
     assert [m["content"] for m in bare] == [f"My name is Mei.\n\n{TASK}", "What do you like?",
                                             f"Spicy food.\n\n{TASK}", "A plan."]
-    assert len(training_examples(store, load_recipe("tiny", ["train.target=none"]), "r", 1)) == 2
+    # train.target: the gold instead of the response (pair 2's empty response no longer matters), or nothing
+    # after the questions (the conversation ends with the Roleplayer's answer; no response is trained on).
+    gold = training_examples(store, load_recipe("tiny", ["train.target=gold"]), "r", 1)
+    assert [e[-1] for e in gold] == [{"role": "assistant", "content": GOLD}] * 2
+    assert ["My name is Mei." in gold[0][0]["content"], "My name is Ana." in gold[1][0]["content"]] == [True, True]
+    questions_only = training_examples(store, load_recipe("tiny", ["train.target=none"]), "r", 1)
+    assert len(questions_only) == 2
+    assert all(e[-1]["role"] == "user" and "Spicy food." in e[-1]["content"] for e in questions_only)
+    assert not any(m["role"] == "assistant" and m["content"] in ("A plan.", GOLD) for e in questions_only for m in e)
     with store.transaction():
         store.db.execute("update responses set text = ''")
     with pytest.raises(StargateError, match="no usable training example"):
@@ -200,3 +208,28 @@ def test_long_examples_keep_their_end():
     cut = _keep_last(Encoded(list(range(10)), [1, 7, 8]), 4)
     assert cut.input_ids == [6, 7, 8, 9] and cut.target_positions == [1, 2]
     assert _keep_last(Encoded([1, 2], [1]), 4) == Encoded([1, 2], [1])
+
+
+def test_gradient_accumulation_trains_as_the_larger_batch_does(questioner, tmp_path):
+    """Batch 2 accumulated twice takes the step batch 4 takes: the loss is divided by the step's target count,
+    not averaged per micro-batch, so sequences of different lengths weigh the same either way."""
+    from safetensors.torch import load_file
+
+    examples = [questioner.encode_for_training([*questioner_messages(n, TASK, [], final=True),
+                                                {"role": "assistant", "content": GOLD[: 10 + 15 * i]}])
+                for i, n in enumerate(["Mei", "Bo", "Ana", "Ravi"])]
+    records, adapters = [], []
+    for batch, accumulate in ((4, 1), (2, 2)):
+        config = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-3, batch_size=batch,
+                             gradient_accumulation=accumulate, epochs=2, warmup_ratio=0.0)
+        out = tmp_path / f"batch-{batch}"
+        records.append(train_lora(attach_lora(questioner.load_base(), config, seed=0), examples, config, seed=0,
+                                  out_dir=out, pad_token_id=questioner.tokenizer.pad_token_id))
+        adapters.append(load_file(out / "adapter_model.safetensors"))
+    assert records[0]["steps"] == records[1]["steps"] == 2
+    assert records[0]["losses"] == pytest.approx(records[1]["losses"], abs=1e-5)  # the second after one update
+    assert adapters[0].keys() == adapters[1].keys()
+    # AdamW divides by each gradient's own size, so where a gradient is near zero float noise moves the weight
+    # by up to the learning rate: the adapters agree to 1e-3, not to float precision (measured 3e-4).
+    assert max((adapters[0][k] - adapters[1][k]).abs().max().item() for k in adapters[0]) < 1e-3
+    assert max(a.abs().max().item() for a in adapters[0].values()) > 1e-3  # the adapter did move
