@@ -3,12 +3,16 @@ asked to reserve on a CPU."""
 
 from __future__ import annotations
 
+import re
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from conftest import alive
 
+from stargate_lite.engines.processes import spawn_tied, stop
 from stargate_lite.engines.servers import CPU_KV_CACHE_GIB, ManagedServer, VllmServer
 from stargate_lite.errors import StargateError
 from stargate_lite.recipe import VllmConfig
@@ -104,3 +108,58 @@ def test_a_server_not_ready_in_time_is_stopped_and_named(tmp_path):
     with pytest.raises(StargateError, match=r"was not ready after 1 s \(startup_timeout\): .*loading weights"):
         server.start()
     assert server.process.poll() is not None and not alive(server.process.pid)  # stopped, not left loading
+
+
+# A child that ignores SIGTERM, as does the grandchild it starts; it prints both pids once both run.
+STUBBORN = """
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+grandchild = subprocess.Popen([sys.executable, "-c",
+                               "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+print(os.getpid(), grandchild.pid, flush=True)
+time.sleep(600)
+"""
+# A child that starts a grandchild, prints both pids and exits by itself with code 3, leaving the grandchild.
+LEAVING = """
+import os, subprocess, sys
+grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+print(os.getpid(), grandchild.pid, flush=True)
+sys.exit(3)
+"""
+
+
+def _pids(log, timeout: float = 60) -> list[int]:
+    """The pids the child printed in its log once it printed them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = [line for line in log.read_text().splitlines() if re.fullmatch(r"\d+ \d+", line)]
+        if lines:
+            return [int(p) for p in lines[-1].split()]
+        time.sleep(0.05)
+    raise AssertionError("the child never printed its pids")
+
+
+def _gone(pids: list[int], timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not any(alive(p) for p in pids)
+
+
+def test_a_child_that_ignores_sigterm_is_killed_with_its_group_after_the_grace_period(tmp_path):
+    log = tmp_path / "child.log"
+    process = spawn_tied([sys.executable, "-c", STUBBORN], log, grace=1.5)
+    pids = _pids(log)
+    started = time.monotonic()
+    stop(process)
+    assert _gone(pids), "a process of the group outlived stop()"
+    assert time.monotonic() - started >= 1.5  # SIGTERM first: the kill waited out the grace period
+    assert process.returncode == -signal.SIGKILL  # the supervisor ends as its child ended
+
+
+def test_a_child_that_exits_by_itself_takes_what_it_left_behind_and_its_exit_code(tmp_path):
+    log = tmp_path / "child.log"
+    process = spawn_tied([sys.executable, "-c", LEAVING], log, grace=1.5)
+    pids = _pids(log)
+    assert process.wait(timeout=60) == 3
+    assert _gone(pids), "the grandchild outlived the child that left it"

@@ -21,11 +21,13 @@ from pathlib import Path
 
 GRACE_SECONDS = 10  # between asking a child's group to terminate and killing it
 
-_SUPERVISOR = f"""import ctypes, os, select, signal, subprocess, sys, time
+# argv: the grace period in seconds, then the child's command.
+_SUPERVISOR = """import ctypes, os, select, signal, subprocess, sys, time
 def die_with_supervisor():  # Linux: should the supervisor itself be killed, the child is killed too
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
-child = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, start_new_session=True,
+grace = float(sys.argv[1])
+child = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, start_new_session=True,
                          preexec_fn=die_with_supervisor)
 def end_group():
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -33,7 +35,7 @@ def end_group():
             os.killpg(child.pid, sig)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + {GRACE_SECONDS}
+        deadline = time.monotonic() + grace
         while sig == signal.SIGTERM and child.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the pipe, not a signal, says when to stop
@@ -64,14 +66,16 @@ def die_with_parent() -> None:
             os._exit(1)
 
 
-def spawn_tied(command: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
-    """Start `command` as a tied child, its output appended to log_path after a line naming the command."""
+def spawn_tied(command: list[str], log_path: Path, env: dict | None = None,
+               grace: float = GRACE_SECONDS) -> subprocess.Popen:
+    """Start `command` as a tied child, its output appended to log_path after a line naming the command; when it
+    is stopped, its group gets SIGTERM, then SIGKILL after `grace` seconds."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         log.write(f"\n# {' '.join(command)}\n".encode())
         log.flush()
-        return subprocess.Popen([sys.executable, "-c", _SUPERVISOR, *command], stdin=subprocess.PIPE, stdout=log,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return subprocess.Popen([sys.executable, "-c", _SUPERVISOR, str(grace), *command], stdin=subprocess.PIPE,
+                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
 def stop(process: subprocess.Popen | None) -> None:
