@@ -133,3 +133,34 @@ def test_export_under_a_file_is_refused_in_one_line_before_any_work(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{blocker} is a file" in result.stderr
     assert not home.exists()  # refused before the home or its store is made
+
+
+class _NumberedQuestioner:
+    """A Questioner at the boundary: its turns are numbered questions; asked for its response, one plan."""
+
+    def __init__(self, respond_tokens: int):
+        self.respond_tokens, self.questions = respond_tokens, 0
+
+    def stream(self, model, messages, max_new_tokens, **sampling):
+        if max_new_tokens == self.respond_tokens:
+            return iter(["Here is a plan."])
+        self.questions += 1
+        return iter([f"Question {self.questions}?"])
+
+
+def test_reset_starts_over_and_keeps_the_abandoned_chat_as_it_was(home):
+    from stargate_lite.commands.chat import Transcript, chat_loop
+    from stargate_lite.recipe import load_recipe
+    from stargate_lite.store import Store
+
+    recipe = load_recipe("tiny")
+    store = Store(home)
+    said = iter(["Plan my week.", "/reset", "Cook dinner.", "I like pasta.", "/answer", "/quit"])
+    chat_loop(_NumberedQuestioner(recipe.respond.max_tokens), None, recipe, Transcript(store, "base", "Ana", None),
+              read=lambda prompt: next(said), write=print, stream="".join)
+    chats = transcripts(home)
+    assert [(c["task"], json.loads(c["turns"]), c["response"]) for c in chats] == [
+        ("Plan my week.", [{"role": "questioner", "text": "Question 1?"}], None),  # abandoned: no answer, no plan
+        ("Cook dinner.", [{"role": "questioner", "text": "Question 2?"},
+                          {"role": "roleplayer", "text": "I like pasta."}], "Here is a plan."),
+    ]

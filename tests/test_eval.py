@@ -324,3 +324,61 @@ def test_the_random_condition_scores_the_gold_after_another_personas_conversatio
     for pair_key, task_id, persona_id in rows:
         task, persona = pair_key.split("|")
         assert task_id == task and persona_id != persona, pair_key
+
+
+class CountingJudge:
+    """A judge at the boundary that prefers response A, fails its first `fail` prompts and counts what it is asked."""
+
+    name = "counting"
+
+    def __init__(self, fail: int = 0):
+        self.fail, self.asked = fail, 0
+
+    def choice_logprobs(self, conversations, choices):
+        from stargate_lite.engines.chat_models import ChatFailure
+
+        results = []
+        for _ in conversations:
+            self.asked += 1
+            if self.fail:
+                self.fail -= 1
+                results.append(ChatFailure("the judge's server answered 503"))
+            else:
+                results.append({"A": -0.1, "B": -3.0, "floor": None})
+        return results
+
+
+def test_a_failed_verdict_is_asked_again_and_a_second_order_adds_only_the_swapped_verdicts(evaluated, eval_home,
+                                                                                         tmp_path):
+    from stargate_lite.errors import StargateError
+    from stargate_lite.evaluation.evaluate import _judge, namespace
+    from stargate_lite.evaluation.judge import judge_protocol
+    from stargate_lite.progress import Progress
+    from stargate_lite.runs import recipe_of_run
+    from stargate_lite.store import Store
+
+    store = Store(copy_home(eval_home, tmp_path / "copy"))
+    recipe = recipe_of_run(store.get_run("tiny"))
+    one_order = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={"judge_orders": 1})})
+    ns, quiet = namespace("tiny", "smollm2"), Progress(enabled=False)
+    pairs = store.pairs(ns, 1)
+    assert len(pairs) >= 2
+
+    def verdicts() -> dict:
+        return {(r["pair_key"], r["swapped"]): r["verdict"]
+                for r in store.judgments(ns, 1, "policy", "counting", judge_protocol(recipe.judge))}
+
+    down = CountingJudge(fail=1)
+    with pytest.raises(StargateError, match="1 judgments failed .*judge's server answered 503"):
+        _judge(store, ns, 1, "policy", pairs, down, one_order, quiet)
+    assert down.asked == len(pairs) and len(verdicts()) == len(pairs) - 1
+    up = CountingJudge()
+    _judge(store, ns, 1, "policy", pairs, up, one_order, quiet)
+    assert up.asked == 1 and len(verdicts()) == len(pairs)  # only the failed verdict was asked again
+    first = verdicts()
+    both = CountingJudge()
+    _judge(store, ns, 1, "policy", pairs, both, recipe.model_copy(update={"eval": recipe.eval.model_copy(
+        update={"judge_orders": 2})}), quiet)
+    assert both.asked == len(pairs)  # the swapped order only
+    after = verdicts()
+    assert {k: v for k, v in after.items() if k[1] == 0} == first and {s for _, s in after} == {0, 1}
