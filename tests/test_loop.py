@@ -135,6 +135,26 @@ def test_rerunning_a_finished_run_adds_nothing(finished):
     assert counts(finished) == before
 
 
+def test_a_third_iteration_continues_a_finished_run_from_its_second_policy(finished):
+    before = snapshot(finished)
+    with sqlite3.connect(finished / "stargate.db") as db:
+        adapters = db.execute("select iteration, adapter from trainings order by 1").fetchall()
+    args = run_args()
+    cli(*args[:2], "3", *args[3:], home=finished)
+    assert snapshot(finished)["turns"][: len(before["turns"])] == before["turns"]  # iterations 1-2 untouched
+    with sqlite3.connect(finished / "stargate.db") as db:
+        assert db.execute("select iteration, adapter from trainings where iteration < 3 order by 1").fetchall() == \
+            adapters
+        assert db.execute("select split from iterations where iteration = 3").fetchone()[0] == "A"  # A, B, A
+        policies = {p for (p,) in db.execute("select distinct policy from conversations where iteration = 3 "
+                                             "and run_id = 'tiny'")}
+        assert policies == {"iteration-2"}  # simulated by Q_2, trained again from the base
+        assert db.execute("select count(*) from trainings where iteration = 3").fetchone()[0] == 1
+    report = json.loads(cli("status", "--json", home=finished).stdout)
+    assert [it["iteration"] for it in report["runs"][0]["iterations"]] == [1, 2, 3]
+    assert all(it["complete"] for it in report["runs"][0]["iterations"])
+
+
 def _not_done(stage: str, iteration: int) -> str:
     return f"not exists (select 1 from stages where iteration = {iteration} and stage = '{stage}')"
 
