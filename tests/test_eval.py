@@ -382,3 +382,53 @@ def test_a_failed_verdict_is_asked_again_and_a_second_order_adds_only_the_swappe
     assert both.asked == len(pairs)  # the swapped order only
     after = verdicts()
     assert {k: v for k, v in after.items() if k[1] == 0} == first and {s for _, s in after} == {0, 1}
+
+
+def test_a_store_with_rows_from_every_older_schema_level_upgrades_and_reads_as_it_was(evaluated, eval_home,
+                                                                                    tmp_path):
+    """For each level m001 .. m014: a store holding the evaluated run's rows as far as that level's tables have
+    columns for them, opened by today's code. It migrates, and status and the evaluation read the same run:
+    the same counts, stages and log-probs; questions per conversation recomputed from the turns (m012); win
+    rates from verdicts that carry a protocol (m007 on)."""
+    import sqlite_utils
+
+    from stargate_lite.commands.status import run_status
+    from stargate_lite.evaluation.evaluate import summarize
+    from stargate_lite.evaluation.judge import judge_protocol
+    from stargate_lite.runs import recipe_of_run
+    from stargate_lite.store import MIGRATIONS, Store
+
+    today = Store(eval_home)
+    protocol = judge_protocol(recipe_of_run(today.get_run("tiny")).judge)
+    expected_status = run_status(today)["runs"]
+    expected_eval = summarize(today, "tiny", "smollm2", "smollm2", protocol)["iterations"]
+    kept = ("iteration", "split", "pairs", "conversations", "scored", "selected", "responses", "train_loss",
+            "stages_done", "complete")
+    for level in range(1, len(MIGRATIONS)):
+        home = tmp_path / f"level-{level}"
+        home.mkdir()
+        old = sqlite_utils.Database(home / "stargate.db")
+        old["_migrations"].create({"name": str, "applied_at": float}, pk="name")
+        for name, migrate in MIGRATIONS[:level]:
+            migrate(old)
+            old["_migrations"].insert({"name": name, "applied_at": 0.0})
+        for table in old.table_names():
+            if table == "_migrations":
+                continue
+            columns = [c.name for c in old[table].columns]
+            rows = today.db.query(f"select {', '.join(columns)} from {table}")
+            old[table].insert_all(rows)
+        old.conn.close()
+
+        store = Store(home)
+        assert {r["name"] for r in store.db["_migrations"].rows} == {name for name, _ in MIGRATIONS}
+        ((run,), (want,)) = (run_status(store)["runs"], expected_status)
+        assert [{k: it[k] for k in kept} for it in run["iterations"]] == \
+            [{k: it[k] for k in kept} for it in want["iterations"]], level
+        assert [it["efficiency"]["questions"] for it in run["iterations"]] == \
+            [it["efficiency"]["questions"] for it in want["iterations"]], level
+        if level >= 2:  # the evaluation's tables exist from m002
+            got = summarize(store, "tiny", "smollm2", "smollm2", protocol)["iterations"]
+            assert [it["logprob"] for it in got] == [it["logprob"] for it in expected_eval], level
+            if level >= 7:  # verdicts carry their protocol from m007
+                assert [it["win_rate"] for it in got] == [it["win_rate"] for it in expected_eval], level
