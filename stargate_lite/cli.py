@@ -282,14 +282,17 @@ def chat(
     from .commands.chat import COMMANDS, Transcript, chat_loop
     from .engines.chat_models import ChatModels
     from .engines.questioner import Questioner
-    from .runs import resolve_checkpoint
+    from .runs import check_adapter, resolve_checkpoint
     from .store import Store
 
     if (persona is None) != (task is None):
         raise StargateError("watch mode needs both --persona and --task")
     if persona and Path(persona).is_file():
         persona = Path(persona).read_text(encoding="utf-8").strip()
-    store = Store(home, create=False)
+    if adapter:
+        check_adapter(adapter)
+    # --adapter and --base need no run (their chats start a home); a run's checkpoint needs the run's home.
+    store = Store(home, create=bool(adapter or base))
     recipe, adapter_path, policy_name, prompt_format = resolve_checkpoint(store, run_id, iteration, adapter, base)
     questioner = Questioner(recipe.questioner, store.home)
     model = questioner.load_policy(adapter_path)

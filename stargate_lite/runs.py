@@ -159,12 +159,16 @@ def training_format(training: dict | None, recipe: Recipe) -> str:
     return training.get("format") or "instructed"
 
 
+def check_adapter(adapter: str) -> None:
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise StargateError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json)")
+
+
 def resolve_checkpoint(store: Store, run_id: str | None, iteration: int | None, adapter: str | None,
                        base: bool) -> tuple[Recipe, str | None, str, str]:
     """(recipe, adapter path or None, a name for the policy, its prompt format) for the chosen checkpoint."""
     if adapter:
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise StargateError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json)")
+        check_adapter(adapter)
         run = store.get_run(run_id) if run_id else None
         recipe = recipe_of_run(run) if run else load_recipe("tiny")
         return recipe, adapter, f"adapter:{adapter}", recipe.train.format

@@ -40,6 +40,19 @@ def test_chat_through_a_pipe_asks_then_answers_on_request(finished):
     assert saved["policy"] == "tiny/iteration-2"
 
 
+def test_chat_with_an_adapter_folder_needs_no_run_and_a_folder_without_one_is_refused(finished, tmp_path):
+    adapter = finished / "runs" / "tiny" / "iteration-1" / "adapter"
+    home = tmp_path / "elsewhere"
+    refused = chat(home, "hello\n", "--adapter", str(adapter.parent))
+    assert refused.returncode == 2 and "is not a LoRA adapter folder" in refused.stderr and not home.exists()
+    result = chat(home, "Can you suggest a weekly meal plan for me?\n/answer\n/quit\n", "--adapter", str(adapter),
+                  "--name", "Mei")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "questioner> " in result.stdout
+    (saved,) = transcripts(home)
+    assert saved["policy"] == f"adapter:{adapter}" and saved["response"]
+
+
 def test_watch_mode_lets_the_roleplayer_answer(finished):
     result = chat(finished, "", "--persona", "I'm ANA. I am a retired nurse who loves gardening.",
                   "--task", "What should I do this weekend?", "--max-questions", "1", "--name", "Ana", "--base")
