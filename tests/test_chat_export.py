@@ -89,6 +89,21 @@ def test_export_reloads_with_the_same_logprobs(finished, questioner, tmp_path):
     assert result.returncode == 2 and "exists" in result.stderr
 
 
+def test_the_model_card_says_how_to_prompt_in_the_format_the_adapter_was_trained_in(finished, tmp_path):
+    from stargate_lite.commands.export import export
+    from stargate_lite.prompts import QUESTION_INSTRUCTION
+    from stargate_lite.store import Store
+
+    instructed = (export(finished, tmp_path / "instructed") / "README.md").read_text()
+    assert "(instructed format)" in instructed and QUESTION_INSTRUCTION in instructed
+    store = Store(finished)
+    with store.transaction():
+        store.db.execute("update trainings set format = 'bare' where iteration = 2")
+    bare = (export(finished, tmp_path / "bare") / "README.md").read_text()
+    assert "(bare format)" in bare and "nothing else: it asks its questions by itself" in bare
+    assert QUESTION_INSTRUCTION not in bare
+
+
 def test_the_trained_format_travels_with_the_adapter(finished, tmp_path):
     """chat and export greet a checkpoint in the format it was trained in (trainings.format), status shows it."""
 
