@@ -158,6 +158,14 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def gone(pids: list[int], timeout: float = 30) -> bool:
+    """True once none of `pids` is alive, False if one still is after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not any(alive(p) for p in pids)
+
+
 def descendants(root: int) -> dict[int, list[str]]:
     """Live processes under `root` (its children, theirs, ...), each with its command line."""
     children: dict[int, list[int]] = {}

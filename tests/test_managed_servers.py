@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import alive
+from conftest import alive, gone
 
 from stargate_lite.engines.processes import spawn_tied, stop
 from stargate_lite.engines.servers import CPU_KV_CACHE_GIB, ManagedServer, VllmServer
@@ -139,12 +139,6 @@ def _pids(log, timeout: float = 60) -> list[int]:
     raise AssertionError("the child never printed its pids")
 
 
-def _gone(pids: list[int], timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not any(alive(p) for p in pids)
-
 
 def test_a_child_that_ignores_sigterm_is_killed_with_its_group_after_the_grace_period(tmp_path):
     log = tmp_path / "child.log"
@@ -152,7 +146,7 @@ def test_a_child_that_ignores_sigterm_is_killed_with_its_group_after_the_grace_p
     pids = _pids(log)
     started = time.monotonic()
     stop(process)
-    assert _gone(pids), "a process of the group outlived stop()"
+    assert gone(pids), "a process of the group outlived stop()"
     assert time.monotonic() - started >= 1.5  # SIGTERM first: the kill waited out the grace period
     assert process.returncode == -signal.SIGKILL  # the supervisor ends as its child ended
 
@@ -162,4 +156,4 @@ def test_a_child_that_exits_by_itself_takes_what_it_left_behind_and_its_exit_cod
     process = spawn_tied([sys.executable, "-c", LEAVING], log, grace=1.5)
     pids = _pids(log)
     assert process.wait(timeout=60) == 3
-    assert _gone(pids), "the grandchild outlived the child that left it"
+    assert gone(pids), "the grandchild outlived the child that left it"

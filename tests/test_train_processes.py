@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import GOLD, TASK, TINY_CI_OVERRIDES, TURNS, alive, cli, running
+from conftest import GOLD, TASK, TINY_CI_OVERRIDES, TURNS, cli, gone, running
 from safetensors.torch import load_file
 
 from stargate_lite.prompts import questioner_messages
@@ -73,12 +73,6 @@ def _workers_started(run: subprocess.Popen, timeout: float = 600) -> tuple[int, 
     raise AssertionError(f"the workers never started (run exit code {run.poll()})")
 
 
-def _gone(pids: list[int], timeout: float = 20) -> bool:
-    deadline = time.time() + timeout
-    while any(alive(p) for p in pids) and time.time() < deadline:
-        time.sleep(0.1)
-    return not any(alive(p) for p in pids)
-
 
 def test_a_killed_launcher_or_run_leaves_no_worker_and_a_rerun_trains(with_data):
     home = with_data
@@ -90,13 +84,13 @@ def test_a_killed_launcher_or_run_leaves_no_worker_and_a_rerun_trains(with_data)
     os.kill(launcher, signal.SIGKILL)
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 2 and "training in 2 processes failed" in stderr and "rerun" in stderr
-    assert _gone(workers), "a worker outlived its launcher"
+    assert gone(workers, timeout=20), "a worker outlived its launcher"
 
     run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     launcher, workers = _workers_started(run)
     run.send_signal(signal.SIGKILL)
     run.wait()
-    assert _gone([launcher, *workers]), "the launcher or a worker outlived stargate-lite"
+    assert gone([launcher, *workers], timeout=20), "the launcher or a worker outlived stargate-lite"
 
     cli(*RUN_ARGS, home=home)
     with sqlite3.connect(home / "stargate.db") as db:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import GOLD, TASK, TINY_CI_OVERRIDES, TURNS, alive, cli, descendants, run_args, wait_for
+from conftest import GOLD, TASK, TINY_CI_OVERRIDES, TURNS, cli, descendants, gone, run_args, wait_for
 
 from stargate_lite.engines.encoded import Encoded
 from stargate_lite.engines.questioner import Questioner
@@ -125,12 +125,6 @@ def _wait_until_stopped(run: subprocess.Popen, timeout: float = 600) -> None:
         time.sleep(0.2)
 
 
-def _gone(pids: list[int], timeout: float = 30) -> bool:
-    deadline = time.time() + timeout
-    while any(alive(p) for p in pids) and time.time() < deadline:
-        time.sleep(0.2)
-    return not any(alive(p) for p in pids)
-
 
 def test_a_managed_server_that_dies_is_a_recorded_failure_and_nothing_outlives_a_killed_run(with_data, launch):
     home = with_data
@@ -144,7 +138,7 @@ def test_a_managed_server_that_dies_is_a_recorded_failure_and_nothing_outlives_a
     assert len(tree) > 1  # vLLM's engine runs in processes of its own
     run.send_signal(signal.SIGKILL)
     run.wait()
-    assert _gone(tree), "the vLLM server outlived the stargate-lite that started it"
+    assert gone(tree), "the vLLM server outlived the stargate-lite that started it"
 
     # The server dies after the next chunk: the one after it is a recorded failure, the rest is kept. The run
     # freezes itself once that chunk is stored, so the last chunk waits for the kill.
@@ -153,7 +147,7 @@ def test_a_managed_server_that_dies_is_a_recorded_failure_and_nothing_outlives_a
     tree = _serving(run)
     ((server, _),) = _vllm_servers(run)
     os.kill(server, signal.SIGKILL)
-    assert _gone([server])
+    assert gone([server])
     run.send_signal(signal.SIGCONT)
     _, stderr = run.communicate(timeout=300)
     assert run.returncode == 2
@@ -164,7 +158,7 @@ def test_a_managed_server_that_dies_is_a_recorded_failure_and_nothing_outlives_a
         kept = db.execute("select count(*) from conversations").fetchone()[0]
     assert reasons and all(r.startswith("questioner: vLLM server exited mid-run") for r in reasons)
     assert kept == 2 * 2  # two chunks: two pairs' two conversations
-    assert _gone(tree), "vLLM's engine outlived its server"
+    assert gone(tree), "vLLM's engine outlived its server"
 
     # A rerun finishes the iteration: nothing redone, no failure left, the server stopped at the end.
     run = launch(MANAGED, home, stderr=subprocess.PIPE)
@@ -173,7 +167,7 @@ def test_a_managed_server_that_dies_is_a_recorded_failure_and_nothing_outlives_a
         trees += [p for _, tree in _vllm_servers(run) for p in tree]
         time.sleep(0.5)
     assert run.returncode == 0, run.stderr.read()[-2000:]
-    assert trees and _gone(trees)  # stopped with the command: within the grace period and a margin
+    assert trees and gone(trees)  # stopped with the command: within the grace period and a margin
     with sqlite3.connect(home / "stargate.db") as db:
         ids = [r[0] for r in db.execute("select id from conversations where iteration = 1")]
         assert len(ids) == len(set(ids)) == 3 * 2
