@@ -420,6 +420,11 @@ class Store:
         sql = "select 1 from stages where run_id = ? and iteration = ? and stage = ?"
         return self.value(sql, [run_id, iteration, stage]) is not None
 
+    def stage_marks(self, run_id: str, iteration: int) -> dict[str, float]:
+        """When each finished stage of an iteration was marked done (epoch seconds): where its time went."""
+        sql = "select stage, done_at from stages where run_id = ? and iteration = ?"
+        return {r["stage"]: r["done_at"] for r in self.rows(sql, [run_id, iteration])}
+
     def mark_stage(self, run_id: str, iteration: int, stage: str) -> None:
         with self.transaction():
             self.db["stages"].insert(

@@ -133,6 +133,18 @@ def base_model(questioner):
     return questioner.load_base()
 
 
+@pytest.fixture(scope="session")
+def binary() -> None:
+    """install.sh --test builds llama-server; without it the tests that use it fail and say how to get it."""
+    from stargate_lite.engines.servers import find_binary
+    from stargate_lite.errors import StargateError
+
+    try:
+        find_binary(None)
+    except StargateError as err:
+        pytest.fail(f"{err} (the tests need it)")
+
+
 def cli(*args: str, home: Path, check: bool = True, stop_at: str | None = None) -> subprocess.CompletedProcess:
     """The real command in a subprocess, as a user runs it; `stop_at` names a point where it stops itself
     (runs.stop_point: SIGKILL, or SIGINT with "POINT=INT")."""

@@ -18,7 +18,6 @@ import pytest
 from conftest import TINY_CI_OVERRIDES, alive, cli, running
 
 from stargate_lite.engines.chat_models import ChatModels, LlamaServerChat, Sampling, complete_all
-from stargate_lite.engines.servers import find_binary
 from stargate_lite.errors import StargateError
 from stargate_lite.prompts import roleplayer_messages
 from stargate_lite.recipe import ChatModelConfig
@@ -30,15 +29,7 @@ TASKS = ("Can you help me plan my week?", "What should I cook for dinner?", "How
          "Help me pick a gift for a friend.")
 QUESTIONS = ("What do you do for a living?", "What matters most to you here?")
 CONVERSATIONS = [roleplayer_messages(PERSONA, t, [{"role": "questioner", "text": q}]) for t in TASKS for q in QUESTIONS]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def binary():
-    """install.sh --test builds llama-server; without it these tests fail and say how to get it."""
-    try:
-        find_binary(None)
-    except StargateError as err:
-        pytest.fail(f"{err} (the tests need it)")
+pytestmark = pytest.mark.usefixtures("binary")
 
 
 def test_a_managed_server_answers_logs_and_stops(tmp_path):
