@@ -8,7 +8,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import cli, copy_home
+import torch
+from conftest import TINY_CI_OVERRIDES, cli, copy_home
 
 from stargate_lite.evaluation.judge import parse_last_line, parse_verdict, policy_is_a, read_verdict, winner_of
 from stargate_lite.recipe import JudgeConfig
@@ -101,6 +102,56 @@ def test_a_second_eval_reuses_everything(evaluated, eval_home, monkeypatch):
     again = evaluate.evaluate(home=eval_home)
     assert eval_counts(eval_home) == before
     assert again["iterations"] == [{k: v for k, v in it.items()} for it in evaluated["iterations"]]
+
+
+def test_the_base_responder_answers_greedily_after_each_policys_own_conversations(evaluated, eval_home, tmp_path,
+                                                                                   questioner, base_model):
+    """`eval --responder base` (the response-model ablation): Q_0 writes the final response after Q_eta's
+    conversations, and that is what is judged against Q_0's own."""
+    from safetensors.torch import load_file, save_file
+
+    from stargate_lite.evaluation.evaluate import _pair_key, namespace
+    from stargate_lite.prompts import questioner_messages
+    from stargate_lite.recipe import load_recipe
+    from stargate_lite.store import Store
+
+    home = copy_home(eval_home, tmp_path / "home")
+    store = Store(home, create=False)
+    # A tiny run's adapters barely move greedy text: make each policy plainly its own, so that a response written
+    # by the policy instead of Q_0 could not pass for Q_0's.
+    adapters = {it: Path(store.training("tiny", it)["adapter"]) for it in (1, 2)}
+    for it, adapter in adapters.items():
+        weights = load_file(adapter / "adapter_model.safetensors")
+        generator = torch.Generator().manual_seed(it)
+        save_file({name: torch.randn(w.shape, generator=generator) * 0.2 if "lora_B" in name else w
+                   for name, w in weights.items()}, adapter / "adapter_model.safetensors", metadata={"format": "pt"})
+    summary = json.loads(cli("eval", "--responder", "base", "--json", home=home).stdout)
+    assert summary["responder"] == "base"
+    assert [it["win_rate"]["valid"] for it in summary["iterations"][1:]] == [2, 2]
+    ns = namespace("tiny", "smollm2")
+    with sqlite3.connect(home / "stargate.db") as db:
+        rows = {(it, who, key): (conversation, text) for it, who, key, conversation, text in db.execute(
+            "select iteration, responder, pair_key, conversation_id, text from eval_responses")}
+        judged = {who for (who,) in db.execute("select distinct responder from judgments")}
+    assert judged == {"policy", "base"}
+    base_rows = {(it, key): value for (it, who, key), value in rows.items() if who == "base"}
+    assert sorted({it for it, _ in base_rows}) == [1, 2]
+    recipe = load_recipe("tiny", TINY_CI_OVERRIDES)
+
+    def greedy(model, prompt: list[dict]) -> str:
+        (text,) = questioner.generate(model, [prompt], max_new_tokens=recipe.respond.max_tokens, temperature=0.0,
+                                      top_p=1.0, batch_size=1, seed=0)
+        return text
+
+    prompts = {}
+    for (it, key), (conversation, text) in base_rows.items():
+        assert rows[(it, "policy", key)][0] == conversation  # after the policy's own conversation
+        (pair,) = [p for p in store.pairs(ns, it) if _pair_key(p) == key]
+        prompts[it, key] = questioner_messages(pair["persona_name"], pair["task"],
+                                               store.turns([conversation])[conversation], final=True, instruction=True)
+        assert text == greedy(base_model, prompts[it, key])  # Q_0's greedy response
+    policy = questioner.load_policy(str(adapters[2]))
+    assert any(greedy(policy, prompt) != base_rows[key][1] for key, prompt in prompts.items() if key[0] == 2)
 
 
 def test_another_roleplayer_adds_rows_and_keeps_the_old(evaluated, eval_home, tmp_path):
