@@ -32,7 +32,7 @@ err = Console(stderr=True)
 
 HomeOption = Annotated[
     Path | None,
-    typer.Option("--home", envvar="STARGATE_HOME", help="Project home holding the store [default: ./.stargate]."),
+    typer.Option("--home", envvar="STARGATE_HOME", help="Project home holding the store.", show_default="./.stargate"),
 ]
 RecipeOption = Annotated[str, typer.Option("--recipe", "-r", help="A shipped recipe's name or a YAML path.")]
 SetOption = Annotated[
@@ -99,7 +99,7 @@ def run(
     iterations: Annotated[int, typer.Option("--iterations", "-n", help="Iterations to reach (paper: 3).")] = 3,
     recipe: RecipeOption = "tiny",
     set_: SetOption = None,
-    run_id: Annotated[str | None, typer.Option("--run", help="Run id [default: the recipe's name].")] = None,
+    run_id: Annotated[str | None, typer.Option("--run", help="Run id.", show_default="the recipe's name")] = None,
     home: HomeOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Estimate one iteration's calls, tokens and time "
                                           "(throughputs measured now with the recipe's models); run nothing.")] = False,
@@ -203,9 +203,10 @@ def _print_status(report: dict) -> None:
 @app.command("eval")
 @user_errors
 def eval_(
-    run_id: Annotated[str | None, typer.Option("--run", help="Run to evaluate [default: the latest].")] = None,
+    run_id: Annotated[str | None, typer.Option("--run", help="Run to evaluate.", show_default="the latest")] = None,
     iterations: Annotated[
-        list[int] | None, typer.Option("--iteration", "-i", help="Iterations to evaluate (repeatable) [default: all].")
+        list[int] | None,
+        typer.Option("--iteration", "-i", help="Iterations to evaluate (repeatable).", show_default="all"),
     ] = None,
     roleplayer: Annotated[
         str | None, typer.Option(help="Chat model (from the run's recipe) that plays the test personas.")
@@ -236,7 +237,7 @@ def eval_(
 @app.command()
 @user_errors
 def report(
-    run_id: Annotated[str | None, typer.Option("--run", help="Run [default: the latest].")] = None,
+    run_id: Annotated[str | None, typer.Option("--run", help="Run.", show_default="the latest")] = None,
     roleplayer: Annotated[str | None, typer.Option(help="Roleplayer of the evaluation.")] = None,
     judge: Annotated[str | None, typer.Option(help="Judge of the win rates.")] = None,
     responder: Annotated[str, typer.Option(help="policy or base.")] = "policy",
@@ -264,8 +265,10 @@ def report(
 @app.command()
 @user_errors
 def chat(
-    run_id: Annotated[str | None, typer.Option("--run", help="Run whose Questioner to load [default: the latest].")] = None,
-    iteration: Annotated[int | None, typer.Option(help="Iteration's adapter [default: the latest].")] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run", help="Run whose Questioner to load.", show_default="the latest")
+    ] = None,
+    iteration: Annotated[int | None, typer.Option(help="Iteration's adapter.", show_default="the latest")] = None,
     adapter: Annotated[str | None, typer.Option(help="A LoRA adapter folder instead of a run's.")] = None,
     base: Annotated[bool, typer.Option("--base", help="Talk with the base model Q_0.")] = False,
     name: Annotated[str, typer.Option(help="Your name, as the Questioner is greeted.")] = "Alex",
@@ -273,7 +276,9 @@ def chat(
         str | None, typer.Option(help="Watch mode: a persona (text or a file) the Roleplayer plays instead of you.")
     ] = None,
     task: Annotated[str | None, typer.Option(help="Watch mode: the request the Roleplayer makes.")] = None,
-    max_questions: Annotated[int | None, typer.Option(help="Questions before it answers [default: recipe's K].")] = None,
+    max_questions: Annotated[
+        int | None, typer.Option(help="Questions before it answers.", show_default="recipe's K")
+    ] = None,
     home: HomeOption = None,
 ) -> None:
     """Talk with a trained Questioner: it asks its questions, then answers. Works through a pipe too."""
@@ -329,8 +334,8 @@ def chat(
 @user_errors
 def export_(
     out_dir: Annotated[Path, typer.Option("--out", help="New folder for the merged model.")],
-    run_id: Annotated[str | None, typer.Option("--run", help="Run [default: the latest].")] = None,
-    iteration: Annotated[int | None, typer.Option(help="Iteration [default: the latest trained].")] = None,
+    run_id: Annotated[str | None, typer.Option("--run", help="Run.", show_default="the latest")] = None,
+    iteration: Annotated[int | None, typer.Option(help="Iteration.", show_default="the latest trained")] = None,
     home: HomeOption = None,
 ) -> None:
     """Write base + adapter merged (safetensors, tokenizer, chat template, model card)."""

@@ -55,3 +55,15 @@ def test_a_refused_command_makes_no_home(tmp_path):
     result = runner.invoke(app, ["data", "import", "--dataset", "d", "--split", "A", "--tasks", str(tasks),
                                  "--home", str(home)])
     assert result.exit_code == 0 and Store(home).value("select count(*) from tasks") == 1
+
+
+def test_help_shows_each_options_default():
+    """Defaults that are not values ("the latest") are shown as defaults, not swallowed as markup."""
+    for command, option, default in (("run", "--run", "the recipe's name"), ("eval", "--iteration", "all"),
+                                     ("chat", "--max-questions", "recipe's K"), ("export", "--iteration",
+                                                                                  "the latest trained")):
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}, terminal_width=200)
+        (line,) = [line for line in result.output.splitlines() if f" {option} " in line]
+        assert f"[default: ({default})]" in line, line
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"}, terminal_width=200)
+    assert "[default: (./.stargate)]" in result.output
