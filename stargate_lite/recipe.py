@@ -290,7 +290,7 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (long sequences, 7B).")
     format: Literal["bare", "instructed"] = Field(
-        "instructed",
+        "bare",
         description="The prompt the policy is trained on and answers in. bare (the paper's): the greeting and the "
         "conversation alone, so the trained model asks by itself; instructed: the instruction to ask questions "
         "is in every training example, regularizer prompt and win-rate response prompt. Simulation always "
@@ -395,6 +395,9 @@ class Recipe(_Strict):
             if name not in self.chat_models:
                 known = ", ".join(sorted(self.chat_models)) or "none"
                 raise ValueError(f"roles.{role}: no chat model named {name!r} (chat_models has: {known})")
+        if self.reward.question_cost and self.simulate.turns != "policy":
+            raise ValueError("reward.question_cost needs simulate.turns: policy; with uniform turns every conversation "
+                             "of a pair has the same turns, so the cost only charges the turns that ask")
         if self.questioner.engine == "vllm" and self.train.lora_r > self.questioner.vllm.max_lora_rank:
             raise ValueError(f"train.lora_r {self.train.lora_r} is above questioner.vllm.max_lora_rank "
                              f"{self.questioner.vllm.max_lora_rank}: raise the latter, or vLLM refuses the adapters")

@@ -26,6 +26,8 @@ _SECRET_KEY = re.compile(r"(?:^|_)(?:key|token|secret|password)$", re.IGNORECASE
 STAGES = ("pairs", "simulate", "score", "select", "respond", "train")
 # Recipe keys that moved since a run was stored: old path -> new path (section.key).
 _MOVED_KEYS = {("eval", "judge_max_tokens"): ("judge", "max_tokens")}
+# Fields whose default changed since they came in: (section, key) -> what a run stored without the field did.
+_EARLIER_DEFAULTS = {("train", "format"): "instructed"}  # the default until 2026-12-02; the paper's is bare
 
 
 def redact(value):
@@ -61,12 +63,14 @@ def run_dir(store: Store, run_id: str) -> Path:
 
 
 def recipe_of_run(run: dict) -> Recipe:
-    """The recipe a run was made with, as stored, with defaults for fields newer than the run and keys that
-    moved since put where they are now."""
+    """The recipe a run was made with, as stored, with defaults for fields newer than the run (a field whose
+    default changed since gets what the run did) and keys that moved since put where they are now."""
     data = json.loads(run["recipe"])
     for (section, key), (new_section, new_key) in _MOVED_KEYS.items():
         if key in data.get(section, {}):
             data.setdefault(new_section, {}).setdefault(new_key, data[section].pop(key))
+    for (section, key), value in _EARLIER_DEFAULTS.items():
+        data.setdefault(section, {}).setdefault(key, value)
     return validate_recipe(data, f"of run {run['id']}")
 
 

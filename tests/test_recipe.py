@@ -135,3 +135,28 @@ def test_the_commented_roleplayer_mix_of_a_shipped_recipe_loads(name):
     (mix,) = re.findall(r"#\s+roleplayer: (\{.*\})", (recipes_dir() / f"{name}.yaml").read_text())
     recipe = load_recipe(name, [f"roles.roleplayer={mix}"])
     assert len(recipe.roles.roleplayer_weights) == 2
+
+
+def test_a_recipe_that_omits_the_format_trains_as_the_paper_and_stored_runs_as_they_were_trained(tmp_path):
+    import json
+
+    import yaml
+
+    from stargate_lite.recipe import TrainConfig, recipes_dir
+    from stargate_lite.runs import recipe_of_run
+
+    assert TrainConfig().format == "bare"
+    data = yaml.safe_load((recipes_dir() / "tiny.yaml").read_text())
+    del data["train"]["format"]
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(data))
+    assert load_recipe(str(tmp_path / "mine.yaml")).train.format == "bare"
+    stored = json.loads(load_recipe("paper").to_json())  # every run since train.format came in stores it
+    assert recipe_of_run({"id": "new", "recipe": json.dumps(stored)}).train.format == "bare"
+
+
+def test_a_question_cost_needs_policy_turns():
+    """Under uniform turns every conversation of a pair has the same turns: a cost per question could only make
+    selection prefer the conversations that ask least."""
+    with pytest.raises(StargateError, match="reward.question_cost needs simulate.turns: policy"):
+        load_recipe("tiny", ["reward.question_cost=0.5"])
+    assert load_recipe("tiny", ["reward.question_cost=0.5", "simulate.turns=policy"]).reward.question_cost == 0.5
