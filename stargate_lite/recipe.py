@@ -395,9 +395,6 @@ class Recipe(_Strict):
             if name not in self.chat_models:
                 known = ", ".join(sorted(self.chat_models)) or "none"
                 raise ValueError(f"roles.{role}: no chat model named {name!r} (chat_models has: {known})")
-        if self.reward.question_cost and self.simulate.turns != "policy":
-            raise ValueError("reward.question_cost needs simulate.turns: policy; with uniform turns every conversation "
-                             "of a pair has the same turns, so the cost only charges the turns that ask")
         if self.questioner.engine == "vllm" and self.train.lora_r > self.questioner.vllm.max_lora_rank:
             raise ValueError(f"train.lora_r {self.train.lora_r} is above questioner.vllm.max_lora_rank "
                              f"{self.questioner.vllm.max_lora_rank}: raise the latter, or vLLM refuses the adapters")
@@ -472,4 +469,10 @@ def load_recipe(name_or_path: str = "tiny", overrides: list[str] | None = None) 
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise StargateError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    return validate_recipe(apply_overrides(data, overrides or []), str(path.name))
+    recipe = validate_recipe(apply_overrides(data, overrides or []), str(path.name))
+    # Refused for new runs only: a run stored with it still loads, for status and eval.
+    if recipe.reward.question_cost and recipe.simulate.turns != "policy":
+        raise StargateError(f"recipe {path.name}: reward.question_cost needs simulate.turns: policy; with uniform "
+                            "turns every conversation of a pair has the same turns, so the cost only charges the "
+                            "turns that ask")
+    return recipe

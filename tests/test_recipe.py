@@ -160,3 +160,10 @@ def test_a_question_cost_needs_policy_turns():
     with pytest.raises(StargateError, match="reward.question_cost needs simulate.turns: policy"):
         load_recipe("tiny", ["reward.question_cost=0.5"])
     assert load_recipe("tiny", ["reward.question_cost=0.5", "simulate.turns=policy"]).reward.question_cost == 0.5
+    import json
+
+    from stargate_lite.runs import recipe_of_run
+
+    stored = json.loads(load_recipe("tiny").to_json())
+    stored["reward"]["question_cost"] = 0.5  # a run made before the refusal still loads
+    assert recipe_of_run({"id": "old", "recipe": json.dumps(stored)}).reward.question_cost == 0.5
