@@ -6,8 +6,9 @@ class StargateError(Exception):
 
 
 class FallbackNotice(UserWarning):
-    """A fast path that would be wrong for this model: the library's path is used instead (the CLI prints one
-    line, once per message)."""
+    """What the user should know and need not act on: a fast path that would be wrong for this model (the
+    library's path is used instead), a run resumed with new execution settings. The CLI prints one line, once
+    per message."""
 
 
 class QuestionerFailure(StargateError):

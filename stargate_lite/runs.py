@@ -9,11 +9,12 @@ import json
 import os
 import re
 import signal
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import StargateError
+from .errors import FallbackNotice, StargateError
 from .recipe import Recipe, load_recipe, validate_recipe
 from .store import Store
 
@@ -26,6 +27,18 @@ _SECRET_KEY = re.compile(r"(?:^|_)(?:key|token|secret|password)$", re.IGNORECASE
 STAGES = ("pairs", "simulate", "score", "select", "respond", "train")
 # Recipe keys that moved since a run was stored: old path -> new path (section.key).
 _MOVED_KEYS = {("eval", "judge_max_tokens"): ("judge", "max_tokens")}
+# Recipe fields that say how a run executes, not what it computes: a run resumes after a change to them (and
+# stores the new values, which eval then uses), where any other change is refused as a different recipe. They
+# can move floats in their last bits (slots batch a llama-server's decoding, processes sum gradients in another
+# order), never the method. "chat_models.*" stands for every chat model. Every field is classified in
+# tests/test_recipe.py, so a new one is placed on purpose.
+EXECUTION_ONLY = frozenset({
+    "description", "train.processes",
+    *(f"questioner.vllm.{key}" for key in ("base_url", "score_base_url", "python", "kv_cache_gib", "max_concurrency",
+                                           "startup_timeout", "request_timeout", "max_retries")),
+    *(f"chat_models.*.{key}" for key in ("n_threads", "slots", "server_binary", "startup_timeout", "api_key_env",
+                                         "max_concurrency", "request_timeout", "max_retries", "retry_base_seconds")),
+})
 # Fields whose default changed since they came in: (section, key) -> what a run stored without the field did.
 _EARLIER_DEFAULTS = {("train", "format"): "instructed"}  # the default until 2026-12-02; the paper's is bare
 
@@ -94,11 +107,25 @@ def open_run(store: Store, recipe: Recipe, run_id: str | None = None) -> str:
     if before != stored:
         old, new = _flatten(json.loads(before)), _flatten(json.loads(stored))
         changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        raise StargateError(
-            f"run {run_id!r} was made with a different recipe (changed: {', '.join(changed[:5])}): "
-            "rerun with the same settings to resume, or choose a new --run id"
-        )
+        different = [k for k in changed if not execution_only(k)]
+        if different:
+            raise StargateError(
+                f"run {run_id!r} was made with a different recipe (changed: {', '.join(different[:5])}): "
+                "rerun with the same settings to resume, or choose a new --run id"
+            )
+        store.set_run_recipe(run_id, stored)
+        (run_dir(store, run_id) / "recipe.json").write_text(json.dumps(json.loads(stored), indent=2) + "\n")
+        warnings.warn(f"run {run_id} continues with new execution settings ({', '.join(changed)}); what it "
+                      "computes is unchanged", FallbackNotice, stacklevel=2)
     return run_id
+
+
+def execution_only(key: str) -> bool:
+    """Whether a flattened recipe key ("chat_models.smollm2.slots") is one of EXECUTION_ONLY."""
+    section, _, rest = key.partition(".")
+    if section == "chat_models":
+        key = "chat_models.*." + rest.partition(".")[2]
+    return key in EXECUTION_ONLY
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

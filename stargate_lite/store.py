@@ -322,6 +322,11 @@ class Store:
         rows = self.rows("select * from runs where id = ?", [run_id])
         return rows[0] if rows else None
 
+    def set_run_recipe(self, run_id: str, recipe_json: str) -> None:
+        """A resumed run's new execution settings (runs.EXECUTION_ONLY), which later commands then use."""
+        with self.transaction():
+            self.db["runs"].update(run_id, {"recipe": recipe_json})
+
     def create_run(self, run_id: str, recipe_name: str, recipe_json: str, dataset: str, seed: int) -> None:
         with self.transaction():
             self.db["runs"].insert(

@@ -167,3 +167,76 @@ def test_a_question_cost_needs_policy_turns():
     stored = json.loads(load_recipe("tiny").to_json())
     stored["reward"]["question_cost"] = 0.5  # a run made before the refusal still loads
     assert recipe_of_run({"id": "old", "recipe": json.dumps(stored)}).reward.question_cost == 0.5
+
+
+# Every recipe field that changes what a run computes; the rest are runs.EXECUTION_ONLY. A field added to the
+# recipe fails the test below until it is put in one or the other.
+RESULT_FIELDS = {
+    "name", "seed", "questioner.model", "questioner.gguf_file", "questioner.dtype", "questioner.load_in_4bit",
+    "questioner.device", "questioner.memory_budget_gib", "questioner.decoder", "questioner.engine",
+    "questioner.vllm.server_args", "questioner.vllm.max_lora_rank",
+    *(f"chat_models.*.{key}" for key in ("backend", "model", "gguf_file", "n_ctx", "n_gpu_layers", "repeat_penalty",
+                                         "base_url", "fold_system")),
+    "roles.roleplayer", "roles.oracle", "roles.judge",
+    "data.dataset", *(f"data.{what}.{split}" for what in ("tasks", "personas") for split in ("A", "B", "test")),
+    "data.persona_max_tokens", "data.gold_max_tokens", "data.gold_temperature",
+    *(f"simulate.{key}" for key in ("conversations_per_pair", "max_turns", "turns", "temperature", "top_p",
+                                    "question_max_tokens", "answer_max_tokens", "answer_temperature",
+                                    "max_answer_sentences", "batch_size", "pairs_per_chunk")),
+    "reward.question_cost", "score.batch_size", "score.vocab_chunk_tokens", "respond.max_tokens", "respond.batch_size",
+    *(f"train.{key}" for key in ("method", "dpo_beta", "target", "lora_r", "lora_alpha", "lora_dropout",
+                                 "target_modules", "learning_rate", "epochs", "batch_size", "gradient_accumulation",
+                                 "max_length", "warmup_ratio", "weight_decay", "gradient_checkpointing", "format",
+                                 "backend")),
+    "eval.conversations_per_pair", "eval.win_rate_pairs_per_turn", "eval.judge_orders",
+    "judge.template", "judge.read", "judge.label", "judge.max_tokens",
+}
+
+
+def _field_paths(model, prefix: str = "") -> set[str]:
+    import typing
+
+    from pydantic import BaseModel
+
+    from stargate_lite.recipe import ChatModelConfig
+
+    paths = set()
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            paths |= _field_paths(field.annotation, f"{prefix}{name}.")
+        elif typing.get_origin(field.annotation) is dict and name == "chat_models":
+            paths |= _field_paths(ChatModelConfig, f"{prefix}{name}.*.")
+        else:
+            paths.add(prefix + name)
+    return paths
+
+
+def test_every_recipe_field_either_changes_results_or_only_how_a_run_executes():
+    from stargate_lite.recipe import Recipe
+    from stargate_lite.runs import EXECUTION_ONLY
+
+    assert not RESULT_FIELDS & EXECUTION_ONLY
+    assert _field_paths(Recipe) == RESULT_FIELDS | EXECUTION_ONLY
+
+
+def test_a_run_resumes_after_an_execution_change_and_refuses_a_result_change(home):
+    import json
+
+    from stargate_lite.errors import FallbackNotice
+    from stargate_lite.runs import open_run, recipe_of_run
+    from stargate_lite.store import Store
+
+    store = Store(home)
+    open_run(store, load_recipe("tiny"))
+    faster = load_recipe("tiny", ["train.processes=3", "chat_models.smollm2.n_threads=1",
+                                  "chat_models.smollm2-plain.max_retries=0", "questioner.vllm.max_concurrency=8"])
+    with pytest.warns(FallbackNotice, match="continues with new execution settings"):
+        open_run(store, faster)
+    stored = recipe_of_run(store.get_run("tiny"))
+    assert stored.train.processes == 3 and stored.chat_models["smollm2"].n_threads == 1  # eval uses them
+    assert json.loads((home / "runs" / "tiny" / "recipe.json").read_text()) == json.loads(faster.to_json())
+    for change in ("simulate.temperature=1.2", "chat_models.smollm2.repeat_penalty=1.0", "train.format=bare"):
+        with pytest.raises(StargateError, match=f"different recipe \\(changed: {change.split('=')[0]}\\)"):
+            open_run(store, load_recipe("tiny", ["train.processes=3", "chat_models.smollm2.n_threads=1",
+                                                 "chat_models.smollm2-plain.max_retries=0",
+                                                 "questioner.vllm.max_concurrency=8", change]))
