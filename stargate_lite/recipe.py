@@ -48,6 +48,15 @@ class VllmConfig(_Strict):
         "e.g. [--tensor-parallel-size, '2', --gpu-memory-utilization, '0.4'] (both share the GPUs: their two "
         "shares must fit; on CPU, the share is of host memory: 0.15 suits a small model).",
     )
+    devices: str | None = Field(
+        None, description="Managed generation server: the GPUs it runs on (CUDA_VISIBLE_DEVICES, e.g. '0,1,2,3'). "
+        "null: every GPU this process sees. Give the two servers disjoint sets when both are managed on one node, "
+        "or both load onto the same GPUs.",
+    )
+    score_devices: str | None = Field(
+        None, description="Managed scoring server: the GPUs it runs on (e.g. '4,5,6,7'). null: every GPU this "
+        "process sees.",
+    )
     kv_cache_gib: float | None = Field(
         None, gt=0, description="Managed servers: GiB of KV cache each reserves (--kv-cache-memory-bytes). null: "
         "on a GPU, vLLM sizes it from --gpu-memory-utilization; on a CPU, 1 GiB (vLLM's CPU build would size it "

@@ -34,8 +34,9 @@ _MOVED_KEYS = {("eval", "judge_max_tokens"): ("judge", "max_tokens")}
 # tests/test_recipe.py, so a new one is placed on purpose.
 EXECUTION_ONLY = frozenset({
     "description", "train.processes",
-    *(f"questioner.vllm.{key}" for key in ("base_url", "score_base_url", "python", "kv_cache_gib", "max_concurrency",
-                                           "startup_timeout", "request_timeout", "max_retries")),
+    *(f"questioner.vllm.{key}" for key in ("base_url", "score_base_url", "python", "devices", "score_devices",
+                                           "kv_cache_gib", "max_concurrency", "startup_timeout", "request_timeout",
+                                           "max_retries")),
     *(f"chat_models.*.{key}" for key in ("n_threads", "slots", "server_binary", "startup_timeout", "api_key_env",
                                          "max_concurrency", "request_timeout", "max_retries", "retry_base_seconds")),
 })

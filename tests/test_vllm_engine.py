@@ -120,3 +120,23 @@ def test_prompt_logprobs_are_read_at_the_targets_and_refused_when_they_miss_a_to
         fake.prompt_logprobs = malformed
         with pytest.raises(StargateError, match="returned no prompt log-probs for every token"):
             engine.prompt_logprobs([item])
+
+
+def test_managed_servers_run_on_the_gpus_the_recipe_gives_each(monkeypatch):
+    """recipes/cluster.yaml's two managed servers on disjoint GPUs, each tensor parallel over its own."""
+    import sys
+    from pathlib import Path
+
+    from stargate_lite.engines.servers import VllmServer
+    from stargate_lite.recipe import load_recipe
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")
+    vllm = load_recipe("cluster").questioner.vllm.model_copy(update={"python": sys.executable})
+    generation, scoring = (VllmServer(vllm, "m", "bfloat16", False, Path("log"), lora=lora) for lora in (True, False))
+    gpus = [set(server.environment()["CUDA_VISIBLE_DEVICES"].split(",")) for server in (generation, scoring)]
+    assert not gpus[0] & gpus[1] and len(gpus[0] | gpus[1]) == 8
+    parallel = int(vllm.server_args[vllm.server_args.index("--tensor-parallel-size") + 1])
+    assert [len(g) for g in gpus] == [parallel, parallel]
+    unset = vllm.model_copy(update={"devices": None, "score_devices": None})
+    assert VllmServer(unset, "m", "bfloat16", False, Path("log")).environment()["CUDA_VISIBLE_DEVICES"] == \
+        "0,1,2,3,4,5,6,7"  # null: every GPU this process sees

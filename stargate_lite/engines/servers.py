@@ -210,4 +210,8 @@ class VllmServer(ManagedServer):
         return [*args, *self.config.server_args]
 
     def environment(self) -> dict:
-        return {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+        environment = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+        devices = self.config.devices if self.lora else self.config.score_devices
+        if devices is not None:
+            environment["CUDA_VISIBLE_DEVICES"] = devices
+        return environment
