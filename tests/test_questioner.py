@@ -131,6 +131,34 @@ def test_sampled_generation_is_reproducible_from_its_seed(questioner, base_model
     assert len(set(first)) > 1  # samples differ from each other
 
 
+def test_generation_ignores_what_the_models_generation_config_adds_to_sampling(questioner, base_model, tmp_path,
+                                                                               model_cache):
+    """A model whose generation config sets top_k, min_p and a repetition penalty samples as the recipe says, not
+    as its config does: as the same weights without them (as the static decoder and vLLM requests sample)."""
+    import json
+    from pathlib import Path
+
+    from stargate_lite.engines.questioner import Questioner
+    from stargate_lite.recipe import QuestionerConfig
+
+    source = Path(questioner.source)
+    copy = tmp_path / "with-generation-config"
+    copy.mkdir()
+    for item in source.iterdir():
+        if item.name != "generation_config.json":
+            (copy / item.name).symlink_to(item)
+    config = json.loads((source / "generation_config.json").read_text())
+    (copy / "generation_config.json").write_text(json.dumps({**config, "top_k": 1, "min_p": 0.5,
+                                                             "repetition_penalty": 3.0}))
+    configured = Questioner(QuestionerConfig(model=str(copy), dtype="float32", device="cpu"), model_cache)
+    model = configured.load_base()
+    assert (model.generation_config.top_k, model.generation_config.repetition_penalty) == (1, 3.0)
+    prompts = [questioner_messages("Mei", TASK, TURNS[:2], final=False)] * 3
+    for temperature in (0.9, 0.0):
+        kwargs = dict(max_new_tokens=12, temperature=temperature, top_p=0.9, batch_size=3, seed=7)
+        assert configured.generate(model, prompts, **kwargs) == questioner.generate(base_model, prompts, **kwargs)
+
+
 def test_every_step_of_the_schedule_trains():
     from stargate_lite.engines.training import warmup_cosine
 

@@ -25,6 +25,7 @@ class FakeVllm:
         self.adapters: list[str] = []
         self.loads: list[dict] = []
         self.load_status = 200
+        self.completions: list[dict] = []
         self.prompt_logprobs = lambda ids: [None] + [{str(t): {"logprob": -1.0}} for t in ids[1:]]
         fake = self
 
@@ -54,6 +55,7 @@ class FakeVllm:
                         return self._send(fake.load_status, {"error": {"message": "no such adapter path"}})
                     fake.adapters.append(body["lora_name"])
                     return self._send(200, {})
+                fake.completions.append(body)
                 self._send(200, {"id": "c", "object": "text_completion", "created": 0, "model": body["model"],
                                  "choices": [{"index": 0, "text": "", "finish_reason": "length",
                                               "prompt_logprobs": fake.prompt_logprobs(body["prompt"])}]})
@@ -140,3 +142,16 @@ def test_managed_servers_run_on_the_gpus_the_recipe_gives_each(monkeypatch):
     unset = vllm.model_copy(update={"devices": None, "score_devices": None})
     assert VllmServer(unset, "m", "bfloat16", False, Path("log")).environment()["CUDA_VISIBLE_DEVICES"] == \
         "0,1,2,3,4,5,6,7"  # null: every GPU this process sees
+
+
+def test_sampled_requests_carry_the_recipes_sampling_and_nothing_from_the_models_generation_config(fake, engine):
+    """vLLM applies a model's generation config (top_k, min_p, repetition penalty) to what a request leaves unset;
+    the local engines do not: every request sets them."""
+    engine.complete("base", [[1, 2, 3]], max_new_tokens=4, temperature=0.9, top_p=0.8, seed=7, stop_ids=[2])
+    engine.complete("base", [[1, 2, 3]], max_new_tokens=4, temperature=0.0, top_p=0.8, seed=7, stop_ids=[2])
+    sampled, greedy = fake.completions
+    for request in (sampled, greedy):
+        assert (request["top_k"], request["min_p"], request["repetition_penalty"]) == (0, 0.0, 1.0)
+        assert (request["frequency_penalty"], request["presence_penalty"]) == (0.0, 0.0)
+    assert (sampled["temperature"], sampled["top_p"], sampled["seed"]) == (0.9, 0.8, 7)
+    assert (greedy["temperature"], greedy["top_p"]) == (0.0, 1.0)

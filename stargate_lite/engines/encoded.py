@@ -1,4 +1,5 @@
-"""What every engine, stage and the trainer pass around: a tokenized chat and the positions of its targets.
+"""What every engine, stage and the trainer share: a tokenized chat and the positions of its targets, and the
+sampling settings every engine holds to.
 
 Its own module so that the Questioner and the engines it may delegate to (vllm_engine.py) share it without
 importing each other."""
@@ -6,6 +7,11 @@ importing each other."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# Sampling is the recipe's temperature and top-p alone, on every engine: what a model's generation config sets
+# beside them (a top-k, a min-p, a repetition penalty) would otherwise apply in transformers' `generate` and in
+# vLLM, and not in the static decoder, so the engines would sample from different distributions.
+PLAIN_SAMPLING = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
 
 
 @dataclass

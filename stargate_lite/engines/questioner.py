@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import FallbackNotice, StargateError
 from ..recipe import QuestionerConfig
-from .encoded import Encoded
+from .encoded import PLAIN_SAMPLING, Encoded
 from .models import hub_failure, questioner_source
 
 
@@ -323,10 +323,11 @@ class SharedBase:
 
 
 def _sampling_args(temperature: float, top_p: float) -> dict:
-    """Greedy at temperature 0; otherwise nucleus sampling only (top_k=0 turns off transformers' default top-k)."""
+    """Greedy at temperature 0, else nucleus sampling; nothing from the model's generation config either way."""
+    plain = {**PLAIN_SAMPLING, "min_p": None}  # transformers: None is off
     if temperature > 0:
-        return {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-    return {"do_sample": False}
+        return {"do_sample": True, "temperature": temperature, "top_p": top_p, **plain}
+    return {"do_sample": False, **plain}
 
 
 def _no_grad_generate(model, kwargs: dict) -> None:

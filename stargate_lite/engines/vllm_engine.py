@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import QuestionerFailure, StargateError
 from ..recipe import VllmConfig
-from .encoded import Encoded
+from .encoded import PLAIN_SAMPLING, Encoded
 from .servers import VLLM_BASE_NAME, VllmServer
 
 
@@ -186,8 +186,9 @@ class VllmEngine:
             index, prompt = item
             response = client.completions.create(
                 model=model_name, prompt=prompt, max_tokens=max_new_tokens, temperature=temperature,
-                top_p=top_p if temperature > 0 else 1.0, seed=seed + index,
-                extra_body={"stop_token_ids": stop_ids, "skip_special_tokens": True},
+                top_p=top_p if temperature > 0 else 1.0, seed=seed + index, frequency_penalty=0.0,
+                presence_penalty=0.0, extra_body={"stop_token_ids": stop_ids, "skip_special_tokens": True,
+                                                  **PLAIN_SAMPLING},
             )
             return response.choices[0].text.strip()
 
