@@ -58,7 +58,7 @@ def redact(value):
 def stop_point(point: str) -> None:
     """A named point of a run where finished work has just been committed: "personas", "golds", then per iteration
     "pairs/N", "simulate/N", "score/N", "select/N", "respond/N", "train/N" (after an optimizer step) and
-    "trained/N" (the adapter written, its record not yet). Where $STARGATE_STOP_AT names the point, the process
+    "trained/N" (the adapter written, its record not yet); a training worker passes "train-worker" as it starts. Where $STARGATE_STOP_AT names the point, the process
     signals itself there, so the resume and Ctrl-C tests stop a run exactly where they say, not after a guessed
     sleep. Unset (always, outside tests), it does nothing; once per process (a point is passed again only where
     a stage goes on to its next chunk)."""

@@ -99,3 +99,40 @@ def test_a_killed_launcher_or_run_leaves_no_worker_and_a_rerun_trains(with_data)
     assert (home / adapter / "adapter_model.safetensors").is_file()
     assert not list(home.rglob("*.tmp")) and not list(home.rglob("train-job"))
     assert Path(home / adapter).parent.joinpath("train.log").is_file()
+
+
+
+# Under a subreaper (a container's init, a service manager) an orphan's new parent is not pid 1. This script,
+# a subreaper, starts a "launcher" that starts a worker and exits once the worker has frozen at its first named
+# point; the worker, adopted by the script, is then let go and must end at once, before it loads anything.
+ORPHANED_WORKER = """
+import ctypes, os, signal, subprocess, sys
+from pathlib import Path
+ctypes.CDLL(None, use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+job = sys.argv[1]
+launcher = subprocess.run([sys.executable, "-c", sys.argv[2], job], capture_output=True, text=True, check=True)
+worker = int(launcher.stdout)  # frozen, and now this script's child
+os.kill(worker, signal.SIGCONT)
+_, status = os.waitpid(worker, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+LAUNCHER = """
+import os, subprocess, sys, time
+from pathlib import Path
+env = {**os.environ, "STARGATE_LAUNCHER_PID": str(os.getpid()), "STARGATE_STOP_AT": "train-worker=STOP"}
+with open(Path(sys.argv[1]) / "worker.err", "w") as err:
+    worker = subprocess.Popen([sys.executable, "-m", "stargate_lite.stages.train_processes", sys.argv[1]], env=env,
+                              stdout=subprocess.DEVNULL, stderr=err)  # not the pipe its caller reads to the end
+while Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+    time.sleep(0.05)
+print(worker.pid)
+"""
+
+
+def test_a_worker_whose_launcher_died_before_it_looked_ends_before_loading_anything(tmp_path):
+    job = tmp_path / "train-job"  # no job.pkl: a worker that went on would fail reading it, with a traceback
+    job.mkdir()
+    done = subprocess.run([sys.executable, "-c", ORPHANED_WORKER, str(job), LAUNCHER], capture_output=True,
+                          text=True, timeout=120, check=True)
+    assert done.stdout.split() == ["1"]
+    assert (job / "worker.err").read_text() == ""  # ended by the check, not by going on

@@ -53,17 +53,22 @@ sys.exit(code)
 """
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int) -> None:
     """For a process whose children another program starts in sessions of their own (accelerate's workers): ask
-    the kernel to kill this process when its parent dies (PR_SET_PDEATHSIG, Linux), and exit at once if the
-    parent is already gone."""
+    the kernel to kill this process when its parent dies (PR_SET_PDEATHSIG, Linux), and exit at once if its
+    parent is no longer `parent`, the pid it was started by (a parent that died before this call leaves this
+    process to init or to a subreaper, whose pid is then not `parent`)."""
     if sys.platform.startswith("linux"):
-        parent = os.getppid()
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
-        if os.getppid() != parent or parent == 1:
-            os._exit(1)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+# Runs a command with its own pid in an environment variable (argv: the variable, then the command): exec keeps
+# the pid, so what the command starts knows its parent's pid from the start.
+EXEC_WITH_PID = "import os, sys; os.environ[sys.argv[1]] = str(os.getpid()); os.execv(sys.executable, sys.argv[2:])"
 
 
 def spawn_tied(command: list[str], log_path: Path, env: dict | None = None,

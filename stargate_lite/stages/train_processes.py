@@ -21,19 +21,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..engines.encoded import Encoded
-from ..engines.processes import die_with_parent, free_port, log_cause, spawn_tied, stop
+from ..engines.processes import EXEC_WITH_PID, die_with_parent, free_port, log_cause, spawn_tied, stop
 from ..engines.questioner import Questioner
 from ..errors import StargateError
 from ..recipe import TrainConfig
+from ..runs import stop_point
 
+LAUNCHER_PID_ENV = "STARGATE_LAUNCHER_PID"
 STEPS_FILE = "steps.jsonl"  # one line per optimizer step, written by the main worker
 RECORD_FILE = "record.json"
 
 
 def launch_command(processes: int, job_dir: Path, device_type: str) -> list[str]:
     """accelerate's multi-process launcher (torch elastic underneath) on this machine, one process per GPU; on CPU
-    the same launcher with the cores split between the processes (accelerate's --cpu launches only one)."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+    the same launcher with the cores split between the processes (accelerate's --cpu launches only one). It runs
+    with its pid in $STARGATE_LAUNCHER_PID, for the workers to check before anything else."""
+    command = [sys.executable, "-c", EXEC_WITH_PID, LAUNCHER_PID_ENV, sys.executable,
+               "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--machine_rank", "0", "--main_process_ip", "127.0.0.1",
                "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no"]
     if device_type == "cpu":
@@ -103,7 +107,6 @@ def _worker(job_dir: Path) -> None:
 
     from ..engines.training import attach_lora, train_lora
 
-    die_with_parent()  # the launcher: a worker never outlives it
     job = pickle.loads((job_dir / "job.pkl").read_bytes())
     config: TrainConfig = job["config"]
     questioner = Questioner(job["questioner"], Path(job["home"]))
@@ -129,4 +132,8 @@ def _worker(job_dir: Path) -> None:
 
 
 if __name__ == "__main__":
+    # Before torch and accelerate load (seconds): a worker whose launcher is gone, even if it died before this
+    # line, ends here instead of waiting in the rendezvous for peers that never come; and never outlives it after.
+    stop_point("train-worker")
+    die_with_parent(int(os.environ[LAUNCHER_PID_ENV]))
     _worker(Path(sys.argv[1]))
