@@ -71,3 +71,24 @@ def test_the_probe_pairs_each_policy_with_q0_under_the_same_seeds_and_makes_q0_o
     assert both["policies"][:2] == first["policies"]
     # The positive control (Q_0 asking a Roleplayer that recites its persona) raises the reward on every split.
     assert all(both["control"][g]["gain"].mean > 0 for g in ("A", "B", "test"))
+
+
+def test_the_selection_anatomy_reads_what_an_iteration_kept_and_trained_on(finished):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from selection_anatomy import anatomy, elicited, persona_words
+
+    assert persona_words("I'm Dana, a nurse who runs marathons.") == {"nurse", "marathons"}
+    assert elicited({"nurse", "marathons"}, [{"role": "questioner", "text": "Are you a nurse?"},
+                                              {"role": "roleplayer", "text": "Yes, I run marathons."}]) == 0.5
+    a = anatomy(finished, "tiny", 1)
+    assert (a["pairs"], a["conversations"]) == (2, 4)
+    store = Store(finished, create=False)
+    trained = store.training("tiny", 1)["trained_tokens"]  # target tokens: these plus each turn's end marker
+    assert 0 < sum(a["trained_tokens"].values()) <= trained
+    assert a["trained_tokens"]["responses"] > 0
+    # Each pair keeps its best conversation: never below the pair's mean, and the kept ones score higher.
+    assert a["kept_minus_pair_mean"]["mean"] >= 0 and a["kept"]["logprob"] >= a["rest"]["logprob"]
+    assert 0 <= a["kept"]["elicited"] <= 1 and 0 <= a["asking_share_of_trained"] <= 1
