@@ -92,15 +92,15 @@ def table(a: dict) -> str:
     t = a["trained_tokens"]
     return "\n".join([
         f"run {a['run']}, iteration {a['iteration']}: {a['pairs']} pairs, {a['conversations']} conversations",
-        f"SFT trains on {sum(t.values())} tokens: asking turns {t['asking turns']}, other Questioner turns "
-        f"{t['other questioner turns']}, regulariser responses {t['responses']} "
-        f"(asking: {a['asking_share_of_trained']:.1%})",
+        (f"SFT trains on {sum(t.values())} tokens: asking turns {t['asking turns']}, other Questioner turns "
+         f"{t['other questioner turns']}, regulariser responses {t['responses']} "
+         f"(asking: {a['asking_share_of_trained']:.1%})"),
         f"{'':<6} {'questions':>9} {'persona words elicited':>23} {'log p(gold)':>12}",
         *(f"{name:<6} {a[name]['questions']:>9.2f} {a[name]['elicited']:>23.1%} {a[name]['logprob']:>12.1f}"
           for name in ("kept", "rest")),
-        f"within a pair: kept less the pair's mean {a['kept_minus_pair_mean']['mean']:+.1f} nats (median "
-        f"{a['kept_minus_pair_mean']['median']:+.1f}); max less min {a['pair_spread']['mean']:.1f} (median "
-        f"{a['pair_spread']['median']:.1f})",
+        (f"within a pair: kept less the pair's mean {a['kept_minus_pair_mean']['mean']:+.1f} nats (median "
+         f"{a['kept_minus_pair_mean']['median']:+.1f}); max less min {a['pair_spread']['mean']:.1f} (median "
+         f"{a['pair_spread']['median']:.1f})"),
     ])
 
 
