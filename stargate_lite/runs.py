@@ -173,6 +173,24 @@ def trained_iterations(store: Store, run_id: str) -> list[int]:
     return [it["iteration"] for it in store.iterations(run_id) if store.training(run_id, it["iteration"])]
 
 
+def policies(store: Store, run_id: str, iterations: list[int] | None) -> list[int]:
+    """The policies a command compares: Q_0 and the asked-for iterations (every trained one by default), sorted;
+    an iteration not trained yet is an error."""
+    available = trained_iterations(store, run_id)
+    wanted = sorted({0, *(available if iterations is None else iterations)})
+    missing = [i for i in wanted if i and i not in available]
+    if missing:
+        raise StargateError(f"run {run_id} has no trained iteration {missing[0]} (trained: {available or 'none'})")
+    return wanted
+
+
+def check_chat_model(recipe: Recipe, run_id: str, option: str, name: str) -> None:
+    """A chat model named on the command line (--roleplayer, --judge) must be one of the run's recipe."""
+    if name not in recipe.chat_models:
+        raise StargateError(f"{option} {name!r} is not a chat model of run {run_id}: "
+                            f"choose one of {', '.join(sorted(recipe.chat_models))}")
+
+
 def pick_training(store: Store, run: dict, iteration: int | None) -> dict:
     """The training record (adapter path, prompt format, ...) of a run's trained iteration, the latest by default."""
     trained = trained_iterations(store, run["id"])

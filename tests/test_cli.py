@@ -67,3 +67,22 @@ def test_help_shows_each_options_default():
         assert f"[default: ({default})]" in line, line
     result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"}, terminal_width=200)
     assert "[default: (./.stargate)]" in result.output
+
+
+def test_eval_and_the_probe_refuse_an_unknown_chat_model_or_an_untrained_iteration(tmp_path):
+    import pytest
+
+    from stargate_lite.errors import StargateError
+    from stargate_lite.evaluation.evaluate import evaluate
+    from stargate_lite.evaluation.probe import probe
+    from stargate_lite.recipe import load_recipe
+    from stargate_lite.runs import open_run
+
+    open_run(Store(tmp_path), load_recipe("tiny"))  # a run with nothing trained yet
+    for command in (evaluate, probe):
+        with pytest.raises(StargateError, match="--roleplayer 'nope' is not a chat model of run tiny: choose one"):
+            command(tmp_path, roleplayer="nope")
+        with pytest.raises(StargateError, match=r"run tiny has no trained iteration 1 \(trained: none\)"):
+            command(tmp_path, iterations=[1])
+    with pytest.raises(StargateError, match="--judge 'nope' is not a chat model"):
+        evaluate(tmp_path, judge="nope")

@@ -27,7 +27,7 @@ from ..engines.questioner import Questioner, SharedBase
 from ..errors import StargateError
 from ..progress import Progress
 from ..prompts import greeting, judge_messages, questioner_messages
-from ..runs import pick_run, recipe_of_run, run_dir, trained_iterations
+from ..runs import check_chat_model, pick_run, policies, recipe_of_run, run_dir
 from ..stages.data import make_pairs, prepare_data
 from ..stages.score import base_weights, encode_gold, score_stage, score_sums
 from ..stages.simulate import Roleplayers, simulate
@@ -206,17 +206,11 @@ def evaluate(home: Path | str | None = None, run_id: str | None = None, iteratio
     run_id = run["id"]
     roleplayer = roleplayer or recipe.roles.main_roleplayer
     judge_name = judge or recipe.roles.judge
-    for role, name in (("--roleplayer", roleplayer), ("--judge", judge_name)):
-        if name not in recipe.chat_models:
-            raise StargateError(f"{role} {name!r} is not a chat model of run {run_id}: "
-                                f"choose one of {', '.join(sorted(recipe.chat_models))}")
+    check_chat_model(recipe, run_id, "--roleplayer", roleplayer)
+    check_chat_model(recipe, run_id, "--judge", judge_name)
     if responder not in RESPONDERS:
         raise StargateError(f"--responder must be one of {', '.join(RESPONDERS)}")
-    available = trained_iterations(store, run_id)
-    wanted = sorted(set([0, *(available if iterations is None else iterations)]))
-    missing = [i for i in wanted if i != 0 and i not in available]
-    if missing:
-        raise StargateError(f"run {run_id} has no trained iteration {missing[0]} (trained: {available or 'none'})")
+    wanted = policies(store, run_id, iterations)
     ns = namespace(run_id, roleplayer)
     protocol = judge_protocol(recipe.judge)
     judged = f"judge:{responder}:{judge_name}:{protocol}:{recipe.eval.judge_orders}"

@@ -34,7 +34,7 @@ from ..errors import StargateError
 from ..progress import Progress
 from ..prompts import is_question
 from ..recipe import SPLITS, Recipe
-from ..runs import pick_run, recipe_of_run, run_dir, trained_iterations
+from ..runs import check_chat_model, pick_run, policies, recipe_of_run, run_dir, trained_iterations
 from ..stages.data import make_pairs, prepare_data
 from ..stages.score import score_stage
 from ..stages.simulate import Roleplayers, simulate
@@ -100,16 +100,10 @@ def probe(home: Path | str | None = None, run_id: str | None = None, iterations:
     run = pick_run(store, run_id)
     run_id, recipe = run["id"], recipe_of_run(run)
     roleplayer = roleplayer or recipe.roles.main_roleplayer
-    if roleplayer not in recipe.chat_models:
-        raise StargateError(f"--roleplayer {roleplayer!r} is not a chat model of run {run_id}: "
-                            f"choose one of {', '.join(sorted(recipe.chat_models))}")
+    check_chat_model(recipe, run_id, "--roleplayer", roleplayer)
     if conversations < 1:
         raise StargateError("the probe needs at least one conversation per pair")
-    available = trained_iterations(store, run_id)
-    wanted = sorted({0, *(available if iterations is None else iterations)})
-    missing = [i for i in wanted if i and i not in available]
-    if missing:
-        raise StargateError(f"run {run_id} has no trained iteration {missing[0]} (trained: {available or 'none'})")
+    wanted = policies(store, run_id, iterations)
     sized = probe_recipe(recipe, tasks or {"A": 6, "B": 6, "test": 6}, personas or {"A": 4, "B": 4, "test": 2},
                          conversations)
     # (split, answering Roleplayer, policy): the control is Q_0 with the persona reciter.
