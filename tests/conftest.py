@@ -6,13 +6,16 @@ a server or kills a process cannot slip into the fast tier; `cli` refuses a real
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import types
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -143,6 +146,32 @@ def binary() -> None:
         find_binary(None)
     except StargateError as err:
         pytest.fail(f"{err} (the tests need it)")
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """The request handler of a fake HTTP server at a test's boundary (an endpoint, vLLM, the Hub): no log lines,
+    and `send` writes one response."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def send(self, status: int, body: bytes | dict | list, headers: dict | None = None) -> None:
+        if not isinstance(body, bytes):
+            body = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def serve(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:
+    """A fake server on a free local port, answering from a thread of its own; returns it and its root URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def cli(*args: str, home: Path, check: bool = True, stop_at: str | None = None) -> subprocess.CompletedProcess:

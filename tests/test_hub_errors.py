@@ -3,11 +3,9 @@ error protocol (status and X-Error-Code, as huggingface.co answers), and hugging
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import huggingface_hub.constants
 import pytest
+from conftest import QuietHandler, serve
 
 from stargate_lite.engines.models import resolve_gguf
 from stargate_lite.errors import StargateError
@@ -21,24 +19,15 @@ ANSWERS = {  # repo -> (status, X-Error-Code)
 
 @pytest.fixture
 def fake_hub(monkeypatch, tmp_path):
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
+    class Handler(QuietHandler):
         def do_HEAD(self):
             repo = "/".join(self.path.strip("/").split("/")[:2])
             status, code = ANSWERS[repo]
-            self.send_response(status)
-            self.send_header("X-Error-Code", code)
-            self.send_header("X-Error-Message", f"{code} for {repo}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.send(status, b"", {"X-Error-Code": code, "X-Error-Message": f"{code} for {repo}"})
 
         do_GET = do_HEAD
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    server, endpoint = serve(Handler)
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE",
                         endpoint + "/{repo_id}/resolve/{revision}/{filename}")

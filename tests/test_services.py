@@ -8,14 +8,12 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import TINY_CI_OVERRIDES, cli
+from conftest import TINY_CI_OVERRIDES, QuietHandler, cli, serve
 
 from stargate_lite.engines.chat_models import ChatFailure, OpenAIChat, Sampling, preflight
 from stargate_lite.engines.models import builtin_gguf
@@ -39,21 +37,9 @@ class FaultServer:
         self.auth: list[str] = []
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, status: int, body: bytes, headers: dict | None = None) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(QuietHandler):
             def do_GET(self):
-                self._send(200, json.dumps({"object": "list", "data": [{"id": "m", "object": "model",
+                self.send(200, json.dumps({"object": "list", "data": [{"id": "m", "object": "model",
                                                                           "created": 0, "owned_by": "t"}]}).encode())
 
             def do_POST(self):
@@ -66,15 +52,15 @@ class FaultServer:
                     fault = "500"
                 error = json.dumps({"error": {"message": f"injected {fault}", "type": "x"}}).encode()
                 if fault == "500":
-                    return self._send(500, error)
+                    return self.send(500, error)
                 if fault == "429":
-                    return self._send(429, error, {"Retry-After": "1"})
+                    return self.send(429, error, {"Retry-After": "1"})
                 if fault == "400":
-                    return self._send(400, error)
+                    return self.send(400, error)
                 if fault == "malformed":
-                    return self._send(200, b"{this is not json")
+                    return self.send(200, b"{this is not json")
                 if fault == "empty-choices":
-                    return self._send(200, json.dumps({"id": "x", "object": "chat.completion", "created": 0,
+                    return self.send(200, json.dumps({"id": "x", "object": "chat.completion", "created": 0,
                                                        "model": "m", "choices": []}).encode())
                 if fault == "timeout":
                     time.sleep(1.5)
@@ -84,14 +70,13 @@ class FaultServer:
                     listed = [("B", -0.4), (" B", -2.0), ("A", -1.6), ("The", -3.5)]
                     choice["logprobs"] = {"content": [{"token": "B", "logprob": -0.4, "bytes": None, "top_logprobs": [
                         {"token": t, "logprob": lp, "bytes": None} for t, lp in listed]}]}
-                self._send(200, json.dumps({
+                self.send(200, json.dumps({
                     "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                     "choices": [choice], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
                 }).encode())
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, root = serve(Handler)
+        self.url = f"{root}/v1"
 
 
 @pytest.fixture

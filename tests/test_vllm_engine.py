@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import QuietHandler, serve
 
 from stargate_lite.engines.encoded import Encoded
 from stargate_lite.engines.vllm_engine import VllmEngine
@@ -29,40 +28,28 @@ class FakeVllm:
         self.prompt_logprobs = lambda ids: [None] + [{str(t): {"logprob": -1.0}} for t in ids[1:]]
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, status: int, payload) -> None:
-                body = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(QuietHandler):
             def do_GET(self):
                 models = [{"id": "base", "object": "model", "created": 0, "owned_by": "vllm"}]
                 models += [{"id": a, "object": "model", "created": 0, "owned_by": "vllm", "parent": "base"}
                            for a in fake.adapters]
-                self._send(200, {"object": "list", "data": models})
+                self.send(200, {"object": "list", "data": models})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if self.path == "/v1/load_lora_adapter":
                     fake.loads.append(body)
                     if fake.load_status != 200:
-                        return self._send(fake.load_status, {"error": {"message": "no such adapter path"}})
+                        return self.send(fake.load_status, {"error": {"message": "no such adapter path"}})
                     fake.adapters.append(body["lora_name"])
-                    return self._send(200, {})
+                    return self.send(200, {})
                 fake.completions.append(body)
-                self._send(200, {"id": "c", "object": "text_completion", "created": 0, "model": body["model"],
+                self.send(200, {"id": "c", "object": "text_completion", "created": 0, "model": body["model"],
                                  "choices": [{"index": 0, "text": "", "finish_reason": "length",
                                               "prompt_logprobs": fake.prompt_logprobs(body["prompt"])}]})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, root = serve(Handler)
+        self.url = f"{root}/v1"
 
 
 @pytest.fixture
