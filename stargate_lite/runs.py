@@ -58,10 +58,10 @@ def redact(value):
 def stop_point(point: str) -> None:
     """A named point of a run where finished work has just been committed: "personas", "golds", then per iteration
     "pairs/N", "simulate/N", "score/N", "select/N", "respond/N", "train/N" (after an optimizer step) and
-    "trained/N" (the adapter written, its record not yet); a training worker passes "train-worker" as it starts. Where $STARGATE_STOP_AT names the point, the process
-    signals itself there, so the resume and Ctrl-C tests stop a run exactly where they say, not after a guessed
-    sleep. Unset (always, outside tests), it does nothing; once per process (a point is passed again only where
-    a stage goes on to its next chunk)."""
+    "trained/N" (the adapter written, its record not yet); a training worker passes "train-worker" as it starts.
+    Where $STARGATE_STOP_AT names the point, the process signals itself there, so the resume and Ctrl-C tests
+    stop a run exactly where they say, not after a guessed sleep. Unset (always, outside tests), it does nothing;
+    once per process (a point is passed again only where a stage goes on to its next chunk)."""
     wanted, _, how = os.environ.get(STOP_AT_ENV, "").partition("=")
     if wanted == point:
         os.kill(os.getpid(), _STOP_SIGNALS[how])
@@ -101,7 +101,7 @@ def open_run(store: Store, recipe: Recipe, run_id: str | None = None) -> str:
         store.create_run(run_id, recipe.name, stored, recipe.data.dataset, recipe.seed)
         path = run_dir(store, run_id)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "recipe.json").write_text(json.dumps(json.loads(stored), indent=2) + "\n")
+        _write_recipe_file(path, stored)
         return run_id
     # Fill in fields added since the run was made, so only real changes count as a different recipe.
     before = _stored_form(recipe_of_run(existing))
@@ -115,10 +115,15 @@ def open_run(store: Store, recipe: Recipe, run_id: str | None = None) -> str:
                 "rerun with the same settings to resume, or choose a new --run id"
             )
         store.set_run_recipe(run_id, stored)
-        (run_dir(store, run_id) / "recipe.json").write_text(json.dumps(json.loads(stored), indent=2) + "\n")
+        _write_recipe_file(run_dir(store, run_id), stored)
         warnings.warn(f"run {run_id} continues with new execution settings ({', '.join(changed)}); what it "
                       "computes is unchanged", FallbackNotice, stacklevel=2)
     return run_id
+
+
+def _write_recipe_file(path: Path, stored: str) -> None:
+    """The run's recipe as stored, readable beside its adapters (RUN/recipe.json)."""
+    (path / "recipe.json").write_text(json.dumps(json.loads(stored), indent=2) + "\n")
 
 
 def execution_only(key: str) -> bool:
