@@ -8,7 +8,7 @@ hold response text). Not a timing.
     python benchmarks/learning.py --home H --tasks A=8 B=8 test=6 --personas A=4 B=4 test=2 --conversations 4
 
 Everything is stored in the run's home under probe namespaces, so a rerun (or a later iteration) reuses what is
-there: Q_0's conversations are made once. --json writes the summary, --plot the gains per iteration.
+there: Q_0's conversations are made once, and with --q0-from once for a sweep's runs that differ only in training. --json writes the summary, --plot the gains per iteration.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def _sizes(values: list[str], default: dict[str, int]) -> dict[str, int]:
 
 
 def table(summary: dict) -> str:
-    title = (f"learning probe: run {summary['run']}, roleplayer {summary['roleplayer']}, "
+    q0 = f" (Q_0 from run {summary['q0_run']})" if summary.get("q0_run", summary["run"]) != summary["run"] else ""
+    title = (f"learning probe: run {summary['run']}{q0}, roleplayer {summary['roleplayer']}, "
              f"reward = log p_base(gold) - {summary['question_cost']} x questions")
     header = (f"{'policy':<8} {'split':<5} {'pairs':>5} {'trained':>7} {'reward':>9}  "
               f"{'gain over Q_0 [95% interval]':<32} {'detects':>7} {'asks':>6} {'resp.':>6}")
@@ -93,6 +94,9 @@ def main() -> None:
     parser.add_argument("--roleplayer", default=None, help="a chat model of the run [default: its main one]")
     parser.add_argument("--control", action="store_true",
                         help="also the positive control: Q_0 with a Roleplayer that recites its persona")
+    parser.add_argument("--q0-from", default=None, metavar="RUN",
+                        help="take Q_0's conversations from this run's probe (a sweep's runs that differ only after "
+                             "simulation make the same ones)")
     parser.add_argument("--json", type=Path, default=None, help="write the summary here")
     parser.add_argument("--plot", type=Path, default=None, help="write the gains per iteration here (PNG)")
     a = parser.parse_args()
@@ -100,7 +104,8 @@ def main() -> None:
     from stargate_lite.evaluation.probe import probe
 
     summary = probe(a.home, a.run, a.iterations, _sizes(a.tasks, {"A": 6, "B": 6, "test": 6}),
-                    _sizes(a.personas, {"A": 4, "B": 4, "test": 2}), a.conversations, a.roleplayer, a.control)
+                    _sizes(a.personas, {"A": 4, "B": 4, "test": 2}), a.conversations, a.roleplayer, a.control,
+                    a.q0_from)
     print(table(summary))
     if a.json:
         a.json.write_text(json.dumps(summary, indent=2, default=dataclasses.asdict) + "\n")

@@ -104,10 +104,8 @@ def open_run(store: Store, recipe: Recipe, run_id: str | None = None) -> str:
         _write_recipe_file(path, stored)
         return run_id
     # Fill in fields added since the run was made, so only real changes count as a different recipe.
-    before = _stored_form(recipe_of_run(existing))
-    if before != stored:
-        old, new = _flatten(json.loads(before)), _flatten(json.loads(stored))
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    changed = recipe_changes(recipe_of_run(existing), recipe)
+    if changed:
         different = [k for k in changed if not execution_only(k)]
         if different:
             raise StargateError(
@@ -124,6 +122,12 @@ def open_run(store: Store, recipe: Recipe, run_id: str | None = None) -> str:
 def _write_recipe_file(path: Path, stored: str) -> None:
     """The run's recipe as stored, readable beside its adapters (RUN/recipe.json)."""
     (path / "recipe.json").write_text(json.dumps(json.loads(stored), indent=2) + "\n")
+
+
+def recipe_changes(before: Recipe, after: Recipe) -> list[str]:
+    """The flattened keys ("simulate.max_turns") whose values differ between two recipes, as stored."""
+    old, new = _flatten(json.loads(_stored_form(before))), _flatten(json.loads(_stored_form(after)))
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 
 def execution_only(key: str) -> bool:

@@ -1,11 +1,16 @@
 """The learning probe (evaluation/probe.py): fresh conversations per policy under the same seeds, rewards paired
-with Q_0's per pair, Q_0 made once, and what kind of turns the Questioner takes."""
+with Q_0's per pair, Q_0 made once (once for a sweep's runs that differ only in training), and what kind of turns
+the Questioner takes."""
 
 from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
+from stargate_lite.errors import StargateError
 from stargate_lite.evaluation.probe import probe, probe_namespace, response_words
+from stargate_lite.runs import open_run, recipe_of_run
 from stargate_lite.store import Store
 
 # The finished run's own data: every probe pair has a gold already, and A and B are exactly its training pairs.
@@ -71,6 +76,19 @@ def test_the_probe_pairs_each_policy_with_q0_under_the_same_seeds_and_makes_q0_o
     assert both["policies"][:2] == first["policies"]
     # The positive control (Q_0 asking a Roleplayer that recites its persona) raises the reward on every split.
     assert all(both["control"][g]["gain"].mean > 0 for g in ("A", "B", "test"))
+
+    # A sweep's run that differs only in training takes Q_0 (and the control) from this one, making nothing;
+    # one that simulates otherwise is refused, naming what differs.
+    recipe = recipe_of_run(store.get_run("tiny"))
+    open_run(store, recipe.model_copy(update={"train": recipe.train.model_copy(update={"epochs": 3})}), "longer")
+    shared = probe(finished, "longer", iterations=[], tasks=TASKS, personas=PERSONAS, conversations=1, control=True,
+                   q0_from="tiny")
+    assert _rows(finished) == {table: n * 2 for table, n in made.items()}
+    assert shared["policies"] == both["policies"][:1] and shared["control"] == both["control"]
+    hotter = recipe.simulate.model_copy(update={"temperature": 1.2})
+    open_run(store, recipe.model_copy(update={"simulate": hotter}), "hotter")
+    with pytest.raises(StargateError, match="simulate.temperature"):
+        probe(finished, "hotter", iterations=[], tasks=TASKS, personas=PERSONAS, conversations=1, q0_from="tiny")
 
 
 def test_the_selection_anatomy_reads_what_an_iteration_kept_and_trained_on(finished):

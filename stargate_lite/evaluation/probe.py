@@ -19,7 +19,9 @@ two-sided 5% test with 80% power), the standard error read from the gain's own i
 
 Each (split, policy) is an evaluation namespace of its own ("RUN#probe:ROLEPLAYER:SPLIT:ETA", iteration 0), so
 every policy meets the same turn counts, the same sampling seeds and the same Roleplayer seeds, and a rerun
-reuses what is stored: Q_0's conversations are made once.
+reuses what is stored: Q_0's conversations are made once. A sweep's runs that differ only in what happens after
+simulation (training, responses, reward, evaluation) make the same Q_0 conversations, so one run's probe can use
+another's (`q0_from`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,16 @@ from ..errors import StargateError
 from ..progress import Progress
 from ..prompts import is_question
 from ..recipe import SPLITS, Recipe
-from ..runs import check_chat_model, pick_run, policies, recipe_of_run, run_dir, trained_iterations
+from ..runs import (
+    check_chat_model,
+    execution_only,
+    pick_run,
+    policies,
+    recipe_changes,
+    recipe_of_run,
+    run_dir,
+    trained_iterations,
+)
 from ..stages.data import make_pairs, prepare_data
 from ..stages.score import score_stage
 from ..stages.simulate import Roleplayers, simulate
@@ -47,10 +58,17 @@ CONTROL = "recite"  # the positive control's Roleplayer, in its namespace's name
 DETECTABLE_SE = 2.8  # z(0.975) + z(0.80): the gain a two-sided 5% test finds 80% of the time, in standard errors
 PROBE_SEED = 104_729  # added to the run's seed: conversations apart from training's and evaluation's
 _SENTENCE = re.compile(r"[^.!?]*[.!?]+|[^.!?]+$")
+# Recipe sections that act only after simulation: runs that differ in nothing else make the same Q_0 conversations.
+AFTER_SIMULATION = ("name", "description", "reward", "respond", "train", "eval", "judge")
 
 
 def probe_namespace(run_id: str, roleplayer: str, split: str, iteration: int) -> str:
     return f"{run_id}#probe:{roleplayer}:{split}:{iteration}"
+
+
+def _policy_namespace(run_id: str, q0_run: str, roleplayer: str, split: str, iteration: int) -> str:
+    """Q_0's probe (and the control's) lives under q0_run, each trained policy's under its own run."""
+    return probe_namespace(q0_run if iteration == 0 else run_id, roleplayer, split, iteration)
 
 
 def response_words(text: str) -> int:
@@ -88,17 +106,33 @@ def probe_recipe(recipe: Recipe, tasks: dict[str, int], personas: dict[str, int]
     return recipe.model_copy(update={"data": data, "simulate": simulate_config})
 
 
+def check_q0_source(store: Store, run_id: str, recipe: Recipe, q0_from: str) -> None:
+    """Refuse to take Q_0's probe conversations from a run whose recipe would make other ones."""
+    source = recipe_of_run(pick_run(store, q0_from))
+    different = [k for k in recipe_changes(source, recipe)
+                 if k.partition(".")[0] not in AFTER_SIMULATION and not execution_only(k)]
+    if different:
+        raise StargateError(f"run {q0_from!r} makes other Q_0 conversations than run {run_id!r} (its recipe differs "
+                            f"in {', '.join(different[:5])}): probe without taking Q_0 from it")
+
+
 def probe(home: Path | str | None = None, run_id: str | None = None, iterations: list[int] | None = None,
           tasks: dict[str, int] | None = None, personas: dict[str, int] | None = None, conversations: int = 3,
-          roleplayer: str | None = None, control: bool = False, progress: Progress | None = None) -> dict:
+          roleplayer: str | None = None, control: bool = False, q0_from: str | None = None,
+          progress: Progress | None = None) -> dict:
     """Run (or resume) the probe for a run's policies and return its summary (`summarize_probe`).
 
     tasks / personas: per split, how many of the split's first tasks and personas make the probe's pairs
     (default: A and B 6 x 4, test 6 x 2: 48 training pairs and 12 test pairs). Missing personas and golds are
-    written by the run's Oracle, as the data stage writes them."""
+    written by the run's Oracle, as the data stage writes them. q0_from: another run of the home whose recipe
+    differs only after simulation; Q_0's conversations (and the control's) are read from its probe, or made
+    there."""
     store = Store(home, create=False)
     run = pick_run(store, run_id)
     run_id, recipe = run["id"], recipe_of_run(run)
+    q0_run = q0_from or run_id
+    if q0_run != run_id:
+        check_q0_source(store, run_id, recipe, q0_run)
     roleplayer = roleplayer or recipe.roles.main_roleplayer
     check_chat_model(recipe, run_id, "--roleplayer", roleplayer)
     if conversations < 1:
@@ -109,8 +143,8 @@ def probe(home: Path | str | None = None, run_id: str | None = None, iterations:
     # (split, answering Roleplayer, policy): the control is Q_0 with the persona reciter.
     runs = [(split, roleplayer, it) for split in SPLITS for it in wanted]
     runs += [(split, CONTROL, 0) for split in SPLITS] if control else []
-    todo = [(split, rp, it) for split, rp, it in runs
-            if not store.stage_done(probe_namespace(run_id, rp, split, it), 0, "probe")]
+    namespace = functools.partial(_policy_namespace, run_id, q0_run)
+    todo = [(split, rp, it) for split, rp, it in runs if not store.stage_done(namespace(rp, split, it), 0, "probe")]
     progress = progress or Progress()
     if todo:
         preflight(recipe.chat_models, {roleplayer, recipe.roles.oracle})
@@ -124,7 +158,7 @@ def probe(home: Path | str | None = None, run_id: str | None = None, iterations:
         if todo:
             prepare_data(store, sized, lambda: chat.get(recipe.roles.oracle), progress)
         for split, rp, it in todo:
-            ns = probe_namespace(run_id, rp, split, it)
+            ns = namespace(rp, split, it)
             make_pairs(store, sized, ns, 0, split, f"{recipe.seed}/probe")
             get = chat.get
             if rp == CONTROL:
@@ -136,7 +170,7 @@ def probe(home: Path | str | None = None, run_id: str | None = None, iterations:
                          progress)
                 score_stage(store, ns, 0, policy, models().questioner, recipe.score, progress)
             store.mark_stage(ns, 0, "probe")
-    return summarize_probe(store, run_id, roleplayer, wanted, recipe.reward.question_cost, control)
+    return summarize_probe(store, run_id, roleplayer, wanted, recipe.reward.question_cost, control, q0_run)
 
 
 def _policy_split(store: Store, ns: str, question_cost: float) -> tuple[dict[str, tuple[str, str, float]], dict]:
@@ -158,19 +192,19 @@ def _policy_split(store: Store, ns: str, question_cost: float) -> tuple[dict[str
 
 
 def summarize_probe(store: Store, run_id: str, roleplayer: str, iterations: list[int], question_cost: float = 0.0,
-                    control: bool = False) -> dict:
+                    control: bool = False, q0_run: str | None = None) -> dict:
     """The probe as stored: per policy (and the control) and split, the mean reward, the gain over Q_0 paired per
     pair with its crossed-bootstrap interval and the smallest gain detectable at that size, the asking and
     response-text shares, and how many probe pairs the run trained on. A and B are also taken together ("A+B"):
     the training distribution's pairs, twice as many as either split's."""
     trained_on = {f"{p['task_id']}|{p['persona_id']}" for it in trained_iterations(store, run_id)
                   for p in store.pairs(run_id, it)}
-    base = {split: _policy_split(store, probe_namespace(run_id, roleplayer, split, 0), question_cost)[0]
-            for split in SPLITS}
+    q0_run = q0_run or run_id
+    namespace = functools.partial(_policy_namespace, run_id, q0_run)
+    base = {split: _policy_split(store, namespace(roleplayer, split, 0), question_cost)[0] for split in SPLITS}
 
     def splits_of(rp: str, it: int, paired: bool) -> dict:
-        measured = {split: _policy_split(store, probe_namespace(run_id, rp, split, it), question_cost)
-                    for split in SPLITS}
+        measured = {split: _policy_split(store, namespace(rp, split, it), question_cost) for split in SPLITS}
         out = {}
         for name, members in {**{split: (split,) for split in SPLITS}, "A+B": ("A", "B")}.items():
             rewards = {k: v for m in members for k, v in measured[m][0].items()}
@@ -192,7 +226,7 @@ def summarize_probe(store: Store, run_id: str, roleplayer: str, iterations: list
             }
         return out
 
-    return {"run": run_id, "roleplayer": roleplayer, "question_cost": question_cost,
+    return {"run": run_id, "q0_run": q0_run, "roleplayer": roleplayer, "question_cost": question_cost,
             "policies": [{"iteration": it, "splits": splits_of(roleplayer, it, it != 0)} for it in iterations],
             "control": splits_of(CONTROL, 0, True) if control else None}
 
