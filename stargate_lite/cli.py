@@ -34,6 +34,11 @@ HomeOption = Annotated[
     Path | None,
     typer.Option("--home", envvar="STARGATE_HOME", help="Project home holding the store.", show_default="./.stargate"),
 ]
+EvalSetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Judge this run another way: judge.template, judge.read, judge.label, "
+                 "judge.max_tokens or eval.judge_orders=value (repeatable); stored beside earlier verdicts."),
+]
 RecipeOption = Annotated[str, typer.Option("--recipe", "-r", help="A shipped recipe's name or a YAML path.")]
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override a recipe value: section.key=value (repeatable).")
@@ -215,22 +220,23 @@ def eval_(
     responder: Annotated[
         str, typer.Option(help="policy: Q_eta answers after its questions; base: Q_0 answers after them (ablation).")
     ] = "policy",
+    set_: EvalSetOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     home: HomeOption = None,
 ) -> None:
     """Evaluate on the test split: gold log-probs in four conditions, and win rates against the base model."""
     from .evaluation.evaluate import evaluate
-    from .evaluation.report import efficiency_table, plot, summary_table
+    from .evaluation.report import plot, tables
     from .runs import run_dir
     from .store import Store
 
-    summary = evaluate(home, run_id, iterations, roleplayer, judge, responder)
+    summary = evaluate(home, run_id, iterations, roleplayer, judge, responder, set_)
     summary["plots"] = [str(p) for p in plot(summary, run_dir(Store(home), summary["run"]))]
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
-        out.print(summary_table(summary))
-        out.print(efficiency_table(summary))
+        for table in tables(summary):
+            out.print(table)
         out.print("Plots: " + ", ".join(summary["plots"]))
 
 
@@ -241,24 +247,25 @@ def report(
     roleplayer: Annotated[str | None, typer.Option(help="Roleplayer of the evaluation.")] = None,
     judge: Annotated[str | None, typer.Option(help="Judge of the win rates.")] = None,
     responder: Annotated[str, typer.Option(help="policy or base.")] = "policy",
+    set_: EvalSetOption = None,
     home: HomeOption = None,
 ) -> None:
     """Redraw the evaluation table and plots from the store, without loading any model."""
-    from .evaluation.evaluate import summarize
+    from .evaluation.evaluate import summarize, with_eval_settings
     from .evaluation.judge import judge_protocol
-    from .evaluation.report import efficiency_table, plot, summary_table
+    from .evaluation.report import plot, tables
     from .runs import pick_run, recipe_of_run, run_dir
     from .store import Store
 
     store = Store(home, create=False)
     run = pick_run(store, run_id)
-    recipe = recipe_of_run(run)
+    recipe = with_eval_settings(recipe_of_run(run), run["id"], set_)
     summary = summarize(store, run["id"], roleplayer or recipe.roles.main_roleplayer, judge or recipe.roles.judge,
                         judge_protocol(recipe.judge), responder)
     if not summary["iterations"]:
         raise StargateError(f"run {run['id']} has no evaluation with that roleplayer yet: run `stargate-lite eval`")
-    out.print(summary_table(summary))
-    out.print(efficiency_table(summary))
+    for table in tables(summary):
+        out.print(table)
     out.print("Plots: " + ", ".join(str(p) for p in plot(summary, run_dir(store, run["id"]))))
 
 

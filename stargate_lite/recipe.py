@@ -434,6 +434,11 @@ def _parse_override(item: str) -> tuple[list[str], object]:
     return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
 
 
+def override_key(item: str) -> str:
+    """The dotted key of a `--set section.key=value` item."""
+    return ".".join(_parse_override(item)[0])
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `section.key=value` overrides (values parsed as YAML) to a raw recipe dict."""
     for item in overrides:
@@ -479,9 +484,23 @@ def load_recipe(name_or_path: str = "tiny", overrides: list[str] | None = None) 
     except yaml.YAMLError as err:
         raise StargateError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     recipe = validate_recipe(apply_overrides(data, overrides or []), str(path.name))
-    # Refused for new runs only: a run stored with it still loads, for status and eval.
-    if recipe.reward.question_cost and recipe.simulate.turns != "policy":
-        raise StargateError(f"recipe {path.name}: reward.question_cost needs simulate.turns: policy; with uniform "
-                            "turns every conversation of a pair has the same turns, so the cost only charges the "
-                            "turns that ask")
+    check_new_work(recipe, f"recipe {path.name}")
     return recipe
+
+
+COMPARE_MIN_TOKENS = 200  # the compare template asks for ~100 words, then its verdict line: ~150 tokens and a margin
+
+
+def check_new_work(recipe: Recipe, source: str) -> None:
+    """Combinations refused for new work only: a run stored with one still loads, for status and eval."""
+    if recipe.reward.question_cost and recipe.simulate.turns != "policy":
+        raise StargateError(f"{source}: reward.question_cost needs simulate.turns: policy; with uniform turns every "
+                            "conversation of a pair has the same turns, so the cost only charges the turns that ask")
+    check_judge_budget(recipe.judge, source)
+
+
+def check_judge_budget(judge: JudgeConfig, source: str) -> None:
+    if judge.template == "compare" and judge.max_tokens < COMPARE_MIN_TOKENS:
+        raise StargateError(f"{source}: judge.template compare writes a comparison before its verdict line; "
+                            f"judge.max_tokens {judge.max_tokens} would cut most replies short of it "
+                            f"(set at least {COMPARE_MIN_TOKENS})")

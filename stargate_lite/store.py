@@ -635,9 +635,10 @@ class Store:
         sql = "select id from eval_scores where ns = ? and iteration = ?"
         return {r["id"] for r in self.rows(sql, [ns, iteration])}
 
-    def eval_logprobs(self, ns: str, iteration: int, condition: str) -> list[float]:
-        sql = "select logprob from eval_scores where ns = ? and iteration = ? and condition = ? order by id"
-        return [r["logprob"] for r in self.rows(sql, [ns, iteration, condition])]
+    def eval_logprobs(self, ns: str, iteration: int, condition: str) -> list[dict]:
+        """[{pair_key, logprob}] of one condition's gold log-probs."""
+        sql = "select pair_key, logprob from eval_scores where ns = ? and iteration = ? and condition = ? order by id"
+        return self.rows(sql, [ns, iteration, condition])
 
     def eval_response_keys(self, ns: str, iteration: int, responder: str) -> set[str]:
         sql = "select pair_key from eval_responses where ns = ? and iteration = ? and responder = ?"

@@ -13,6 +13,7 @@ from conftest import TINY_CI_OVERRIDES, cli, copy_home
 
 from stargate_lite.evaluation.judge import parse_last_line, parse_verdict, policy_is_a, read_verdict, winner_of
 from stargate_lite.recipe import JudgeConfig
+from stargate_lite.store import Store
 
 EVAL_TABLES = ("eval_scores", "eval_responses", "judgments")
 
@@ -82,10 +83,37 @@ def test_eval_reports_four_conditions_and_win_rates(evaluated, eval_home):
     assert all(orders[0] != orders[1] for orders in by_item.values())  # the second order shows them the other way
 
 
+def test_eval_gives_intervals_over_tasks_and_personas_a_paired_gain_and_strengths(evaluated, eval_home):
+    store = Store(eval_home, create=False)
+    ns = "tiny#eval:smollm2"
+    by_pair = [{} for _ in evaluated["iterations"]]
+    for it in evaluated["iterations"]:
+        keys = {p["id"]: f"{p['task_id']}|{p['persona_id']}" for p in store.pairs(ns, it["iteration"])}
+        for s in store.scores(ns, it["iteration"]):
+            by_pair[it["iteration"]].setdefault(keys[s["pair_id"]], []).append(s["logprob"])
+        for stat in [*it["logprob"].values(), *(it[k] for k in ("win_rate", "win_rate_counterbalanced") if it[k])]:
+            interval, centre = stat["interval"], stat.get("mean", stat.get("rate"))
+            if it["iteration"] == 0 and "rate" in stat:
+                assert interval is None  # Q_0 against itself: 0.5 by definition
+                continue
+            # 1 test task x 2 personas: the pairs' personas resampled, each pair's mean once.
+            assert (interval["tasks"], interval["personas"], interval["n"]) == (1, 2, 2)
+            assert interval["low"] <= centre <= interval["high"]
+    mean = [{k: sum(v) / len(v) for k, v in pairs.items()} for pairs in by_pair]
+    assert evaluated["iterations"][0]["gain"] is None
+    for it in evaluated["iterations"][1:]:  # Q_eta's experimental log-prob less Q_0's, paired per pair
+        paired = [mean[it["iteration"]][k] - mean[0][k] for k in mean[0]]
+        assert it["gain"]["mean"] == pytest.approx(sum(paired) / len(paired)) and it["gain"]["n"] == 2
+    fit = evaluated["bradley_terry"]
+    assert sorted(fit["strengths"]) == ["1", "2"] and fit["judgments"] == 2 * 2 * 2
+    assert all(s["low"] <= s["mean"] <= s["high"] for s in [*fit["strengths"].values(), fit["position_a"]])
+
+
 def test_eval_table_shows_both_win_rates(evaluated, eval_home):
     table = cli("report", home=eval_home).stdout
     assert "win rate, random order" in table and "win rate, both orders" in table and "consistency" in table
     assert "Efficiency" in table and "tokens the user typed" in table
+    assert "Bradley-Terry" in table and "Q_2 strength" in table and "paired" in table
 
 
 def test_a_second_eval_reuses_everything(evaluated, eval_home, monkeypatch):
@@ -170,6 +198,23 @@ def test_another_roleplayer_adds_rows_and_keeps_the_old(evaluated, eval_home, tm
 def test_eval_errors_are_one_line(finished):
     result = cli("eval", "--roleplayer", "gemma", home=finished, check=False)
     assert result.returncode == 2 and "gemma" in result.stderr and "Traceback" not in result.stderr
+    for settings, says in [(["simulate.max_turns=3"], "can change only judge.template"),  # changes conversations
+                           (["judge.template=compare", "judge.read=last_line"], "judge.max_tokens 64 would cut")]:
+        result = cli("eval", *[a for s in settings for a in ("--set", s)], home=finished, check=False)
+        assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr, settings
+
+
+def test_eval_set_judges_a_finished_run_another_way_beside_its_verdicts(evaluated, eval_home, tmp_path):
+    home = copy_home(eval_home, tmp_path / "home")
+    before = eval_counts(home)
+    again = json.loads(cli("eval", "--json", "--set", "judge.read=reply", home=home).stdout)
+    assert again["protocol"].startswith("letter/reply#") and again["protocol"] != evaluated["protocol"]
+    after = eval_counts(home)
+    assert after == {**before, "judgments": before["judgments"] + 2 * 2 * 2}  # new verdicts, nothing else made
+    for it in again["iterations"][1:]:
+        assert it["win_rate_counterbalanced"]["valid"] + it["win_rate_counterbalanced"]["unparsable"] == 2
+    assert again["protocol"] in cli("report", "--set", "judge.read=reply", home=home).stdout
+    assert evaluated["protocol"] in cli("report", home=home).stdout  # the first verdicts are read as before
     result = cli("eval", "--iteration", "7", home=finished, check=False)
     assert result.returncode == 2 and "no trained iteration 7" in result.stderr
 
@@ -258,12 +303,14 @@ def test_counterbalanced_outcomes():
     judged = [row("w", 0, "policy"), row("w", 1, "policy"),  # both orders pick Q_eta: a win
               row("l", 0, "base"), row("l", 1, "base"),  # both pick Q_0: a loss
               row("t", 0, "policy", 2), row("t", 1, "base", 2),  # they disagree: a tie
-              row("u", 0, "policy", 2), row("u", 1, None, 2)]  # one unparsable: out of the denominator
+              row("u", 0, "policy", 2), row("u", 1, None, 2),  # one unparsable: out of the denominator
+              {**row("r", 0, None), "status": "refused"}, row("r", 1, "policy")]  # refused: counted apart
     rates = win_rates(judged)
     randomized, both = rates["win_rate"], rates["win_rate_counterbalanced"]
     assert (randomized["wins"], randomized["losses"], randomized["valid"]) == (3, 1, 4)
     assert randomized["rate"] == 0.75 and randomized["sem"] == pytest.approx((0.75 * 0.25 / 4) ** 0.5)
-    assert (both["wins"], both["losses"], both["ties"], both["unparsable"]) == (1, 1, 1, 1)
+    assert (both["wins"], both["losses"], both["ties"], both["unparsable"], both["refused"]) == (1, 1, 1, 1, 1)
+    assert randomized["refused"] == 1 and randomized["unparsable"] == 0
     assert both["rate"] == 0.5 and both["consistency"] == pytest.approx(2 / 3)
     assert both["by_turns"]["2"] == {**both["by_turns"]["2"], "ties": 1, "unparsable": 1, "valid": 1}
     assert win_rates(judged[:2] + [row("x", 0, "base")])["win_rate_counterbalanced"]["valid"] == 1
@@ -382,8 +429,8 @@ class CountingJudge:
 
     name = "counting"
 
-    def __init__(self, fail: int = 0):
-        self.fail, self.asked = fail, 0
+    def __init__(self, fail: int = 0, refuse: int = 0):
+        self.fail, self.refuse, self.asked = fail, refuse, 0
 
     def choice_logprobs(self, conversations, choices):
         from stargate_lite.engines.chat_models import ChatFailure
@@ -394,6 +441,9 @@ class CountingJudge:
             if self.fail:
                 self.fail -= 1
                 results.append(ChatFailure("the judge's server answered 503"))
+            elif self.refuse:
+                self.refuse -= 1
+                results.append(ChatFailure("HTTP 400: flagged by the content filter", refused=True))
             else:
                 results.append({"A": -0.1, "B": -3.0, "floor": None})
         return results
@@ -433,6 +483,29 @@ def test_a_failed_verdict_is_asked_again_and_a_second_order_adds_only_the_swappe
     assert both.asked == len(pairs)  # the swapped order only
     after = verdicts()
     assert {k: v for k, v in after.items() if k[1] == 0} == first and {s for _, s in after} == {0, 1}
+
+
+def test_a_refused_verdict_is_stored_counted_apart_and_not_asked_again(evaluated, eval_home, tmp_path):
+    from stargate_lite.evaluation.evaluate import _judge, namespace, win_rates
+    from stargate_lite.evaluation.judge import judge_protocol
+    from stargate_lite.progress import Progress
+    from stargate_lite.runs import recipe_of_run
+
+    store = Store(copy_home(eval_home, tmp_path / "copy"))
+    recipe = recipe_of_run(store.get_run("tiny"))
+    ns, quiet = namespace("tiny", "smollm2"), Progress(enabled=False)
+    pairs = store.pairs(ns, 1)
+    _judge(store, ns, 1, "policy", pairs, CountingJudge(refuse=1), recipe, quiet)  # no error: nothing to retry
+    rows = store.judgments(ns, 1, "policy", "counting", judge_protocol(recipe.judge))
+    assert len(rows) == 2 * len(pairs) and [r["status"] for r in rows].count("refused") == 1
+    (refused,) = [r for r in rows if r["status"] == "refused"]
+    assert refused["winner"] is None and "content filter" in refused["raw"]
+    again = CountingJudge()
+    _judge(store, ns, 1, "policy", pairs, again, recipe, quiet)
+    assert again.asked == 0
+    rates = win_rates(rows)
+    for key in ("win_rate", "win_rate_counterbalanced"):  # its pair counts as refused, in neither denominator
+        assert (rates[key]["refused"], rates[key]["unparsable"], rates[key]["valid"]) == (1, 0, len(pairs) - 1), key
 
 
 def test_a_store_with_rows_from_every_older_schema_level_upgrades_and_reads_as_it_was(evaluated, eval_home,

@@ -169,6 +169,27 @@ def test_a_question_cost_needs_policy_turns():
     assert recipe_of_run({"id": "old", "recipe": json.dumps(stored)}).reward.question_cost == 0.5
 
 
+def test_a_compare_judge_needs_a_budget_for_its_comparison():
+    with pytest.raises(StargateError, match="judge.max_tokens 64 would cut"):
+        load_recipe("tiny", ["judge.template=compare", "judge.read=last_line"])
+    assert load_recipe("tiny", ["judge.template=compare", "judge.read=last_line",
+                                "judge.max_tokens=200"]).judge.max_tokens == 200
+    import json
+
+    from stargate_lite.evaluation.evaluate import with_eval_settings
+    from stargate_lite.runs import recipe_of_run
+
+    stored = json.loads(load_recipe("tiny").to_json())
+    stored["judge"].update(template="compare", read="last_line")  # a run made before the refusal still loads ...
+    old = recipe_of_run({"id": "old", "recipe": json.dumps(stored)})
+    assert old.judge.template == "compare"
+    with pytest.raises(StargateError, match="at least 200"):  # ... and judging it so again is refused
+        with_eval_settings(old, "old", ["eval.judge_orders=2"])
+    assert with_eval_settings(old, "old", ["judge.max_tokens=256", "eval.judge_orders=1"]).judge.max_tokens == 256
+    with pytest.raises(StargateError, match="--set simulate.max_turns: a stored run's evaluation can change only"):
+        with_eval_settings(old, "old", ["simulate.max_turns=1"])
+
+
 # Every recipe field that changes what a run computes; the rest are runs.EXECUTION_ONLY. A field added to the
 # recipe fails the test below until it is put in one or the other.
 RESULT_FIELDS = {

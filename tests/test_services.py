@@ -57,6 +57,13 @@ class FaultServer:
                     return self.send(429, error, {"Retry-After": "1"})
                 if fault == "400":
                     return self.send(400, error)
+                if fault == "401":
+                    return self.send(401, error)
+                if fault == "filtered":  # a content filter: no content, the finish reason says why
+                    return self.send(200, json.dumps({
+                        "id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [
+                            {"index": 0, "finish_reason": "content_filter",
+                             "message": {"role": "assistant", "content": None}}]}).encode())
                 if fault == "malformed":
                     return self.send(200, b"{this is not json")
                 if fault == "empty-choices":
@@ -125,6 +132,18 @@ def test_a_client_error_fails_at_once_and_retries_stop_at_the_limit(server):
     server.plan.extend(["500"] * 10)
     (failure,) = chat.complete_each([HELLO], Sampling(16))
     assert isinstance(failure, ChatFailure) and "after 5 attempts" in str(failure) and server.requests == 6
+
+
+def test_an_item_the_endpoint_declines_for_good_is_a_refusal_and_a_set_up_error_is_not(server):
+    """A filter's 400 and an empty reply with finish reason content_filter refuse the item (the judge stage stores
+    them as refused instead of asking again on every rerun); a 401 is the caller's key to fix."""
+    chat = OpenAIChat("fault", config(server.url))
+    server.plan.extend(["400", "filtered", "401"])
+    results = chat.complete_each([HELLO], Sampling(16)) + chat.complete_each([HELLO], Sampling(16)) + \
+        chat.complete_each([HELLO], Sampling(16))
+    assert all(isinstance(r, ChatFailure) for r in results) and server.requests == 3  # none retried
+    assert [r.refused for r in results] == [True, True, False]
+    assert "content_filter" in str(results[1]) and "HTTP 401" in str(results[2])
 
 
 def test_a_refused_connection_is_retried_then_fails():

@@ -30,7 +30,19 @@ class Sampling:
 
 
 class ChatFailure(Exception):
-    """A completion that could not be had after every retry; the message is the reason, for the store."""
+    """A completion that could not be had after every retry; the message is the reason, for the store.
+
+    `refused`: the endpoint declined this item for good (a content filter, a request it will never accept), so
+    asking again would get the same answer; the caller records it as such instead of retrying it on every rerun."""
+
+    def __init__(self, reason: str, refused: bool = False):
+        super().__init__(reason)
+        self.refused = refused
+
+
+# Answers that refuse the item itself, not the caller's set-up (401/403/404 are a key or a model name to fix,
+# 408/409/429 and 5xx pass): a filter's 400, a body too large, a request the server cannot process.
+REFUSING_STATUSES = (400, 413, 422)
 
 
 class ChatModel(Protocol):
@@ -223,7 +235,8 @@ class OpenAIChat:
             except openai.APIStatusError as err:
                 retried = err.status_code in (408, 409, 429) or err.status_code >= 500
                 return ChatFailure(f"HTTP {err.status_code}: {_short(err.message)}"
-                                   + (f" (after {attempts} attempts)" if retried else ""))
+                                   + (f" (after {attempts} attempts)" if retried else ""),
+                                   refused=err.status_code in REFUSING_STATUSES)
             except (openai.APIConnectionError, openai.APITimeoutError) as err:
                 return ChatFailure(f"{type(err).__name__}: {_short(str(err))} (after {attempts} attempts)")
             except ChatFailure as failure:  # an answer that retrying cannot change
@@ -246,8 +259,12 @@ class OpenAIChat:
             seed=sampling.seed,
             extra_body=self._extra_body(),
         )
-        content = response.choices[0].message.content
+        choice = response.choices[0]
+        content = choice.message.content
         if not isinstance(content, str):
+            refusal = getattr(choice.message, "refusal", None)
+            if refusal or choice.finish_reason == "content_filter":
+                raise ChatFailure(f"refused ({_short(refusal or choice.finish_reason)})", refused=True)
             raise ValueError("no message content in the response")
         return content.strip()
 

@@ -14,7 +14,9 @@ and another roleplayer, judge or judge template adds new rows.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import math
 import random
 import statistics
@@ -27,15 +29,22 @@ from ..engines.questioner import Questioner, SharedBase
 from ..errors import StargateError
 from ..progress import Progress
 from ..prompts import greeting, judge_messages, questioner_messages
+from ..recipe import Recipe, apply_overrides, check_judge_budget, override_key, validate_recipe
 from ..runs import check_chat_model, pick_run, policies, recipe_of_run, run_dir
 from ..stages.data import make_pairs, prepare_data
 from ..stages.score import base_weights, encode_gold, score_stage, score_sums
 from ..stages.simulate import Roleplayers, simulate
 from ..store import Store
 from .efficiency import efficiency, mean_sem
+from .intervals import crossed_bootstrap
 from .judge import judge_prompt_text, judge_protocol, policy_is_a, read_verdict, winner_of
+from .strengths import bradley_terry
 
 RESPONDERS = ("policy", "base")  # who answers after Q_eta's conversation: Q_eta itself, or Q_0 (ablation)
+# What `eval --set` (and `report --set`) may change for a stored run: how verdicts are asked for and read, and in
+# how many orders. Judgments are stored under the judging protocol and the order, so these add verdicts beside
+# the earlier ones and change no stored conversation, score or response; anything else is refused.
+EVAL_SETTINGS = ("eval.judge_orders", "judge.template", "judge.read", "judge.label", "judge.max_tokens")
 
 
 def namespace(run_id: str, roleplayer: str) -> str:
@@ -181,29 +190,49 @@ def _judge(store: Store, ns: str, iteration: int, responder: str, pairs: list[di
             rows = []
             for (p, swapped), first, result in zip(chunk, shown, results):
                 key = _pair_key(p)
-                if isinstance(result, ChatFailure):  # not a verdict: retried on the next eval, never counted
+                if isinstance(result, ChatFailure) and not result.refused:  # retried on the next eval
                     record_failure(f"{key}/{ORDERS[swapped]}", str(result))
                     continue
-                verdict, margin, raw = read_verdict(config, result)
+                if isinstance(result, ChatFailure):  # refused for good: stored and counted, not asked again
+                    verdict, margin, raw, status = None, None, str(result), "refused"
+                else:
+                    verdict, margin, raw = read_verdict(config, result)
+                    status = "valid" if verdict else "unparsable"
                 rows.append({"id": _judgment_id(ns, iteration, responder, judge.name, protocol, key, swapped),
                              "ns": ns, "iteration": iteration, "responder": responder, "judge": judge.name,
                              "protocol": protocol, "pair_key": key, "turns": turns[key], "swapped": swapped,
                              "policy_is_a": int(first), "verdict": verdict, "winner": winner_of(verdict, first),
-                             "margin": margin, "status": "valid" if verdict else "unparsable", "raw": raw})
+                             "margin": margin, "status": status, "raw": raw})
             store.insert_rows("judgments", rows, pk="id")
             bar(len(chunk))
 
 
+def with_eval_settings(recipe: Recipe, run_id: str, overrides: list[str] | None) -> Recipe:
+    """The run's recipe with `--set` overrides of EVAL_SETTINGS (any other key is refused)."""
+    if not overrides:
+        return recipe
+    for item in overrides:
+        key = override_key(item)
+        if key not in EVAL_SETTINGS:
+            raise StargateError(f"--set {key}: a stored run's evaluation can change only {', '.join(EVAL_SETTINGS)} "
+                                "(anything else would change what was evaluated): start a run with it instead")
+    changed = validate_recipe(apply_overrides(json.loads(recipe.to_json()), overrides), f"of run {run_id} with --set")
+    check_judge_budget(changed.judge, f"--set for run {run_id}")
+    return changed
+
+
 def evaluate(home: Path | str | None = None, run_id: str | None = None, iterations: list[int] | None = None,
              roleplayer: str | None = None, judge: str | None = None, responder: str = "policy",
-             progress: Progress | None = None) -> dict:
+             overrides: list[str] | None = None, progress: Progress | None = None) -> dict:
     """Evaluate a run's iterations on the test split; returns the summary (see `summarize`).
 
-    One copy of the base weights serves Q_0 and every Q_eta (SharedBase)."""
+    overrides: `section.key=value` items of EVAL_SETTINGS, e.g. judging a finished run in both orders or with
+    another template, beside its earlier verdicts. One copy of the base weights serves Q_0 and every Q_eta
+    (SharedBase)."""
     store = Store(home, create=False)
     run = pick_run(store, run_id)
-    recipe = recipe_of_run(run)
     run_id = run["id"]
+    recipe = with_eval_settings(recipe_of_run(run), run_id, overrides)
     roleplayer = roleplayer or recipe.roles.main_roleplayer
     judge_name = judge or recipe.roles.judge
     check_chat_model(recipe, run_id, "--roleplayer", roleplayer)
@@ -265,57 +294,112 @@ def closing_questioner(models: Callable[[], SharedBase]) -> Iterator[None]:
 
 def summarize(store: Store, run_id: str, roleplayer: str, judge: str, protocol: str, responder: str = "policy",
               iterations: list[int] | None = None) -> dict:
-    """The evaluation as stored: no model is loaded. Used by `eval --json` and `report`."""
+    """The evaluation as stored: no model is loaded. Used by `eval --json` and `report`.
+
+    Every log-prob condition has its mean and SEM over conversations (the paper's figures) and, beside them, a 95%
+    interval from the crossed bootstrap over the test pairs' tasks and personas (each pair's mean once): pairs
+    share tasks and personas, so the SEM is too narrow. `gain` is Q_eta's experimental log-prob less Q_0's, paired
+    per pair, with its interval; `bradley_terry` fits every iteration's judgments at once (strengths.py)."""
     ns = namespace(run_id, roleplayer)
     if iterations is None:
         iterations = store.pair_iterations(ns)
-    controls = {c: store.eval_logprobs(ns, 0, c) for c in ("negative", "positive")}
-    out = []
+    controls = {c: [(r["pair_key"], r["logprob"]) for r in store.eval_logprobs(ns, 0, c)]
+                for c in ("negative", "positive")}
+    base_by_pair = _experimental_by_pair(store, ns, 0)
+    out, judged = [], {}
     for it in iterations:
-        exp = store.scores(ns, it)
-        best: dict[str, float] = {}
-        for s in exp:
-            best[s["pair_id"]] = max(best.get(s["pair_id"], -math.inf), s["logprob"])
+        by_pair = _experimental_by_pair(store, ns, it)
+        best = [(key, max(values)) for key, values in by_pair.items()]
+        conversations = [(key, v) for key, values in by_pair.items() for v in values]
+        random_persona = [(r["pair_key"], r["logprob"]) for r in store.eval_logprobs(ns, it, "random")]
+        if it:
+            judged[it] = store.judgments(ns, it, responder, judge, protocol)
         out.append({
             "iteration": it,
             "logprob": {
-                "negative": mean_sem(controls["negative"]),
-                "positive": mean_sem(controls["positive"]),
-                "experimental": mean_sem([s["logprob"] for s in exp]),
-                "experimental_best_of_n": mean_sem(list(best.values())),
-                "random": mean_sem(store.eval_logprobs(ns, it, "random")),
+                "negative": _condition(controls["negative"]),
+                "positive": _condition(controls["positive"]),
+                "experimental": _condition(conversations),
+                "experimental_best_of_n": _condition(best),
+                "random": _condition(random_persona),
             },
-            **(win_rates(store.judgments(ns, it, responder, judge, protocol)) if it else _REFERENCE),
+            "gain": _paired_gain(by_pair, base_by_pair) if it else None,
+            **(win_rates(judged[it]) if it else _REFERENCE),
             # Q_eta's conversations (the experimental condition's; the random condition reuses them) and the
             # responses the win rates judged (Q_0 answers for itself at iteration 0).
             "efficiency": efficiency(store.conversation_efficiency(ns, it),
                                      store.eval_response_lengths(ns, it, responder if it else "policy")),
         })
+    strengths = bradley_terry(judged)
     return {"run": run_id, "roleplayer": roleplayer, "judge": judge, "protocol": protocol, "responder": responder,
-            "iterations": out}
+            "iterations": out, "bradley_terry": _strengths_dict(strengths) if strengths else None}
+
+
+def _experimental_by_pair(store: Store, ns: str, iteration: int) -> dict[str, list[float]]:
+    """{pair key: gold log-probs of its conversations} for Q_eta's conversations."""
+    keys = {p["id"]: _pair_key(p) for p in store.pairs(ns, iteration)}
+    by_pair: dict[str, list[float]] = {}
+    for s in store.scores(ns, iteration):
+        by_pair.setdefault(keys[s["pair_id"]], []).append(s["logprob"])
+    return by_pair
+
+
+def _pairs_interval(values: dict[str, float]) -> dict | None:
+    """The crossed bootstrap's interval of the mean of one value per pair key ("TASK|PERSONA")."""
+    if not values:
+        return None
+    tasks, _, personas = zip(*(key.partition("|") for key in values), strict=True)
+    return dataclasses.asdict(crossed_bootstrap(list(values.values()), tasks, personas))
+
+
+def _condition(observations: list[tuple[str, float]]) -> dict:
+    """{mean, sem, n} over the observations (the paper's), and `interval` over their pairs' means."""
+    by_pair: dict[str, list[float]] = {}
+    for key, value in observations:
+        by_pair.setdefault(key, []).append(value)
+    return {**mean_sem([v for _, v in observations]),
+            "interval": _pairs_interval({k: statistics.fmean(v) for k, v in by_pair.items()})}
+
+
+def _paired_gain(by_pair: dict[str, list[float]], base_by_pair: dict[str, list[float]]) -> dict | None:
+    """Q_eta's mean log-prob on a pair less Q_0's on the same pair, over the pairs both have, with its interval."""
+    return _pairs_interval({k: statistics.fmean(v) - statistics.fmean(base_by_pair[k])
+                            for k, v in by_pair.items() if k in base_by_pair})
+
+
+def _strengths_dict(fit: dict) -> dict:
+    return {"strengths": {str(it): dataclasses.asdict(i) for it, i in fit["strengths"].items()},
+            "position_a": dataclasses.asdict(fit["position_a"]), "judgments": fit["judgments"]}
 
 
 _SCORE = {"policy": 1.0, "base": 0.0}
 # Q_0 against itself: 0.5 by definition, nothing judged.
-_REFERENCE = {key: {"rate": 0.5, "sem": None, "wins": None, "losses": None, "ties": None, "valid": None,
-                    "unparsable": None, "by_turns": {}} for key in ("win_rate", "win_rate_counterbalanced")}
+_REFERENCE = {key: {"rate": 0.5, "sem": None, "interval": None, "wins": None, "losses": None, "ties": None,
+                    "valid": None, "unparsable": None, "refused": None, "by_turns": {}}
+              for key in ("win_rate", "win_rate_counterbalanced")}
 
 
-def _rate(outcomes: list[float | None]) -> dict:
-    """Win rate over outcomes (1 win, 0 loss, 0.5 tie, None unparsable), ties counted as half a win.
+def _rate(outcomes: list[tuple[str, float | None, str]]) -> dict:
+    """Win rate over (pair key, outcome, status): outcome 1 win, 0 loss, 0.5 tie, None where no verdict counts;
+    ties count as half a win. A verdict missing is `unparsable` (the judge's words kept) or `refused` (the
+    endpoint declined the item), each counted apart and left out of the denominator.
 
-    SEM is the standard error of the mean outcome (for wins and losses alone: sqrt(p(1-p)/n))."""
-    valid = [o for o in outcomes if o is not None]
+    SEM is the standard error of the mean outcome (for wins and losses alone: sqrt(p(1-p)/n)); `interval` is the
+    crossed bootstrap's over the pairs' tasks and personas."""
+    valid = [o for _, o, _ in outcomes if o is not None]
     n = len(valid)
     rate = statistics.fmean(valid) if n else None
     sem = math.sqrt(statistics.pvariance(valid) / n) if n else None
-    return {"rate": rate, "sem": sem, "wins": valid.count(1.0), "losses": valid.count(0.0), "ties": valid.count(0.5),
-            "valid": n, "unparsable": len(outcomes) - n}
+    missing = [status for _, o, status in outcomes if o is None]
+    return {"rate": rate, "sem": sem, "interval": _pairs_interval({k: o for k, o, _ in outcomes if o is not None}),
+            "wins": valid.count(1.0), "losses": valid.count(0.0), "ties": valid.count(0.5), "valid": n,
+            "unparsable": missing.count("unparsable"), "refused": missing.count("refused")}
 
 
-def _with_turns(outcomes: list[tuple[int, float | None]]) -> dict:
-    by_turns = {str(k): _rate([o for t, o in outcomes if t == k]) for k in sorted({t for t, _ in outcomes})}
-    return {**_rate([o for _, o in outcomes]), "by_turns": by_turns}
+def _with_turns(outcomes: list[tuple[int, str, float | None, str]]) -> dict:
+    by_turns = {str(k): _rate([(key, o, status) for t, key, o, status in outcomes if t == k])
+                for k in sorted({t for t, *_ in outcomes})}
+    return {**_rate([(key, o, status) for _, key, o, status in outcomes]), "by_turns": by_turns}
 
 
 def win_rates(judged: list[dict]) -> dict:
@@ -323,7 +407,7 @@ def win_rates(judged: list[dict]) -> dict:
     counterbalanced one: a win when both orders pick Q_eta, a loss when both pick Q_0, else a tie; with the
     judge's position consistency (the share of valid pairs whose two verdicts name the same model)."""
     seeded = [r for r in judged if not r["swapped"]]
-    randomized = _with_turns([(r["turns"], _SCORE.get(r["winner"])) for r in seeded])
+    randomized = _with_turns([(r["turns"], r["pair_key"], _SCORE.get(r["winner"]), _status(r)) for r in seeded])
     orders: dict[str, dict[int, dict]] = {}
     for r in judged:
         orders.setdefault(r["pair_key"], {})[r["swapped"]] = r
@@ -336,7 +420,18 @@ def win_rates(judged: list[dict]) -> dict:
             return None
         return _SCORE[first["winner"]] if first["winner"] == second["winner"] else 0.5
 
-    counterbalanced = _with_turns([(a["turns"], outcome(a, b)) for a, b in both])
+    def status(first: dict, second: dict) -> str:
+        statuses = {_status(first), _status(second)}
+        return next(s for s in ("refused", "unparsable", "valid") if s in statuses)
+
+    counterbalanced = _with_turns([(a["turns"], a["pair_key"], outcome(a, b), status(a, b)) for a, b in both])
     valid = counterbalanced["valid"]
     counterbalanced["consistency"] = (counterbalanced["wins"] + counterbalanced["losses"]) / valid if valid else None
     return {"win_rate": randomized, "win_rate_counterbalanced": counterbalanced}
+
+
+def _status(judgment: dict) -> str:
+    """valid, unparsable or refused (stores from before refusals were kept say valid or unparsable)."""
+    if judgment["winner"] is not None:
+        return "valid"
+    return "refused" if judgment.get("status") == "refused" else "unparsable"

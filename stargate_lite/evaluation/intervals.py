@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Interval:
-    """A mean over n pairs, with the bootstrap's interval at `confidence` (percentile method)."""
+    """An estimate over n pairs (a mean, or a fitted strength), with the bootstrap's interval at `confidence`
+    (percentile method)."""
 
     mean: float
     low: float
@@ -37,18 +38,20 @@ class Interval:
                 f"{self.tasks} tasks x {self.personas} personas)")
 
 
-def crossed_bootstrap(values: Sequence[float], tasks: Sequence[str], personas: Sequence[str], *,
-                      confidence: float = 0.95, resamples: int = 4000, seed: int = 0) -> Interval:
-    """The mean of `values` (one per pair; for a gain, the paired difference of two policies on that pair) with an
-    interval from resampling the pairs' tasks and personas. A resample that draws no observed pair (possible
-    where few tasks meet few personas) has no mean and is drawn again."""
+def crossed_resamples(tasks: Sequence[str], personas: Sequence[str], statistic, *, resamples: int = 4000,
+                      seed: int = 0):
+    """`statistic` on `resamples` crossed resamples of the observations, as an array with one row per resample.
+
+    Each resample draws the tasks and, apart, the personas with replacement; an observation's weight is how often
+    its task was drawn times how often its persona was. `statistic` takes a [batch, observations] array of weights
+    and returns one value, or one row of values, per resample. A resample that draws no observation (possible
+    where few tasks meet few personas) has no weight and is drawn again."""
     import numpy as np
 
-    if not len(values) == len(tasks) == len(personas):
+    if len(tasks) != len(personas):
         raise ValueError("one task and one persona per value")
-    if not values:
+    if not len(tasks):
         raise ValueError("no values to take an interval of")
-    y = np.asarray(values, dtype=np.float64)
     task_names, task_of = np.unique(np.asarray(tasks, dtype=str), return_inverse=True)
     persona_names, persona_of = np.unique(np.asarray(personas, dtype=str), return_inverse=True)
     rng = np.random.default_rng(seed)
@@ -57,16 +60,37 @@ def crossed_bootstrap(values: Sequence[float], tasks: Sequence[str], personas: S
         """How often each name is drawn, per resample: len(names) draws with replacement."""
         return rng.multinomial(len(names), np.full(len(names), 1 / len(names)), size=size)
 
-    means: list = []
-    while len(means) < resamples:
-        size = resamples - len(means)
+    estimates: list = []
+    while len(estimates) < resamples:
+        size = resamples - len(estimates)
         task_weight = draws(task_names, size)  # tasks first, then personas: the seed's draws stay as they were
         persona_weight = draws(persona_names, size)
-        weight = task_weight[:, task_of] * persona_weight[:, persona_of]  # [resamples, pairs]
-        total = weight.sum(axis=1)
-        drawn = total > 0
-        means.extend((weight[drawn] @ y) / total[drawn])
+        weight = task_weight[:, task_of] * persona_weight[:, persona_of]  # [resamples, observations]
+        drawn = weight.sum(axis=1) > 0
+        estimates.extend(statistic(weight[drawn]))
+    return np.asarray(estimates)
+
+
+def crossed_bootstrap(values: Sequence[float], tasks: Sequence[str], personas: Sequence[str], *,
+                      confidence: float = 0.95, resamples: int = 4000, seed: int = 0) -> Interval:
+    """The mean of `values` (one per pair; for a gain, the paired difference of two policies on that pair) with an
+    interval from resampling the pairs' tasks and personas (`crossed_resamples`)."""
+    import numpy as np
+
+    if len(values) != len(tasks):
+        raise ValueError("one task and one persona per value")
+    y = np.asarray(values, dtype=np.float64)
+    means = crossed_resamples(tasks, personas, lambda weight: (weight @ y) / weight.sum(axis=1),
+                              resamples=resamples, seed=seed)
+    low, high = percentile_interval(means, confidence)
+    return Interval(mean=float(y.mean()), low=low, high=high, n=len(y), tasks=len(set(tasks)),
+                    personas=len(set(personas)), confidence=confidence, resamples=resamples)
+
+
+def percentile_interval(estimates, confidence: float) -> tuple[float, float]:
+    """The percentile bootstrap's interval: the middle `confidence` of the resamples' estimates."""
+    import numpy as np
+
     tail = (1 - confidence) / 2
-    low, high = np.quantile(np.asarray(means), [tail, 1 - tail])
-    return Interval(mean=float(y.mean()), low=float(low), high=float(high), n=len(y), tasks=len(task_names),
-                    personas=len(persona_names), confidence=confidence, resamples=resamples)
+    low, high = np.quantile(np.asarray(estimates), [tail, 1 - tail])
+    return float(low), float(high)

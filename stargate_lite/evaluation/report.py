@@ -16,11 +16,21 @@ CONDITION_LABELS = {
 }
 
 
+def _interval(interval: dict | None, digits: int) -> str:
+    return f" [{interval['low']:.{digits}f}, {interval['high']:.{digits}f}]" if interval else ""
+
+
 def _fmt(stat: dict, digits: int = 1) -> str:
     if stat.get("mean") is None:
         return "-"
     sem = f" ± {stat['sem']:.{digits}f}" if stat.get("sem") is not None else ""
-    return f"{stat['mean']:.{digits}f}{sem} (n={stat['n']})"
+    return f"{stat['mean']:.{digits}f}{sem}{_interval(stat.get('interval'), digits)} (n={stat['n']})"
+
+
+def _fmt_gain(gain: dict | None) -> str:
+    if gain is None:
+        return "-"
+    return f"{gain['mean']:+.1f}{_interval(gain, 1)} ({gain['n']} pairs)"
 
 
 WIN_RATE_LABELS = {
@@ -35,24 +45,46 @@ def _fmt_win(iteration: int, win: dict | None) -> str:
     if win is None:
         return "- (judge_orders=1)"
     counts = f"n={win['valid']}, {win['ties']} ties, {win['unparsable']} unparsable"
+    if win.get("refused"):
+        counts += f", {win['refused']} refused"
     if "consistency" in win and win["consistency"] is not None:
         counts += f", consistency {win['consistency']:.2f}"
     if win["rate"] is None:
         return f"- ({counts})"
-    return f"{win['rate']:.2f} ± {win['sem']:.2f} ({counts})"
+    return f"{win['rate']:.2f} ± {win['sem']:.2f}{_interval(win.get('interval'), 2)} ({counts})"
 
 
 def summary_table(summary: dict) -> Table:
     table = Table(title=f"run {summary['run']}: roleplayer {summary['roleplayer']}, judge {summary['judge']} "
-                        f"({summary['protocol']}), responder {summary['responder']}")
+                        f"({summary['protocol']}), responder {summary['responder']}",
+                  caption="mean ± SEM over conversations (the paper's), [95% interval] from the bootstrap over the "
+                          "test pairs' tasks and personas")
     table.add_column("iteration", justify="right")
-    for label in ("negative", "positive", "experimental", "best of n", "random", *WIN_RATE_LABELS.values()):
+    for label in ("negative", "positive", "experimental", "experimental − Q_0, paired", "best of n", "random",
+                  *WIN_RATE_LABELS.values()):
         table.add_column(label, justify="right")
     for it in summary["iterations"]:
         lp = it["logprob"]
         table.add_row(str(it["iteration"]), _fmt(lp["negative"]), _fmt(lp["positive"]), _fmt(lp["experimental"]),
-                      _fmt(lp["experimental_best_of_n"]), _fmt(lp["random"]),
+                      _fmt_gain(it.get("gain")), _fmt(lp["experimental_best_of_n"]), _fmt(lp["random"]),
                       *(_fmt_win(it["iteration"], it[key]) for key in WIN_RATE_LABELS))
+    return table
+
+
+def strengths_table(summary: dict) -> Table | None:
+    """The Bradley-Terry strengths (logit scale, Q_0 = 0) and the judge's lean towards the response shown first."""
+    fit = summary.get("bradley_terry")
+    if not fit:
+        return None
+    table = Table(title=f"Bradley-Terry over all iterations' judgments ({fit['judgments']} verdicts; judge "
+                        f"{summary['judge']})", caption="logit scale; 0 = as good as Q_0; [95% interval] from the "
+                                                        "bootstrap over tasks and personas")
+    table.add_column("")
+    table.add_column("estimate [95% interval]", justify="right")
+    for it, strength in fit["strengths"].items():
+        table.add_row(f"Q_{it} strength", f"{strength['mean']:+.2f}{_interval(strength, 2)}")
+    table.add_row("judge's lean to the first response", f"{fit['position_a']['mean']:+.2f}"
+                                                        f"{_interval(fit['position_a'], 2)}")
     return table
 
 
@@ -81,9 +113,22 @@ def efficiency_table(summary: dict) -> Table:
     return table
 
 
+def _bars(stats: list[dict], key: str) -> list[list[float]]:
+    """Error bars below and above each point: its crossed-bootstrap interval, or none (iteration 0's reference)."""
+    below = [s[key] - s["interval"]["low"] if s.get("interval") else 0.0 for s in stats]
+    above = [s["interval"]["high"] - s[key] if s.get("interval") else 0.0 for s in stats]
+    return [below, above]
+
+
+def tables(summary: dict) -> list[Table]:
+    """What `eval` and `report` print: the conditions and win rates, the strengths, the efficiency metrics."""
+    return [t for t in (summary_table(summary), strengths_table(summary), efficiency_table(summary)) if t]
+
+
 def plot(summary: dict, out_dir: Path) -> list[Path]:
-    """gold-logprobs.png (log-prob per iteration per condition, SEM bars), win-rates.png (with the 0.5 line) and
-    efficiency.png (one panel per metric: all conversations, and each number of turns)."""
+    """gold-logprobs.png (log-prob per iteration per condition) and win-rates.png (with the 0.5 line), with 95%
+    crossed-bootstrap intervals, and efficiency.png (SEM bars; one panel per metric: all conversations, and each
+    number of turns)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,10 +154,11 @@ def plot(summary: dict, out_dir: Path) -> list[Path]:
             continue
         xs = [i for i, s in zip(iterations, stats) if s["mean"] is not None]
         ys = [s["mean"] for s in stats if s["mean"] is not None]
-        errs = [s["sem"] or 0.0 for s in stats if s["mean"] is not None]
+        errs = _bars([s for s in stats if s["mean"] is not None], "mean")
         style = "--" if condition in ("negative", "positive") else "-"
         ax.errorbar(xs, ys, yerr=errs, label=label, linestyle=style, marker="o", capsize=3)
-    ax.set(xlabel="iteration", ylabel="log p(gold response)", title=f"Gold log-probability, run {summary['run']}")
+    ax.set(xlabel="iteration", ylabel="log p(gold response)",
+           title=f"Gold log-probability, run {summary['run']} (95% intervals)")
     paths = [save(fig, ax, "gold-logprobs", legend_size=7)]
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -120,7 +166,7 @@ def plot(summary: dict, out_dir: Path) -> list[Path]:
         points = [(it["iteration"], it[key]) for it in summary["iterations"] if it[key] and it[key]["rate"] is not None]
         if len(points) < 2:  # iteration 0's reference alone
             continue
-        ax.errorbar([i for i, _ in points], [w["rate"] for _, w in points], yerr=[w["sem"] or 0.0 for _, w in points],
+        ax.errorbar([i for i, _ in points], [w["rate"] for _, w in points], yerr=_bars([w for _, w in points], "rate"),
                     marker="o", capsize=3, label=f"{label} ({summary['judge']} judge)")
     ax.axhline(0.5, color="gray", linestyle=":", label="no change")
     ax.set(xlabel="iteration", ylabel="win rate", ylim=(0, 1), title=f"Win rate, roleplayer {summary['roleplayer']}")
