@@ -397,6 +397,8 @@ def test_letter_logprobs_from_llamacpp_match_transformers_and_the_greedy_reply(h
         assert abs(ours["A"] - reference["A"]) < 0.3 and abs(ours["B"] - reference["B"]) < 0.3
         if reply.strip() in ("A", "B"):
             assert (ours["A"] > ours["B"]) == (reply.strip() == "A")
+    said = [reply for reply in greedy if reply]
+    assert said and all(reply.truncated for reply in said)  # one token, the budget: llama.cpp says it was cut
 
 
 def test_win_rate_pairs_per_turn_samples_that_many_of_each_turn_count_by_seed():
@@ -506,6 +508,24 @@ def test_a_refused_verdict_is_stored_counted_apart_and_not_asked_again(evaluated
     rates = win_rates(rows)
     for key in ("win_rate", "win_rate_counterbalanced"):  # its pair counts as refused, in neither denominator
         assert (rates[key]["refused"], rates[key]["unparsable"], rates[key]["valid"]) == (1, 0, len(pairs) - 1), key
+
+    # A reply read as a whole that hit the judge's budget before naming a response is truncated, not unparsable.
+    by_reply = recipe.model_copy(update={"judge": JudgeConfig(template="letter", read="reply")})
+    _judge(store, ns, 1, "policy", pairs, CutJudge(), by_reply, quiet)
+    cut = store.judgments(ns, 1, "policy", "cut", judge_protocol(by_reply.judge))
+    assert cut and {r["status"] for r in cut} == {"truncated"} and {r["raw"] for r in cut} == {"Well, both of"}
+    assert win_rates(cut)["win_rate"]["truncated"] == len(pairs)
+
+
+class CutJudge:
+    """A judge whose every reply stops at its token budget mid-sentence."""
+
+    name = "cut"
+
+    def complete_each(self, conversations, sampling):
+        from stargate_lite.engines.chat_models import Reply
+
+        return [Reply("Well, both of", truncated=True) for _ in conversations]
 
 
 def test_a_store_with_rows_from_every_older_schema_level_upgrades_and_reads_as_it_was(evaluated, eval_home,

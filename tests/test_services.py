@@ -72,7 +72,8 @@ class FaultServer:
                 if fault == "timeout":
                     time.sleep(1.5)
                 reply = f"Reply to: {prompt[:40]}"
-                choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": reply}}
+                choice = {"index": 0, "finish_reason": "length" if fault == "cut" else "stop",
+                          "message": {"role": "assistant", "content": reply}}
                 if body.get("logprobs") and fault != "no-logprobs":  # a judge's first token: " B" likelier than "A"
                     listed = [("B", -0.4), (" B", -2.0), ("A", -1.6), ("The", -3.5)]
                     choice["logprobs"] = {"content": [{"token": "B", "logprob": -0.4, "bytes": None, "top_logprobs": [
@@ -144,6 +145,13 @@ def test_an_item_the_endpoint_declines_for_good_is_a_refusal_and_a_set_up_error_
     assert all(isinstance(r, ChatFailure) for r in results) and server.requests == 3  # none retried
     assert [r.refused for r in results] == [True, True, False]
     assert "content_filter" in str(results[1]) and "HTTP 401" in str(results[2])
+
+
+def test_a_reply_cut_by_its_token_budget_says_so(server):
+    chat = OpenAIChat("fault", config(server.url))
+    server.plan.append("cut")
+    cut, whole = chat.complete_each([HELLO], Sampling(4)) + chat.complete_each([HELLO], Sampling(16))
+    assert cut == whole == "Reply to: Say hello." and (cut.truncated, whole.truncated) == (True, False)
 
 
 def test_a_refused_connection_is_retried_then_fails():

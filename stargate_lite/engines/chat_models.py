@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Self
 
 from ..errors import StargateError
 from ..prompts import fold_system
@@ -27,6 +27,19 @@ class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+
+
+class Reply(str):
+    """A completion's text, with `truncated` set where it stopped at the token budget instead of ending by itself
+    (llama.cpp and OpenAI-compatible endpoints say so; the transformers backend does not, and leaves it False).
+    The judge stage stores a verdict it cannot read from a truncated reply as truncated, not unparsable."""
+
+    truncated: bool
+
+    def __new__(cls, text: str, truncated: bool = False) -> Self:
+        reply = super().__new__(cls, text)
+        reply.truncated = truncated
+        return reply
 
 
 class ChatFailure(Exception):
@@ -147,7 +160,8 @@ class LlamaCppChat:
             seed=sampling.seed,
             repeat_penalty=self.config.repeat_penalty,
         )
-        return (out["choices"][0]["message"]["content"] or "").strip()
+        choice = out["choices"][0]
+        return Reply((choice["message"]["content"] or "").strip(), truncated=choice["finish_reason"] == "length")
 
 
 class OpenAIChat:
@@ -266,7 +280,7 @@ class OpenAIChat:
             if refusal or choice.finish_reason == "content_filter":
                 raise ChatFailure(f"refused ({_short(refusal or choice.finish_reason)})", refused=True)
             raise ValueError("no message content in the response")
-        return content.strip()
+        return Reply(content.strip(), truncated=choice.finish_reason == "length")
 
 
 class LlamaServerChat(OpenAIChat):

@@ -197,7 +197,8 @@ def _judge(store: Store, ns: str, iteration: int, responder: str, pairs: list[di
                     verdict, margin, raw, status = None, None, str(result), "refused"
                 else:
                     verdict, margin, raw = read_verdict(config, result)
-                    status = "valid" if verdict else "unparsable"
+                    cut = getattr(result, "truncated", False)  # a Reply that hit judge.max_tokens
+                    status = "valid" if verdict else "truncated" if cut else "unparsable"
                 rows.append({"id": _judgment_id(ns, iteration, responder, judge.name, protocol, key, swapped),
                              "ns": ns, "iteration": iteration, "responder": responder, "judge": judge.name,
                              "protocol": protocol, "pair_key": key, "turns": turns[key], "swapped": swapped,
@@ -375,14 +376,15 @@ def _strengths_dict(fit: dict) -> dict:
 _SCORE = {"policy": 1.0, "base": 0.0}
 # Q_0 against itself: 0.5 by definition, nothing judged.
 _REFERENCE = {key: {"rate": 0.5, "sem": None, "interval": None, "wins": None, "losses": None, "ties": None,
-                    "valid": None, "unparsable": None, "refused": None, "by_turns": {}}
+                    "valid": None, "unparsable": None, "truncated": None, "refused": None, "by_turns": {}}
               for key in ("win_rate", "win_rate_counterbalanced")}
 
 
 def _rate(outcomes: list[tuple[str, float | None, str]]) -> dict:
     """Win rate over (pair key, outcome, status): outcome 1 win, 0 loss, 0.5 tie, None where no verdict counts;
-    ties count as half a win. A verdict missing is `unparsable` (the judge's words kept) or `refused` (the
-    endpoint declined the item), each counted apart and left out of the denominator.
+    ties count as half a win. A verdict missing is `unparsable` (the judge's words kept), `truncated` (the reply
+    hit judge.max_tokens first) or `refused` (the endpoint declined the item), each counted apart and left out of
+    the denominator.
 
     SEM is the standard error of the mean outcome (for wins and losses alone: sqrt(p(1-p)/n)); `interval` is the
     crossed bootstrap's over the pairs' tasks and personas."""
@@ -393,7 +395,8 @@ def _rate(outcomes: list[tuple[str, float | None, str]]) -> dict:
     missing = [status for _, o, status in outcomes if o is None]
     return {"rate": rate, "sem": sem, "interval": _pairs_interval({k: o for k, o, _ in outcomes if o is not None}),
             "wins": valid.count(1.0), "losses": valid.count(0.0), "ties": valid.count(0.5), "valid": n,
-            "unparsable": missing.count("unparsable"), "refused": missing.count("refused")}
+            "unparsable": missing.count("unparsable"), "truncated": missing.count("truncated"),
+            "refused": missing.count("refused")}
 
 
 def _with_turns(outcomes: list[tuple[int, str, float | None, str]]) -> dict:
@@ -422,7 +425,7 @@ def win_rates(judged: list[dict]) -> dict:
 
     def status(first: dict, second: dict) -> str:
         statuses = {_status(first), _status(second)}
-        return next(s for s in ("refused", "unparsable", "valid") if s in statuses)
+        return next(s for s in ("refused", "truncated", "unparsable", "valid") if s in statuses)
 
     counterbalanced = _with_turns([(a["turns"], a["pair_key"], outcome(a, b), status(a, b)) for a, b in both])
     valid = counterbalanced["valid"]
@@ -431,7 +434,7 @@ def win_rates(judged: list[dict]) -> dict:
 
 
 def _status(judgment: dict) -> str:
-    """valid, unparsable or refused (stores from before refusals were kept say valid or unparsable)."""
+    """valid, unparsable, truncated or refused (stores from before the last two say valid or unparsable)."""
     if judgment["winner"] is not None:
         return "valid"
-    return "refused" if judgment.get("status") == "refused" else "unparsable"
+    return judgment["status"] if judgment.get("status") in ("refused", "truncated") else "unparsable"

@@ -45,8 +45,9 @@ def _fmt_win(iteration: int, win: dict | None) -> str:
     if win is None:
         return "- (judge_orders=1)"
     counts = f"n={win['valid']}, {win['ties']} ties, {win['unparsable']} unparsable"
-    if win.get("refused"):
-        counts += f", {win['refused']} refused"
+    for missing in ("truncated", "refused"):
+        if win.get(missing):
+            counts += f", {win[missing]} {missing}"
     if "consistency" in win and win["consistency"] is not None:
         counts += f", consistency {win['consistency']:.2f}"
     if win["rate"] is None:
