@@ -591,6 +591,20 @@ class Store:
                "on c.id = r.conversation_id where r.ns = ? and r.iteration = ? and r.responder = ?")
         return self.rows(sql, [ns, iteration, responder])
 
+    def audit_conversations(self, run_id: str, iteration: int, limit: int | None = None) -> list[dict]:
+        """{roleplayer, persona, turns} of an iteration's conversations: all, or the first `limit` stored."""
+        sql = ("select c.id, c.roleplayer, pe.text as persona from conversations c join pairs p on p.id = c.pair_id "
+               "join personas pe on pe.id = p.persona_id where c.run_id = ? and c.iteration = ? limit ?")
+        rows = self.rows(sql, [run_id, iteration, -1 if limit is None else limit])
+        turns = self.turns([r["id"] for r in rows])
+        return [{"roleplayer": r["roleplayer"], "persona": r["persona"], "turns": turns[r["id"]]} for r in rows]
+
+    def eval_namespaces(self, run_id: str) -> list[str]:
+        """The evaluation namespaces ("RUN#eval:ROLEPLAYER") that hold conversations of a run."""
+        sql = "select distinct run_id from pairs where run_id like ? escape '\\' order by run_id"
+        escaped = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return [r["run_id"] for r in self.rows(sql, [f"{escaped}#eval:%"])]
+
     def pair_iterations(self, run_id: str) -> list[int]:
         return [r["iteration"] for r in self.rows(
             "select distinct iteration from pairs where run_id = ? order by iteration", [run_id])]

@@ -104,6 +104,11 @@ def test_eval_gives_intervals_over_tasks_and_personas_a_paired_gain_and_strength
     for it in evaluated["iterations"][1:]:  # Q_eta's experimental log-prob less Q_0's, paired per pair
         paired = [mean[it["iteration"]][k] - mean[0][k] for k in mean[0]]
         assert it["gain"]["mean"] == pytest.approx(sum(paired) / len(paired)) and it["gain"]["n"] == 2
+    audit = evaluated["audit"]  # every Roleplayer evaluated, per iteration: here one, over Q_eta's conversations
+    assert list(audit) == ["smollm2"] and sorted(audit["smollm2"]) == ["0", "1", "2"]
+    for it in evaluated["iterations"]:
+        (only,) = audit["smollm2"][str(it["iteration"])].values()
+        assert only["conversations"] == it["logprob"]["experimental"]["n"] and 0 <= only["leakage"]["mean"] <= 1
     fit = evaluated["bradley_terry"]
     assert sorted(fit["strengths"]) == ["1", "2"] and fit["judgments"] == 2 * 2 * 2
     assert all(s["low"] <= s["mean"] <= s["high"] for s in [*fit["strengths"].values(), fit["position_a"]])
@@ -114,6 +119,7 @@ def test_eval_table_shows_both_win_rates(evaluated, eval_home):
     assert "win rate, random order" in table and "win rate, both orders" in table and "consistency" in table
     assert "Efficiency" in table and "tokens the user typed" in table
     assert "Bradley-Terry" in table and "Q_2 strength" in table and "paired" in table
+    assert "Simulator audit" in table and "leak" in table
 
 
 def test_a_second_eval_reuses_everything(evaluated, eval_home, monkeypatch):

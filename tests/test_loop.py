@@ -110,6 +110,11 @@ def test_status_reports_each_iterations_efficiency(finished, questioner):
             assert eff["response_tokens"]["mean"] == pytest.approx(fmean(responses))
             assert eff["response_tokens"]["n"] == it["responses"]
             assert eff["turns"]["mean"] == pytest.approx(fmean(k for _, k in conversations))
+            # The simulator audit, per Roleplayer, over the same conversations (the status sample holds them all).
+            ((name, audit),) = it["audit"].items()
+            assert name == "smollm2" and audit["conversations"] == len(conversations)
+            assert audit["answers"] > 0 and 0 <= audit["role_breaks"] <= 1
+            assert audit["leakage"]["n"] > 0 and 0 <= audit["leakage"]["mean"] <= 1
             assert set(eff["by_turns"]) == {str(k) for _, k in conversations}
             assert {int(q): c for q, c in eff["question_counts"].items()} == {
                 q: questions.count(q) for q in set(questions)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import StargateError
+from ..evaluation.audit import STATUS_SAMPLE, audit
 from ..evaluation.efficiency import efficiency
 from ..runs import STAGES, recipe_of_run, split_for, training_format
 from ..store import Store
@@ -41,6 +42,7 @@ def run_status(store: Store, run_id: str | None = None) -> dict:
                     "roleplayers": store.roleplayer_counts(run["id"], n),
                     "efficiency": efficiency(store.conversation_efficiency(run["id"], n),
                                              store.response_lengths(run["id"], n)),
+                    "audit": audit(store.audit_conversations(run["id"], n, STATUS_SAMPLE)),
                     "stages_done": done,
                     "complete": it["finished_at"] is not None,
                 }

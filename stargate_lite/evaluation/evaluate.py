@@ -35,6 +35,7 @@ from ..stages.data import make_pairs, prepare_data
 from ..stages.score import base_weights, encode_gold, score_stage, score_sums
 from ..stages.simulate import Roleplayers, simulate
 from ..store import Store
+from .audit import audit
 from .efficiency import efficiency, mean_sem
 from .intervals import crossed_bootstrap
 from .judge import judge_prompt_text, judge_protocol, policy_is_a, read_verdict, winner_of
@@ -332,8 +333,13 @@ def summarize(store: Store, run_id: str, roleplayer: str, judge: str, protocol: 
                                      store.eval_response_lengths(ns, it, responder if it else "policy")),
         })
     strengths = bradley_terry(judged)
+    # The simulator audit of every Roleplayer this run was evaluated with, per iteration: a matrix in `report`.
+    audits = {other.partition("#eval:")[2]: {str(it): audit(store.audit_conversations(other, it))
+                                             for it in store.pair_iterations(other) if it in iterations}
+              for other in store.eval_namespaces(run_id)}
     return {"run": run_id, "roleplayer": roleplayer, "judge": judge, "protocol": protocol, "responder": responder,
-            "iterations": out, "bradley_terry": _strengths_dict(strengths) if strengths else None}
+            "iterations": out, "bradley_terry": _strengths_dict(strengths) if strengths else None,
+            "audit": audits}
 
 
 def _experimental_by_pair(store: Store, ns: str, iteration: int) -> dict[str, list[float]]:

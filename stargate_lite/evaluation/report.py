@@ -121,9 +121,34 @@ def _bars(stats: list[dict], key: str) -> list[list[float]]:
     return [below, above]
 
 
+def audit_table(summary: dict) -> Table | None:
+    """The simulator audit: every Roleplayer the run was evaluated with (rows) by iteration (columns)."""
+    audits = summary.get("audit")
+    if not audits:
+        return None
+    iterations = sorted({it for by_iteration in audits.values() for it in by_iteration}, key=int)
+    table = Table(title="Simulator audit (the evaluation's conversations)",
+                  caption="leak: share of the persona's content words the answers say unasked (mean ± SEM over "
+                          "conversations); breaks: share of answers in the assistant's voice or laying out a list")
+    table.add_column("roleplayer")
+    for it in iterations:
+        table.add_column(f"Q_{it}", justify="right")
+    for name, by_iteration in audits.items():
+        cells = []
+        for it in iterations:
+            per_roleplayer = by_iteration.get(it, {})
+            cells.append("; ".join(f"{who + ': ' if who != name else ''}leak {_fmt(a['leakage'], 2)}, breaks "
+                                   f"{a['role_breaks']:.2f} of {a['answers']}" if a["answers"] else f"{who}: -"
+                                   for who, a in per_roleplayer.items()) or "-")
+        table.add_row(name, *cells)
+    return table
+
+
 def tables(summary: dict) -> list[Table]:
-    """What `eval` and `report` print: the conditions and win rates, the strengths, the efficiency metrics."""
-    return [t for t in (summary_table(summary), strengths_table(summary), efficiency_table(summary)) if t]
+    """What `eval` and `report` print: the conditions and win rates, the strengths, the efficiency metrics and the
+    simulator audit."""
+    return [t for t in (summary_table(summary), strengths_table(summary), efficiency_table(summary),
+                        audit_table(summary)) if t]
 
 
 def plot(summary: dict, out_dir: Path) -> list[Path]:
