@@ -247,13 +247,13 @@ def test_verdict_parser(text, verdict):
         # Articles are not verdicts.
         ("I prefer a response that is tailored. Response B is vague.", None), ("Winner: a tie", None),
         ("My choice is a hard one, but B", None), ("Answer: a", None), ("Response a is better.", None),
-        ("A: it mentions a gluten-free diet.", "A"), ("Response A is a good start, but Response B is better for a "
+        ("A: it mentions a gluten-free diet.", None), ("Response A is a good start, but Response B is better for a "
                                                       "busy parent.", "B"),
         ("Response B is a better fit for her.", "B"), ("It is a close call, but A is better.", "A"),
         # Negations and indecision.
         ("A is not better than B.", None), ("B is not as good as A.", None), ("Tie.", None),
         ("Neither A nor B fits better.", None), ("I can't choose between A and B.", None),
-        ("Both responses are helpful, but B is more specific.", None), ("A and B are equally good.", None),
+        ("Both responses are helpful, but B is more specific.", "B"), ("A and B are equally good.", None),
         ("A or B? Hard to say.", None), ("Not A. B.", None),
         # Both letters, one declared.
         ("The answer is B, not A.", "B"), ("I'd pick A over B.", "A"), ("A wins.", "A"),
@@ -270,11 +270,41 @@ def test_verdict_parser_further_phrasings(text, verdict):
 @pytest.mark.parametrize(
     "text, verdict",
     [
+        # Structured comparisons: a label names a response, praise within its part picks it.
+        ("Response A: generic tips.\nResponse B: tailored to her vegan diet; it fits her better.", "B"),
+        ("A: generic. B: tailored, so the second one is preferable.", "B"),
+        ("Answer A is too generic; the second response is tailored to her.", "B"),
+        ("Response A: tailored to her diet.\nResponse B: generic.", None), ("B: a vegan plan. It fits her better.", "B"),
+        ("The first response is generic; the second is vague.", None), ("Answer A is too generic.", None),
+        # Short verdicts.
+        ("I think A.", "A"), ("Definitely B.", "B"), ("B, because it plans around her shifts.", "B"),
+        ("I'd say B.", "B"), ("Clearly, Response B.", "B"), ("Probably A, since it is shorter.", "A"),
+        ("A is more aligned with her background.", "A"), ("Response A is tailored to her vegan diet.", "A"),
+        ("I think A is too long and B is better.", "B"),
+        # Undecided words, then a contrast that decides; or not.
+        ("Both have merit, but A is better.", "A"), ("Both are tailored, but the first one is better.", "A"),
+        ("Neither is perfect; however, B is more specific.", "B"), ("B is better, but both are fine.", None),
+        ("I think both are fine.", None), ("A and B both fit; I cannot choose.", None),
+        # Refusals, negations and two winners.
+        ("I'm sorry, but I can't compare these responses.", None),
+        ("As an AI language model, I cannot express preferences.", None), ("Definitely a tough call.", None),
+        ("B is more generic than A.", None), ("The second response is not better.", None),
+        ("A is better for a vegan, but B is better for her.", None),
+    ],
+)
+def test_verdict_parser_reads_as_a_person_would_and_never_invents_a_verdict(text, verdict):
+    assert parse_verdict(text) == verdict
+
+
+@pytest.mark.parametrize(
+    "text, verdict",
+    [
         ("A is vague about her budget; B plans around it.\nVerdict: B", "B"),
         ("B ignores that she is vegan.\n\nVerdict: A.\n", "A"),
-        ("Both are fine.\nVerdict: b", None),  # the letter must be a capital
+        ("Both are fine.\nVerdict: b", "B"),  # after the label, any case
         ("Verdict: A\nOn reflection, B is better.", None),  # only the last line counts
-        ("A mentions her dog.\n**Verdict: A**", None),  # exactly the label and the letter
+        ("A mentions her dog.\n**Verdict: A**", "A"), ("Plan A.\n**Verdict:** B", "B"), ("x\nVerdict: **A**", "A"),
+        ("A mentions her dog.\nVerdict: A, since", None),  # exactly the label and the letter
         ("Response A fits better.", None),  # no verdict line at all
         ("Close call.\nVerdict: A or B", None), ("Close call.\nVerdict: a tie", None), ("", None),
         ("A fits her better.\nWinner: A", None),  # another label than the template's

@@ -1,8 +1,9 @@
 """Judge verdicts: the seeded A/B order, the three ways a verdict is read, and who won.
 
 Rule for what is not a clear A or B (a tie, a refusal, both letters, garbage): the verdict is stored as
-'unparsable' with the judge's text, counted and reported, and left out of the win rate's denominator.
-Verdict letters are capitals only, in every mode: the English article "a" is never the letter A.
+'unparsable' with the judge's text, counted and reported, and left out of the win rate's denominator. The hard
+rule is precision: a reading never returns a letter the reply did not pick. In free text, verdict letters are
+capitals only: the English article "a" is never the letter A (after the verdict label of `last_line`, any case).
 
 - reply: the judge's reply as a whole names one response (small judges answer in many shapes);
 - last_line: the last non-empty line is exactly "<label> A" or "<label> B" (the paper's judge explains itself
@@ -25,49 +26,97 @@ _ONLY_LETTER = re.compile(
     rf"^{_DECORATION}(?:(?i:response|answer|option|assistant|verdict)\s*:?\s*)?{_DECORATION}([AB])"
     r"[\s*_`\"')\].!:]*$"
 )
-# The reply opens with the letter and goes on to explain: "A. It fits her diet.", "B: more specific"
-_LEADING_LETTER = re.compile(rf"^{_DECORATION}(?:(?i:response|option)\s+)?([AB])(?:[.:)\]]|\s*[-\u2013\u2014]\s|\s*\n)")
+# The reply opens with the letter as its answer and goes on to explain: "A. It fits her diet.", "B, because ...",
+# "A - tailored". A letter followed by a colon is a label ("A: generic tips."), not an answer.
+_LEADING_LETTER = re.compile(rf"^{_DECORATION}(?:(?i:response|option)\s+)?([AB])(?:[.,)\]]|\s*[-\u2013\u2014]\s|\s*\n)")
+# Where a declared letter may end: the text's end, punctuation, or words that go on to give a reason. "Answer A is
+# too generic" names a response; it does not declare one.
+_LETTER_END = r"(?=\s*$|\s*[.!,;:)\]*_`\"']|\s+(?i:over|because|since|as|for|here)\b|\s+[-\u2013\u2014])"
 # Explicit declarations; the keywords in any case, the letter a capital.
 _DECLARED = re.compile(
     r"(?i:\b(?:final answer|answer|verdict|winner|my choice|i choose|i chose|i pick|i would pick|i would choose|"
     r"i'd choose|i'd pick|i prefer|i would prefer|i'd prefer|preferred response|better response|better fit|"
-    r"better one|better choice|choice)\b)"
-    r"(?:\s+(?i:is|would be|goes to|:))?\s*:?\s*[*_`\"']*\s*(?:(?i:response|option|assistant)\s+)?\(?([AB])\b(?![-'])"
+    r"better one|better choice|choice|i think|i'd say|i would say|i'd go with|i would go with|i go with|"
+    r"definitely|clearly|probably|obviously|certainly)\b)"
+    r"(?:\s+(?i:is|would be|goes to|:))?\s*[:,]?\s*[*_`\"']*\s*(?:(?i:response|option|assistant)\s+)?\(?([AB])\b(?![-'])"
+    + _LETTER_END
 )
-# "Response B is better", "B fits this person better", "A is the better response"
+# A letter said to be the better one: "Response B is better", "A is more aligned with her background",
+# "B fits this person better", "A is preferable", "B wins".
+_GOOD = (r"(?:the\s+|a\s+)?(?:better|best|preferable|superior|more\s+(?:aligned|suitable|appropriate|relevant|"
+         r"tailored|personal|personalized|personalised|helpful|specific|fitting|considerate)|better\s+suited|"
+         r"tailored)")
 _LETTER_IS_BETTER = re.compile(
-    r"(?:^|(?<=[\s*(]))(?:(?i:response|option)\s+)?([AB])\)?\s+(?i:(?:is|fits)\s+(?:clearly\s+|much\s+|"
-    r"far\s+)?(?:the\s+|a\s+)?better|fits\s+(?:this person|them|him|her|the person|the user)\s+better|wins)\b"
+    r"(?:^|(?<=[\s*(]))(?:(?i:response|option|answer)\s+)?([AB])\)?\s+(?i:(?:is|fits|suits|seems|looks)\s+"
+    rf"(?:clearly\s+|much\s+|far\s+|slightly\s+)?{_GOOD}|fits\s+(?:this person|them|him|her|the person|the user)"
+    r"\s+better|wins)\b"
+)
+# The same said of a position: "the second one is preferable", "the first response is better".
+_ORDINAL_IS_BETTER = re.compile(
+    r"(?i:\bthe\s+(first|second)(?:\s+(?:one|response|answer|option))?\s+(?:is|seems|would be)\s+"
+    rf"(?:clearly\s+|much\s+|far\s+|slightly\s+)?{_GOOD})\b"
+)
+# A structured comparison: each response described under its label, "Response A: ...", "B: ...", "**A**: ...".
+_LABEL = re.compile(r"(?:^|(?<=[\n.;]))\s*[*_`]*(?:(?i:response|option|answer)\s+)?([AB])[*_`]*\s*:", re.MULTILINE)
+# Within a response's own part of a comparison, praise of "it" credits that response: "B: tailored; it fits her".
+_IT_IS_BETTER = re.compile(
+    rf"(?i:\b(?:it|this one|this response|this)\s+(?:(?:is|fits|suits|seems)\s+(?:clearly\s+|much\s+|far\s+)?"
+    rf"{_GOOD}|fits\s+(?:this person|them|him|her|the person|the user)\s+better))\b"
 )
 _UNDECIDED = re.compile(
     r"(?i:\b(?:tie|tied|both|neither|cannot|can't|can not|unable|equal|equally|no preference|impossible to)\b)"
 )
+# After an undecided clause, a contrast can still decide: "Both have merit, but A is better."
+_CONTRAST = re.compile(r"(?i:\b(?:but|however|though|yet|still|overall|ultimately|in the end)\b)")
+
+
+def _declarations(text: str) -> list[tuple[int, str]]:
+    """(position, letter) of every place the text says which response is better."""
+    found = [(m.start(), m[1]) for pattern in (_DECLARED, _LETTER_IS_BETTER) for m in pattern.finditer(text)]
+    found += [(m.start(), "A" if m[1].lower() == "first" else "B") for m in _ORDINAL_IS_BETTER.finditer(text)]
+    labels = list(_LABEL.finditer(text))
+    for label, after in zip(labels, [*labels[1:], None]):  # each labelled part, up to the next label
+        part = text[label.end(): after.start() if after else len(text)]
+        found += [(label.end() + m.start(), label[1]) for m in _IT_IS_BETTER.finditer(part)]
+    leading = _LEADING_LETTER.match(text)
+    if leading and not _LABEL.match(text):
+        found.append((leading.start(1), leading[1]))
+    return found
 
 
 def parse_verdict(text: str) -> str | None:
-    """'A' or 'B' when a free-text reply clearly picks one, else None (the `reply` mode)."""
+    """'A' or 'B' when a free-text reply clearly picks one, else None (the `reply` mode).
+
+    Precision first: where a reply does not make one pick clear it is unparsable, never a guess. A reply that
+    only describes the two responses under their labels picks neither; one that names two winners, negates its
+    pick ("A is not better": no pattern reads a negated praise) or stays undecided ("both", "neither", "a tie") picks neither, unless a contrast
+    after the undecided words decides ("Both have merit, but A is better.")."""
     text = (text or "").strip()
     if not text:
         return None
     only = _ONLY_LETTER.match(text)
     if only:
         return only[1]
-    declared = set(_DECLARED.findall(text)) | set(_LETTER_IS_BETTER.findall(text))
-    leading = _LEADING_LETTER.match(text)
-    if leading:
-        declared.add(leading[1])
-    if len(declared) != 1 or _UNDECIDED.search(text):
+    found = _declarations(text)
+    if not found or len({letter for _, letter in found}) != 1:
         return None
-    return declared.pop()
+    undecided = [m.end() for m in _UNDECIDED.finditer(text)]
+    if undecided:
+        contrast = [m.end() for m in _CONTRAST.finditer(text) if m.start() >= undecided[-1]]
+        if not contrast or any(position < contrast[0] for position, _ in found):
+            return None
+    return found[0][1]
 
 
 def parse_last_line(text: str, label: str) -> str | None:
-    """The `last_line` mode: the last non-empty line is the label and a capital A or B (a final period allowed)."""
+    """The `last_line` mode: the last non-empty line is the label and A or B, in any case, bold or not, a final
+    period allowed ("Verdict: A", "**Verdict:** B", "verdict: **a**")."""
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     if not lines:
         return None
-    match = re.fullmatch(rf"{re.escape(label)}\s*([AB])\.?", lines[-1])
-    return match[1] if match else None
+    plain = re.sub(r"[*_`]", "", lines[-1]).strip()
+    match = re.fullmatch(rf"(?i:{re.escape(label)})\s*([ABab])\.?", plain)
+    return match[1].upper() if match else None
 
 
 def verdict_from_margin(margin: float) -> str | None:
