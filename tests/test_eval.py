@@ -204,10 +204,12 @@ def test_another_roleplayer_adds_rows_and_keeps_the_old(evaluated, eval_home, tm
 def test_eval_errors_are_one_line(finished):
     result = cli("eval", "--roleplayer", "gemma", home=finished, check=False)
     assert result.returncode == 2 and "gemma" in result.stderr and "Traceback" not in result.stderr
-    for settings, says in [(["simulate.max_turns=3"], "can change only judge.template"),  # changes conversations
+    for settings, says in [(["simulate.max_turns=3"], "evaluation can change only"),  # changes conversations
                            (["judge.template=compare", "judge.read=last_line"], "judge.max_tokens 64 would cut")]:
         result = cli("eval", *[a for s in settings for a in ("--set", s)], home=finished, check=False)
         assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr, settings
+    result = cli("eval", "--iteration", "7", home=finished, check=False)
+    assert result.returncode == 2 and "no trained iteration 7" in result.stderr
 
 
 def test_eval_set_judges_a_finished_run_another_way_beside_its_verdicts(evaluated, eval_home, tmp_path):
@@ -221,8 +223,6 @@ def test_eval_set_judges_a_finished_run_another_way_beside_its_verdicts(evaluate
         assert it["win_rate_counterbalanced"]["valid"] + it["win_rate_counterbalanced"]["unparsable"] == 2
     assert again["protocol"] in cli("report", "--set", "judge.read=reply", home=home).stdout
     assert evaluated["protocol"] in cli("report", home=home).stdout  # the first verdicts are read as before
-    result = cli("eval", "--iteration", "7", home=finished, check=False)
-    assert result.returncode == 2 and "no trained iteration 7" in result.stderr
 
 
 @pytest.mark.parametrize(
