@@ -310,7 +310,7 @@ def summarize(store: Store, run_id: str, roleplayer: str, judge: str, protocol: 
     base_by_pair = _experimental_by_pair(store, ns, 0)
     out, judged = [], {}
     for it in iterations:
-        by_pair = _experimental_by_pair(store, ns, it)
+        by_pair = _experimental_by_pair(store, ns, it) if it else base_by_pair
         best = [(key, max(values)) for key, values in by_pair.items()]
         conversations = [(key, v) for key, values in by_pair.items() for v in values]
         random_persona = [(r["pair_key"], r["logprob"]) for r in store.eval_logprobs(ns, it, "random")]
