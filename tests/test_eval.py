@@ -247,8 +247,8 @@ def test_verdict_parser(text, verdict):
         # Articles are not verdicts.
         ("I prefer a response that is tailored. Response B is vague.", None), ("Winner: a tie", None),
         ("My choice is a hard one, but B", None), ("Answer: a", None), ("Response a is better.", None),
-        ("A: it mentions a gluten-free diet.", None), ("Response A is a good start, but Response B is better for a "
-                                                      "busy parent.", "B"),
+        ("A: it mentions a gluten-free diet.", None), (("Response A is a good start, but Response B is better for a "
+                                                      "busy parent."), "B"),
         ("Response B is a better fit for her.", "B"), ("It is a close call, but A is better.", "A"),
         # Negations and indecision.
         ("A is not better than B.", None), ("B is not as good as A.", None), ("Tie.", None),
@@ -286,6 +286,8 @@ def test_verdict_parser_further_phrasings(text, verdict):
         ("Neither is perfect; however, B is more specific.", "B"), ("B is better, but both are fine.", None),
         ("I think both are fine.", None), ("A and B both fit; I cannot choose.", None),
         # Refusals, negations and two winners.
+        # Small judges label their answer "A:": "A: A" answers, a bare "A:" does not, "A: B" is unclear.
+        ("A: A", "A"), ("A:", None), ("B:", None), ("A: B", None), ("Verdict: A (A)", "A"), ("Verdict: A (B)", None),
         ("I'm sorry, but I can't compare these responses.", None),
         ("As an AI language model, I cannot express preferences.", None), ("Definitely a tough call.", None),
         ("B is more generic than A.", None), ("The second response is not better.", None),
@@ -312,6 +314,18 @@ def test_verdict_parser_reads_as_a_person_would_and_never_invents_a_verdict(text
 )
 def test_last_line_verdicts_are_strict(text, verdict):
     assert parse_last_line(text, "Verdict:") == verdict
+
+
+REAL_REPLIES = json.loads((Path(__file__).parent / "data" / "judge_replies.json").read_text())["replies"]
+
+
+@pytest.mark.parametrize("n", range(len(REAL_REPLIES)))
+def test_real_judge_replies_read_as_labelled_by_a_person(n):
+    """The tiny judge's own replies (tests/data/judge_replies.json, labelled by reading them): `reply` reads the
+    label a person reads, and `last_line` never reads another letter than it."""
+    item = REAL_REPLIES[n]
+    assert parse_verdict(item["reply"]) == item["label"]
+    assert parse_last_line(item["reply"], "Verdict:") in (None, item["label"])
 
 
 def test_logprob_verdicts_and_their_margin():

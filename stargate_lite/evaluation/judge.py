@@ -21,17 +21,20 @@ import re
 from ..prompts import JUDGE_TEMPLATES
 
 _DECORATION = r"[\s*_`\"'(\[]*"
-# The whole reply is the letter, maybe dressed: "B", "**B**", "(A)", "Response A.", "Answer: B"
+# The whole reply is the letter, maybe dressed: "B", "**B**", "(A)", "Response A.", "Answer: B"; not "A:" (below)
 _ONLY_LETTER = re.compile(
     rf"^{_DECORATION}(?:(?i:response|answer|option|assistant|verdict)\s*:?\s*)?{_DECORATION}([AB])"
-    r"[\s*_`\"')\].!:]*$"
+    r"[\s*_`\"')\].!]*$"
 )
+# Small judges write "A:" as the label of their answer, as in "Q: ... A: ...": "A: A" answers A, a bare "A:"
+# answers nothing, and "A: B" is unclear.
+_ANSWER_LINE = re.compile(r"^[\s*_`]*([AB])[*_`]*\s*:\s*[*_`]*\1[*_`]*\.?[ \t]*$", re.MULTILINE)
 # The reply opens with the letter as its answer and goes on to explain: "A. It fits her diet.", "B, because ...",
 # "A - tailored". A letter followed by a colon is a label ("A: generic tips."), not an answer.
 _LEADING_LETTER = re.compile(rf"^{_DECORATION}(?:(?i:response|option)\s+)?([AB])(?:[.,)\]]|\s*[-\u2013\u2014]\s|\s*\n)")
 # Where a declared letter may end: the text's end, punctuation, or words that go on to give a reason. "Answer A is
-# too generic" names a response; it does not declare one.
-_LETTER_END = r"(?=\s*$|\s*[.!,;:)\]*_`\"']|\s+(?i:over|because|since|as|for|here)\b|\s+[-\u2013\u2014])"
+# too generic" names a response; it does not declare one. "Verdict: A (A)" repeats it.
+_LETTER_END = r"(?=\s*$|\s*[.!,;:)\]*_`\"']|\s*\(\1\)|\s+(?i:over|because|since|as|for|here)\b|\s+[-\u2013\u2014])"
 # Explicit declarations; the keywords in any case, the letter a capital.
 _DECLARED = re.compile(
     r"(?i:\b(?:final answer|answer|verdict|winner|my choice|i choose|i chose|i pick|i would pick|i would choose|"
@@ -72,7 +75,8 @@ _CONTRAST = re.compile(r"(?i:\b(?:but|however|though|yet|still|overall|ultimatel
 
 def _declarations(text: str) -> list[tuple[int, str]]:
     """(position, letter) of every place the text says which response is better."""
-    found = [(m.start(), m[1]) for pattern in (_DECLARED, _LETTER_IS_BETTER) for m in pattern.finditer(text)]
+    found = [(m.start(), m[1]) for pattern in (_DECLARED, _LETTER_IS_BETTER, _ANSWER_LINE)
+             for m in pattern.finditer(text)]
     found += [(m.start(), "A" if m[1].lower() == "first" else "B") for m in _ORDINAL_IS_BETTER.finditer(text)]
     labels = list(_LABEL.finditer(text))
     for label, after in zip(labels, [*labels[1:], None]):  # each labelled part, up to the next label
