@@ -305,6 +305,12 @@ class TrainConfig(_Strict):
         "is in every training example, regularizer prompt and win-rate response prompt. Simulation always "
         "instructs. Recorded with each training; chat and export use it.",
     )
+    dropout_masks: Literal["process", "sequence"] = Field(
+        "process", description="Where LoRA dropout's masks come from. process: torch's generator, seeded alike in "
+        "every process (results as before this setting); sequence: each sequence's masks drawn from a seed of its "
+        "index and epoch, so several processes (train.processes) train the adapter one process trains. With "
+        "train.processes > 1 and lora_dropout > 0, sequence is required. peft backend only.",
+    )
     backend: Literal["auto", "peft", "unsloth"] = Field(
         "auto", description="peft: transformers + peft (+ bitsandbytes 4-bit); unsloth: Unsloth's FastLanguageModel "
         "(CUDA, the [gpu] extra; about 3x faster and half the memory for a 4-bit 7B); auto: unsloth where it is "
@@ -497,6 +503,15 @@ def check_new_work(recipe: Recipe, source: str) -> None:
         raise StargateError(f"{source}: reward.question_cost needs simulate.turns: policy; with uniform turns every "
                             "conversation of a pair has the same turns, so the cost only charges the turns that ask")
     check_judge_budget(recipe.judge, source)
+    check_dropout_masks(recipe.train, source)
+
+
+def check_dropout_masks(train: TrainConfig, source: str) -> None:
+    """Processes that seed torch's generator alike would drop the same units of different sequences."""
+    if train.processes > 1 and train.lora_dropout > 0 and train.dropout_masks != "sequence":
+        raise StargateError(f"{source}: train.processes {train.processes} with lora_dropout {train.lora_dropout} "
+                            "needs train.dropout_masks: sequence (each sequence's masks seeded by its index, so the "
+                            "processes train the adapter one process trains), or lora_dropout 0")
 
 
 def check_judge_budget(judge: JudgeConfig, source: str) -> None:

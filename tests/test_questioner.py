@@ -261,3 +261,53 @@ def test_gradient_accumulation_trains_as_the_larger_batch_does(questioner, tmp_p
     # by up to the learning rate: the adapters agree to 1e-3, not to float precision (measured 3e-4).
     assert max((adapters[0][k] - adapters[1][k]).abs().max().item() for k in adapters[0]) < 1e-3
     assert max(a.abs().max().item() for a in adapters[0].values()) > 1e-3  # the adapter did move
+
+
+def test_sequence_dropout_masks_follow_the_sequence_not_its_batch(questioner):
+    """train.dropout_masks sequence: a sequence's masks come from its own key, whatever shares its batch and
+    however wide the batch is padded, so the LoRA gradients of a batch of three equal those of the same sequences
+    split [2] + [1]; torch's own masks (one draw per batch) do not, and the masks are really on."""
+    from peft import LoraConfig, get_peft_model
+
+    from stargate_lite.engines.sequence_dropout import SequenceMasks
+    from stargate_lite.engines.training import _loss_at_targets, _padded
+
+    examples = [questioner.encode_for_training([*questioner_messages(n, TASK, [], final=True),
+                                                {"role": "assistant", "content": GOLD[: 10 + 25 * i]}])
+                for i, n in enumerate(["Mei", "Bo", "Ana"])]
+    torch.manual_seed(0)
+    model = get_peft_model(questioner.load_base(), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.3,
+                                                              target_modules="all-linear", task_type="CAUSAL_LM"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero, which would hide the masks from A's gradient
+            torch.nn.init.normal_(p, std=0.02)
+    decoder = model.get_base_model()
+    pad = questioner.tokenizer.pad_token_id
+
+    def gradients(batches, masks=None):
+        model.zero_grad()
+        for batch in batches:
+            if masks:
+                masks.rows = [(("epoch 0", i), len(examples[i].input_ids)) for i in batch]
+            ids, labels, _ = _padded([examples[i] for i in batch], pad, "cpu")
+            _loss_at_targets(decoder, ids, labels).backward()
+        return torch.cat([p.grad.reshape(-1) for n, p in model.named_parameters() if p.requires_grad])
+
+    def gap(a, b):
+        return ((a - b).norm() / a.norm()).item()
+
+    model.train()
+    torch.manual_seed(1)
+    torch_whole = gradients([[0, 1, 2]])
+    torch_split = gradients([[0, 1], [2]])
+    model.eval()
+    no_dropout = gradients([[0, 1, 2]])
+    model.train()
+    masks = SequenceMasks(seed=3)
+    assert masks.install(model) == 7 * 30  # every LoRA'd projection of the 30 layers
+    whole, split = gradients([[0, 1, 2]], masks), gradients([[2], [0, 1]], masks)
+    assert gap(whole, split) < 1e-4  # float sums in another order, nothing more
+    assert gap(torch_whole, torch_split) > 0.05  # torch's masks depend on the batch
+    assert gap(whole, no_dropout) > 0.05  # the seeded masks do drop
+    masks.seed = 4
+    assert gap(whole, gradients([[0, 1, 2]], masks)) > 0.05  # and follow the seed

@@ -1,7 +1,7 @@
 import pytest
 
 from stargate_lite.errors import StargateError
-from stargate_lite.recipe import load_recipe, shipped_recipes
+from stargate_lite.recipe import TrainConfig, load_recipe, shipped_recipes
 
 
 @pytest.mark.parametrize("name", shipped_recipes())
@@ -169,6 +169,22 @@ def test_a_question_cost_needs_policy_turns():
     assert recipe_of_run({"id": "old", "recipe": json.dumps(stored)}).reward.question_cost == 0.5
 
 
+def test_dropout_in_several_processes_needs_masks_seeded_per_sequence():
+    """Every process seeds torch's generator alike: with its masks, the processes would drop the same units of
+    different sequences."""
+    with pytest.raises(StargateError, match="needs train.dropout_masks: sequence"):
+        load_recipe("tiny", ["train.processes=2"])
+    assert load_recipe("tiny", ["train.processes=2", "train.dropout_masks=sequence"]).train.processes == 2
+    assert load_recipe("tiny", ["train.processes=2", "train.lora_dropout=0"]).train.processes == 2
+    from stargate_lite.engines.training import resolve_backend
+
+    with pytest.raises(StargateError, match="needs train.dropout_masks: sequence"):  # the Python API refuses it too
+        resolve_backend(TrainConfig(processes=2), "cpu")
+    with pytest.raises(StargateError, match="set train.backend=peft"):
+        resolve_backend(TrainConfig(dropout_masks="sequence", backend="unsloth"), "cuda")
+    assert resolve_backend(TrainConfig(dropout_masks="sequence"), "cuda") == "peft"
+
+
 def test_a_compare_judge_needs_a_budget_for_its_comparison():
     with pytest.raises(StargateError, match="judge.max_tokens 64 would cut"):
         load_recipe("tiny", ["judge.template=compare", "judge.read=last_line"])
@@ -208,7 +224,7 @@ RESULT_FIELDS = {
     *(f"train.{key}" for key in ("method", "dpo_beta", "target", "lora_r", "lora_alpha", "lora_dropout",
                                  "target_modules", "learning_rate", "epochs", "batch_size", "gradient_accumulation",
                                  "max_length", "warmup_ratio", "weight_decay", "gradient_checkpointing", "format",
-                                 "backend")),
+                                 "backend", "dropout_masks")),
     "eval.conversations_per_pair", "eval.win_rate_pairs_per_turn", "eval.judge_orders",
     "judge.template", "judge.read", "judge.label", "judge.max_tokens",
 }
@@ -248,8 +264,9 @@ def test_a_run_resumes_after_an_execution_change_and_refuses_a_result_change(hom
     from stargate_lite.store import Store
 
     store = Store(home)
-    open_run(store, load_recipe("tiny"))
-    faster = load_recipe("tiny", ["train.processes=3", "chat_models.smollm2.n_threads=1",
+    sequence_masks = "train.dropout_masks=sequence"  # with which the number of processes changes no result
+    open_run(store, load_recipe("tiny", [sequence_masks]))
+    faster = load_recipe("tiny", [sequence_masks, "train.processes=3", "chat_models.smollm2.n_threads=1",
                                   "chat_models.smollm2-plain.max_retries=0", "questioner.vllm.max_concurrency=8"])
     with pytest.warns(FallbackNotice, match="continues with new execution settings"):
         open_run(store, faster)
@@ -258,6 +275,6 @@ def test_a_run_resumes_after_an_execution_change_and_refuses_a_result_change(hom
     assert json.loads((home / "runs" / "tiny" / "recipe.json").read_text()) == json.loads(faster.to_json())
     for change in ("simulate.temperature=1.2", "chat_models.smollm2.repeat_penalty=1.0", "train.format=bare"):
         with pytest.raises(StargateError, match=f"different recipe \\(changed: {change.split('=')[0]}\\)"):
-            open_run(store, load_recipe("tiny", ["train.processes=3", "chat_models.smollm2.n_threads=1",
+            open_run(store, load_recipe("tiny", [sequence_masks, "train.processes=3", "chat_models.smollm2.n_threads=1",
                                                  "chat_models.smollm2-plain.max_retries=0",
                                                  "questioner.vllm.max_concurrency=8", change]))

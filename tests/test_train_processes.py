@@ -21,9 +21,10 @@ from stargate_lite.prompts import questioner_messages
 from stargate_lite.recipe import TrainConfig
 from stargate_lite.stages.train import train_adapter
 
-# No dropout: its masks are drawn per process, so with it two processes train as well as one, not identically.
-CONFIG = TrainConfig(lora_r=8, lora_alpha=16, lora_dropout=0.0, batch_size=3, gradient_accumulation=2, epochs=2)
-# Measured: 8.9e-6 at most (sft; dpo 6.6e-6), on weights up to 0.042 (float sums in another order, nothing more).
+# Dropout on, its masks seeded per sequence: each sequence gets the masks it gets in one process.
+CONFIG = TrainConfig(lora_r=8, lora_alpha=16, lora_dropout=0.1, dropout_masks="sequence", batch_size=3,
+                     gradient_accumulation=2, epochs=2)
+# Measured without dropout: 8.9e-6 at most (sft; dpo 6.6e-6), on weights up to 0.042 (float sums in another order).
 TOLERANCE = 1e-4
 
 
@@ -58,7 +59,7 @@ def test_two_processes_train_the_adapter_that_one_process_trains(questioner, tmp
 
 
 RUN_ARGS = ["run", "--iterations", "1", *[a for o in TINY_CI_OVERRIDES for a in ("--set", o)],
-            "--set", "train.processes=2"]
+            "--set", "train.processes=2", "--set", "train.dropout_masks=sequence"]
 
 
 def _workers_started(run: subprocess.Popen, timeout: float = 600) -> tuple[int, list[int]]:

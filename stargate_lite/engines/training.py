@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import StargateError
-from ..recipe import TrainConfig
+from ..recipe import TrainConfig, check_dropout_masks
 from .encoded import Encoded
 from .logits import fast_scoring_refusal, head_logits
 from .memory import trim_heap
@@ -55,6 +55,7 @@ def resolve_backend(config: TrainConfig, device_type: str) -> str:
     """The trainer to use: Unsloth where asked or (auto) where it is installed and the Questioner is on CUDA."""
     import importlib.util
 
+    check_dropout_masks(config, "train")
     if config.processes > 1:
         if config.backend == "unsloth":
             raise StargateError("train.backend unsloth trains in one process: set train.processes=1, or "
@@ -64,6 +65,11 @@ def resolve_backend(config: TrainConfig, device_type: str) -> str:
         if config.backend == "unsloth":
             raise StargateError("train.method dpo trains with the peft backend (its loss needs each sequence's "
                                 "log-probs, with and without the adapter): set train.backend=peft (or auto)")
+        return "peft"
+    if config.dropout_masks == "sequence" and config.lora_dropout > 0:
+        if config.backend == "unsloth":
+            raise StargateError("train.dropout_masks sequence replaces peft's dropout modules; Unsloth's kernels "
+                                "want lora_dropout 0: set train.backend=peft (or auto), or lora_dropout 0")
         return "peft"
     available = device_type == "cuda" and importlib.util.find_spec("unsloth") is not None
     if config.backend == "unsloth" and not available:
@@ -181,6 +187,7 @@ def train_lora(
         targets = [len(e.target_positions) for e in examples]
     epochs = [_batches(lengths, config.batch_size, rng) for _ in range(config.epochs)]
     micro = [b for epoch in epochs for b in epoch]
+    micro_epoch = [e for e, epoch in enumerate(epochs) for _ in epoch]
     total_steps = math.ceil(len(micro) / config.gradient_accumulation)
     schedule = warmup_cosine(math.ceil(config.warmup_ratio * total_steps), total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -195,14 +202,29 @@ def train_lora(
     trained_tokens = 0
     started = time.time()
     processes, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
+    masks = None
+    if config.dropout_masks == "sequence" and config.lora_dropout > 0:
+        from .sequence_dropout import SequenceMasks
+
+        masks = SequenceMasks(seed)
+        if not masks.install(model):
+            raise StargateError("train.dropout_masks sequence found no LoRA dropout module to seed in this model")
     for step in range(total_steps):
-        group = micro[step * config.gradient_accumulation : (step + 1) * config.gradient_accumulation]
+        first = step * config.gradient_accumulation
+        group = micro[first : first + config.gradient_accumulation]
         step_tokens = sum(targets[i] for b in group for i in b)
         step_pairs = sum(len(b) for b in group)
         step_loss = 0.0
-        for batch in (b[rank::processes] for b in group):
+        for j, whole in enumerate(group):
+            batch = whole[rank::processes]
             if not batch:  # fewer examples than processes: this one has none of them
                 continue
+            if masks:  # each row's key: its epoch and index (and, in dpo, chosen 0 or rejected 1)
+                epoch = micro_epoch[first + j]
+                if preference:
+                    masks.rows = [((epoch, i, k), len(examples[i][k].input_ids)) for k in (0, 1) for i in batch]
+                else:
+                    masks.rows = [((epoch, i), len(examples[i].input_ids)) for i in batch]
             if preference:
                 with autocast:  # the mean over the step's pairs, however the step is split
                     loss = _dpo_loss(model, decoder, examples, batch, reference, config.dpo_beta, pad_token_id,
