@@ -20,7 +20,7 @@ import pytest
 import torch
 from conftest import GOLD, TASK, TINY_CI_OVERRIDES, TURNS, cli, descendants, gone, run_args, wait_for
 
-from stargate_lite.engines.encoded import Encoded
+from stargate_lite.engines.encoded import PLAIN_SAMPLING, Encoded
 from stargate_lite.engines.questioner import Questioner
 from stargate_lite.engines.servers import VllmServer, find_vllm_python
 from stargate_lite.errors import StargateError
@@ -35,12 +35,33 @@ from stargate_lite.store import Store
 # -O0: no torch.compile. Its warm-up, done again for every model path (the tests' models live in a new temporary
 # folder each session), took 67 s of a scoring server's start against 20.5 s without, on 2 cores; the tests
 # check what stargate-lite asks of vLLM, not vLLM's compiled kernels.
-SERVER_ARGS = ["--max-model-len", "2048", "-O0"]
+# --max-num-batched-tokens: vLLM's CPU build (0.32) fails a seeded request whose prompt its scheduler splits across
+# steps ("CPU Generator does not use offset", gpu_model_runner's _bookkeeping_sync), which its default budget of
+# 2,048 tokens does with 20 prompts of 105 tokens; 8,192 holds the engine's 64 requests in flight whole.
+SERVER_ARGS = ["--max-model-len", "2048", "-O0", "--max-num-batched-tokens", "8192"]
 TOLERANCE = 1e-3  # per token, between vLLM and transformers in float32 (measured: 3.4e-5 at most)
 
 
+# Some models ship a generation config that samples otherwise, and vLLM applies it to whatever a request leaves
+# unset. The session's servers serve the tiny model with such a config, so every test sees that our requests
+# leave nothing to it.
+GENERATION_CONFIG = {"top_k": 5, "min_p": 0.1, "repetition_penalty": 1.3}
+
+
 @pytest.fixture(scope="session")
-def vllm_urls(questioner, tmp_path_factory):
+def configured_model(questioner, tmp_path_factory) -> Path:
+    """The tiny model's files, its generation config setting GENERATION_CONFIG."""
+    folder = tmp_path_factory.mktemp("configured-model")
+    for file in Path(questioner.source).iterdir():
+        if file.name != "generation_config.json":
+            (folder / file.name).symlink_to(file.resolve())
+    config = json.loads((Path(questioner.source) / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps({**config, **GENERATION_CONFIG}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def vllm_urls(configured_model, tmp_path_factory):
     """The session's two vLLM servers, for generation (LoRA) and scoring; the tests fail, saying how to install
     vLLM, where it is missing."""
     try:
@@ -48,7 +69,7 @@ def vllm_urls(questioner, tmp_path_factory):
     except StargateError as err:
         pytest.fail(f"{err} (the tests need it)")
     logs = tmp_path_factory.mktemp("vllm")
-    servers = [VllmServer(VllmConfig(server_args=SERVER_ARGS), questioner.source, "float32", False,
+    servers = [VllmServer(VllmConfig(server_args=SERVER_ARGS), str(configured_model), "float32", False,
                           logs / f"{role}.log", lora=role == "generation") for role in ("generation", "scoring")]
     try:
         with ThreadPoolExecutor(len(servers)) as starting:  # side by side: a start is mostly one process's imports
@@ -197,11 +218,41 @@ def test_scores_equal_the_local_scorer_per_token(served, questioner, base_model)
     assert all(abs(s - float(t.sum())) < TOLERANCE * n for (s, n), t in zip(sums, local, strict=True))
 
 
+def test_both_engines_sample_from_the_models_plain_distribution_whatever_its_generation_config_says(
+        served, questioner, configured_model):
+    """Seeded, 400 first tokens from each engine at temperature 1 (top_p 1), from a model whose generation config
+    sets top_k 5, min_p 0.1 and a repetition penalty: each engine's frequencies are the softmax's, within 4 binomial
+    standard deviations, in six bins (the five likeliest first words and the rest, 0.64 of the mass, which top_k 5
+    would make 0). Sampled texts are compared as the engines return them, stripped words."""
+    from transformers import AutoModelForCausalLM
+
+    local_model = AutoModelForCausalLM.from_pretrained(configured_model, dtype=torch.float32)
+    assert local_model.generation_config.top_k == 5  # the config the engines must not follow
+    tokenizer = questioner.tokenizer
+    prompt = questioner_messages("Mei", TASK, [], final=False)
+    ids = tokenizer(questioner.render(prompt, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        probs = torch.softmax(local_model(torch.tensor([ids])).logits[0, -1].float(), -1)
+    words = [tokenizer.decode([i], skip_special_tokens=True).strip() for i in range(len(probs))]
+    bins = list(dict.fromkeys(words[i] for i in probs.topk(12).indices.tolist()))[:5]
+    expected = {word: 0.0 for word in [*bins, None]}
+    for word, p in zip(words, probs.tolist(), strict=True):
+        expected[word if word in bins else None] += p
+    assert expected[None] > 0.5
+    n = 400
+    sampling = {"max_new_tokens": 1, "temperature": 1.0, "top_p": 1.0, "batch_size": n, "seed": 11}
+    for texts in (served.generate(served.engine_policy(None), [prompt] * n, **sampling),
+                  questioner.generate(local_model, [prompt] * n, **sampling)):
+        for word, p in expected.items():
+            share = sum((t if t in bins else None) == word for t in texts) / n
+            assert abs(share - p) < 4 * (p * (1 - p) / n) ** 0.5 + 1 / n, (word, share, p)
+
+
 def _served_logprobs(policy, prompt: list[int], max_tokens: int) -> Encoded:
     """A greedy completion by the served policy, with the log-prob it gave each generated token."""
     response = policy.engine.generation.client.completions.create(
         model=policy.model_name, prompt=prompt, max_tokens=max_tokens, temperature=0.0, logprobs=0,
-        extra_body={"return_tokens_as_token_ids": True, "ignore_eos": True})
+        extra_body={"return_tokens_as_token_ids": True, "ignore_eos": True, **PLAIN_SAMPLING})
     logprobs = response.choices[0].logprobs
     generated = [int(t.removeprefix("token_id:")) for t in logprobs.tokens]
     return Encoded(prompt + generated, list(range(len(prompt), len(prompt) + len(generated)))), \
