@@ -325,6 +325,11 @@ class TrainConfig(_Strict):
         "backend only.",
     )
 
+    @property
+    def seeds_dropout_per_sequence(self) -> bool:
+        """Dropout is on and its masks are seeded per sequence (engines/sequence_dropout.py)."""
+        return self.dropout_masks == "sequence" and self.lora_dropout > 0
+
 
 class EvalConfig(_Strict):
     """Evaluation on the test split: gold log-probs under four conditions, and win rates against Q_0."""

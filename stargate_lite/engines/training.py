@@ -66,7 +66,7 @@ def resolve_backend(config: TrainConfig, device_type: str) -> str:
             raise StargateError("train.method dpo trains with the peft backend (its loss needs each sequence's "
                                 "log-probs, with and without the adapter): set train.backend=peft (or auto)")
         return "peft"
-    if config.dropout_masks == "sequence" and config.lora_dropout > 0:
+    if config.seeds_dropout_per_sequence:
         if config.backend == "unsloth":
             raise StargateError("train.dropout_masks sequence replaces peft's dropout modules; Unsloth's kernels "
                                 "want lora_dropout 0: set train.backend=peft (or auto), or lora_dropout 0")
@@ -203,7 +203,7 @@ def train_lora(
     started = time.time()
     processes, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
     masks = None
-    if config.dropout_masks == "sequence" and config.lora_dropout > 0:
+    if config.seeds_dropout_per_sequence:
         from .sequence_dropout import SequenceMasks
 
         masks = SequenceMasks(seed)
