@@ -155,6 +155,13 @@ class ChatModelConfig(_Strict):
     fold_system: bool = Field(
         False, description="Fold system text into the first user turn, for templates without a system role."
     )
+    prompt_cache: bool | None = Field(
+        None, description="llamacpp: keep the previous call's tokens and read only the part of the next prompt "
+        "that differs (llama-cpp-python's prefix reuse) instead of every prompt from the start. Default: on when "
+        "the model runs on the CPU (n_gpu_layers 0), where a prompt read in parts gives the same logits bit for "
+        "bit as one read whole (tested), so results and resumes are unchanged; off on a GPU, whose kernels can "
+        "change with the number of tokens read at once.",
+    )
 
 
 class RolesConfig(_Strict):

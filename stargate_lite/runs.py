@@ -38,7 +38,8 @@ EXECUTION_ONLY = frozenset({
                                            "kv_cache_gib", "max_concurrency", "startup_timeout", "request_timeout",
                                            "max_retries")),
     *(f"chat_models.*.{key}" for key in ("n_threads", "slots", "server_binary", "startup_timeout", "api_key_env",
-                                         "max_concurrency", "request_timeout", "max_retries", "retry_base_seconds")),
+                                         "max_concurrency", "request_timeout", "max_retries", "retry_base_seconds",
+                                         "prompt_cache")),
 })
 # Fields whose default changed since they came in: (section, key) -> what a run stored without the field did.
 _EARLIER_DEFAULTS = {("train", "format"): "instructed"}  # the default until 2026-12-02; the paper's is bare

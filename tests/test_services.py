@@ -261,3 +261,37 @@ def test_a_roleplayer_outage_fails_its_chunks_and_a_rerun_redoes_only_them(serve
         assert db.execute("select count(*) from failures").fetchone()[0] == 0
         assert db.execute("select count(*) from conversations").fetchone()[0] == 4
         assert db.execute("select count(*) from golds").fetchone()[0] == golds  # nothing before it was redone
+
+
+def test_the_in_process_model_reads_only_where_a_prompt_differs_and_answers_bit_for_bit_as_after_a_reset():
+    """Why prefix reuse is on by default on the CPU: the same logits and sampled answers as a prompt read whole."""
+    from stargate_lite.engines.chat_models import LlamaCppChat
+    from stargate_lite.prompts import roleplayer_messages
+
+    persona = "I'm ANA. I am a retired nurse who grows vegetables and cooks for my grandchildren on weekends."
+    task = "Can you suggest a weekly meal plan for me?"
+    first = [{"role": "questioner", "text": question} for question in
+             ("Do you have any dietary restrictions?", "How many people do you cook for?", "What do you grow?")]
+    later = [[turn, {"role": "roleplayer", "text": "Nothing much, I eat everything."},
+              {"role": "questioner", "text": "Which meals do you cook most often?"}] for turn in first]
+    prompts = [roleplayer_messages(persona, task, turns) for turns in ([t] for t in first)]
+    prompts += [roleplayer_messages(persona, task, turns) for turns in later]
+    settings = {"backend": "llamacpp", "model": "builtin:smollm2-135m-instruct", "n_ctx": 1024, "n_threads": 2,
+                "repeat_penalty": 1.15}
+    keeping = LlamaCppChat("keeping", ChatModelConfig(**settings))
+    whole = LlamaCppChat("whole", ChatModelConfig(**settings, prompt_cache=False))
+    assert keeping.keeps_prompt and not whole.keeps_prompt
+    read = {id(keeping): 0, id(whole): 0}
+    for chat in (keeping, whole):
+        def counting_eval(tokens, chat=chat, eval=chat.llm.eval):
+            read[id(chat)] += len(tokens)
+            return eval(tokens)
+        chat.llm.eval = counting_eval
+
+    sampling = Sampling(24, temperature=1.0, seed=3)
+    answers = keeping.complete_each(prompts, sampling)
+    assert read[id(keeping)] > 0
+    alone = [whole.complete_each([prompt], sampling)[0] for prompt in reversed(prompts)][::-1]
+    assert answers == alone and all(answers)
+    assert read[id(keeping)] < 0.6 * read[id(whole)], read  # the persona's system text was read once, not six times
+    assert keeping.choice_logprobs(prompts, ("A", "B")) == whole.choice_logprobs(prompts, ("A", "B"))  # exact floats

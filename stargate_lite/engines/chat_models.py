@@ -118,6 +118,14 @@ class LlamaCppChat:
             n_threads=config.n_threads,
             verbose=False,
         )
+        # Reading only where a prompt differs from the last one's tokens gives the same logits on the CPU, bit for
+        # bit (tests/test_services.py); on a GPU, llama.cpp picks kernels by the number of tokens read at once.
+        self.keeps_prompt = config.prompt_cache if config.prompt_cache is not None else config.n_gpu_layers == 0
+
+    def _start(self) -> None:
+        """Before a call: forget the last prompt unless the next may reuse its common prefix."""
+        if not self.keeps_prompt:
+            self.llm.reset()
 
     def complete_each(self, conversations: list[list[dict]], sampling: Sampling) -> list[str | ChatFailure]:
         return [self._one(messages, sampling) for messages in conversations]
@@ -138,7 +146,7 @@ class LlamaCppChat:
 
             if self.config.fold_system:
                 messages = fold_system(messages)
-            self.llm.reset()
+            self._start()
             self.llm.create_chat_completion(messages=messages, max_tokens=1, temperature=0.0,
                                             logits_processor=LogitsProcessorList([capture]))
             logits = seen[0]
@@ -151,7 +159,7 @@ class LlamaCppChat:
     def _one(self, messages: list[dict], sampling: Sampling) -> str:
         if self.config.fold_system:
             messages = fold_system(messages)
-        self.llm.reset()  # no state carried over from the previous conversation
+        self._start()
         out = self.llm.create_chat_completion(
             messages=messages,
             max_tokens=sampling.max_tokens,
