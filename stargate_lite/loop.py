@@ -164,7 +164,8 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
                 stop_point(f"train/{iteration}")
 
             record = train_adapter(questioner, examples, recipe.train, seed=recipe.seed + iteration,
-                                   out_dir=out_dir, on_step=on_step)
+                                   out_dir=out_dir, on_step=on_step,
+                                   start_from=adapter if recipe.train.init == "previous" else None)
         stop_point(f"trained/{iteration}")
         store.finish_training({"run_id": run_id, "iteration": iteration, "format": recipe.train.format, **record})
         release_memory()

@@ -286,6 +286,11 @@ class TrainConfig(_Strict):
         "count in either: the Questioner's, never the prompt or the Roleplayer's. peft backend only.",
     )
     dpo_beta: float = Field(0.1, gt=0, description="dpo: the strength beta of the preference (DPO's usual 0.1).")
+    init: Literal["base", "previous"] = Field(
+        "base", description="Where each iteration's adapter starts. base (the paper): a fresh LoRA on the base "
+        "model, initialised from the iteration's seed; previous: the last iteration's adapter, trained further "
+        "(iteration 1 starts fresh; the learning rate warms up and decays again each iteration). peft backend only.",
+    )
     target: Literal["response", "gold", "none"] = Field(
         "response",
         description="What follows the questions in training: the policy's response (STaR-GATE), the gold "
@@ -516,6 +521,12 @@ def check_new_work(recipe: Recipe, source: str) -> None:
                             "conversation of a pair has the same turns, so the cost only charges the turns that ask")
     check_judge_budget(recipe.judge, source)
     check_dropout_masks(recipe.train, source)
+    peft_only = [f"train.{key} {value}" for key, value, needs_peft in (
+        ("method", recipe.train.method, recipe.train.method == "dpo"),
+        ("init", recipe.train.init, recipe.train.init == "previous")) if needs_peft]
+    if recipe.train.backend == "unsloth" and peft_only:  # refused here, before any work, not at the train stage
+        raise StargateError(f"{source}: {' and '.join(peft_only)} train with peft, not Unsloth: set "
+                            "train.backend=peft (or auto)")
 
 
 def check_dropout_masks(train: TrainConfig, source: str) -> None:

@@ -98,6 +98,45 @@ def test_each_iteration_trains_a_fresh_lora_on_the_base(finished, tmp_path, monk
     assert any(not torch.equal(seen["end"][n], t) for n, t in start_lora.items())  # the LoRA weights did train
 
 
+def test_with_train_init_previous_an_iteration_continues_the_last_adapter(finished, monkeypatch):
+    """Iteration 2 retrained by the loop's own iteration with train.init previous: its LoRA weights before the
+    first step are iteration 1's adapter as saved."""
+    from contextlib import closing
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from stargate_lite import loop
+    from stargate_lite.engines.chat_models import ChatModels
+    from stargate_lite.engines.questioner import Questioner
+    from stargate_lite.stages import train
+
+    home = finished  # this test's own copy
+    store = Store(home)
+    first = _adapters(home)[0]
+    with store.transaction():  # undo iteration 2's training only
+        store.db.execute("delete from trainings where run_id = 'tiny' and iteration = 2")
+        store.db.execute("delete from stages where run_id = 'tiny' and iteration = 2 and stage = 'train'")
+    seen: dict = {}
+    real_train_lora = train.train_lora
+
+    def watched(model, *args, **kwargs):
+        seen["start"] = {n.replace(".default", ""): p.detach().clone() for n, p in model.named_parameters()
+                         if "lora_" in n}
+        return real_train_lora(model, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_lora", watched)
+    stored = recipe_of_run(store.get_run("tiny"))  # a run's recipe cannot change: the iteration is run directly
+    recipe = stored.model_copy(update={"train": stored.train.model_copy(update={"init": "previous"})})
+    with ChatModels(recipe.chat_models, home) as chat, closing(Questioner(recipe.questioner, home)) as questioner:
+        loop.run_iteration(store, recipe, "tiny", 2, questioner, chat, Progress(enabled=False))
+    assert store.training("tiny", 2) is not None
+    saved = load_file(Path(first) / "adapter_model.safetensors")
+    assert saved and seen["start"].keys() == saved.keys()
+    for name, tensor in saved.items():
+        assert torch.equal(seen["start"][name], tensor), f"{name} did not start as iteration 1 saved it"
+
+
 # Chat templates of other shapes, written here (no weights needed: the tiny tokenizer renders them as text).
 MISTRAL_INST = (  # Mistral/Mixtral-style: no system role, user turns in [INST] ... [/INST], eos after each answer
     "{{ bos_token }}{% for message in messages %}"

@@ -97,6 +97,43 @@ def test_lora_changes_the_adapter_and_not_the_base(questioner, tmp_path):
     assert trained_lp > base_lp  # it learned the response it was trained on
 
 
+def test_training_from_the_previous_adapter_starts_at_its_saved_weights_and_trains_them(questioner, tmp_path,
+                                                                                       monkeypatch):
+    """train.init previous: every LoRA weight starts as the last adapter saved it (not a fresh initialisation),
+    training moves them, and the last adapter's files are left as they were."""
+    from safetensors.torch import load_file
+
+    from stargate_lite.stages import train
+
+    messages = [*questioner_messages("Mei", TASK, TURNS, final=True), {"role": "assistant", "content": GOLD}]
+    examples = [questioner.encode_for_training(messages)] * 2
+    config = TrainConfig(lora_r=4, lora_alpha=8, learning_rate=1e-3, batch_size=1, warmup_ratio=0.0)
+    first = train.train_adapter(questioner, examples, config, seed=0, out_dir=tmp_path / "first")
+    saved_file = tmp_path / "first" / "adapter_model.safetensors"
+    saved, saved_bytes = load_file(saved_file), saved_file.read_bytes()
+    seen = {}
+    real_train_lora = train.train_lora
+
+    def watched(model, *args, **kwargs):
+        seen["start"] = {n.replace(".default", ""): p.detach().clone() for n, p in model.named_parameters()
+                         if "lora_" in n}
+        record = real_train_lora(model, *args, **kwargs)
+        seen["end"] = {n.replace(".default", ""): p.detach().clone() for n, p in model.named_parameters()
+                       if "lora_" in n}
+        return record
+
+    monkeypatch.setattr(train, "train_lora", watched)
+    second = train.train_adapter(questioner, examples, config.model_copy(update={"init": "previous"}), seed=1,
+                                 out_dir=tmp_path / "second", start_from=str(tmp_path / "first"))
+    assert saved and seen["start"].keys() == saved.keys()
+    for name, tensor in saved.items():
+        assert torch.equal(seen["start"][name], tensor), f"{name} did not start as saved"
+    assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in seen["start"].items())  # fresh: 0
+    assert any(not torch.equal(seen["end"][name], tensor) for name, tensor in seen["start"].items())
+    assert second["losses"][0] < first["losses"][0]  # it goes on from where the first training ended
+    assert saved_file.read_bytes() == saved_bytes
+
+
 def test_checkpointed_training_warns_the_user_of_nothing(questioner):
     """transformers deprecated gradient_checkpointing_enable; its warning reached the user at every iteration."""
     import warnings

@@ -185,6 +185,18 @@ def test_dropout_in_several_processes_needs_masks_seeded_per_sequence():
     assert resolve_backend(TrainConfig(dropout_masks="sequence"), "cuda") == "peft"
 
 
+def test_continuing_the_last_adapter_or_dpo_with_unsloth_is_refused_before_any_work():
+    from stargate_lite.engines.training import resolve_backend
+
+    for setting in ("train.init=previous", "train.method=dpo"):
+        with pytest.raises(StargateError, match=f"{setting.replace('=', ' ')} train with peft, not Unsloth"):
+            load_recipe("tiny", [setting, "train.backend=unsloth"])
+        assert load_recipe("tiny", [setting]).train.backend == "auto"
+    with pytest.raises(StargateError, match="train.init previous continues the last adapter with peft"):
+        resolve_backend(TrainConfig(init="previous", backend="unsloth"), "cuda")  # the Python API refuses it too
+    assert resolve_backend(TrainConfig(init="previous"), "cuda") == "peft"
+
+
 def test_a_compare_judge_needs_a_budget_for_its_comparison():
     with pytest.raises(StargateError, match="judge.max_tokens 64 would cut"):
         load_recipe("tiny", ["judge.template=compare", "judge.read=last_line"])
@@ -221,7 +233,7 @@ RESULT_FIELDS = {
                                     "question_max_tokens", "answer_max_tokens", "answer_temperature",
                                     "max_answer_sentences", "batch_size", "pairs_per_chunk")),
     "reward.question_cost", "score.batch_size", "score.vocab_chunk_tokens", "respond.max_tokens", "respond.batch_size",
-    *(f"train.{key}" for key in ("method", "dpo_beta", "target", "lora_r", "lora_alpha", "lora_dropout",
+    *(f"train.{key}" for key in ("method", "dpo_beta", "init", "target", "lora_r", "lora_alpha", "lora_dropout",
                                  "target_modules", "learning_rate", "epochs", "batch_size", "gradient_accumulation",
                                  "max_length", "warmup_ratio", "weight_decay", "gradient_checkpointing", "format",
                                  "backend", "dropout_masks")),

@@ -105,7 +105,7 @@ class Questioner:
             return model
         from peft import PeftModel
 
-        policy = PeftModel.from_pretrained(model, _checked_adapter(adapter))
+        policy = PeftModel.from_pretrained(model, checked_adapter(adapter))
         policy.eval()
         return policy
 
@@ -277,7 +277,7 @@ def _stop_ids(eos_token_id: int | None, configured: int | list[int] | None) -> l
     return sorted(i for i in ids if i is not None)
 
 
-def _checked_adapter(adapter: str) -> str:
+def checked_adapter(adapter: str) -> str:
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise StargateError(f"adapter {adapter} is missing or incomplete: rerun the iteration that trains it")
     return adapter
@@ -313,9 +313,9 @@ class SharedBase:
         if name is None:
             name = f"adapter-{len(self.adapter_names)}"
             if isinstance(self.model, PeftModel):
-                self.model.load_adapter(_checked_adapter(adapter), adapter_name=name)
+                self.model.load_adapter(checked_adapter(adapter), adapter_name=name)
             else:
-                self.model = PeftModel.from_pretrained(self.model, _checked_adapter(adapter), adapter_name=name)
+                self.model = PeftModel.from_pretrained(self.model, checked_adapter(adapter), adapter_name=name)
             self.adapter_names[adapter] = name
         self.model.set_adapter(name)
         self.model.eval()

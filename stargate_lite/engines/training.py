@@ -1,6 +1,7 @@
-"""The LoRA trainer the train stage drives: a fresh adapter on the base model, the optimisation loop (SFT's masked
-loss or DPO's against the base with the adapter off), gradients summed across processes, and the adapter written
-atomically. Shared by the in-process, isolated (Unsloth) and multi-process paths of stages/train.py."""
+"""The LoRA trainer the train stage drives: a fresh adapter on the base model (or the last one, train.init
+previous), the optimisation loop (SFT's masked loss or DPO's against the base with the adapter off), gradients
+summed across processes, and the adapter written atomically. Shared by the in-process, isolated (Unsloth) and
+multi-process paths of stages/train.py."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from ..recipe import TrainConfig, check_dropout_masks
 from .encoded import Encoded
 from .logits import fast_scoring_refusal, head_logits
 from .memory import trim_heap
-from .questioner import Questioner
+from .questioner import Questioner, checked_adapter
 
 IGNORE = -100
 
@@ -66,6 +67,11 @@ def resolve_backend(config: TrainConfig, device_type: str) -> str:
             raise StargateError("train.method dpo trains with the peft backend (its loss needs each sequence's "
                                 "log-probs, with and without the adapter): set train.backend=peft (or auto)")
         return "peft"
+    if config.init == "previous":
+        if config.backend == "unsloth":
+            raise StargateError("train.init previous continues the last adapter with peft (Unsloth makes its own "
+                                "LoRA): set train.backend=peft (or auto), or train.init=base")
+        return "peft"
     if config.seeds_dropout_per_sequence:
         if config.backend == "unsloth":
             raise StargateError("train.dropout_masks sequence replaces peft's dropout modules; Unsloth's kernels "
@@ -81,11 +87,11 @@ def resolve_backend(config: TrainConfig, device_type: str) -> str:
     return "unsloth" if config.backend != "peft" and available else "peft"
 
 
-def attach_lora(model, config: TrainConfig, seed: int):
-    """A fresh LoRA adapter on a plain base model (peft), initialised from `seed`: every iteration starts here,
-    never from the previous iteration's adapter."""
+def attach_lora(model, config: TrainConfig, seed: int, start_from: str | None = None):
+    """A LoRA adapter on a plain base model (peft), to train: a fresh one initialised from `seed` (train.init
+    base, the paper's), or the saved adapter `start_from` (train.init previous)."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, PeftModel, get_peft_model
 
     if config.gradient_checkpointing:
         # Non-reentrant checkpointing needs no grad on the inputs. 4-bit models stay as loaded: without
@@ -99,6 +105,8 @@ def attach_lora(model, config: TrainConfig, seed: int):
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(seed)
+    if start_from is not None:
+        return PeftModel.from_pretrained(model, checked_adapter(start_from), is_trainable=True)
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -109,12 +117,12 @@ def attach_lora(model, config: TrainConfig, seed: int):
     return get_peft_model(model, lora)
 
 
-def load_for_training(questioner: Questioner, config: TrainConfig, seed: int):
-    """A freshly loaded base Questioner with a fresh LoRA adapter, ready for `train_lora` (peft, or Unsloth's
-    model and LoRA). Returns (model, backend name)."""
+def load_for_training(questioner: Questioner, config: TrainConfig, seed: int, start_from: str | None = None):
+    """A freshly loaded base Questioner with a fresh LoRA adapter, or the adapter `start_from`, ready for
+    `train_lora` (peft, or Unsloth's model and LoRA). Returns (model, backend name)."""
     backend = resolve_backend(config, questioner.device.type)
     if backend == "peft":
-        return attach_lora(questioner.load_base(), config, seed), backend
+        return attach_lora(questioner.load_base(), config, seed, start_from), backend
     from unsloth import FastLanguageModel
 
     source = Path(questioner.source)

@@ -25,8 +25,10 @@ def train_adapter(
     seed: int,
     out_dir: Path,
     on_step: Callable[[int, int, float], None] | None = None,
+    start_from: str | None = None,
 ) -> dict:
-    """The train stage: a fresh LoRA adapter on the base Questioner, with the backend the recipe resolves to.
+    """The train stage: a fresh LoRA adapter on the base Questioner, or the adapter `start_from` trained further
+    (train.init previous, peft only), with the backend the recipe resolves to.
 
     Unsloth trains in a child process: it patches transformers' model classes when it loads a model, and
     those patches must not reach the generation and scoring this process does in later iterations.
@@ -35,10 +37,11 @@ def train_adapter(
     if config.processes > 1:
         from .train_processes import train_in_processes
 
-        return train_in_processes(questioner, examples, config, seed=seed, out_dir=out_dir, on_step=on_step)
+        return train_in_processes(questioner, examples, config, seed=seed, out_dir=out_dir, on_step=on_step,
+                                  start_from=start_from)
     if backend == "unsloth":
         return train_isolated(questioner, examples, config, seed=seed, out_dir=out_dir, on_step=on_step)
-    model, _ = load_for_training(questioner, config, seed)
+    model, _ = load_for_training(questioner, config, seed, start_from)
     return train_lora(model, examples, config, seed=seed, out_dir=out_dir,
                       pad_token_id=questioner.tokenizer.pad_token_id, backend=backend, on_step=on_step)
 

@@ -1,5 +1,5 @@
 """The train stage in several processes (train.processes): `accelerate launch` starts them, each loads the base
-model with the same fresh adapter and trains on its share of every micro-batch (engines/training.py), and the main
+model with the same adapter (fresh, or the last one) and trains on its share of every micro-batch (engines/training.py), and the main
 one writes the adapter and the training record.
 
 The launcher is a tied child (processes.py), and each worker dies with the launcher, so killing stargate-lite or
@@ -53,8 +53,10 @@ def train_in_processes(
     seed: int,
     out_dir: Path,
     on_step: Callable[[int, int, float], None] | None = None,
+    start_from: str | None = None,
 ) -> dict:
-    """Train the iteration's adapter in config.processes processes; returns the training record."""
+    """Train the iteration's adapter (fresh, or `start_from` trained further) in config.processes processes;
+    returns the training record."""
     import torch
 
     processes = config.processes
@@ -65,7 +67,7 @@ def train_in_processes(
     shutil.rmtree(job_dir, ignore_errors=True)
     job_dir.mkdir(parents=True)
     job = {"questioner": questioner.config, "home": str(questioner.home), "examples": examples, "config": config,
-           "seed": seed, "out_dir": str(out_dir)}
+           "seed": seed, "out_dir": str(out_dir), "start_from": start_from}
     (job_dir / "job.pkl").write_bytes(pickle.dumps(job))
     log = job_dir.parent / "train.log"
     process = spawn_tied(launch_command(processes, job_dir, questioner.device.type), log)
@@ -119,7 +121,7 @@ def _worker(job_dir: Path) -> None:
         steps.write(json.dumps({"step": step, "total": total, "loss": loss}) + "\n")
         steps.flush()
 
-    model = attach_lora(questioner.load_base(), config, job["seed"])
+    model = attach_lora(questioner.load_base(), config, job["seed"], job["start_from"])
     record = train_lora(model, job["examples"], config, seed=job["seed"], out_dir=Path(job["out_dir"]),
                         pad_token_id=questioner.tokenizer.pad_token_id, backend="peft",
                         on_step=on_step if main else None, accelerator=accelerator)
