@@ -77,7 +77,7 @@ def _items(batch, length, target, vocab):
 
 
 def test_scoring_stays_within_its_memory_budget_and_gives_the_same_logprobs(base_model):
-    items = _items(8, 256, 64, base_model.config.vocab_size)
+    items = _items(8, 128, 32, base_model.config.vocab_size)
     unbounded = _scoring_peak(base_model, items, batch_size=8, vocab_chunk_tokens=512)
     budget = unbounded // 4
     bounded = _scoring_peak(base_model, items, batch_size=8, vocab_chunk_tokens=512, memory_budget_bytes=budget)

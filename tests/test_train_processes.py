@@ -42,13 +42,17 @@ def test_two_processes_train_the_adapter_that_one_process_trains(questioner, tmp
     examples = _examples(questioner)
     if method == "dpo":  # 7 pairs: each conversation's plan preferred to a refusal after it
         examples = list(zip(examples, _examples(questioner, lambda i: "I cannot help with meal plans.")))
-    config = CONFIG.model_copy(update={"method": method})
+    # DPO in one epoch: the epoch's part of each mask's seed is sft's to check; each of dpo's 7 steps is two
+    # sequences a pair (89 s in two epochs, 2026-12-02).
+    config = CONFIG.model_copy(update={"method": method, "epochs": 1 if method == "dpo" else CONFIG.epochs})
     one = train_adapter(questioner, examples, config, seed=5, out_dir=tmp_path / "one")
     steps = []
     two = train_adapter(questioner, examples, config.model_copy(update={"processes": 2}), seed=5,
                         out_dir=tmp_path / "two", on_step=lambda step, total, loss: steps.append((step, total)))
     assert (one["processes"], two["processes"]) == (1, 2)
-    assert steps == [(1, 3), (2, 3), (3, 3)]  # progress reaches this process as the workers step
+    total = one["steps"]
+    assert steps == [(step, total) for step in range(1, total + 1)]  # progress reaches this process as workers step
+    assert total == {1: 2, 2: 3}[config.epochs]  # 7 sequences: 3 micro-batches an epoch, 2 accumulated a step
     assert two["steps"] == one["steps"] and two["trained_tokens"] == one["trained_tokens"]
     assert torch.allclose(torch.tensor(two["losses"]), torch.tensor(one["losses"]), atol=TOLERANCE)
     a, b = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("one", "two"))

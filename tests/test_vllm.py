@@ -222,14 +222,16 @@ def test_both_engines_sample_from_the_models_plain_distribution_whatever_its_gen
         served, questioner, configured_model):
     """Seeded, 400 first tokens from each engine at temperature 1 (top_p 1), from a model whose generation config
     sets top_k 5, min_p 0.1 and a repetition penalty: each engine's frequencies are the softmax's, within 4 binomial
-    standard deviations, in six bins (the five likeliest first words and the rest, 0.64 of the mass, which top_k 5
-    would make 0). Sampled texts are compared as the engines return them, stripped words."""
+    standard deviations, in six bins (the five likeliest first words and the rest, 0.56 of the mass, which top_k 5
+    would make 0). Sampled texts are compared as the engines return them, stripped words. A short prompt (44
+    tokens with the template's system text): the local engine reads it 400 times, 32 s against 80 s for a
+    Questioner prompt of 105."""
     from transformers import AutoModelForCausalLM
 
     local_model = AutoModelForCausalLM.from_pretrained(configured_model, dtype=torch.float32)
     assert local_model.generation_config.top_k == 5  # the config the engines must not follow
     tokenizer = questioner.tokenizer
-    prompt = questioner_messages("Mei", TASK, [], final=False)
+    prompt = [{"role": "user", "content": "Name one thing you might ask a friend who wants a meal plan."}]
     ids = tokenizer(questioner.render(prompt, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         probs = torch.softmax(local_model(torch.tensor([ids])).logits[0, -1].float(), -1)
