@@ -12,10 +12,11 @@ from pathlib import Path
 from .engines.chat_models import ChatModels, preflight
 from .engines.memory import release_memory
 from .engines.questioner import Questioner
+from .engines.training import group_advantages
 from .errors import StargateError
 from .progress import Progress
 from .prompts import questioner_messages
-from .recipe import Recipe
+from .recipe import POLICY_GRADIENT_METHODS, Recipe
 from .runs import open_run, run_dir, run_lock, split_for, stop_point
 from .stages.data import make_pairs, prepare_data
 from .stages.respond import respond_stage
@@ -91,6 +92,35 @@ def preference_examples(store: Store, recipe: Recipe, run_id: str, iteration: in
     return _some(examples, run_id, iteration)
 
 
+def policy_samples(store: Store, recipe: Recipe, run_id: str, iteration: int) -> list[tuple[list[dict], float]]:
+    """(conversation, advantage) for every scored conversation (train.method rloo or grpo): the Questioner's
+    turns as it sampled them, after the prompt it sampled them from (the instructed one, whatever train.format),
+    with its answer last where it gave one (simulate.turns policy); the advantage from its pair's rewards
+    (engines/training.py, group_advantages).
+
+    Unlike sft and dpo, conversations with an empty question are kept: the policy sampled the empty turn, and
+    its advantage says whether to make it likelier. Pairs whose conversations all have one reward teach
+    nothing but the KL penalty, and are left out."""
+    pairs = {p["id"]: p for p in store.pairs(run_id, iteration)}
+    groups: dict[str, list[dict]] = {}
+    for row in store.rewards(run_id, iteration, recipe.reward.question_cost):
+        groups.setdefault(row["pair_id"], []).append(row)
+    groups = {pair: rows for pair, rows in groups.items() if len({r["reward"] for r in rows}) > 1}
+    turns = store.turns([r["conversation_id"] for rows in groups.values() for r in rows])
+    decide = recipe.simulate.turns == "policy"
+    samples = []
+    for pair_id, rows in groups.items():
+        pair = pairs[pair_id]
+        advantages = group_advantages([r["reward"] for r in rows], recipe.train.method)
+        for row, advantage in zip(rows, advantages, strict=True):
+            messages = questioner_messages(pair["persona_name"], pair["task"], turns[row["conversation_id"]],
+                                           final=False, instruction=True, decide=decide)
+            if row["answer"] is not None:
+                messages.append({"role": "assistant", "content": row["answer"]})
+            samples.append((messages, advantage))
+    return _some(samples, run_id, iteration)
+
+
 def _some(examples: list, run_id: str, iteration: int) -> list:
     if not examples:
         raise StargateError(
@@ -153,6 +183,9 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
         if recipe.train.method == "dpo":
             examples = [(questioner.encode_for_training(chosen), questioner.encode_for_training(rejected))
                         for chosen, rejected in preference_examples(store, recipe, run_id, iteration)]
+        elif recipe.train.method in POLICY_GRADIENT_METHODS:
+            examples = [(questioner.encode_for_training(messages), advantage)
+                        for messages, advantage in policy_samples(store, recipe, run_id, iteration)]
         else:
             examples = [questioner.encode_for_training(m) for m in training_examples(store, recipe, run_id, iteration)]
         out_dir = run_dir(store, run_id) / f"iteration-{iteration}" / "adapter"
@@ -165,7 +198,8 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
 
             record = train_adapter(questioner, examples, recipe.train, seed=recipe.seed + iteration,
                                    out_dir=out_dir, on_step=on_step,
-                                   start_from=adapter if recipe.train.init == "previous" else None)
+                                   start_from=adapter if recipe.train.init == "previous" else None,
+                                   sampling=(recipe.simulate.temperature, recipe.simulate.top_p))
         stop_point(f"trained/{iteration}")
         store.finish_training({"run_id": run_id, "iteration": iteration, "format": recipe.train.format, **record})
         release_memory()

@@ -221,6 +221,12 @@ def _m015_training_method(db: sqlite_utils.Database) -> None:
     db["trainings"].add_column("method", str)
 
 
+def _m016_policy_steps(db: sqlite_utils.Database) -> None:
+    # train.method rloo and grpo: per optimizer step, the mean |importance ratio - 1|, the share of clipped tokens
+    # and the mean KL estimate to the base (JSON); NULL for the other methods and in runs made before.
+    db["trainings"].add_column("policy_steps", str)
+
+
 MIGRATIONS = [
     ("m001_initial", _m001_initial),
     ("m002_eval", _m002_eval),
@@ -237,6 +243,7 @@ MIGRATIONS = [
     ("m013_question_cost", _m013_question_cost),
     ("m014_roleplayers", _m014_roleplayers),
     ("m015_training_method", _m015_training_method),
+    ("m016_policy_steps", _m016_policy_steps),
 ]
 
 
@@ -532,6 +539,18 @@ class Store:
             [question_cost, question_cost, run_id, iteration],
         )
 
+    def rewards(self, run_id: str, iteration: int, question_cost: float = 0.0) -> list[dict]:
+        """Every scored conversation of an iteration {pair_id, conversation_id, answer, reward}, its reward as
+        selection reckons it (best_scores), in (pair, sample) order: the samples of rloo and grpo."""
+        return self.rows(
+            """
+            select c.pair_id, c.id as conversation_id, c.answer, s.logprob - ? * c.questions as reward
+            from conversations c join scores s on s.conversation_id = c.id
+            where c.run_id = ? and c.iteration = ? order by c.pair_id, c.sample
+            """,
+            [question_cost, run_id, iteration],
+        )
+
     def selected_turns(self, run_id: str, iteration: int) -> dict[str, list[dict]]:
         """The turns of an iteration's selected conversations, by conversation id (one query, no id list)."""
         rows: dict[str, list[tuple]] = {}
@@ -624,7 +643,9 @@ class Store:
         adapter = Path(row["adapter"])
         if adapter.is_relative_to(self.home):
             adapter = adapter.relative_to(self.home)
-        row = {**row, "adapter": str(adapter), "losses": json.dumps(row["losses"]), "finished_at": now}
+        steps = row.get("policy_steps")
+        row = {**row, "adapter": str(adapter), "losses": json.dumps(row["losses"]),
+               "policy_steps": json.dumps(steps) if steps else None, "finished_at": now}
         with self.transaction():
             self.db["trainings"].insert(row, pk=("run_id", "iteration"), replace=True)
             self.db["stages"].insert({"run_id": row["run_id"], "iteration": row["iteration"], "stage": "train",

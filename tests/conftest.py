@@ -54,8 +54,8 @@ GOLD = "Here is a plan of quick spicy dinners: Monday, dan dan noodles; Tuesday,
 
 # tier -> (fixtures, names the test's code uses, string constants it holds) that put a test in it.
 TIERS = {
-    "run": ({"data_home", "finished_run", "eval_home", "preferred_run", "stopped_run"},
-            {"run_args", "dpo_args", "policy_args", "RUN_ARGS", "TINY_CI_OVERRIDES"}, {"--iterations"}),
+    "run": ({"data_home", "finished_run", "eval_home", "preferred_run", "stopped_run", "rloo_run"},
+            {"run_args", "dpo_args", "rloo_args", "policy_args", "RUN_ARGS", "TINY_CI_OVERRIDES"}, {"--iterations"}),
     "server": ({"binary", "llama_server"}, {"LlamaServer", "LlamaServerChat", "find_binary"}, set()),
     "vllm": ({"vllm_urls", "served", "launch"}, set(), set()),
     "processes": (set(), {"train_in_processes"}, {"processes", "train.processes=2"}),

@@ -37,24 +37,34 @@ def _examples(questioner, final=lambda i: GOLD[: 40 + 7 * i]) -> list:
     return examples
 
 
-@pytest.mark.parametrize("method", ["sft", "dpo"])
+@pytest.mark.parametrize("method", ["sft", "dpo", "rloo"])
 def test_two_processes_train_the_adapter_that_one_process_trains(questioner, tmp_path, method):
     examples = _examples(questioner)
+    sampling = None
     if method == "dpo":  # 7 pairs: each conversation's plan preferred to a refusal after it
         examples = list(zip(examples, _examples(questioner, lambda i: "I cannot help with meal plans.")))
-    # DPO in one epoch: the epoch's part of each mask's seed is sft's to check; each of dpo's 7 steps is two
-    # sequences a pair (89 s in two epochs, 2026-12-02).
-    config = CONFIG.model_copy(update={"method": method, "epochs": 1 if method == "dpo" else CONFIG.epochs})
-    one = train_adapter(questioner, examples, config, seed=5, out_dir=tmp_path / "one")
+    if method == "rloo":  # 7 samples, of advantages either side of 0; no dropout (the method's rule)
+        examples = [(e, (-1) ** i * (0.5 + i / 4)) for i, e in enumerate(examples)]
+        sampling = (0.9, 0.9)
+    # DPO and RLOO in one epoch: the epoch's part of each mask's seed is sft's to check; each of dpo's 7 steps is
+    # two sequences a pair (89 s in two epochs, 2026-12-02).
+    config = CONFIG.model_copy(update={"method": method, "epochs": 1 if method != "sft" else CONFIG.epochs,
+                                       **({"lora_dropout": 0.0} if method == "rloo" else {})})
+    one = train_adapter(questioner, examples, config, seed=5, out_dir=tmp_path / "one", sampling=sampling)
     steps = []
     two = train_adapter(questioner, examples, config.model_copy(update={"processes": 2}), seed=5,
-                        out_dir=tmp_path / "two", on_step=lambda step, total, loss: steps.append((step, total)))
+                        out_dir=tmp_path / "two", on_step=lambda step, total, loss: steps.append((step, total)),
+                        sampling=sampling)
     assert (one["processes"], two["processes"]) == (1, 2)
     total = one["steps"]
     assert steps == [(step, total) for step in range(1, total + 1)]  # progress reaches this process as workers step
     assert total == {1: 2, 2: 3}[config.epochs]  # 7 sequences: 3 micro-batches an epoch, 2 accumulated a step
     assert two["steps"] == one["steps"] and two["trained_tokens"] == one["trained_tokens"]
     assert torch.allclose(torch.tensor(two["losses"]), torch.tensor(one["losses"]), atol=TOLERANCE)
+    if method == "rloo":  # the record's sums, gathered from both processes: the second step has moved from 1
+        drift = [[step["ratio_drift"] for step in record["policy_steps"]] for record in (one, two)]
+        assert drift[0][0] == drift[1][0] == 0 and drift[0][1] > 1e-4
+        assert drift[1][1] == pytest.approx(drift[0][1], rel=1e-2)
     a, b = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("one", "two"))
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < TOLERANCE

@@ -18,6 +18,8 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager
 
+from .logits import in_nucleus
+
 ATTENTION_NAME = "stargate_grouped_decode"
 
 
@@ -201,8 +203,5 @@ def _choose(logits, temperature: float, top_p: float, generator):
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # mass before a token already reaches top_p
-        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+        probs = probs.masked_fill(~in_nucleus(probs, top_p), 0.0)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

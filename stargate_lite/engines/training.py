@@ -1,7 +1,7 @@
 """The LoRA trainer the train stage drives: a fresh adapter on the base model (or the last one, train.init
-previous), the optimisation loop (SFT's masked loss or DPO's against the base with the adapter off), gradients
-summed across processes, and the adapter written atomically. Shared by the in-process, isolated (Unsloth) and
-multi-process paths of stages/train.py."""
+previous), the optimisation loop (SFT's masked loss, DPO's against the base with the adapter off, or RLOO's and
+GRPO's clipped policy gradient), gradients summed across processes, and the adapter written atomically. Shared by
+the in-process, isolated (Unsloth) and multi-process paths of stages/train.py."""
 
 from __future__ import annotations
 
@@ -14,13 +14,30 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import StargateError
-from ..recipe import TrainConfig, check_dropout_masks
+from ..recipe import POLICY_GRADIENT_METHODS, TrainConfig, check_dropout_masks
 from .encoded import Encoded
-from .logits import fast_scoring_refusal, head_logits
+from .logits import fast_scoring_refusal, head_logits, sampling_logprobs
 from .memory import trim_heap
 from .questioner import Questioner, checked_adapter
 
 IGNORE = -100
+GRPO_STD_EPSILON = 1e-4  # added to a group's standard deviation, as TRL's GRPOTrainer does
+
+
+def group_advantages(rewards: list[float], method: str) -> list[float]:
+    """Each sample's advantage within its group (a pair's conversations): rloo, its reward less the mean of the
+    others' (REINFORCE leave-one-out); grpo, its reward less the group's mean, over the group's standard deviation
+    (the sample's, n - 1) plus GRPO_STD_EPSILON. A group of equal rewards gets 0 everywhere."""
+    n = len(rewards)
+    if n < 2:
+        raise ValueError("a group needs at least two samples to be its own baseline")
+    mean = sum(rewards) / n
+    if method == "rloo":
+        return [(r - mean) * n / (n - 1) for r in rewards]  # r - (sum - r) / (n - 1), exactly rearranged
+    if method == "grpo":
+        std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / (n - 1))
+        return [(r - mean) / (std + GRPO_STD_EPSILON) for r in rewards]
+    raise ValueError(f"no group advantage for train.method {method}")
 
 
 def _batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -62,10 +79,10 @@ def resolve_backend(config: TrainConfig, device_type: str) -> str:
             raise StargateError("train.backend unsloth trains in one process: set train.processes=1, or "
                                 "train.backend=peft (or auto) to train in several")
         return "peft"
-    if config.method == "dpo":
+    if config.method != "sft":
         if config.backend == "unsloth":
-            raise StargateError("train.method dpo trains with the peft backend (its loss needs each sequence's "
-                                "log-probs, with and without the adapter): set train.backend=peft (or auto)")
+            raise StargateError(f"train.method {config.method} trains with the peft backend (its loss needs each "
+                                "sequence's log-probs, with and without the adapter): set train.backend=peft (or auto)")
         return "peft"
     if config.init == "previous":
         if config.backend == "unsloth":
@@ -163,11 +180,14 @@ def train_lora(
     backend: str = "peft",
     on_step: Callable[[int, int, float], None] | None = None,
     accelerator=None,
+    sampling: tuple[float, float] | None = None,
 ) -> dict:
     """Train `model`'s LoRA adapter (from `load_for_training`, or `attach_lora`) and save it to out_dir.
     Returns the training record.
 
-    `examples` are Encoded sequences (train.method sft) or (chosen, rejected) pairs of them (dpo, `_dpo_loss`).
+    `examples` are Encoded sequences (train.method sft), (chosen, rejected) pairs of them (dpo, `_dpo_loss`), or
+    (sequence, advantage) samples (rloo and grpo, `policy_terms`; `sampling` is the (temperature, top_p) they
+    were sampled at).
     With an `accelerator` of N processes (train_processes.py), each micro-batch's examples are shared out
     among them (per-process batch ceil(batch_size / N)), so an optimizer step sees the same examples as in one
     process; the summed gradients make the same step, and the main process saves the adapter."""
@@ -176,6 +196,9 @@ def train_lora(
     if not examples:
         raise ValueError("no training examples")
     preference = config.method == "dpo"
+    policy_gradient = config.method in POLICY_GRADIENT_METHODS
+    if policy_gradient and sampling is None:
+        raise ValueError(f"train.method {config.method} needs the temperature and top-p its samples were drawn at")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     device = next(model.parameters()).device
@@ -189,6 +212,10 @@ def train_lora(
         examples = [(_keep_last(c, config.max_length), _keep_last(r, config.max_length)) for c, r in examples]
         lengths = [max(len(c.input_ids), len(r.input_ids)) for c, r in examples]
         targets = [len(c.target_positions) + len(r.target_positions) for c, r in examples]
+    elif policy_gradient:
+        examples = [(_keep_last(e, config.max_length), advantage) for e, advantage in examples]
+        lengths = [len(e.input_ids) for e, _ in examples]
+        targets = [len(e.target_positions) for e, _ in examples]
     else:
         examples = [_keep_last(e, config.max_length) for e in examples]
         lengths = [len(e.input_ids) for e in examples]
@@ -207,6 +234,7 @@ def train_lora(
     target_logits_only = backend == "peft" and fast_scoring_refusal(decoder) is None
     reference: dict[int, tuple[float, float]] = {}  # dpo: each pair's log-probs under the base, once computed
     losses: list[float] = []
+    policy_steps: list[dict] = []  # rloo, grpo: per optimizer step, how far the policy has moved from the sampler
     trained_tokens = 0
     started = time.time()
     processes, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
@@ -217,12 +245,17 @@ def train_lora(
         masks = SequenceMasks(seed)
         if not masks.install(model):
             raise StargateError("train.dropout_masks sequence found no LoRA dropout module to seed in this model")
+    behaviour = None
+    if policy_gradient:  # before any step, with the batches the steps will use (the same in every epoch)
+        behaviour = _behaviour(model, decoder, examples, [b[rank::processes] for b in epochs[0]], config, sampling,
+                               pad_token_id, target_logits_only)
     for step in range(total_steps):
         first = step * config.gradient_accumulation
         group = micro[first : first + config.gradient_accumulation]
         step_tokens = sum(targets[i] for b in group for i in b)
         step_pairs = sum(len(b) for b in group)
         step_loss = 0.0
+        step_terms = [0.0, 0.0, 0.0]  # rloo, grpo: the step's summed |ratio - 1|, clipped tokens and KL
         for j, whole in enumerate(group):
             batch = whole[rank::processes]
             if not batch:  # fewer examples than processes: this one has none of them
@@ -237,6 +270,12 @@ def train_lora(
                 with autocast:  # the mean over the step's pairs, however the step is split
                     loss = _dpo_loss(model, decoder, examples, batch, reference, config.dpo_beta, pad_token_id,
                                      target_logits_only) / step_pairs
+            elif policy_gradient:
+                with autocast:  # like SFT's, the mean over the step's target tokens, however the step is split
+                    loss, terms = policy_terms(model, decoder, examples, batch, behaviour, config, sampling,
+                                               pad_token_id, target_logits_only)
+                    loss = loss / max(step_tokens, 1)
+                step_terms = [a + b for a, b in zip(step_terms, terms, strict=True)]
             else:
                 ids, labels, mask = _padded([examples[i] for i in batch], pad_token_id, device)
                 with autocast:
@@ -252,7 +291,10 @@ def train_lora(
             if device.type == "cpu":
                 trim_heap()  # give back each micro-batch's freed activations (memory.py)
         if processes > 1:
-            step_loss = sum_gradients(params, step_loss, accelerator)
+            step_loss, *step_terms = sum_gradients(params, [step_loss, *step_terms], accelerator)
+        if policy_gradient:
+            drift, clipped, kl = (value / max(step_tokens, 1) for value in step_terms)
+            policy_steps.append({"ratio_drift": drift, "clipped": clipped, "kl": kl})
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
@@ -275,6 +317,7 @@ def train_lora(
         "backend": backend,
         "processes": processes,
         "method": config.method,
+        "policy_steps": policy_steps or None,
         "peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
     }
 
@@ -296,11 +339,9 @@ def _padded(sequences: list[Encoded], pad_token_id: int, device):
     return ids.to(device), labels.to(device), mask.to(device)
 
 
-def sequence_logprobs(model, decoder, sequences: list[Encoded], pad_token_id: int, target_logits_only: bool):
-    """Each sequence's summed log-prob of its target tokens (with grad, where grad is on): DPO's log pi(y | x),
-    over exactly the tokens the SFT loss trains."""
-    import torch
-
+def target_logits(model, decoder, sequences: list[Encoded], pad_token_id: int, target_logits_only: bool):
+    """The logits that predict each sequence's target tokens [n, vocab] (with grad, where grad is on), those
+    tokens [n] and the sequence each belongs to [n]; sequence by sequence, each's targets in order."""
     device = next(model.parameters()).device
     ids, labels, mask = _padded(sequences, pad_token_id, device)
     targets = labels[:, 1:]
@@ -310,8 +351,80 @@ def sequence_logprobs(model, decoder, sequences: list[Encoded], pad_token_id: in
         logits = head_logits(decoder, hidden[rows, cols])
     else:  # the model's own forward, for heads the lean path does not reproduce
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[rows, cols].float()
-    token = torch.log_softmax(logits, dim=-1).gather(1, targets[rows, cols].unsqueeze(1)).squeeze(1)
-    return torch.zeros(len(sequences), device=device, dtype=token.dtype).index_add(0, rows, token)
+    return logits, targets[rows, cols], rows
+
+
+def sequence_logprobs(model, decoder, sequences: list[Encoded], pad_token_id: int, target_logits_only: bool):
+    """Each sequence's summed log-prob of its target tokens (with grad, where grad is on): DPO's log pi(y | x),
+    over exactly the tokens the SFT loss trains."""
+    import torch
+
+    logits, tokens, rows = target_logits(model, decoder, sequences, pad_token_id, target_logits_only)
+    token = torch.log_softmax(logits, dim=-1).gather(1, tokens.unsqueeze(1)).squeeze(1)
+    return torch.zeros(len(sequences), device=logits.device, dtype=token.dtype).index_add(0, rows, token)
+
+
+def _behaviour(model, decoder, samples, batches: list[list[int]], config: TrainConfig, sampling, pad_token_id: int,
+               target_logits_only: bool) -> dict[int, tuple]:
+    """Each sample's per-token log-probs under the policy that sampled it (the model as training starts: train.init
+    previous) and under the base (its adapter off; only with a KL penalty), at the temperature and top-p it was
+    sampled at, without grad, in the micro-batches training will use, so that the first step's importance
+    ratios are 1 to the last bit where the kernels are deterministic.
+
+    Recomputed rather than stored at simulation time: the stored turns are text, and re-encoding it need not
+    give the sampled token ids back, so only log-probs of the re-encoded tokens make a ratio of the same tokens.
+    The cost is one forward pass without grad per sample (two with the KL), next to the epochs' passes with it."""
+    import torch
+
+    out: dict[int, tuple] = {}
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            if not batch:
+                continue
+            sequences = [samples[i][0] for i in batch]
+            logits, tokens, rows = target_logits(model, decoder, sequences, pad_token_id, target_logits_only)
+            old = sampling_logprobs(logits, tokens, *sampling)
+            ref = old
+            if config.kl_beta:
+                with model.disable_adapter():
+                    logits, _, _ = target_logits(model, decoder, sequences, pad_token_id, target_logits_only)
+                ref = sampling_logprobs(logits, tokens, *sampling)
+            counts = rows.bincount(minlength=len(batch)).tolist()
+            for i, o, r in zip(batch, old.split(counts), ref.split(counts), strict=True):
+                out[i] = (o, r)
+    model.train()
+    return out
+
+
+def policy_terms(model, decoder, samples, batch: list[int], behaviour: dict, config: TrainConfig, sampling,
+                 pad_token_id: int, target_logits_only: bool):
+    """The summed clipped policy-gradient loss of these samples' target tokens (rloo, grpo), and the sums of
+    |ratio - 1|, of clipped tokens and of the KL estimate, for the training record.
+
+    Per token: ratio = pi(a) / pi_old(a), both at the sampling temperature and top-p; the PPO-style surrogate
+    min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) with A the sample's advantage; less kl_beta times the k3
+    estimate of KL(pi || pi_base), exp(d) - d - 1 with d = log pi_base(a) - log pi(a) (as GRPO). The loss is
+    summed over tokens; the caller divides by the step's target tokens, so every token weighs the same (as
+    DAPO's, not GRPO's paper, which averages each sequence's tokens first)."""
+    import torch
+
+    logits, tokens, rows = target_logits(model, decoder, [samples[i][0] for i in batch], pad_token_id,
+                                         target_logits_only)
+    new = sampling_logprobs(logits, tokens, *sampling)
+    old = torch.cat([behaviour[i][0] for i in batch]).to(new.device)
+    ref = torch.cat([behaviour[i][1] for i in batch]).to(new.device)
+    advantage = torch.tensor([samples[i][1] for i in batch], device=new.device, dtype=new.dtype)[rows]
+    ratio = torch.exp(new - old)
+    eps = config.clip_epsilon
+    surrogate = torch.minimum(ratio * advantage, ratio.clamp(1 - eps, 1 + eps) * advantage)
+    gap = ref - new
+    kl = torch.exp(gap) - gap - 1
+    loss = -(surrogate - config.kl_beta * kl).sum()
+    with torch.no_grad():
+        clipped = ((ratio < 1 - eps) | (ratio > 1 + eps)).sum()
+        terms = [float((ratio - 1).abs().sum()), float(clipped), float(kl.sum())]
+    return loss, terms
 
 
 def _dpo_loss(model, decoder, pairs, batch: list[int], reference: dict, beta: float, pad_token_id: int,
@@ -353,10 +466,11 @@ def save_adapter(model, out_dir: Path) -> None:
     tmp.rename(out_dir)
 
 
-def sum_gradients(params, step_loss: float, accelerator) -> float:
+def sum_gradients(params, step_values: list[float], accelerator) -> list[float]:
     """Data parallelism by one all-reduce per optimizer step: each process holds the gradient of its share of
     the step's loss (its tokens' summed loss over the whole step's target count), so the sum over processes is
-    the gradient one process would compute. Returns the step's whole loss.
+    the gradient one process would compute. Returns the step's values (its loss first, and any sums the record
+    keeps) summed over the processes.
 
     Not torch's DDP wrapper: it syncs only through its own forward, and the lean loss calls the decoder inside
     the peft model; an adapter's gradient is small (a 7B model's r=16 LoRA: 40M values), so overlapping its
@@ -364,13 +478,14 @@ def sum_gradients(params, step_loss: float, accelerator) -> float:
     import torch
 
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([*(g.reshape(-1).float() for g in grads), torch.tensor([step_loss], device=grads[0].device)])
+    values = torch.tensor(step_values, device=grads[0].device)
+    flat = torch.cat([*(g.reshape(-1).float() for g in grads), values])
     flat = accelerator.reduce(flat, reduction="sum")
     offset = 0
     for p, g in zip(params, grads, strict=True):
         p.grad = flat[offset : offset + g.numel()].view_as(p).to(p.dtype)
         offset += g.numel()
-    return float(flat[-1])
+    return flat[offset:].tolist()
 
 
 def _loss_at_targets(decoder, ids, labels):

@@ -26,9 +26,11 @@ def train_adapter(
     out_dir: Path,
     on_step: Callable[[int, int, float], None] | None = None,
     start_from: str | None = None,
+    sampling: tuple[float, float] | None = None,
 ) -> dict:
     """The train stage: a fresh LoRA adapter on the base Questioner, or the adapter `start_from` trained further
-    (train.init previous, peft only), with the backend the recipe resolves to.
+    (train.init previous, peft only), with the backend the recipe resolves to. `sampling`: the (temperature,
+    top_p) the examples were sampled at, which rloo and grpo need.
 
     Unsloth trains in a child process: it patches transformers' model classes when it loads a model, and
     those patches must not reach the generation and scoring this process does in later iterations.
@@ -38,12 +40,13 @@ def train_adapter(
         from .train_processes import train_in_processes
 
         return train_in_processes(questioner, examples, config, seed=seed, out_dir=out_dir, on_step=on_step,
-                                  start_from=start_from)
+                                  start_from=start_from, sampling=sampling)
     if backend == "unsloth":
         return train_isolated(questioner, examples, config, seed=seed, out_dir=out_dir, on_step=on_step)
     model, _ = load_for_training(questioner, config, seed, start_from)
     return train_lora(model, examples, config, seed=seed, out_dir=out_dir,
-                      pad_token_id=questioner.tokenizer.pad_token_id, backend=backend, on_step=on_step)
+                      pad_token_id=questioner.tokenizer.pad_token_id, backend=backend, on_step=on_step,
+                      sampling=sampling)
 
 
 def train_isolated(

@@ -54,6 +54,7 @@ def train_in_processes(
     out_dir: Path,
     on_step: Callable[[int, int, float], None] | None = None,
     start_from: str | None = None,
+    sampling: tuple[float, float] | None = None,
 ) -> dict:
     """Train the iteration's adapter (fresh, or `start_from` trained further) in config.processes processes;
     returns the training record."""
@@ -67,7 +68,7 @@ def train_in_processes(
     shutil.rmtree(job_dir, ignore_errors=True)
     job_dir.mkdir(parents=True)
     job = {"questioner": questioner.config, "home": str(questioner.home), "examples": examples, "config": config,
-           "seed": seed, "out_dir": str(out_dir), "start_from": start_from}
+           "seed": seed, "out_dir": str(out_dir), "start_from": start_from, "sampling": sampling}
     (job_dir / "job.pkl").write_bytes(pickle.dumps(job))
     log = job_dir.parent / "train.log"
     process = spawn_tied(launch_command(processes, job_dir, questioner.device.type), log)
@@ -124,7 +125,7 @@ def _worker(job_dir: Path) -> None:
     model = attach_lora(questioner.load_base(), config, job["seed"], job["start_from"])
     record = train_lora(model, job["examples"], config, seed=job["seed"], out_dir=Path(job["out_dir"]),
                         pad_token_id=questioner.tokenizer.pad_token_id, backend="peft",
-                        on_step=on_step if main else None, accelerator=accelerator)
+                        on_step=on_step if main else None, accelerator=accelerator, sampling=job["sampling"])
     if main:
         tmp = job_dir / (RECORD_FILE + ".tmp")
         tmp.write_text(json.dumps(record))

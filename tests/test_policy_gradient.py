@@ -1,0 +1,307 @@
+"""train.method rloo and grpo on the tiny model: group advantages, the sampler's log-probs, the loss against a
+direct computation, its gradient against finite differences, the first step's ratio of 1, and what one step
+does to the conversations it was given."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import signal
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import TINY_CI_OVERRIDES, cli, copy_home
+
+from stargate_lite.engines.training import group_advantages, policy_terms, train_lora
+from stargate_lite.recipe import TrainConfig
+
+TEMPERATURE, TOP_P = 0.9, 0.9  # the recipe's simulate.temperature and top_p
+RLOO = ["train.method=rloo", "train.init=previous", "train.lora_dropout=0", "train.target=none",
+        "simulate.conversations_per_pair=3"]
+
+
+def _samples(questioner, advantages: list[float]) -> list:
+    """Conversations of one pair with the given advantages, each asking something else."""
+    from stargate_lite.prompts import questioner_messages
+
+    questions = ["Which city are you in?", "Do you have a budget in mind?", "What did you enjoy last time?",
+                 "How many people are coming?"]
+    return [(questioner.encode_for_training(questioner_messages(
+        "Mei", "Plan a weekend trip for me.",
+        [{"role": "questioner", "text": q}, {"role": "roleplayer", "text": "Lisbon, I think."}], final=False)), a)
+        for q, a in zip(questions, advantages, strict=False)]
+
+
+def test_group_advantages_are_leave_one_out_or_normalised_within_the_group():
+    rewards = [-10.0, -12.0, -11.0, -7.0]
+    rloo = group_advantages(rewards, "rloo")
+    for i, r in enumerate(rewards):
+        others = [x for j, x in enumerate(rewards) if j != i]
+        assert rloo[i] == pytest.approx(r - sum(others) / len(others), abs=1e-12)
+    grpo = group_advantages(rewards, "grpo")
+    mean = sum(rewards) / 4
+    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / 3)
+    assert grpo == pytest.approx([(r - mean) / (std + 1e-4) for r in rewards], abs=1e-12)
+    assert group_advantages([-3.0, -3.0, -3.0], "rloo") == [0.0, 0.0, 0.0]
+    assert group_advantages([-3.0, -3.0], "grpo") == [0.0, 0.0]
+    with pytest.raises(ValueError, match="at least two"):
+        group_advantages([-1.0], "rloo")
+
+
+def test_the_sampling_logprob_is_the_log_of_what_the_decoder_draws_from():
+    """The decoder's own nucleus (decode.py) at temperature 0.9, top-p 0.9 on random logits: inside it, the
+    log-prob is that of the renormalised probabilities the decoder passes to multinomial; outside it, the token
+    is counted in and its log-prob stays finite."""
+    import torch
+
+    from stargate_lite.engines.logits import in_nucleus, sampling_logprobs
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 50) * 1.5
+    probs = torch.softmax(logits / TEMPERATURE, dim=-1)
+    drawn = probs.masked_fill(~in_nucleus(probs, TOP_P), 0.0)
+    drawn = drawn / drawn.sum(-1, keepdim=True)
+    kept = (drawn > 0).sum(-1)
+    assert bool(((kept > 1) & (kept < 50)).all())  # the nucleus cuts something from every row
+    rows = torch.arange(6)
+    tokens = torch.stack([drawn[r].nonzero().squeeze(1)[-1] for r in rows])  # each row's least likely kept token
+    got = sampling_logprobs(logits, tokens, TEMPERATURE, TOP_P)
+    assert torch.allclose(got, drawn[rows, tokens].log(), atol=1e-5)
+    outside = torch.stack([(drawn[r] == 0).nonzero().squeeze(1)[0] for r in rows])
+    forced = sampling_logprobs(logits, outside, TEMPERATURE, TOP_P)
+    assert bool(torch.isfinite(forced).all()) and bool((forced < got).all())
+    plain = sampling_logprobs(logits, tokens, 1.0, 1.0)
+    assert torch.allclose(plain, torch.log_softmax(logits, -1)[rows, tokens], atol=1e-5)
+
+
+def _moved_policy(questioner, config: TrainConfig, dtype=None):
+    """A policy with a LoRA adapter that is not the base (its B matrices drawn at random, not zero)."""
+    import torch
+
+    from stargate_lite.engines.training import attach_lora
+
+    model = attach_lora(questioner.load_base(), config, seed=0)
+    if dtype is not None:
+        model = model.to(dtype)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype) * 0.02)
+    return model
+
+
+def _direct_loss(model, samples, batch, behaviour, config) -> float:
+    """The loss written out token by token from the model's own full forward, in float64."""
+    import torch
+
+    total = 0.0
+    for i in batch:
+        encoded, advantage = samples[i]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([encoded.input_ids])).logits[0].double()
+        old, ref = behaviour[i]
+        for k, position in enumerate(encoded.target_positions):
+            z = logits[position - 1] / TEMPERATURE
+            p = torch.softmax(z, -1)
+            order = p.argsort(descending=True)
+            before = 0.0
+            keep = []
+            for token in order.tolist():
+                if before <= TOP_P:
+                    keep.append(token)
+                before += float(p[token])
+            token = encoded.input_ids[position]
+            if token not in keep:
+                keep.append(token)
+            new = float(z[token] - torch.logsumexp(z[keep], -1))
+            ratio = math.exp(new - float(old[k]))
+            clipped = min(max(ratio, 1 - config.clip_epsilon), 1 + config.clip_epsilon)
+            surrogate = min(ratio * advantage, clipped * advantage)
+            gap = float(ref[k]) - new
+            total -= surrogate - config.kl_beta * (math.exp(gap) - gap - 1)
+    return total
+
+
+def test_the_loss_equals_a_direct_computation_with_ratios_away_from_one(questioner):
+    """Behaviour log-probs from the base (adapter off), the loss at a moved adapter: ratios away from 1, some of
+    them clipped, each token's term as written in policy_terms' docstring."""
+    import torch
+
+    from stargate_lite.engines.training import _behaviour
+
+    config = TrainConfig(method="rloo", init="previous", lora_dropout=0.0, target="none", lora_r=4, lora_alpha=8,
+                         kl_beta=0.5, clip_epsilon=0.05)
+    samples = _samples(questioner, [1.5, -0.5, -1.0, 0.25])
+    model = _moved_policy(questioner, config)
+    decoder = model.get_base_model()
+    pad = questioner.tokenizer.pad_token_id
+    with model.disable_adapter():  # an old policy that is not the current one
+        behaviour = _behaviour(model, decoder, samples, [[0, 1], [2, 3]], config, (TEMPERATURE, TOP_P), pad, True)
+    behaviour = {i: (old, old + 0.3) for i, (old, _) in behaviour.items()}  # a reference apart from both
+    batch = [0, 1, 2, 3]
+    with torch.no_grad():
+        loss, (drift, clipped, kl) = policy_terms(model, decoder, samples, batch, behaviour, config,
+                                                  (TEMPERATURE, TOP_P), pad, True)
+    tokens = sum(len(samples[i][0].target_positions) for i in batch)
+    assert drift / tokens > 0.01 and 0 < clipped < tokens and kl > 0
+    assert float(loss) == pytest.approx(_direct_loss(model, samples, batch, behaviour, config), rel=1e-4)
+
+
+def test_the_losss_gradient_matches_finite_differences(questioner, monkeypatch):
+    """In float64, the gradient of the loss in a few LoRA weights against central differences of the loss.
+    Llama's RMSNorm computes in float32 whatever its input; here it keeps float64, or the differences would be
+    float32's rounding."""
+    import torch
+    from transformers.models.llama import modeling_llama
+
+    from stargate_lite.engines.training import _behaviour
+
+    def rms_norm_in_the_inputs_precision(self, hidden):
+        return self.weight * hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+
+    monkeypatch.setattr(modeling_llama.LlamaRMSNorm, "forward", rms_norm_in_the_inputs_precision)
+    config = TrainConfig(method="grpo", init="previous", lora_dropout=0.0, target="none", lora_r=4, lora_alpha=8,
+                         kl_beta=0.3, clip_epsilon=0.2)
+    samples = _samples(questioner, [1.0, -1.0, 0.5])
+    model = _moved_policy(questioner, config, dtype=torch.float64)
+    decoder = model.get_base_model()
+    pad = questioner.tokenizer.pad_token_id
+    with model.disable_adapter():
+        behaviour = _behaviour(model, decoder, samples, [[0, 1, 2]], config, (TEMPERATURE, TOP_P), pad, True)
+    behaviour = {i: (old, old - 0.02) for i, (old, _) in behaviour.items()}
+
+    def loss() -> torch.Tensor:
+        return policy_terms(model, decoder, samples, [0, 1, 2], behaviour, config, (TEMPERATURE, TOP_P), pad,
+                            True)[0]
+
+    model.train()
+    loss().backward()
+    checked = [(name, p) for name, p in model.named_parameters() if p.requires_grad][:: 40][:4]
+    assert checked
+    for name, parameter in checked:
+        flat = parameter.data.view(-1)
+        index = int(parameter.grad.abs().view(-1).argmax())
+        step = 1e-5
+        with torch.no_grad():
+            flat[index] += step
+            up = float(loss())
+            flat[index] -= 2 * step
+            down = float(loss())
+            flat[index] += step
+        numeric = (up - down) / (2 * step)
+        assert float(parameter.grad.view(-1)[index]) == pytest.approx(numeric, rel=1e-5), name
+
+
+@pytest.mark.parametrize("method", ["rloo", "grpo"])
+def test_one_step_starts_at_ratio_one_and_favours_the_better_conversations(questioner, tmp_path, method):
+    """One optimizer step from the sampler's own weights: its ratios are all 1, nothing clipped, no KL yet; after
+    it, the positive-advantage conversations' log-probs rose relative to the negative ones'."""
+    import torch
+
+    from stargate_lite.engines.training import attach_lora, sequence_logprobs
+
+    config = TrainConfig(method=method, init="previous", lora_dropout=0.0, target="none", lora_r=4, lora_alpha=8,
+                         learning_rate=2e-3, batch_size=4, warmup_ratio=0.0)
+    rewards = [-20.0, -26.0, -23.0, -21.0]
+    advantages = group_advantages(rewards, method)
+    samples = _samples(questioner, advantages)
+    pad = questioner.tokenizer.pad_token_id
+    model = attach_lora(questioner.load_base(), config, seed=0)
+    sequences = [e for e, _ in samples]
+
+    def logprobs() -> torch.Tensor:
+        with torch.no_grad():
+            return sequence_logprobs(model, model.get_base_model(), sequences, pad, True)
+
+    before = logprobs()
+    record = train_lora(model, samples, config, seed=0, out_dir=tmp_path / "adapter", pad_token_id=pad,
+                        sampling=(TEMPERATURE, TOP_P))
+    assert record["steps"] == 1 and record["method"] == method
+    (first,) = record["policy_steps"]
+    assert first["ratio_drift"] < 1e-6 and first["clipped"] == 0 and abs(first["kl"]) < 1e-6
+    moved = logprobs() - before
+    better = [moved[i] for i, a in enumerate(advantages) if a > 0]
+    worse = [moved[i] for i, a in enumerate(advantages) if a < 0]
+    assert better and worse
+    assert min(better) > max(worse), (moved.tolist(), advantages)
+
+
+def test_policy_gradient_methods_refuse_what_breaks_their_ratio():
+    from stargate_lite.errors import StargateError
+    from stargate_lite.recipe import check_new_work, load_recipe
+
+    recipe = load_recipe("tiny")
+    sound = {"method": "rloo", "init": "previous", "lora_dropout": 0.0, "target": "none"}
+    check_new_work(recipe.model_copy(update={"train": recipe.train.model_copy(update=sound)}), "r")
+    for key, value, says in (("init", "base", "train.init previous"), ("lora_dropout", 0.05, "lora_dropout 0"),
+                             ("target", "response", "train.target none"), ("backend", "unsloth", "peft")):
+        train = recipe.train.model_copy(update={**sound, key: value})
+        with pytest.raises(StargateError, match=says):
+            check_new_work(recipe.model_copy(update={"train": train}), "r")
+    for key, value, says in (("conversations_per_pair", 1, "at least 2"), ("temperature", 0.0, "above 0")):
+        recipe_with = recipe.model_copy(update={"train": recipe.train.model_copy(update=sound),
+                                                "simulate": recipe.simulate.model_copy(update={key: value})})
+        with pytest.raises(StargateError, match=says):
+            check_new_work(recipe_with, "r")
+    with pytest.raises(ValueError, match="temperature and top-p"):
+        train_lora(None, [1], TrainConfig(**sound), seed=0, out_dir=None, pad_token_id=0)
+
+
+def rloo_args() -> list[str]:
+    return ["run", "--iterations", "2", *[a for o in TINY_CI_OVERRIDES + RLOO for a in ("--set", o)]]
+
+
+@pytest.fixture(scope="module")
+def rloo_run(data_home, tmp_path_factory) -> Path:
+    home = copy_home(data_home, tmp_path_factory.mktemp("rloo") / "home")
+    cli(*rloo_args(), home=home)
+    return home
+
+
+def _trained(home: Path) -> dict:
+    with sqlite3.connect(home / "stargate.db") as db:
+        trainings = db.execute("select iteration, method, examples, losses, policy_steps from trainings "
+                               "order by iteration").fetchall()
+    adapters = [hashlib.sha256((home / "runs" / "tiny" / f"iteration-{i}" / "adapter" /
+                                "adapter_model.safetensors").read_bytes()).hexdigest() for i in (1, 2)]
+    return {"trainings": trainings, "adapters": adapters}
+
+
+def test_a_run_learns_from_every_conversation_and_each_iteration_starts_on_policy(rloo_run):
+    """Two iterations: every conversation of a pair whose rewards differ is a sample, and each iteration's first
+    step sees ratios of exactly 1, iteration 2's from iteration 1's adapter, which sampled its conversations
+    (and is not the base: a KL above 0)."""
+    with sqlite3.connect(rloo_run / "stargate.db") as db:
+        samples = dict(db.execute(
+            "select c.iteration, count(*) from conversations c join scores s on s.conversation_id = c.id where "
+            "c.pair_id in (select c2.pair_id from conversations c2 join scores s2 on s2.conversation_id = c2.id "
+            "group by c2.pair_id having count(distinct s2.logprob) > 1) group by c.iteration").fetchall())
+    trainings = _trained(rloo_run)["trainings"]
+    assert [(i, method) for i, method, *_ in trainings] == [(1, "rloo"), (2, "rloo")]
+    for iteration, _, examples, losses, steps in trainings:
+        steps = json.loads(steps)
+        assert examples == samples[iteration] and examples % 3 == 0  # whole pairs, three conversations each
+        assert len(steps) == len(json.loads(losses)) > 1
+        assert steps[0]["ratio_drift"] == 0 and steps[0]["clipped"] == 0
+        assert steps[-1]["ratio_drift"] > 0  # later steps weigh samples of a policy that has moved
+    assert json.loads(trainings[0][4])[0]["kl"] == 0 and json.loads(trainings[1][4])[0]["kl"] > 0
+
+
+def test_an_rloo_run_killed_in_training_resumes_to_the_uninterrupted_adapter(rloo_run, tmp_path):
+    """SIGKILL after iteration 2's first optimizer step: the rerun trains again from iteration 1's adapter and
+    ends with the uninterrupted run's adapter, losses and steps. (A kill with the adapter written but not recorded
+    is the same for every method: test_preference and test_loop make it.)"""
+    home = copy_home(rloo_run, tmp_path / "rloo")
+    shutil.rmtree(home / "runs" / "tiny" / "iteration-2" / "adapter")
+    with sqlite3.connect(home / "stargate.db") as db:
+        db.execute("delete from trainings where iteration = 2")
+        db.execute("delete from stages where stage = 'train' and iteration = 2")
+        db.execute("update iterations set finished_at = null where iteration = 2")
+    stopped = cli(*rloo_args(), home=home, check=False, stop_at="train/2")
+    assert stopped.returncode == -signal.SIGKILL, f"the run never reached train/2: {stopped.stderr[-2000:]}"
+    cli(*rloo_args(), home=home)
+    assert _trained(home) == _trained(rloo_run)
