@@ -15,7 +15,7 @@ from .engines.questioner import Questioner
 from .engines.training import group_advantages
 from .errors import StargateError
 from .progress import Progress
-from .prompts import questioner_messages
+from .prompts import is_question, questioner_messages
 from .recipe import POLICY_GRADIENT_METHODS, Recipe
 from .runs import open_run, run_dir, run_lock, split_for, stop_point
 from .stages.data import make_pairs, prepare_data
@@ -92,33 +92,78 @@ def preference_examples(store: Store, recipe: Recipe, run_id: str, iteration: in
     return _some(examples, run_id, iteration)
 
 
-def policy_samples(store: Store, recipe: Recipe, run_id: str, iteration: int) -> list[tuple[list[dict], float]]:
-    """(conversation, advantage) for every scored conversation (train.method rloo or grpo): the Questioner's
-    turns as it sampled them, after the prompt it sampled them from (the instructed one, whatever train.format),
-    with its answer last where it gave one (simulate.turns policy); the advantage from its pair's rewards
-    (engines/training.py, group_advantages).
+def policy_samples(store: Store, recipe: Recipe, run_id: str, iteration: int) -> list[tuple[list[dict], list[float]]]:
+    """(conversation, advantages) for every scored conversation (train.method rloo or grpo): the Questioner's turns
+    as it sampled them, after the prompt it sampled them from (the instructed one, whatever train.format), with
+    its answer last where it gave one (simulate.turns policy); one advantage per Questioner turn, from its pair's
+    rewards (engines/training.py, group_advantages).
+
+    Without reward.per_turn every turn gets its conversation's advantage. With it, turn k's reward-to-go is the
+    conversation's final gold log-prob less the log-prob after its first k - 1 turns (nothing before turn 1: a
+    constant of the pair, which the group's baseline removes), less the cost of its questions from turn k on; an
+    answer that ends a conversation has a reward-to-go of 0. Its advantage is against the pair's other
+    conversations at the same turn; a turn only one conversation reached has 0.
 
     Unlike sft and dpo, conversations with an empty question are kept: the policy sampled the empty turn, and
-    its advantage says whether to make it likelier. Pairs whose conversations all have one reward teach
-    nothing but the KL penalty, and are left out."""
+    its advantage says whether to make it likelier. Pairs where every advantage is 0 teach nothing but the KL
+    penalty, and are left out."""
     pairs = {p["id"]: p for p in store.pairs(run_id, iteration)}
     groups: dict[str, list[dict]] = {}
     for row in store.rewards(run_id, iteration, recipe.reward.question_cost):
         groups.setdefault(row["pair_id"], []).append(row)
-    groups = {pair: rows for pair, rows in groups.items() if len({r["reward"] for r in rows}) > 1}
     turns = store.turns([r["conversation_id"] for rows in groups.values() for r in rows])
+    after = store.turn_scores(run_id, iteration) if recipe.reward.per_turn else {}
     decide = recipe.simulate.turns == "policy"
     samples = []
     for pair_id, rows in groups.items():
+        if recipe.reward.per_turn:
+            to_go = [_rewards_to_go(r, turns[r["conversation_id"]], after.get(r["conversation_id"], {}),
+                                    recipe.reward.question_cost) for r in rows]
+        else:
+            to_go = [[r["reward"]] for r in rows]
+        advantages = [[] for _ in rows]
+        for k in range(max(len(g) for g in to_go)):
+            reached = [i for i, g in enumerate(to_go) if len(g) > k]
+            values = group_advantages([to_go[i][k] for i in reached], recipe.train.method) if len(reached) > 1 \
+                else [0.0]
+            for i, value in zip(reached, values, strict=True):
+                advantages[i].append(value)
+        if not any(any(a) for a in advantages):
+            continue
         pair = pairs[pair_id]
-        advantages = group_advantages([r["reward"] for r in rows], recipe.train.method)
         for row, advantage in zip(rows, advantages, strict=True):
             messages = questioner_messages(pair["persona_name"], pair["task"], turns[row["conversation_id"]],
                                            final=False, instruction=True, decide=decide)
             if row["answer"] is not None:
                 messages.append({"role": "assistant", "content": row["answer"]})
-            samples.append((messages, advantage))
+            asked = sum(m["role"] == "assistant" for m in messages)
+            samples.append((messages, advantage * asked if len(advantage) == 1 else advantage))
     return _some(samples, run_id, iteration)
+
+
+def _rewards_to_go(row: dict, turns: list[dict], after: dict[int, float], cost: float) -> list[float]:
+    """Each Questioner turn's reward-to-go (policy_samples), the answer's (0) last where there is one."""
+    questions = [is_question(t["text"]) for t in turns if t["role"] == "questioner"]
+    final = row["logprob"]  # the gold's, after the whole conversation
+    if any(k not in after for k in range(1, len(questions))):
+        raise StargateError(f"conversation {row['conversation_id']} has no per-turn scores: was it scored with "
+                            "reward.per_turn?")
+    before = [0.0] + [after[k] for k in range(1, len(questions))]
+    to_go = [final - b - cost * sum(questions[k:]) for k, b in enumerate(before)]
+    return to_go + [0.0] if row["answer"] is not None else to_go
+
+
+def token_advantages(encoded, advantages: list[float]) -> list[float]:
+    """One advantage per Questioner turn spread over that turn's target tokens (each turn's tokens are one run of
+    consecutive positions, the Roleplayer's turns between them)."""
+    runs: list[int] = []
+    for k, position in enumerate(encoded.target_positions):
+        if k == 0 or position != encoded.target_positions[k - 1] + 1:
+            runs.append(0)
+        runs[-1] += 1
+    if len(runs) != len(advantages):
+        raise StargateError(f"{len(advantages)} turn advantages for {len(runs)} Questioner turns in the encoding")
+    return [a for a, n in zip(advantages, runs, strict=True) for _ in range(n)]
 
 
 def _some(examples: list, run_id: str, iteration: int) -> list:
@@ -165,7 +210,8 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
                  recipe.seed, progress)
         store.mark_stage(run_id, iteration, "simulate")
     if not store.stage_done(run_id, iteration, "score"):
-        score_stage(store, run_id, iteration, policy, questioner, recipe.score, progress)
+        score_stage(store, run_id, iteration, policy, questioner, recipe.score, progress,
+                    per_turn=recipe.reward.per_turn)
         store.mark_stage(run_id, iteration, "score")
     if not store.stage_done(run_id, iteration, "select"):
         select_best(store, run_id, iteration, recipe.reward.question_cost)
@@ -184,8 +230,9 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
             examples = [(questioner.encode_for_training(chosen), questioner.encode_for_training(rejected))
                         for chosen, rejected in preference_examples(store, recipe, run_id, iteration)]
         elif recipe.train.method in POLICY_GRADIENT_METHODS:
-            examples = [(questioner.encode_for_training(messages), advantage)
-                        for messages, advantage in policy_samples(store, recipe, run_id, iteration)]
+            encoded = [(questioner.encode_for_training(messages), advantages)
+                       for messages, advantages in policy_samples(store, recipe, run_id, iteration)]
+            examples = [(e, token_advantages(e, advantages)) for e, advantages in encoded]
         else:
             examples = [questioner.encode_for_training(m) for m in training_examples(store, recipe, run_id, iteration)]
         out_dir = run_dir(store, run_id) / f"iteration-{iteration}" / "adapter"

@@ -258,6 +258,13 @@ class RewardConfig(_Strict):
         "Questioner turn with a question mark): selection then prefers, of two conversations that explain the "
         "gold equally well, the one that asked less. 0 (the paper): the log-prob alone.",
     )
+    per_turn: bool = Field(
+        False, description="rloo, grpo: credit each Questioner turn with its own reward-to-go (the gold's log-prob "
+        "after the whole conversation less its log-prob before the turn, less the cost of the questions from the "
+        "turn on), against the pair's other conversations at the same turn. The score stage then scores the gold "
+        "after every turn, K scorings of a conversation instead of one. false: each turn gets its conversation's "
+        "advantage.",
+    )
 
 
 class ScoreConfig(_Strict):
@@ -546,6 +553,9 @@ def check_policy_gradient(recipe: Recipe, source: str) -> None:
     alone, and if they were sampled."""
     train = recipe.train
     if train.method not in POLICY_GRADIENT_METHODS:
+        if recipe.reward.per_turn:
+            raise StargateError(f"{source}: reward.per_turn credits the turns of a policy gradient: set "
+                                "train.method rloo or grpo, or reward.per_turn false")
         return
     needs = [setting for setting, missing in (
         ("train.init previous (a fresh LoRA is the base, not the policy that sampled)", train.init != "previous"),

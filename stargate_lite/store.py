@@ -227,6 +227,14 @@ def _m016_policy_steps(db: sqlite_utils.Database) -> None:
     db["trainings"].add_column("policy_steps", str)
 
 
+def _m017_turn_scores(db: sqlite_utils.Database) -> None:
+    # reward.per_turn: the gold's log-prob after each of a conversation's first `turns` question-and-answer turns
+    # (1 .. its turns - 1; after all of them is its score), for each turn's reward-to-go.
+    db["turn_scores"].create({"conversation_id": str, "turns": int, "run_id": str, "iteration": int,
+                              "logprob": float, "n_tokens": int}, pk=("conversation_id", "turns"))
+    db["turn_scores"].create_index(["run_id", "iteration"])
+
+
 MIGRATIONS = [
     ("m001_initial", _m001_initial),
     ("m002_eval", _m002_eval),
@@ -244,6 +252,7 @@ MIGRATIONS = [
     ("m014_roleplayers", _m014_roleplayers),
     ("m015_training_method", _m015_training_method),
     ("m016_policy_steps", _m016_policy_steps),
+    ("m017_turn_scores", _m017_turn_scores),
 ]
 
 
@@ -540,16 +549,24 @@ class Store:
         )
 
     def rewards(self, run_id: str, iteration: int, question_cost: float = 0.0) -> list[dict]:
-        """Every scored conversation of an iteration {pair_id, conversation_id, answer, reward}, its reward as
+        """Every scored conversation of an iteration {pair_id, conversation_id, answer, logprob, reward}, its reward as
         selection reckons it (best_scores), in (pair, sample) order: the samples of rloo and grpo."""
         return self.rows(
             """
-            select c.pair_id, c.id as conversation_id, c.answer, s.logprob - ? * c.questions as reward
+            select c.pair_id, c.id as conversation_id, c.answer, s.logprob, s.logprob - ? * c.questions as reward
             from conversations c join scores s on s.conversation_id = c.id
             where c.run_id = ? and c.iteration = ? order by c.pair_id, c.sample
             """,
             [question_cost, run_id, iteration],
         )
+
+    def turn_scores(self, run_id: str, iteration: int) -> dict[str, dict[int, float]]:
+        """reward.per_turn: each conversation's gold log-prob after its first k turns, {conversation: {k: logprob}}."""
+        out: dict[str, dict[int, float]] = {}
+        sql = "select conversation_id, turns, logprob from turn_scores where run_id = ? and iteration = ?"
+        for conversation, turns, logprob in self.db.execute(sql, [run_id, iteration]):
+            out.setdefault(conversation, {})[turns] = logprob
+        return out
 
     def selected_turns(self, run_id: str, iteration: int) -> dict[str, list[dict]]:
         """The turns of an iteration's selected conversations, by conversation id (one query, no id list)."""

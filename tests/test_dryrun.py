@@ -41,3 +41,19 @@ def test_a_mix_of_roleplayers_shares_the_answers_by_weight(home):
     answers = {r["model"]: r for r in estimate(recipe, home) if r["stage"] == "simulate: roleplayer answers"}
     assert {m: r["calls"] for m, r in answers.items()} == {"smollm2": 18, "smollm2-plain": 6}  # of 2 x 8 x 1.5 turns
     assert answers and all(r["seconds"] > 0 for r in answers.values())
+
+
+def test_a_policy_gradient_with_per_turn_credit_counts_its_extra_scorings_and_all_conversations(home):
+    from stargate_lite.commands.dryrun import estimate
+    from stargate_lite.recipe import load_recipe
+
+    recipe = load_recipe("tiny", [*TINY_CI_OVERRIDES, "simulate.max_turns=3", "train.method=rloo",
+                                  "train.init=previous", "train.lora_dropout=0", "train.target=none",
+                                  "reward.per_turn=true"])
+    rows = {r["stage"]: r for r in estimate(recipe, home)}
+    conversations = 2 * 1 * 2
+    assert rows["score: after each turn (reward.per_turn)"]["calls"] == conversations * (2 - 1)  # k averages 2
+    assert rows["train"]["calls"] == conversations  # every conversation is a sample
+    assert "respond" not in rows  # train.target none: no regularizer responses
+    sft = {r["stage"]: r for r in estimate(load_recipe("tiny", [*TINY_CI_OVERRIDES, "simulate.max_turns=3"]), home)}
+    assert rows["train"]["tokens"] > 2 * sft["train"]["tokens"]  # twice the sequences, and the extra forward passes

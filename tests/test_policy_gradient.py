@@ -24,15 +24,17 @@ RLOO = ["train.method=rloo", "train.init=previous", "train.lora_dropout=0", "tra
 
 
 def _samples(questioner, advantages: list[float]) -> list:
-    """Conversations of one pair with the given advantages, each asking something else."""
+    """Conversations of one pair with the given advantages (one per target token, as train_lora passes them on),
+    each asking something else."""
     from stargate_lite.prompts import questioner_messages
 
     questions = ["Which city are you in?", "Do you have a budget in mind?", "What did you enjoy last time?",
                  "How many people are coming?"]
-    return [(questioner.encode_for_training(questioner_messages(
+    encoded = [questioner.encode_for_training(questioner_messages(
         "Mei", "Plan a weekend trip for me.",
-        [{"role": "questioner", "text": q}, {"role": "roleplayer", "text": "Lisbon, I think."}], final=False)), a)
-        for q, a in zip(questions, advantages, strict=False)]
+        [{"role": "questioner", "text": q}, {"role": "roleplayer", "text": "Lisbon, I think."}], final=False))
+        for q in questions[: len(advantages)]]
+    return [(e, [a] * len(e.target_positions)) for e, a in zip(encoded, advantages, strict=True)]
 
 
 def test_group_advantages_are_leave_one_out_or_normalised_within_the_group():
@@ -100,7 +102,7 @@ def _direct_loss(model, samples, batch, behaviour, config) -> float:
 
     total = 0.0
     for i in batch:
-        encoded, advantage = samples[i]
+        encoded, advantages = samples[i]
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([encoded.input_ids])).logits[0].double()
         old, ref = behaviour[i]
@@ -120,7 +122,7 @@ def _direct_loss(model, samples, batch, behaviour, config) -> float:
             new = float(z[token] - torch.logsumexp(z[keep], -1))
             ratio = math.exp(new - float(old[k]))
             clipped = min(max(ratio, 1 - config.clip_epsilon), 1 + config.clip_epsilon)
-            surrogate = min(ratio * advantage, clipped * advantage)
+            surrogate = min(ratio * advantages[k], clipped * advantages[k])
             gap = float(ref[k]) - new
             total -= surrogate - config.kl_beta * (math.exp(gap) - gap - 1)
     return total
@@ -136,6 +138,7 @@ def test_the_loss_equals_a_direct_computation_with_ratios_away_from_one(question
     config = TrainConfig(method="rloo", init="previous", lora_dropout=0.0, target="none", lora_r=4, lora_alpha=8,
                          kl_beta=0.5, clip_epsilon=0.05)
     samples = _samples(questioner, [1.5, -0.5, -1.0, 0.25])
+    samples[3] = (samples[3][0], [0.1 * k - 0.5 for k in range(len(samples[3][1]))])  # per token (reward.per_turn)
     model = _moved_policy(questioner, config)
     decoder = model.get_base_model()
     pad = questioner.tokenizer.pad_token_id
@@ -208,7 +211,7 @@ def test_one_step_starts_at_ratio_one_and_favours_the_better_conversations(quest
                          learning_rate=2e-3, batch_size=4, warmup_ratio=0.0)
     rewards = [-20.0, -26.0, -23.0, -21.0]
     advantages = group_advantages(rewards, method)
-    samples = _samples(questioner, advantages)
+    samples = [(e, a[0]) for e, a in _samples(questioner, advantages)]  # one advantage a sequence, as sft's loop
     pad = questioner.tokenizer.pad_token_id
     model = attach_lora(questioner.load_base(), config, seed=0)
     sequences = [e for e, _ in samples]
@@ -230,6 +233,43 @@ def test_one_step_starts_at_ratio_one_and_favours_the_better_conversations(quest
     assert min(better) > max(worse), (moved.tolist(), advantages)
 
 
+def test_each_turn_gets_its_reward_to_go_against_the_pairs_other_conversations_at_that_turn():
+    """Three conversations of one pair, gold log-probs after each turn given: reward-to-go per turn (question
+    cost 1, one turn without a question mark), and the last conversation's answer with its 0."""
+    from stargate_lite.loop import _rewards_to_go
+
+    def turns(*asked: bool) -> list[dict]:
+        return [t for a in asked for t in ({"role": "questioner", "text": "Why?" if a else "Fine."},
+                                           {"role": "roleplayer", "text": "Because."})]
+
+    rows = [({"conversation_id": "a", "logprob": -10.0, "answer": None}, turns(True, True, True), {1: -30.0, 2: -20.0}),
+            ({"conversation_id": "b", "logprob": -16.0, "answer": None}, turns(True, False, True), {1: -25.0, 2: -15.0}),
+            ({"conversation_id": "c", "logprob": -40.0, "answer": "Here is a plan."}, turns(True), {})]
+    to_go = [_rewards_to_go(row, t, after, cost=1.0) for row, t, after in rows]
+    assert to_go[0] == [-10.0 - 3, -10.0 + 30 - 2, -10.0 + 20 - 1]
+    assert to_go[1] == [-16.0 - 2, -16.0 + 25 - 1, -16.0 + 15 - 1]
+    assert to_go[2] == [-40.0 - 1, 0.0]  # its answer ends it: nothing to go
+    with pytest.raises(Exception, match="no per-turn scores"):
+        _rewards_to_go(rows[0][0], rows[0][1], {}, cost=1.0)
+
+
+def test_a_turns_advantage_covers_exactly_that_turns_tokens(questioner):
+    from stargate_lite.loop import token_advantages
+    from stargate_lite.prompts import questioner_messages
+
+    messages = questioner_messages("Mei", "Plan a trip.", [
+        {"role": "questioner", "text": "Where to?"}, {"role": "roleplayer", "text": "Lisbon."},
+        {"role": "questioner", "text": ""}, {"role": "roleplayer", "text": "Hello?"}], final=False)
+    encoded = questioner.encode_for_training([*messages, {"role": "assistant", "content": "A plan."}])
+    per_token = token_advantages(encoded, [1.0, 2.0, 3.0])
+    assert len(per_token) == len(encoded.target_positions)
+    for value, turn in ((1.0, "Where to?"), (2.0, ""), (3.0, "A plan.")):
+        ids = [encoded.input_ids[p] for p, a in zip(encoded.target_positions, per_token, strict=True) if a == value]
+        assert questioner.tokenizer.decode(ids).startswith(turn) and ids  # the turn's text and its end-of-turn
+    with pytest.raises(Exception, match="3 Questioner turns"):
+        token_advantages(encoded, [1.0, 2.0])
+
+
 def test_policy_gradient_methods_refuse_what_breaks_their_ratio():
     from stargate_lite.errors import StargateError
     from stargate_lite.recipe import check_new_work, load_recipe
@@ -247,6 +287,9 @@ def test_policy_gradient_methods_refuse_what_breaks_their_ratio():
                                                 "simulate": recipe.simulate.model_copy(update={key: value})})
         with pytest.raises(StargateError, match=says):
             check_new_work(recipe_with, "r")
+    per_turn = recipe.model_copy(update={"reward": recipe.reward.model_copy(update={"per_turn": True})})
+    with pytest.raises(StargateError, match="per_turn credits the turns of a policy gradient"):
+        check_new_work(per_turn, "r")
     with pytest.raises(ValueError, match="temperature and top-p"):
         train_lora(None, [1], TrainConfig(**sound), seed=0, out_dir=None, pad_token_id=0)
 
@@ -305,3 +348,44 @@ def test_an_rloo_run_killed_in_training_resumes_to_the_uninterrupted_adapter(rlo
     assert stopped.returncode == -signal.SIGKILL, f"the run never reached train/2: {stopped.stderr[-2000:]}"
     cli(*rloo_args(), home=home)
     assert _trained(home) == _trained(rloo_run)
+
+
+def test_grpo_with_per_turn_credit_runs_and_scores_the_gold_after_each_turn(data_home, tmp_path, questioner):
+    """One iteration of grpo with reward.per_turn on the tiny recipe (up to 3 turns): the gold scored after each
+    turn but the last, as scoring that prefix directly gives; each turn's advantage over its tokens, the first
+    turn's equal to its conversation's (what comes before turn 1 is the pair's, and cancels); on policy at the
+    first step."""
+    from stargate_lite.loop import policy_samples
+    from stargate_lite.runs import pick_run, recipe_of_run
+    from stargate_lite.stages.score import encode_gold, score_sums
+    from stargate_lite.store import Store
+
+    home = copy_home(data_home, tmp_path / "grpo")
+    per_turn = ["train.method=grpo", "reward.per_turn=true", "simulate.max_turns=3", *RLOO[1:]]
+    cli("run", "--iterations", "1", *[a for o in TINY_CI_OVERRIDES + per_turn for a in ("--set", o)], home=home)
+    store = Store(home)
+    recipe = recipe_of_run(pick_run(store, None))
+    after = store.turn_scores("tiny", 1)
+    conversations = {c["id"]: c for c in store.conversations("tiny", 1)}
+    turns = store.turns(list(conversations))
+    assert sum(len(v) for v in after.values()) == sum(len(t) // 2 - 1 for t in turns.values()) > 0
+    pairs = {p["id"]: p for p in store.pairs("tiny", 1)}
+    some = [(c, k) for c, ks in after.items() for k in ks][:4]
+    direct = score_sums(questioner.load_base(), [encode_gold(
+        questioner, pairs[conversations[c]["pair_id"]]["persona_name"], pairs[conversations[c]["pair_id"]]["task"],
+        turns[c][: 2 * k], pairs[conversations[c]["pair_id"]]["gold"]) for c, k in some], batch_size=4,
+        vocab_chunk_tokens=512)
+    assert [after[c][k] for c, k in some] == pytest.approx([lp for lp, _ in direct], abs=1e-3)
+
+    samples = policy_samples(store, recipe, "tiny", 1)
+    whole = policy_samples(store, recipe.model_copy(update={"reward": recipe.reward.model_copy(
+        update={"per_turn": False})}), "tiny", 1)
+    by_turns = [a for _, a in samples]
+    assert len(samples) >= len(whole) and any(len(set(a)) > 1 for a in by_turns)  # turns credited apart
+    first = {tuple(m["content"] for m in messages): a[0] for messages, a in samples}
+    assert whole
+    for messages, advantages in whole:
+        assert advantages[0] == pytest.approx(first[tuple(m["content"] for m in messages)], abs=1e-9)
+    ((method, steps),) = sqlite3.connect(home / "stargate.db").execute(
+        "select method, policy_steps from trainings").fetchall()
+    assert method == "grpo" and json.loads(steps)[0]["ratio_drift"] == 0

@@ -17,7 +17,7 @@ from ..engines.chat_models import ChatModels, Sampling, complete_all
 from ..engines.encoded import Encoded
 from ..engines.questioner import Questioner
 from ..prompts import questioner_messages, roleplayer_messages
-from ..recipe import SPLITS, Recipe
+from ..recipe import POLICY_GRADIENT_METHODS, SPLITS, Recipe
 from ..stages.score import token_logprobs
 
 PROBE_TOKENS = 16
@@ -59,10 +59,22 @@ def estimate(recipe: Recipe, home: Path) -> list[dict]:
         *(row("simulate: roleplayer answers", name, turns * share, turns * share * sim.answer_max_tokens, rates[name])
           for name, share in ((name, w / sum(weights.values())) for name, w in weights.items())),
         row("score", qname, conversations, conversations * scored_len, scoring_rate),
-        row("respond", qname, pairs, pairs * recipe.respond.max_tokens, generation_rate),
-        row("train", qname, pairs * recipe.train.epochs, pairs * recipe.train.epochs * min(scored_len,
-            recipe.train.max_length), scoring_rate / TRAIN_FORWARD_COST),
     ]
+    if recipe.reward.per_turn:  # the gold after each turn but the last: k - 1 more scorings of shorter prefixes
+        prefixes = conversations * (k_mean - 1)
+        rows.append(row("score: after each turn (reward.per_turn)", qname, prefixes,
+                        prefixes * (scored_len - (sim.question_max_tokens + sim.answer_max_tokens) * k_mean / 2),
+                        scoring_rate))
+    if recipe.train.target == "response":
+        rows.append(row("respond", qname, pairs, pairs * recipe.respond.max_tokens, generation_rate))
+    # Sequences a training epoch reads: a pair's kept one (sft), its best and worst (dpo), all of its n (rloo and
+    # grpo, which also read each once more without grad, or twice with the KL, before training).
+    sequences = {"sft": pairs, "dpo": 2 * pairs}.get(recipe.train.method, conversations)
+    passes = recipe.train.epochs
+    if recipe.train.method in POLICY_GRADIENT_METHODS:
+        passes += (1 + (recipe.train.kl_beta > 0)) / TRAIN_FORWARD_COST
+    rows.append(row("train", qname, sequences * recipe.train.epochs, sequences * passes * min(scored_len,
+                    recipe.train.max_length), scoring_rate / TRAIN_FORWARD_COST))
     return rows
 
 

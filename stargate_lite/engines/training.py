@@ -31,6 +31,8 @@ def group_advantages(rewards: list[float], method: str) -> list[float]:
     n = len(rewards)
     if n < 2:
         raise ValueError("a group needs at least two samples to be its own baseline")
+    if len(set(rewards)) == 1:
+        return [0.0] * n  # exactly, where the mean's rounding would leave a few ulps
     mean = sum(rewards) / n
     if method == "rloo":
         return [(r - mean) * n / (n - 1) for r in rewards]  # r - (sum - r) / (n - 1), exactly rearranged
@@ -52,6 +54,15 @@ def _keep_last(example: Encoded, max_length: int) -> Encoded:
     """Cut a long example from the left: the trained turns are at the end of a conversation."""
     cut = max(0, len(example.input_ids) - max_length)
     return Encoded(example.input_ids[cut:], [p - cut for p in example.target_positions if p >= cut])
+
+
+def _keep_last_advantages(example: Encoded, advantage, max_length: int) -> tuple[Encoded, list[float]]:
+    """`_keep_last`, with the sample's advantage as one value per target token that is kept."""
+    per_token = advantage if isinstance(advantage, list) else [advantage] * len(example.target_positions)
+    if len(per_token) != len(example.target_positions):
+        raise ValueError(f"{len(per_token)} advantages for {len(example.target_positions)} target tokens")
+    cut = _keep_last(example, max_length)
+    return cut, per_token[len(per_token) - len(cut.target_positions) :]
 
 
 def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
@@ -186,8 +197,8 @@ def train_lora(
     Returns the training record.
 
     `examples` are Encoded sequences (train.method sft), (chosen, rejected) pairs of them (dpo, `_dpo_loss`), or
-    (sequence, advantage) samples (rloo and grpo, `policy_terms`; `sampling` is the (temperature, top_p) they
-    were sampled at).
+    (sequence, advantage) samples (rloo and grpo, `policy_terms`: one advantage for the sequence, or one per
+    target token with reward.per_turn; `sampling` is the (temperature, top_p) they were sampled at).
     With an `accelerator` of N processes (train_processes.py), each micro-batch's examples are shared out
     among them (per-process batch ceil(batch_size / N)), so an optimizer step sees the same examples as in one
     process; the summed gradients make the same step, and the main process saves the adapter."""
@@ -213,7 +224,7 @@ def train_lora(
         lengths = [max(len(c.input_ids), len(r.input_ids)) for c, r in examples]
         targets = [len(c.target_positions) + len(r.target_positions) for c, r in examples]
     elif policy_gradient:
-        examples = [(_keep_last(e, config.max_length), advantage) for e, advantage in examples]
+        examples = [_keep_last_advantages(e, advantage, config.max_length) for e, advantage in examples]
         lengths = [len(e.input_ids) for e, _ in examples]
         targets = [len(e.target_positions) for e, _ in examples]
     else:
@@ -409,12 +420,12 @@ def policy_terms(model, decoder, samples, batch: list[int], behaviour: dict, con
     DAPO's, not GRPO's paper, which averages each sequence's tokens first)."""
     import torch
 
-    logits, tokens, rows = target_logits(model, decoder, [samples[i][0] for i in batch], pad_token_id,
+    logits, tokens, _ = target_logits(model, decoder, [samples[i][0] for i in batch], pad_token_id,
                                          target_logits_only)
     new = sampling_logprobs(logits, tokens, *sampling)
     old = torch.cat([behaviour[i][0] for i in batch]).to(new.device)
     ref = torch.cat([behaviour[i][1] for i in batch]).to(new.device)
-    advantage = torch.tensor([samples[i][1] for i in batch], device=new.device, dtype=new.dtype)[rows]
+    advantage = torch.tensor([a for i in batch for a in samples[i][1]], device=new.device, dtype=new.dtype)
     ratio = torch.exp(new - old)
     eps = config.clip_epsilon
     surrogate = torch.minimum(ratio * advantage, ratio.clamp(1 - eps, 1 + eps) * advantage)

@@ -108,9 +108,12 @@ SCORE_CHUNK = 64  # conversations scored and stored per transaction
 
 
 def score_stage(
-    store: Store, run_id: str, iteration: int, model, questioner: Questioner, config: ScoreConfig, progress: Progress
+    store: Store, run_id: str, iteration: int, model, questioner: Questioner, config: ScoreConfig, progress: Progress,
+    per_turn: bool = False,
 ) -> None:
-    """Score every unscored conversation of an iteration under the base model (`model` with adapters off)."""
+    """Score every unscored conversation of an iteration under the base model (`model` with adapters off); with
+    `per_turn` (reward.per_turn) also the gold after each of its turns but the last, stored before the
+    conversation's score, which marks it done."""
     pairs = {p["id"]: p for p in store.pairs(run_id, iteration)}
     conversations = store.conversations_to_score(run_id, iteration)
     chunks, done = chunks_left(conversations, SCORE_CHUNK, lambda c: c["scored"])
@@ -118,18 +121,27 @@ def score_stage(
         with base_weights(model):
             for chunk in chunks:
                 turns = store.turns([c["id"] for c in chunk])
+                # (conversation, k): the gold after its first k question-and-answer turns; k None: after all
+                scored = [(c, None) for c in chunk]
+                if per_turn:
+                    scored += [(c, k) for c in chunk for k in range(1, len(turns[c["id"]]) // 2)]
                 encoded = [
                     encode_gold(questioner, pairs[c["pair_id"]]["persona_name"], pairs[c["pair_id"]]["task"],
-                                turns[c["id"]], pairs[c["pair_id"]]["gold"])
-                    for c in chunk
+                                turns[c["id"]] if k is None else turns[c["id"]][: 2 * k], pairs[c["pair_id"]]["gold"])
+                    for c, k in scored
                 ]
                 sums = score_sums(model, encoded, batch_size=config.batch_size,
                                   vocab_chunk_tokens=config.vocab_chunk_tokens,
                                   memory_budget_bytes=questioner.memory_budget_bytes)
+                store.insert_rows("turn_scores", [
+                    {"conversation_id": c["id"], "turns": k, "run_id": run_id, "iteration": iteration,
+                     "logprob": lp, "n_tokens": n}
+                    for (c, k), (lp, n) in zip(scored, sums, strict=True) if k is not None
+                ], pk=("conversation_id", "turns"))
                 rows = [
                     {"conversation_id": c["id"], "run_id": run_id, "iteration": iteration, "logprob": lp,
                      "n_tokens": n}
-                    for c, (lp, n) in zip(chunk, sums)
+                    for c, (lp, n) in zip(chunk, sums[: len(chunk)], strict=True)
                 ]
                 store.insert_rows("scores", rows, pk="conversation_id")
                 advance(len(chunk))
