@@ -55,7 +55,7 @@ GOLD = "Here is a plan of quick spicy dinners: Monday, dan dan noodles; Tuesday,
 # tier -> (fixtures, names the test's code uses, string constants it holds) that put a test in it.
 TIERS = {
     "run": ({"data_home", "finished_run", "eval_home", "preferred_run", "stopped_run", "rloo_run"},
-            {"run_args", "dpo_args", "rloo_args", "policy_args", "RUN_ARGS", "TINY_CI_OVERRIDES"}, {"--iterations"}),
+            {"run_args", "policy_args", "RUN_ARGS", "TINY_CI_OVERRIDES"}, {"--iterations"}),
     "server": ({"binary", "llama_server"}, {"LlamaServer", "LlamaServerChat", "find_binary"}, set()),
     "vllm": ({"vllm_urls", "served", "launch"}, set(), set()),
     "processes": (set(), {"train_in_processes"}, {"processes", "train.processes=2"}),
@@ -256,8 +256,10 @@ def wait_for(home: Path, sql: str, process: subprocess.Popen, timeout: float = 6
     raise AssertionError(f"timed out waiting for: {sql}")
 
 
-def run_args() -> list[str]:
-    return ["run", "--iterations", "2", *[a for o in TINY_CI_OVERRIDES for a in ("--set", o)]]
+def run_args(*overrides: str, iterations: int = 2) -> list[str]:
+    """`run` of the tests' tiny scale, with the recipe's `overrides` on top."""
+    settings = [*TINY_CI_OVERRIDES, *overrides]
+    return ["run", "--iterations", str(iterations), *[a for o in settings for a in ("--set", o)]]
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import TINY_CI_OVERRIDES, cli, copy_home
+from conftest import cli, copy_home, run_args
 
 from stargate_lite.engines.training import group_advantages, policy_terms, train_lora
 from stargate_lite.recipe import TrainConfig
@@ -294,14 +294,10 @@ def test_policy_gradient_methods_refuse_what_breaks_their_ratio():
         train_lora(None, [1], TrainConfig(**sound), seed=0, out_dir=None, pad_token_id=0)
 
 
-def rloo_args() -> list[str]:
-    return ["run", "--iterations", "2", *[a for o in TINY_CI_OVERRIDES + RLOO for a in ("--set", o)]]
-
-
 @pytest.fixture(scope="module")
 def rloo_run(data_home, tmp_path_factory) -> Path:
     home = copy_home(data_home, tmp_path_factory.mktemp("rloo") / "home")
-    cli(*rloo_args(), home=home)
+    cli(*run_args(*RLOO), home=home)
     return home
 
 
@@ -344,9 +340,9 @@ def test_an_rloo_run_killed_in_training_resumes_to_the_uninterrupted_adapter(rlo
         db.execute("delete from trainings where iteration = 2")
         db.execute("delete from stages where stage = 'train' and iteration = 2")
         db.execute("update iterations set finished_at = null where iteration = 2")
-    stopped = cli(*rloo_args(), home=home, check=False, stop_at="train/2")
+    stopped = cli(*run_args(*RLOO), home=home, check=False, stop_at="train/2")
     assert stopped.returncode == -signal.SIGKILL, f"the run never reached train/2: {stopped.stderr[-2000:]}"
-    cli(*rloo_args(), home=home)
+    cli(*run_args(*RLOO), home=home)
     assert _trained(home) == _trained(rloo_run)
 
 
@@ -362,7 +358,7 @@ def test_grpo_with_per_turn_credit_runs_and_scores_the_gold_after_each_turn(data
 
     home = copy_home(data_home, tmp_path / "grpo")
     per_turn = ["train.method=grpo", "reward.per_turn=true", "simulate.max_turns=3", *RLOO[1:]]
-    cli("run", "--iterations", "1", *[a for o in TINY_CI_OVERRIDES + per_turn for a in ("--set", o)], home=home)
+    cli(*run_args(*per_turn, iterations=1), home=home)
     store = Store(home)
     recipe = recipe_of_run(pick_run(store, None))
     after = store.turn_scores("tiny", 1)

@@ -11,19 +11,15 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import TINY_CI_OVERRIDES, cli, copy_home
+from conftest import cli, copy_home, run_args
 
 DPO = ["train.method=dpo", "simulate.conversations_per_pair=3", "train.epochs=2"]
-
-
-def dpo_args() -> list[str]:
-    return ["run", "--iterations", "1", *[a for o in TINY_CI_OVERRIDES + DPO for a in ("--set", o)]]
 
 
 @pytest.fixture(scope="module")
 def preferred_run(data_home, tmp_path_factory) -> Path:
     home = copy_home(data_home, tmp_path_factory.mktemp("dpo") / "home")
-    cli(*dpo_args(), home=home)
+    cli(*run_args(*DPO, iterations=1), home=home)
     return home
 
 
@@ -111,12 +107,12 @@ def test_dpo_resumes_after_sigkill_with_the_uninterrupted_result(preferred_run, 
         db.execute("delete from stages where stage = 'train'")
         db.execute("update iterations set finished_at = null")
     for point in ("train/1", "trained/1"):
-        stopped = cli(*dpo_args(), home=home, check=False, stop_at=point)
+        stopped = cli(*run_args(*DPO, iterations=1), home=home, check=False, stop_at=point)
         assert stopped.returncode == -signal.SIGKILL, f"the run never reached {point}: {stopped.stderr[-2000:]}"
         with sqlite3.connect(home / "stargate.db") as db:
             assert not db.execute("select count(*) from trainings").fetchone()[0], point
     assert (home / "runs" / "tiny" / "iteration-1" / "adapter" / "adapter_config.json").is_file()  # trained/1
-    cli(*dpo_args(), home=home)
+    cli(*run_args(*DPO, iterations=1), home=home)
     assert result(home) == result(preferred_run)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import StargateError
 from ..recipe import POLICY_GRADIENT_METHODS, TrainConfig, check_dropout_masks
 from .encoded import Encoded
-from .logits import fast_scoring_refusal, head_logits, sampling_logprobs
+from .logits import at_least_fp32, fast_scoring_refusal, head_logits, sampling_logprobs
 from .memory import trim_heap
 from .questioner import Questioner, checked_adapter
 
@@ -361,7 +361,7 @@ def target_logits(model, decoder, sequences: list[Encoded], pad_token_id: int, t
         hidden = decoder.base_model(input_ids=ids, use_cache=False).last_hidden_state
         logits = head_logits(decoder, hidden[rows, cols])
     else:  # the model's own forward, for heads the lean path does not reproduce
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[rows, cols].float()
+        logits = at_least_fp32(model(input_ids=ids, attention_mask=mask, use_cache=False).logits[rows, cols])
     return logits, targets[rows, cols], rows
 
 
