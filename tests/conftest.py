@@ -298,7 +298,19 @@ def finished_run(data_home, tmp_path_factory, model_cache) -> Path:
 
 
 def copy_home(home: Path, to: Path) -> Path:
-    shutil.copytree(home, to)
+    """A copy of a home; its store through SQLite's backup, whole and consistent. Copying the store's files would
+    race with the last reader of the original closing, which deletes its -wal and -shm files mid-copy (seen once
+    in CI: shutil.Error, no such file)."""
+    store = home / "stargate.db"
+    shutil.copytree(home, to, ignore=lambda folder, names: [n for n in names if Path(folder) == home
+                                                            and n.startswith("stargate.db")])
+    if store.exists():
+        source, copy = sqlite3.connect(store), sqlite3.connect(to / "stargate.db")
+        try:
+            source.backup(copy)
+        finally:
+            source.close()
+            copy.close()
     return to
 
 
