@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 GROUPS = ("A", "B", "A+B", "test")
 
 
-def _sizes(values: list[str], default: dict[str, int]) -> dict[str, int]:
+def split_sizes(values: list[str], default: dict[str, int]) -> dict[str, int]:
     sizes = dict(default)
     for item in values:
         split, _, n = item.partition("=")
@@ -103,8 +103,8 @@ def main() -> None:
 
     from stargate_lite.evaluation.probe import probe
 
-    summary = probe(a.home, a.run, a.iterations, _sizes(a.tasks, {"A": 6, "B": 6, "test": 6}),
-                    _sizes(a.personas, {"A": 4, "B": 4, "test": 2}), a.conversations, a.roleplayer, a.control,
+    summary = probe(a.home, a.run, a.iterations, split_sizes(a.tasks, {"A": 6, "B": 6, "test": 6}),
+                    split_sizes(a.personas, {"A": 4, "B": 4, "test": 2}), a.conversations, a.roleplayer, a.control,
                     a.q0_from)
     print(table(summary))
     if a.json:

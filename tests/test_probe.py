@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 
 from stargate_lite.errors import StargateError
-from stargate_lite.evaluation.probe import probe, probe_namespace, response_words
+from stargate_lite.evaluation.probe import policy_difference, probe, probe_namespace, response_words
 from stargate_lite.runs import open_run, recipe_of_run
 from stargate_lite.store import Store
 
@@ -74,6 +74,13 @@ def test_the_probe_pairs_each_policy_with_q0_under_the_same_seeds_and_makes_q0_o
     both = probe(finished, iterations=[1, 2], tasks=TASKS, personas=PERSONAS, conversations=1, control=True)
     assert _rows(finished) == {table: n * 2 for table, n in made.items()}  # Q_2's and the control's
     assert both["policies"][:2] == first["policies"]
+    # Two policies against each other, paired per pair: Q_2 less Q_1 is the difference of their gains over Q_0.
+    q2_less_q1 = policy_difference(store, ("tiny", 2), ("tiny", 1), "smollm2")
+    for group in ("A", "B", "A+B", "test"):
+        gains = [p["splits"][group]["gain"] for p in both["policies"][1:]]
+        assert q2_less_q1[group].n == gains[0].n == gains[1].n
+        assert q2_less_q1[group].mean == pytest.approx(gains[1].mean - gains[0].mean, abs=1e-9)
+        assert q2_less_q1[group].low <= q2_less_q1[group].mean <= q2_less_q1[group].high
     # The positive control (Q_0 asking a Roleplayer that recites its persona) raises the reward on every split.
     assert all(both["control"][g]["gain"].mean > 0 for g in ("A", "B", "test"))
 

@@ -231,6 +231,22 @@ def summarize_probe(store: Store, run_id: str, roleplayer: str, iterations: list
             "control": splits_of(CONTROL, 0, True) if control else None}
 
 
+def policy_difference(store: Store, policy: tuple[str, int], other: tuple[str, int], roleplayer: str,
+                      question_cost: float = 0.0) -> dict[str, Interval | None]:
+    """Per group (A, B, test, A+B), one probed policy (run, iteration) less another, paired per probe pair, with
+    the crossed-bootstrap interval: how two trained policies compare under the same seeds (a sweep's runs of one
+    home, or two iterations of a run). None where the two share no probed pair."""
+    measured = [{split: _policy_split(store, probe_namespace(run, roleplayer, split, it), question_cost)[0]
+                 for split in SPLITS} for run, it in (policy, other)]
+    out = {}
+    for name, members in {**{split: (split,) for split in SPLITS}, "A+B": ("A", "B")}.items():
+        a, b = ({k: v for m in members for k, v in split_rewards[m].items()} for split_rewards in measured)
+        keys = sorted(a.keys() & b.keys())
+        out[name] = crossed_bootstrap([a[k][2] - b[k][2] for k in keys], [a[k][0] for k in keys],
+                                      [a[k][1] for k in keys]) if keys else None
+    return out
+
+
 def detectable(gain: Interval) -> float:
     """The smallest true gain this probe finds (5% two-sided, 80% power), from the gain's interval read as
     +-z(1 - (1 - confidence) / 2) standard errors."""
