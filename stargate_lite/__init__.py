@@ -26,13 +26,14 @@ _API = {
     "run_status": "commands.status",  # stargate-lite status
     "estimate": "commands.dryrun",  # stargate-lite run --dry-run
     "export": "commands.export",  # stargate-lite export
+    "export_dataset": "commands.dataset",  # stargate-lite export --data
     "import_data": "stages.data",  # stargate-lite data import
     "evaluate": "evaluation.evaluate",  # stargate-lite eval
     "summarize": "evaluation.evaluate",  # stargate-lite report's tables
     "probe": "evaluation.probe",  # benchmarks/learning.py: does the loop teach?
 }
-__all__ = ["Recipe", "StargateError", "Store", "estimate", "evaluate", "export", "import_data", "load_recipe", "probe",
-           "run", "run_status", "summarize"]
+__all__ = ["Recipe", "StargateError", "Store", "estimate", "evaluate", "export", "export_dataset", "import_data",
+           "load_recipe", "probe", "run", "run_status", "summarize"]
 
 
 def __getattr__(name: str):

@@ -340,15 +340,34 @@ def chat(
 @app.command("export")
 @user_errors
 def export_(
-    out_dir: Annotated[Path, typer.Option("--out", help="New folder for the merged model.")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="New folder for the merged model.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data", help="New folder for the run's records as a dataset (Parquet and a card) instead of the model."
+    )] = None,
+    push_to_hub: Annotated[str | None, typer.Option(
+        help="With --data: also upload it to this Hugging Face dataset repo (user/name; private if new).")] = None,
     run_id: Annotated[str | None, typer.Option("--run", help="Run.", show_default="the latest")] = None,
     iteration: Annotated[int | None, typer.Option(help="Iteration.", show_default="the latest trained")] = None,
     home: HomeOption = None,
 ) -> None:
-    """Write base + adapter merged (safetensors, tokenizer, chat template, model card)."""
-    from .commands.export import export
+    """Write base + adapter merged (safetensors, tokenizer, chat template, model card), or with --data the run's
+    conversations, pairs, selections, responses and verdicts as a Hugging Face dataset."""
+    if (out_dir is None) == (data_dir is None):
+        raise StargateError("give one of --out (the merged model) or --data (the run's records as a dataset)")
+    if data_dir is None:
+        if push_to_hub:
+            raise StargateError("--push-to-hub goes with --data: it uploads the dataset")
+        from .commands.export import export
 
-    out.print(f"Exported to {export(home, out_dir, run_id, iteration)}")
+        out.print(f"Exported to {export(home, out_dir, run_id, iteration)}")
+        return
+    if iteration is not None:
+        raise StargateError("--data exports every iteration of the run: leave out --iteration")
+    from .commands.dataset import export_dataset
+
+    counts = export_dataset(home, data_dir, run_id, push_to_hub)
+    out.print(f"Exported the dataset to {data_dir}: " + ", ".join(f"{n} {name}" for name, n in counts.items())
+              + (f"; pushed to {push_to_hub}" if push_to_hub else ""))
 
 
 @data_app.command("import")

@@ -272,6 +272,11 @@ def store_error(path: Path, err: sqlite3.Error) -> str | None:
     return None
 
 
+def _like_prefix(prefix: str) -> str:
+    """A LIKE pattern (with ESCAPE '\\') for the values that start with `prefix`, its own % and _ taken literally."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 class Store:
     """A project home's SQLite file. Cheap to open; safe to read while a run writes (WAL).
 
@@ -638,8 +643,7 @@ class Store:
     def eval_namespaces(self, run_id: str) -> list[str]:
         """The evaluation namespaces ("RUN#eval:ROLEPLAYER") that hold conversations of a run."""
         sql = "select distinct run_id from pairs where run_id like ? escape '\\' order by run_id"
-        escaped = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        return [r["run_id"] for r in self.rows(sql, [f"{escaped}#eval:%"])]
+        return [r["run_id"] for r in self.rows(sql, [_like_prefix(f"{run_id}#eval:")])]
 
     def pair_iterations(self, run_id: str) -> list[int]:
         return [r["iteration"] for r in self.rows(
@@ -705,6 +709,67 @@ class Store:
         sql = ("select * from judgments where ns = ? and iteration = ? and responder = ? and judge = ? "
                "and protocol = ? order by id")
         return self.rows(sql, [ns, iteration, responder, judge, protocol])
+
+    # -- a run's records as a dataset (commands/dataset.py) --------------------------------------------------------
+    def _of_run(self, column: str, run_id: str) -> tuple[str, list[str]]:
+        """A WHERE clause for the rows of a run's namespaces: the run's own and "RUN#..." (evaluation, probe)."""
+        return f"({column} = ? or {column} like ? escape '\\')", [run_id, _like_prefix(f"{run_id}#")]
+
+    def export_pairs(self, run_id: str) -> list[dict]:
+        """Every pair of a run's namespaces with its task, persona and gold."""
+        where, params = self._of_run("p.run_id", run_id)
+        return self.rows(
+            f"""
+            select p.id, p.run_id as namespace, p.iteration, t.split, p.task_id, t.text as task, p.persona_id,
+              pe.name as persona_name, pe.text as persona, g.text as gold, p.turns
+            from pairs p join tasks t on t.id = p.task_id join personas pe on pe.id = p.persona_id
+            left join golds g on g.task_id = p.task_id and g.persona_id = p.persona_id
+            where {where} order by p.run_id, p.iteration, p.idx
+            """,
+            params,
+        )
+
+    def export_conversations(self, run_id: str, question_cost: float) -> list[dict]:
+        """Every conversation of a run's namespaces: its gold log-prob (the score stage's, or an evaluation's
+        experimental one), its reward as selection reckons it, and whether selection kept it."""
+        where, params = self._of_run("c.run_id", run_id)
+        return self.rows(
+            f"""
+            select c.id, c.run_id as namespace, c.iteration, c.pair_id, c.sample, c.policy, c.roleplayer,
+              c.turns as turn_count, c.questions, c.answer, coalesce(s.logprob, e.logprob) as logprob,
+              coalesce(s.logprob, e.logprob) - ? * coalesce(c.questions, 0) as reward,
+              k.conversation_id is not null as kept
+            from conversations c left join scores s on s.conversation_id = c.id
+            left join eval_scores e on e.conversation_id = c.id and e.condition = 'experimental'
+            left join selections k on k.conversation_id = c.id
+            where {where} order by c.run_id, c.iteration, c.pair_id, c.sample
+            """,
+            [question_cost, *params],
+        )
+
+    def export_selections(self, run_id: str) -> list[dict]:
+        return self.rows("select * from selections where run_id = ? order by iteration, pair_id", [run_id])
+
+    def export_responses(self, run_id: str) -> list[dict]:
+        return self.rows("select * from responses where run_id = ? order by iteration, pair_id", [run_id])
+
+    def export_judgments(self, run_id: str) -> list[dict]:
+        """Every verdict of a run's evaluations, with Q_eta's response and Q_0's to the same pair side by side."""
+        where, params = self._of_run("j.ns", run_id)
+        return self.rows(
+            f"""
+            select j.id, j.ns as namespace, j.iteration, j.responder, j.judge, j.protocol, j.pair_key, j.turns,
+              j.swapped, j.policy_is_a, j.verdict, j.winner, j.status, j.margin,
+              p.text as policy_response, b.text as base_response
+            from judgments j
+            left join eval_responses p on p.ns = j.ns and p.iteration = j.iteration and p.responder = j.responder
+              and p.pair_key = j.pair_key
+            left join eval_responses b on b.ns = j.ns and b.iteration = 0 and b.responder = j.responder
+              and b.pair_key = j.pair_key
+            where {where} order by j.ns, j.iteration, j.id
+            """,
+            params,
+        )
 
     # -- chats --------------------------------------------------------------------------------------------------
     def save_chat(self, row: dict) -> None:

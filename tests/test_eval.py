@@ -626,3 +626,40 @@ def test_a_store_with_rows_from_every_older_schema_level_upgrades_and_reads_as_i
             assert [it["logprob"] for it in got] == [it["logprob"] for it in expected_eval], level
             if level >= 7:  # verdicts carry their protocol from m007
                 assert [it["win_rate"] for it in got] == [it["win_rate"] for it in expected_eval], level
+
+
+def test_a_runs_records_export_as_a_dataset_that_datasets_loads(evaluated, eval_home, tmp_path):
+    """`export --data`: every table of the run and its evaluation, one configuration each, read back by the
+    `datasets` library as a user would, from the folder's card and from the Parquet files themselves."""
+    from datasets import load_dataset
+
+    out = tmp_path / "records"
+    printed = cli("export", "--data", str(out), home=eval_home).stdout
+    with sqlite3.connect(eval_home / "stargate.db") as db:
+        stored = {table: db.execute(f"select count(*) from {table}").fetchone()[0]
+                  for table in ("conversations", "pairs", "selections", "responses", "judgments")}
+        turns = {cid: [{"role": role, "text": text} for role, text in db.execute(
+            "select role, text from turns where conversation_id = ? order by idx", [cid])]
+            for (cid,) in db.execute("select id from conversations")}
+        kept = {cid for (cid,) in db.execute("select conversation_id from selections")}
+    assert all(stored.values()) and ", ".join(f"{n} {t}" for t, n in stored.items()) in " ".join(printed.split())
+
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n") and "license: unknown" in card and "config_name: judgments" in card
+    cache = tmp_path / "datasets-cache"
+    loaded = {name: load_dataset(str(out), name, split="train", cache_dir=str(cache)) for name in stored}
+    assert {name: len(rows) for name, rows in loaded.items()} == stored
+    conversations = loaded["conversations"]
+    assert sorted(conversations.unique("namespace")) == ["tiny", "tiny#eval:smollm2"]
+    for row in conversations:
+        assert row["turns"] == turns[row["id"]] and row["kept"] == (row["id"] in kept)
+        assert row["reward"] == row["logprob"] is not None  # no question cost in the tiny recipe
+    judgments = loaded["judgments"]
+    assert all(j["policy_response"] and j["base_response"] and j["winner"] in ("base", "policy") for j in judgments)
+    plain = load_dataset("parquet", data_files=str(out / "pairs" / "*.parquet"), split="train", cache_dir=str(cache))
+    assert plain.to_list() == loaded["pairs"].to_list() and all(p["gold"] for p in plain)
+
+    again = cli("export", "--data", str(out), home=eval_home, check=False)
+    assert again.returncode == 2 and "exists: choose a new --data folder" in again.stderr
+    both = cli("export", "--data", str(tmp_path / "x"), "--out", str(tmp_path / "y"), home=eval_home, check=False)
+    assert both.returncode == 2 and "give one of --out" in both.stderr and not (tmp_path / "x").exists()
