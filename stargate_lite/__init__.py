@@ -30,10 +30,11 @@ _API = {
     "import_data": "stages.data",  # stargate-lite data import
     "evaluate": "evaluation.evaluate",  # stargate-lite eval
     "summarize": "evaluation.evaluate",  # stargate-lite report's tables
+    "report": "evaluation.report",  # stargate-lite report: tables, plots and report.md
     "probe": "evaluation.probe",  # benchmarks/learning.py: does the loop teach?
 }
 __all__ = ["Recipe", "StargateError", "Store", "estimate", "evaluate", "export", "export_dataset", "import_data",
-           "load_recipe", "probe", "run", "run_status", "summarize"]
+           "load_recipe", "probe", "report", "run", "run_status", "summarize"]
 
 
 def __getattr__(name: str):

@@ -250,23 +250,20 @@ def report(
     set_: EvalSetOption = None,
     home: HomeOption = None,
 ) -> None:
-    """Redraw the evaluation table and plots from the store, without loading any model."""
-    from .evaluation.evaluate import summarize, with_eval_settings
-    from .evaluation.judge import judge_protocol
-    from .evaluation.report import plot, tables
-    from .runs import pick_run, recipe_of_run, run_dir
-    from .store import Store
+    """Redraw the evaluation table and plots from the store, without loading any model, and write report.md beside
+    them: the run's code, machine, stage times, GPU-hours, evaluation and sample conversations."""
+    from .evaluation.report import report as write_run_report
+    from .evaluation.report import tables
 
-    store = Store(home, create=False)
-    run = pick_run(store, run_id)
-    recipe = with_eval_settings(recipe_of_run(run), run["id"], set_)
-    summary = summarize(store, run["id"], roleplayer or recipe.roles.main_roleplayer, judge or recipe.roles.judge,
-                        judge_protocol(recipe.judge), responder)
-    if not summary["iterations"]:
-        raise StargateError(f"run {run['id']} has no evaluation with that roleplayer yet: run `stargate-lite eval`")
-    for table in tables(summary):
-        out.print(table)
-    out.print("Plots: " + ", ".join(str(p) for p in plot(summary, run_dir(store, run["id"]))))
+    written = write_run_report(home, run_id, roleplayer, judge, responder, set_)
+    summary = written["summary"]
+    if summary is None:
+        out.print("No evaluation with that roleplayer yet: `stargate-lite eval` adds it.")
+    else:
+        for table in tables(summary):
+            out.print(table)
+        out.print("Plots: " + ", ".join(str(p) for p in written["plots"]))
+    out.print(f"Report: {written['report']}")
 
 
 @app.command()

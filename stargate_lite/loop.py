@@ -17,7 +17,7 @@ from .errors import StargateError
 from .progress import Progress
 from .prompts import is_question, questioner_messages
 from .recipe import POLICY_GRADIENT_METHODS, Recipe
-from .runs import open_run, run_dir, run_lock, split_for, stop_point
+from .runs import open_run, run_dir, run_lock, split_for, start_session, stop_point
 from .stages.data import make_pairs, prepare_data
 from .stages.respond import respond_stage
 from .stages.score import score_stage
@@ -190,34 +190,52 @@ def hand_over_memory(questioner: Questioner, chat: ChatModels) -> None:
 
 
 def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, questioner: Questioner,
-                  chat: ChatModels, progress: Progress) -> None:
+                  chat: ChatModels, progress: Progress, session: str) -> None:
     split = split_for(iteration)
     store.start_iteration(run_id, iteration, split)
+    gpu = questioner.device.type == "cuda"
+    begun: set[str] = set()
+
+    def begin(stage: str) -> None:
+        """The stage's start, once, for the report: the Questioner's GPU, or train.processes of them in
+        training."""
+        if stage not in begun:
+            begun.add(stage)
+            store.start_stage(run_id, iteration, stage, session, (recipe.train.processes if stage == "train"
+                                                                  else 1) if gpu else 0)
+
     previous = store.training(run_id, iteration - 1) if iteration > 1 else None
     adapter = previous["adapter"] if previous else None
     policy_name = f"iteration-{iteration - 1}" if adapter else "base"
 
     if not store.stage_done(run_id, iteration, "pairs"):
+        begin("pairs")
         make_pairs(store, recipe, run_id, iteration, split, f"{recipe.seed}/{iteration}")
         stop_point(f"pairs/{iteration}")
         store.mark_stage(run_id, iteration, "pairs")
 
-    needs_policy = any(not store.stage_done(run_id, iteration, s) for s in ("simulate", "score", "respond"))
-    policy = questioner.engine_policy(adapter) if needs_policy else None
+    needing_policy = [s for s in ("simulate", "score", "respond") if not store.stage_done(run_id, iteration, s)]
+    if needing_policy:
+        begin(needing_policy[0])  # loading the policy is the first stage's time
+    policy = questioner.engine_policy(adapter) if needing_policy else None
     if not store.stage_done(run_id, iteration, "simulate"):
+        begin("simulate")
         roleplayers = Roleplayers(recipe.roles.roleplayer_weights, chat.get, recipe.seed)
         simulate(store, run_id, iteration, policy, policy_name, questioner, roleplayers, recipe.simulate,
                  recipe.seed, progress)
         store.mark_stage(run_id, iteration, "simulate")
     if not store.stage_done(run_id, iteration, "score"):
+        begin("score")
         score_stage(store, run_id, iteration, policy, questioner, recipe.score, progress,
                     per_turn=recipe.reward.per_turn)
         store.mark_stage(run_id, iteration, "score")
     if not store.stage_done(run_id, iteration, "select"):
+        begin("select")
         select_best(store, run_id, iteration, recipe.reward.question_cost)
         stop_point(f"select/{iteration}")
         store.mark_stage(run_id, iteration, "select")
     if not store.stage_done(run_id, iteration, "respond"):
+        begin("respond")
         if recipe.train.target == "response":
             respond_stage(store, run_id, iteration, policy, policy_name, questioner, recipe.respond,
                           recipe.train.format, progress, decide=recipe.simulate.turns == "policy")
@@ -226,6 +244,7 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
     hand_over_memory(questioner, chat)
 
     if not store.stage_done(run_id, iteration, "train"):
+        begin("train")
         if recipe.train.method == "dpo":
             examples = [(questioner.encode_for_training(chosen), questioner.encode_for_training(rejected))
                         for chosen, rejected in preference_examples(store, recipe, run_id, iteration)]
@@ -262,7 +281,11 @@ def run(recipe: Recipe, iterations: int, home: Path | str | None = None, run_id:
     run_id = open_run(store, recipe, run_id)
     progress = progress or Progress()
     with run_lock(store, run_id), progress, ChatModels(recipe.chat_models, store.home, run_dir(store, run_id)) as chat:
-        prepare_data(store, recipe, lambda: chat.get(recipe.roles.oracle), progress)
+        session = start_session(store, run_id)
+        if not store.stage_done(run_id, 0, "data"):  # the home's data is shared: a later run finds it made
+            store.start_stage(run_id, 0, "data", session, 0)
+            prepare_data(store, recipe, lambda: chat.get(recipe.roles.oracle), progress)
+            store.mark_stage(run_id, 0, "data")
         with closing(Questioner(recipe.questioner, store.home)) as questioner:
             for iteration in range(1, iterations + 1):
                 if store.stage_done(run_id, iteration, "train"):
@@ -270,5 +293,5 @@ def run(recipe: Recipe, iterations: int, home: Path | str | None = None, run_id:
                     # that was never marked finished: finish it.
                     store.finish_iteration(run_id, iteration)
                     continue
-                run_iteration(store, recipe, run_id, iteration, questioner, chat, progress)
+                run_iteration(store, recipe, run_id, iteration, questioner, chat, progress, session)
     return run_id

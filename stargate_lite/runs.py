@@ -7,11 +7,17 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import platform
 import re
 import signal
+import socket
+import subprocess
+import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 
 from .errors import FallbackNotice, StargateError
@@ -66,6 +72,63 @@ def stop_point(point: str) -> None:
     wanted, _, how = os.environ.get(STOP_AT_ENV, "").partition("=")
     if wanted == point:
         os.kill(os.getpid(), _STOP_SIGNALS[how])
+
+
+# Packages whose versions a run's report states (read from their metadata: nothing is imported for it).
+REPORTED_PACKAGES = ("stargate-lite", "torch", "transformers", "peft", "accelerate", "trl", "bitsandbytes",
+                     "unsloth", "llama-cpp-python", "vllm", "openai", "sqlite-utils")
+
+
+def source_commit() -> tuple[str | None, bool | None]:
+    """The git commit of the code this process runs and whether its tracked files differ from it; (None, None)
+    for code that is not a git checkout (an installed package: its version stands for it)."""
+    source = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True,
+                                timeout=10, check=False)
+        if commit.returncode != 0:
+            return None, None
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=source,
+                                capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None, None
+    return commit.stdout.strip(), bool(status.stdout.strip()) if status.returncode == 0 else None
+
+
+def machine() -> dict:
+    """This machine as a run's report states it: CPU, cores, memory, and the CUDA GPUs torch sees."""
+    cpu = platform.processor() or None
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        memory = None
+    import torch
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+            "memory_gib": round(memory, 1) if memory else None, "gpus": gpus}
+
+
+def start_session(store: Store, run_id: str) -> str:
+    """Record this process's work on a run (code, package versions, machine) and return the session's id, which
+    each stage it starts names."""
+    commit, dirty = source_commit()
+    versions = {"python": platform.python_version()}
+    for package in REPORTED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    session = uuid.uuid4().hex
+    store.start_session({"id": session, "run_id": run_id, "started_at": time.time(), "host": socket.gethostname(),
+                         "commit": commit, "dirty": None if dirty is None else int(dirty),
+                         "versions": json.dumps(versions), "hardware": json.dumps(machine())})
+    return session
 
 
 def split_for(iteration: int) -> str:

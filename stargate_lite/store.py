@@ -235,6 +235,17 @@ def _m017_turn_scores(db: sqlite_utils.Database) -> None:
     db["turn_scores"].create_index(["run_id", "iteration"])
 
 
+def _m018_stage_starts(db: sqlite_utils.Database) -> None:
+    # Where a run's time and hardware went (`stargate-lite report`). run_sessions: one row per process that
+    # worked on a run, with the code, packages and machine it ran on. stage_starts: when the latest attempt at a
+    # stage began, in which session, on how many GPUs (its end is the stages table's done_at).
+    db["run_sessions"].create({"id": str, "run_id": str, "started_at": float, "host": str, "commit": str,
+                               "dirty": int, "versions": str, "hardware": str}, pk="id")
+    db["run_sessions"].create_index(["run_id"])
+    db["stage_starts"].create({"run_id": str, "iteration": int, "stage": str, "started_at": float,
+                               "session_id": str, "gpus": int}, pk=("run_id", "iteration", "stage"))
+
+
 MIGRATIONS = [
     ("m001_initial", _m001_initial),
     ("m002_eval", _m002_eval),
@@ -253,6 +264,7 @@ MIGRATIONS = [
     ("m015_training_method", _m015_training_method),
     ("m016_policy_steps", _m016_policy_steps),
     ("m017_turn_scores", _m017_turn_scores),
+    ("m018_stage_starts", _m018_stage_starts),
 ]
 
 
@@ -450,6 +462,72 @@ class Store:
         """When each finished stage of an iteration was marked done (epoch seconds): where its time went."""
         sql = "select stage, done_at from stages where run_id = ? and iteration = ?"
         return {r["stage"]: r["done_at"] for r in self.rows(sql, [run_id, iteration])}
+
+    def start_session(self, row: dict) -> None:
+        """A process begins work on a run: the code, package versions and machine (JSON) it runs with."""
+        self.insert_rows("run_sessions", [row], pk="id")
+
+    def start_stage(self, run_id: str, iteration: int, stage: str, session_id: str, gpus: int) -> None:
+        """An attempt at a stage begins (replacing an earlier attempt's start, killed or resumed before it)."""
+        with self.transaction():
+            self.db["stage_starts"].insert({"run_id": run_id, "iteration": iteration, "stage": stage,
+                                            "started_at": time.time(), "session_id": session_id, "gpus": gpus},
+                                           pk=("run_id", "iteration", "stage"), replace=True)
+
+    def run_sessions(self, run_id: str) -> list[dict]:
+        return self.rows("select * from run_sessions where run_id = ? order by started_at", [run_id])
+
+    def stage_times(self, run_id: str) -> list[dict]:
+        """Each finished stage of a run with its latest attempt's start ({iteration, stage, started_at, done_at,
+        gpus}; started_at NULL for stages finished before starts were stored)."""
+        return self.rows(
+            """
+            select s.iteration, s.stage, b.started_at, s.done_at, b.gpus from stages s left join stage_starts b
+              on b.run_id = s.run_id and b.iteration = s.iteration and b.stage = s.stage
+            where s.run_id = ? order by s.iteration, s.done_at
+            """,
+            [run_id],
+        )
+
+    def stage_tokens(self, run_id: str, iteration: int) -> dict[str, int | None]:
+        """Tokens each stage of an iteration handled, where the store counts them: simulate the conversations'
+        turns (both roles), score the gold tokens scored (after each turn too under reward.per_turn), respond the
+        responses' and train the trained tokens."""
+        def total(table: str, column: str = "n_tokens") -> int | None:
+            return self.value(f"select sum({column}) from {table} where run_id = ? and iteration = ?",
+                              [run_id, iteration])
+
+        turns = ("select sum(t.n_tokens) from turns t join conversations c on c.id = t.conversation_id "
+                 "where c.run_id = ? and c.iteration = ?")
+        scored = [n for n in (total("scores"), total("turn_scores")) if n is not None]
+        return {"simulate": self.value(turns, [run_id, iteration]), "score": sum(scored) if scored else None,
+                "respond": total("responses"), "train": total("trainings", "trained_tokens")}
+
+    def pair_extremes(self, run_id: str, iteration: int, pairs: int) -> list[dict]:
+        """The first `pairs` scored pairs of an iteration, each with its best and worst conversation by gold
+        log-prob: {task, persona_name, best: {logprob, turns}, worst: {logprob, turns}}."""
+        rows = self.rows(
+            """
+            select p.id, p.idx, t.text as task, pe.name as persona_name, s.conversation_id, s.logprob
+            from pairs p join tasks t on t.id = p.task_id join personas pe on pe.id = p.persona_id
+              join conversations c on c.pair_id = p.id join scores s on s.conversation_id = c.id
+            where p.run_id = ? and p.iteration = ? and p.id in (
+              select p2.id from pairs p2 where p2.run_id = ? and p2.iteration = ?
+                and exists (select 1 from conversations c2 join scores s2 on s2.conversation_id = c2.id
+                            where c2.pair_id = p2.id)
+              order by p2.idx limit ?)
+            order by p.idx, s.logprob desc, s.conversation_id
+            """,
+            [run_id, iteration, run_id, iteration, pairs],
+        )
+        by_pair: dict[str, list[dict]] = {}
+        for row in rows:
+            by_pair.setdefault(row["id"], []).append(row)
+        turns = self.turns([r["conversation_id"] for group in by_pair.values() for r in (group[0], group[-1])])
+        return [{"task": group[0]["task"], "persona_name": group[0]["persona_name"],
+                 **{end: {"logprob": row["logprob"], "turns": turns[row["conversation_id"]]}
+                    for end, row in (("best", group[0]), ("worst", group[-1]))}}
+                for group in by_pair.values()]
 
     def mark_stage(self, run_id: str, iteration: int, stage: str) -> None:
         with self.transaction():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import sqlite3
 from pathlib import Path
 
@@ -11,8 +13,10 @@ import pytest
 import torch
 from conftest import TINY_CI_OVERRIDES, cli, copy_home
 
+import stargate_lite
 from stargate_lite.evaluation.judge import parse_last_line, parse_verdict, policy_is_a, read_verdict, winner_of
 from stargate_lite.recipe import JudgeConfig
+from stargate_lite.runs import STAGES, source_commit
 from stargate_lite.store import Store
 
 EVAL_TABLES = ("eval_scores", "eval_responses", "judgments")
@@ -116,10 +120,40 @@ def test_eval_gives_intervals_over_tasks_and_personas_a_paired_gain_and_strength
 
 def test_eval_table_shows_both_win_rates(evaluated, eval_home):
     table = cli("report", home=eval_home).stdout
+    assert f"Report: {eval_home / 'runs' / 'tiny' / 'report.md'}" in table.replace("\n", "")
     assert "win rate, random order" in table and "win rate, both orders" in table and "consistency" in table
     assert "Efficiency" in table and "tokens the user typed" in table
     assert "Bradley-Terry" in table and "Q_2 strength" in table and "paired" in table
     assert "Simulator audit" in table and "leak" in table
+
+
+def test_the_run_report_states_code_machine_stage_times_evaluation_and_samples(evaluated, eval_home, tmp_path):
+    home = copy_home(eval_home, tmp_path / "home")
+    written = stargate_lite.report(home)
+    path = written["report"]
+    assert path == home / "runs" / "tiny" / "report.md" and written["summary"]["run"] == "tiny"
+    text = path.read_text()
+    store = Store(home)
+    run = store.get_run("tiny")
+    assert hashlib.sha256(run["recipe"].encode()).hexdigest()[:16] in text
+    commit, dirty = source_commit()  # the code the fixture's run ran is this checkout's
+    assert ((commit or "not a git checkout")[:12] + (" (dirty)" if dirty else "")) in text
+    assert f"{os.cpu_count()} cores" in text and "no GPU" in text and f"torch {torch.__version__}" in text
+    # Every stage of both iterations, and the data stage, with its time from its own start: none untimed.
+    times = store.stage_times("tiny")
+    assert [(t["iteration"], t["stage"]) for t in times] == [(0, "data")] + [(i, s) for i in (1, 2) for s in STAGES]
+    assert all(t["started_at"] is not None and t["started_at"] <= t["done_at"] and t["gpus"] == 0 for t in times)
+    table = text.split("**Where the time went**")[1].split("\n\n")[1].splitlines()[2:]
+    assert len(table) == len(times) and all(row.split(" | ")[3] != "-" for row in table)
+    assert "0.00 GPU-hours" in text and "finished before starts were stored" not in text
+    tokens = store.stage_tokens("tiny", 1)
+    assert tokens["train"] == store.training("tiny", 1)["trained_tokens"] and tokens["simulate"] > 0
+    # The evaluation's tables and plots, and two pairs' best and worst conversations, best first.
+    assert "Bradley-Terry" in text and "win rate, both orders" in text
+    assert all(f"]({p.name})" in text for p in written["plots"]) and written["plots"]
+    samples = [float(line.split("= ")[1].rstrip(":")) for line in text.splitlines() if "log p(gold) =" in line]
+    assert len(samples) == 2 * 2 and samples[0] >= samples[1] and samples[2] >= samples[3]
+    assert "> **Questioner:**" in text and "> **Roleplayer:**" in text
 
 
 def test_a_second_eval_reuses_everything(evaluated, eval_home, monkeypatch):

@@ -13,7 +13,7 @@ from conftest import GOLD, TASK, TURNS
 from stargate_lite.engines.questioner import SharedBase
 from stargate_lite.progress import Progress
 from stargate_lite.prompts import questioner_messages
-from stargate_lite.runs import recipe_of_run
+from stargate_lite.runs import recipe_of_run, start_session
 from stargate_lite.stages.score import base_weights, encode_gold, token_logprobs
 from stargate_lite.store import Store
 
@@ -129,7 +129,8 @@ def test_with_train_init_previous_an_iteration_continues_the_last_adapter(finish
     stored = recipe_of_run(store.get_run("tiny"))  # a run's recipe cannot change: the iteration is run directly
     recipe = stored.model_copy(update={"train": stored.train.model_copy(update={"init": "previous"})})
     with ChatModels(recipe.chat_models, home) as chat, closing(Questioner(recipe.questioner, home)) as questioner:
-        loop.run_iteration(store, recipe, "tiny", 2, questioner, chat, Progress(enabled=False))
+        loop.run_iteration(store, recipe, "tiny", 2, questioner, chat, Progress(enabled=False),
+                           start_session(store, "tiny"))
     assert store.training("tiny", 2) is not None
     saved = load_file(Path(first) / "adapter_model.safetensors")
     assert saved and seen["start"].keys() == saved.keys()

@@ -16,6 +16,10 @@ from pathlib import Path
 import pytest
 from conftest import cli, run_args, wait_for
 
+import stargate_lite
+from stargate_lite.runs import STAGES
+from stargate_lite.store import Store
+
 TABLES = ("tasks", "personas", "golds", "pairs", "conversations", "turns", "scores", "selections", "responses",
           "trainings")
 
@@ -80,6 +84,11 @@ def test_two_iterations_complete_with_consistent_records(finished):
         policies = dict(db.execute("select iteration, policy from responses group by iteration"))
         assert policies == {1: "base", 2: "iteration-1"}
     assert (finished / "runs" / "tiny" / "recipe.json").is_file()
+    # Before any evaluation, the report still states the run; the evaluation's section says there is none yet.
+    written = stargate_lite.report(finished)
+    assert written["summary"] is None and not written["plots"]
+    text = written["report"].read_text()
+    assert "No evaluation with this roleplayer yet" in text and "**Where the time went**" in text
 
 
 def test_status_reports_each_iterations_efficiency(finished, questioner):
@@ -214,6 +223,9 @@ def test_resume_after_sigkill_at_every_stage_gives_the_uninterrupted_result(fini
     with sqlite3.connect(home / "stargate.db") as db:
         orphans = [db.execute(sql).fetchone()[0] for sql in ORPHANS]
     assert orphans and not any(orphans)
+    # Each stage's recorded start is its last attempt's: every stage has one, before its end.
+    times = Store(home).stage_times("tiny")
+    assert len(times) == 1 + 2 * len(STAGES) and all(t["started_at"] <= t["done_at"] for t in times)
     report = json.loads(cli("status", "--json", home=home).stdout)
     assert report["runs"][0]["iterations"] and all(it["complete"] for it in report["runs"][0]["iterations"])
     assert not list(home.rglob("*.tmp"))  # no half-written adapter or model left behind as if finished

@@ -1,11 +1,18 @@
-"""Evaluation output: Rich tables and three PNG plots (the paper's Figures 3 and 4, and the efficiency metrics),
-drawn from the store alone."""
+"""Evaluation output, drawn from the store alone: tables (Rich in the terminal, Markdown in report.md), three PNG
+plots (the paper's Figures 3 and 4, and the efficiency metrics), and report.md, a run's account of itself."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.table import Table
+
+from ..runs import pick_run, recipe_of_run, run_dir
+from ..store import Store
 
 CONDITION_LABELS = {
     "negative": "negative control (name only)",
@@ -55,38 +62,61 @@ def _fmt_win(iteration: int, win: dict | None) -> str:
     return f"{win['rate']:.2f} ± {win['sem']:.2f}{_interval(win.get('interval'), 2)} ({counts})"
 
 
-def summary_table(summary: dict) -> Table:
-    table = Table(title=f"run {summary['run']}: roleplayer {summary['roleplayer']}, judge {summary['judge']} "
-                        f"({summary['protocol']}), responder {summary['responder']}",
-                  caption="mean ± SEM over conversations (the paper's), [95% interval] from the bootstrap over the "
-                          "test pairs' tasks and personas")
-    table.add_column("iteration", justify="right")
-    for label in ("negative", "positive", "experimental", "experimental − Q_0, paired", "best of n", "random",
-                  *WIN_RATE_LABELS.values()):
-        table.add_column(label, justify="right")
+@dataclass
+class Grid:
+    """A table of text cells, printed with Rich in the terminal and written as Markdown in report.md."""
+    title: str
+    headers: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    caption: str = ""
+    left: int = 0  # leading columns of labels, left-justified; the rest are figures
+
+    def rich(self) -> Table:
+        table = Table(title=self.title, caption=self.caption or None)
+        for i, header in enumerate(self.headers):
+            table.add_column(header, justify="left" if i < self.left else "right")
+        for row in self.rows:
+            table.add_row(*row)
+        return table
+
+    def markdown(self) -> str:
+        def line(cells: list[str]) -> str:
+            return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+        align = [":---" if i < self.left else "---:" for i in range(len(self.headers))]
+        text = [f"**{self.title}**", "", line(self.headers), "| " + " | ".join(align) + " |",
+                *(line(row) for row in self.rows)]
+        return "\n".join([*text, *(["", f"*{self.caption}*"] if self.caption else [])])
+
+
+def summary_table(summary: dict) -> Grid:
+    grid = Grid(title=f"run {summary['run']}: roleplayer {summary['roleplayer']}, judge {summary['judge']} "
+                      f"({summary['protocol']}), responder {summary['responder']}",
+                headers=["iteration", "negative", "positive", "experimental", "experimental − Q_0, paired",
+                         "best of n", "random", *WIN_RATE_LABELS.values()],
+                caption="mean ± SEM over conversations (the paper's), [95% interval] from the bootstrap over the "
+                        "test pairs' tasks and personas")
     for it in summary["iterations"]:
         lp = it["logprob"]
-        table.add_row(str(it["iteration"]), _fmt(lp["negative"]), _fmt(lp["positive"]), _fmt(lp["experimental"]),
-                      _fmt_gain(it.get("gain")), _fmt(lp["experimental_best_of_n"]), _fmt(lp["random"]),
-                      *(_fmt_win(it["iteration"], it[key]) for key in WIN_RATE_LABELS))
-    return table
+        grid.rows.append([str(it["iteration"]), _fmt(lp["negative"]), _fmt(lp["positive"]),
+                          _fmt(lp["experimental"]), _fmt_gain(it.get("gain")), _fmt(lp["experimental_best_of_n"]),
+                          _fmt(lp["random"]), *(_fmt_win(it["iteration"], it[key]) for key in WIN_RATE_LABELS)])
+    return grid
 
 
-def strengths_table(summary: dict) -> Table | None:
+def strengths_table(summary: dict) -> Grid | None:
     """The Bradley-Terry strengths (logit scale, Q_0 = 0) and the judge's lean towards the response shown first."""
     fit = summary.get("bradley_terry")
     if not fit:
         return None
-    table = Table(title=f"Bradley-Terry over all iterations' judgments ({fit['judgments']} verdicts; judge "
-                        f"{summary['judge']})", caption="logit scale; 0 = as good as Q_0; [95% interval] from the "
-                                                        "bootstrap over tasks and personas")
-    table.add_column("")
-    table.add_column("estimate [95% interval]", justify="right")
+    grid = Grid(title=f"Bradley-Terry over all iterations' judgments ({fit['judgments']} verdicts; judge "
+                      f"{summary['judge']})", headers=["", "estimate [95% interval]"], left=1,
+                caption="logit scale; 0 = as good as Q_0; [95% interval] from the bootstrap over tasks and personas")
     for it, strength in fit["strengths"].items():
-        table.add_row(f"Q_{it} strength", f"{strength['mean']:+.2f}{_interval(strength, 2)}")
-    table.add_row("judge's lean to the first response", f"{fit['position_a']['mean']:+.2f}"
-                                                        f"{_interval(fit['position_a'], 2)}")
-    return table
+        grid.rows.append([f"Q_{it} strength", f"{strength['mean']:+.2f}{_interval(strength, 2)}"])
+    grid.rows.append(["judge's lean to the first response",
+                      f"{fit['position_a']['mean']:+.2f}{_interval(fit['position_a'], 2)}"])
+    return grid
 
 
 EFFICIENCY_LABELS = {
@@ -98,20 +128,17 @@ EFFICIENCY_LABELS = {
 }
 
 
-def efficiency_table(summary: dict) -> Table:
+def efficiency_table(summary: dict) -> Grid:
     """The efficiency metrics per iteration, over all its conversations and per number of turns."""
-    table = Table(title=f"Efficiency (Q_eta's conversations with roleplayer {summary['roleplayer']}, "
-                        f"responder {summary['responder']}; mean ± SEM)")
-    table.add_column("iteration", justify="right")
-    table.add_column("turns", justify="right")
-    for label in EFFICIENCY_LABELS.values():
-        table.add_column(label, justify="right")
+    grid = Grid(title=f"Efficiency (Q_eta's conversations with roleplayer {summary['roleplayer']}, "
+                      f"responder {summary['responder']}; mean ± SEM)",
+                headers=["iteration", "turns", *EFFICIENCY_LABELS.values()])
     for it in summary["iterations"]:
         eff = it["efficiency"]
         for k, metrics in [("all", eff), *eff["by_turns"].items()]:
-            table.add_row(str(it["iteration"]) if k == "all" else "", k,
-                          *(_fmt(metrics[m], 2 if m == "question_share" else 1) for m in EFFICIENCY_LABELS))
-    return table
+            grid.rows.append([str(it["iteration"]) if k == "all" else "", k,
+                              *(_fmt(metrics[m], 2 if m == "question_share" else 1) for m in EFFICIENCY_LABELS)])
+    return grid
 
 
 def _bars(stats: list[dict], key: str) -> list[list[float]]:
@@ -121,18 +148,16 @@ def _bars(stats: list[dict], key: str) -> list[list[float]]:
     return [below, above]
 
 
-def audit_table(summary: dict) -> Table | None:
+def audit_table(summary: dict) -> Grid | None:
     """The simulator audit: every Roleplayer the run was evaluated with (rows) by iteration (columns)."""
     audits = summary.get("audit")
     if not audits:
         return None
     iterations = sorted({it for by_iteration in audits.values() for it in by_iteration}, key=int)
-    table = Table(title="Simulator audit (the evaluation's conversations)",
-                  caption="leak: share of the persona's content words the answers say unasked (mean ± SEM over "
-                          "conversations); breaks: share of answers in the assistant's voice or laying out a list")
-    table.add_column("roleplayer")
-    for it in iterations:
-        table.add_column(f"Q_{it}", justify="right")
+    grid = Grid(title="Simulator audit (the evaluation's conversations)",
+                headers=["roleplayer", *(f"Q_{it}" for it in iterations)], left=1,
+                caption="leak: share of the persona's content words the answers say unasked (mean ± SEM over "
+                        "conversations); breaks: share of answers in the assistant's voice or laying out a list")
     for name, by_iteration in audits.items():
         cells = []
         for it in iterations:
@@ -140,15 +165,20 @@ def audit_table(summary: dict) -> Table | None:
             cells.append("; ".join(f"{who + ': ' if who != name else ''}leak {_fmt(a['leakage'], 2)}, breaks "
                                    f"{a['role_breaks']:.2f} of {a['answers']}" if a["answers"] else f"{who}: -"
                                    for who, a in per_roleplayer.items()) or "-")
-        table.add_row(name, *cells)
-    return table
+        grid.rows.append([name, *cells])
+    return grid
+
+
+def grids(summary: dict) -> list[Grid]:
+    """The evaluation's tables: the conditions and win rates, the strengths, the efficiency metrics and the
+    simulator audit."""
+    return [g for g in (summary_table(summary), strengths_table(summary), efficiency_table(summary),
+                        audit_table(summary)) if g]
 
 
 def tables(summary: dict) -> list[Table]:
-    """What `eval` and `report` print: the conditions and win rates, the strengths, the efficiency metrics and the
-    simulator audit."""
-    return [t for t in (summary_table(summary), strengths_table(summary), efficiency_table(summary),
-                        audit_table(summary)) if t]
+    """What `eval` and `report` print."""
+    return [grid.rich() for grid in grids(summary)]
 
 
 def plot(summary: dict, out_dir: Path) -> list[Path]:
@@ -219,3 +249,129 @@ def plot(summary: dict, out_dir: Path) -> list[Path]:
     plt.close(fig)
     paths.append(path)
     return paths
+
+
+# -- report.md --------------------------------------------------------------------------------------------------
+SAMPLE_PAIRS = 2  # pairs whose best and worst conversations report.md shows
+
+
+def _utc(seconds: float | None) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M UTC") if seconds else "-"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min {secs:02d} s" \
+        if minutes else f"{seconds:.1f} s"
+
+
+def time_grid(store: Store, run_id: str) -> tuple[Grid, dict]:
+    """Each finished stage's time (its latest attempt, start to end), tokens and GPUs, and the run's totals."""
+    grid = Grid(title="Where the time went", left=2,
+                headers=["iteration", "stage", "started", "time", "tokens", "tokens / s", "GPUs", "GPU-seconds"],
+                caption="a stage's time is its last attempt's, from its start to its end: time lost to attempts "
+                        "that were stopped is not counted; '-': finished before stage starts were stored")
+    totals = {"seconds": 0.0, "gpu_seconds": 0.0, "untimed": 0}
+    tokens: dict[int, dict] = {}
+    for row in store.stage_times(run_id):
+        seconds = row["done_at"] - row["started_at"] if row["started_at"] is not None else None
+        if row["iteration"] not in tokens:
+            tokens[row["iteration"]] = store.stage_tokens(run_id, row["iteration"]) if row["iteration"] else {}
+        n = tokens[row["iteration"]].get(row["stage"])
+        gpu_seconds = seconds * row["gpus"] if seconds is not None and row["gpus"] is not None else None
+        if seconds is None:
+            totals["untimed"] += 1
+        else:
+            totals["seconds"] += seconds
+            totals["gpu_seconds"] += gpu_seconds or 0.0
+        grid.rows.append([str(row["iteration"]) if row["iteration"] else "", row["stage"],
+                          _utc(row["started_at"]), _duration(seconds), f"{n:,}" if n else "-",
+                          f"{n / seconds:,.0f}" if n and seconds else "-",
+                          "-" if row["gpus"] is None else str(row["gpus"]),
+                          "-" if gpu_seconds is None else f"{gpu_seconds:,.0f}"])
+    return grid, totals
+
+
+def sessions_grid(sessions: list[dict]) -> Grid:
+    grid = Grid(title="Code and machine, per session (each process that worked on the run)", left=5,
+                headers=["started", "host", "commit", "machine", "packages"])
+    for session in sessions:
+        machine, versions = json.loads(session["hardware"]), json.loads(session["versions"])
+        commit = (session["commit"] or "not a git checkout")[:12] + (" (dirty)" if session["dirty"] else "")
+        gpus = ", ".join(machine["gpus"]) or "no GPU"
+        grid.rows.append([_utc(session["started_at"]), session["host"], commit,
+                          f"{machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB; {gpus}",
+                          ", ".join(f"{name} {version}" for name, version in versions.items())])
+    return grid
+
+
+def _conversation(turns: list[dict]) -> list[str]:
+    who = {"questioner": "Questioner", "roleplayer": "Roleplayer"}
+    return [f"> **{who.get(t['role'], t['role'])}:** {' '.join(t['text'].split())}" for t in turns] or ["> (no turns)"]
+
+
+def write_report(store: Store, run_id: str, summary: dict | None, plots: list[Path], out_dir: Path) -> Path:
+    """report.md in `out_dir`: the run's recipe and its hash, the code, packages and machines it ran on, each
+    stage's time, tokens and GPU-seconds, the evaluation's tables and plots, and the best and worst conversation
+    of a few pairs."""
+    run = store.get_run(run_id)
+    finished = [it for it in store.iterations(run_id) if it["finished_at"] is not None]
+    recipe_hash = hashlib.sha256(run["recipe"].encode()).hexdigest()[:16]
+    lines = [f"# Run {run_id}", "",
+             (f"Recipe `{run['recipe_name']}` (sha256 of the recipe as stored, `recipe.json` beside this file: "
+              f"`{recipe_hash}`), dataset `{run['dataset']}`, seed {run['seed']}; created "
+              f"{_utc(run['created_at'])}; {len(finished)} iteration(s) finished."), ""]
+    sessions = store.run_sessions(run_id)
+    lines += [sessions_grid(sessions).markdown() if sessions else
+              "No session recorded: the run was made before sessions were stored.", ""]
+    timing, totals = time_grid(store, run_id)
+    lines += [timing.markdown(), "",
+              f"Stages timed: {_duration(totals['seconds'])} in all, {totals['gpu_seconds'] / 3600:.2f} GPU-hours "
+              "(each stage's time by the GPUs it had: the Questioner's one, or train.processes in training; "
+              "GPUs of chat-model servers are not counted)"
+              + (f"; {totals['untimed']} stage(s) finished before starts were stored." if totals["untimed"] else "."),
+              ""]
+    if summary and summary["iterations"]:
+        lines += ["## Evaluation", ""]
+        for grid in grids(summary):
+            lines += [grid.markdown(), ""]
+        lines += [f"![{path.stem}]({path.relative_to(out_dir) if path.is_relative_to(out_dir) else path})"
+                  for path in plots] + [""]
+    else:
+        lines += ["## Evaluation", "", "No evaluation with this roleplayer yet: `stargate-lite eval` adds it.", ""]
+    scored = [it["iteration"] for it in store.iterations(run_id)
+              if store.stage_done(run_id, it["iteration"], "score")]
+    if scored:
+        lines += [f"## Sample conversations (iteration {scored[-1]}: each pair's best and worst by the gold's log-prob)",
+                  ""]
+        for pair in store.pair_extremes(run_id, scored[-1], SAMPLE_PAIRS):
+            lines += [f"**{pair['persona_name']}**: {pair['task']}", ""]
+            for end in ("best", "worst"):
+                lines += [f"{end.capitalize()}, log p(gold) = {pair[end]['logprob']:.2f}:", "",
+                          *_conversation(pair[end]["turns"]), ""]
+    path = out_dir / "report.md"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".md.tmp")
+    temporary.write_text("\n".join(lines))
+    temporary.replace(path)
+    return path
+
+
+def report(home: Path | str | None = None, run_id: str | None = None, roleplayer: str | None = None,
+           judge: str | None = None, responder: str = "policy", settings: list[str] | None = None) -> dict:
+    """`stargate-lite report`, loading no model: the evaluation's summary as stored (None without one), its plots
+    and report.md, written to the run's folder. Returns {"summary", "plots", "report"}."""
+    from .evaluate import summarize, with_eval_settings
+    from .judge import judge_protocol
+
+    store = Store(home, create=False)
+    run = pick_run(store, run_id)
+    recipe = with_eval_settings(recipe_of_run(run), run["id"], settings)
+    summary = summarize(store, run["id"], roleplayer or recipe.roles.main_roleplayer, judge or recipe.roles.judge,
+                        judge_protocol(recipe.judge), responder)
+    out_dir = run_dir(store, run["id"])
+    plots = plot(summary, out_dir) if summary["iterations"] else []
+    return {"summary": summary if summary["iterations"] else None, "plots": plots,
+            "report": write_report(store, run["id"], summary, plots, out_dir)}
