@@ -27,14 +27,15 @@ _API = {
     "estimate": "commands.dryrun",  # stargate-lite run --dry-run
     "export": "commands.export",  # stargate-lite export
     "export_dataset": "commands.dataset",  # stargate-lite export --data
+    "browse": "commands.browse",  # stargate-lite browse
     "import_data": "stages.data",  # stargate-lite data import
     "evaluate": "evaluation.evaluate",  # stargate-lite eval
     "summarize": "evaluation.evaluate",  # stargate-lite report's tables
     "report": "evaluation.report",  # stargate-lite report: tables, plots and report.md
     "probe": "evaluation.probe",  # benchmarks/learning.py: does the loop teach?
 }
-__all__ = ["Recipe", "StargateError", "Store", "estimate", "evaluate", "export", "export_dataset", "import_data",
-           "load_recipe", "probe", "report", "run", "run_status", "summarize"]
+__all__ = ["Recipe", "StargateError", "Store", "browse", "estimate", "evaluate", "export", "export_dataset",
+           "import_data", "load_recipe", "probe", "report", "run", "run_status", "summarize"]
 
 
 def __getattr__(name: str):

@@ -367,6 +367,23 @@ def export_(
               + (f"; pushed to {push_to_hub}" if push_to_hub else ""))
 
 
+@app.command()
+@user_errors
+def browse(
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8001,
+    host: Annotated[str, typer.Option(help="Address to serve on (0.0.0.0: every interface).")] = "127.0.0.1",
+    home: HomeOption = None,
+) -> None:
+    """Open the store read-only in Datasette: every table described, and canned queries (a pair's conversations
+    by reward, an evaluation's verdicts side by side, failures, stage times). Needs the browse extra."""
+    from .commands.browse import DATABASE, browse_app
+    from .commands.browse import browse as serve
+
+    browse_app(home)  # refuses a missing store or Datasette before anything is printed
+    out.print(f"Serving the store at http://{host}:{port}/{DATABASE} (Ctrl-C stops it)")
+    serve(home, host, port)
+
+
 @data_app.command("import")
 @user_errors
 def data_import(

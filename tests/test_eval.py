@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import html
 import json
 import math
 import os
+import shutil
+import socket
 import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import torch
-from conftest import TINY_CI_OVERRIDES, cli, copy_home
+from conftest import TINY_CI_OVERRIDES, cli, copy_home, skip_or_fail
 
 import stargate_lite
 from stargate_lite.evaluation.judge import parse_last_line, parse_verdict, policy_is_a, read_verdict, winner_of
@@ -697,3 +706,89 @@ def test_a_runs_records_export_as_a_dataset_that_datasets_loads(evaluated, eval_
     assert again.returncode == 2 and "exists: choose a new --data folder" in again.stderr
     both = cli("export", "--data", str(tmp_path / "x"), "--out", str(tmp_path / "y"), home=eval_home, check=False)
     assert both.returncode == 2 and "give one of --out" in both.stderr and not (tmp_path / "x").exists()
+
+
+def _browse(home: Path, *paths: str) -> list:
+    """Datasette's own test client on `browse`'s app: each path's response."""
+    from stargate_lite.commands.browse import browse_app
+
+    app = browse_app(home)
+
+    async def get() -> list:
+        await app.invoke_startup()
+        return [await app.client.get(path) for path in paths]
+
+    return asyncio.run(get())
+
+
+def test_browse_serves_the_store_read_only_with_described_tables_and_a_researchers_queries(evaluated, eval_home,
+                                                                                           tmp_path):
+    home = copy_home(eval_home, tmp_path / "home")
+    store = Store(home)
+    (selection, *_) = store.selections("tiny", 1)
+    conversations = store.rows("select id from conversations where pair_id = ?", [selection["pair_id"]])
+    turns = store.turns([c["id"] for c in conversations])
+    ns = "tiny#eval:smollm2"
+    ranked, judged, failures, times, page, write = _browse(
+        home, f"/stargate/pair_conversations.json?_shape=objects&pair_id={quote(selection['pair_id'])}",
+        f"/stargate/judgments_side_by_side.json?_shape=objects&namespace={quote(ns)}",
+        "/stargate/failures.json?_shape=objects", "/stargate/stage_times.json?_shape=objects&run_id=tiny",
+        "/stargate/conversations", f"/stargate.json?sql={quote('delete from runs')}")
+    # A pair's conversations, best reward first, the kept one marked, each with its turns in order.
+    rows = ranked.json()["rows"]
+    assert len(rows) == len(conversations) >= 2
+    assert [r["reward"] for r in rows] == sorted((r["reward"] for r in rows), reverse=True)
+    assert [r["conversation_id"] for r in rows if r["kept"] == "kept"] == [selection["conversation_id"]]
+    for row in rows:
+        expected = [("Q" if t["role"] == "questioner" else "R") + ": " + t["text"] for t in turns[row["conversation_id"]]]
+        assert expected and row["conversation"] == "\n".join(expected)
+    # The evaluation's verdicts with both responses beside them: Q_eta's of its iteration, Q_0's of iteration 0.
+    verdicts = judged.json()["rows"]
+    stored = store.rows("select iteration, pair_key, text from eval_responses where ns = ? and responder = 'policy'",
+                        [ns])
+    texts = {(r["iteration"], r["pair_key"]): r["text"] for r in stored}
+    assert len(verdicts) == store.value("select count(*) from judgments where ns = ?", [ns]) > 0
+    assert all(v["policy_response"] == texts[v["iteration"], v["pair_key"]] and
+               v["base_response"] == texts[0, v["pair_key"]] for v in verdicts)
+    assert failures.status_code == 200 and failures.json()["rows"] == []
+    assert [(t["iteration"], t["stage"]) for t in times.json()["rows"]] == \
+        [(0, "data")] + [(i, s) for i in (1, 2) for s in STAGES]
+    assert "The Questioner policy" in page.text or "the Questioner policy" in page.text
+    assert write.status_code >= 400  # Datasette runs no statement that writes
+    assert store.value("select count(*) from runs") == 1
+
+
+def test_browse_renders_a_pairs_conversation_in_a_real_headless_browser(evaluated, eval_home, tmp_path):
+    """`stargate-lite browse` as a user starts it, and the canned query's page as Chromium renders it (CI installs
+    Debian's chromium; --no-sandbox: CI runs as root)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        skip_or_fail("no chromium on this machine (.ci/run installs Debian's)")
+    home = copy_home(eval_home, tmp_path / "home")
+    (selection, *_) = Store(home).selections("tiny", 1)
+    answer = Store(home).turns([selection["conversation_id"]])[selection["conversation_id"]][-1]["text"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "stargate_lite", "browse", "--port", str(port)],
+                              env={**os.environ, "STARGATE_HOME": str(home)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/stargate"
+        assert f"Serving the store at {url}" in server.stdout.readline()
+        deadline = time.monotonic() + 60
+        while True:  # the line comes before uvicorn binds the port
+            try:
+                urllib.request.urlopen(url, timeout=5).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()[-2000:]
+                time.sleep(0.1)
+        page = f"{url}/pair_conversations?pair_id={quote(selection['pair_id'])}"
+        dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page],
+                             capture_output=True, text=True, timeout=120, check=True).stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert "A pair's conversations, best reward first" in dom
+    assert html.escape(answer.split("\n")[0].strip()[:40], quote=False) in dom and ">kept<" in dom

@@ -1,0 +1,45 @@
+"""`stargate-lite browse`: the store in Datasette, read-only, with what each table holds and the queries a
+researcher asks of a run (their SQL lives with the store's: store.BROWSE_QUERIES)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import StargateError
+from ..store import BROWSE_QUERIES, TABLE_NOTES, Store
+
+if TYPE_CHECKING:
+    from datasette.app import Datasette
+
+DATABASE = "stargate"  # Datasette names a database after its file's stem: /stargate, /stargate/TABLE
+BROWSE_INSTALL = "pip install 'stargate-lite[browse]'"
+
+
+def browse_metadata() -> dict:
+    """Datasette's metadata: each table's description and columns, and the canned queries."""
+    tables = {name: {"description": about, **({"columns": columns} if columns else {})}
+              for name, (about, columns) in TABLE_NOTES.items()}
+    queries = {name: {**query, "sql": query["sql"].strip()} for name, query in BROWSE_QUERIES.items()}
+    return {"title": "stargate-lite store", "databases": {DATABASE: {"tables": tables, "queries": queries}}}
+
+
+def browse_app(home: Path | str | None = None) -> Datasette:
+    """A Datasette instance over the home's store, opened read-only (the extra `browse` installs Datasette)."""
+    try:
+        from datasette.app import Datasette
+    except ImportError:
+        raise StargateError(f"browse needs Datasette: {BROWSE_INSTALL}") from None
+    store = Store(home, create=False)
+    return Datasette(files=[str(store.path)], metadata=browse_metadata(),
+                     settings={"sql_time_limit_ms": 10_000, "facet_time_limit_ms": 1_000})
+
+
+def browse(home: Path | str | None = None, host: str = "127.0.0.1", port: int = 8001) -> None:
+    """Serve the store until interrupted (Ctrl-C), at http://HOST:PORT/stargate."""
+    import uvicorn
+
+    app = browse_app(home)
+    asyncio.run(app.invoke_startup())
+    uvicorn.run(app.app(), host=host, port=port, log_level="warning", lifespan="on")
