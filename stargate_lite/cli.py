@@ -376,12 +376,9 @@ def browse(
 ) -> None:
     """Open the store read-only in Datasette: every table described, and canned queries (a pair's conversations
     by reward, an evaluation's verdicts side by side, failures, stage times). Needs the browse extra."""
-    from .commands.browse import DATABASE, browse_app
     from .commands.browse import browse as serve
 
-    browse_app(home)  # refuses a missing store or Datasette before anything is printed
-    out.print(f"Serving the store at http://{host}:{port}/{DATABASE} (Ctrl-C stops it)")
-    serve(home, host, port)
+    serve(home, host, port, on_ready=lambda url: out.print(f"Serving the store at {url} (Ctrl-C stops it)"))
 
 
 @data_app.command("import")

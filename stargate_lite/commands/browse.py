@@ -4,6 +4,7 @@ researcher asks of a run (their SQL lives with the store's: store.BROWSE_QUERIES
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,10 +37,14 @@ def browse_app(home: Path | str | None = None) -> Datasette:
                      settings={"sql_time_limit_ms": 10_000, "facet_time_limit_ms": 1_000})
 
 
-def browse(home: Path | str | None = None, host: str = "127.0.0.1", port: int = 8001) -> None:
-    """Serve the store until interrupted (Ctrl-C), at http://HOST:PORT/stargate."""
+def browse(home: Path | str | None = None, host: str = "127.0.0.1", port: int = 8001,
+           on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve the store until interrupted (Ctrl-C); `on_ready` gets its URL, http://HOST:PORT/stargate, once the
+    store and Datasette are found and before serving starts."""
     import uvicorn
 
     app = browse_app(home)
+    if on_ready:
+        on_ready(f"http://{host}:{port}/{DATABASE}")
     asyncio.run(app.invoke_startup())
     uvicorn.run(app.app(), host=host, port=port, log_level="warning", lifespan="on")

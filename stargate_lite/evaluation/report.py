@@ -263,8 +263,9 @@ def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min {secs:02d} s" \
-        if minutes else f"{seconds:.1f} s"
+    if minutes >= 60:
+        return f"{minutes // 60} h {minutes % 60:02d} min"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
 
 
 def time_grid(store: Store, run_id: str) -> tuple[Grid, dict]:
