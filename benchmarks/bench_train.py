@@ -68,7 +68,7 @@ def _plain(args: dict, source: str, cuda: bool, on_step) -> None:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        on_step(step + 1, args["steps"], loss.item())
+        on_step({"step": step + 1, "total": args["steps"], "loss": loss.item()})
 
 
 def _ours(args: dict, source: str, cuda: bool, backend: str, on_step) -> list[str]:
@@ -101,7 +101,7 @@ def _worker(variant: str, args: dict, queue) -> None:
     source = str(mistral_checkpoint()) if cuda else tiny_source()
     stamps: list[float] = []
 
-    def on_step(step: int, total: int, loss: float) -> None:
+    def on_step(step) -> None:
         if cuda:
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())

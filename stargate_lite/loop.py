@@ -14,6 +14,7 @@ from .engines.memory import release_memory
 from .engines.questioner import Questioner
 from .engines.training import group_advantages
 from .errors import StargateError
+from .evaluation.curves import log_finished, log_iteration, log_stage, log_train_step, train_step_offset
 from .progress import Progress
 from .prompts import is_question, questioner_messages
 from .recipe import POLICY_GRADIENT_METHODS, Recipe
@@ -25,6 +26,7 @@ from .stages.select import select_best
 from .stages.simulate import Roleplayers, simulate
 from .stages.train import train_adapter
 from .store import Store
+from .tracking import Tracker, open_tracker
 
 
 def _example(recipe: Recipe, pair: dict, conversation: list[dict], final: str | None) -> list[dict] | None:
@@ -190,8 +192,9 @@ def hand_over_memory(questioner: Questioner, chat: ChatModels) -> None:
 
 
 def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, questioner: Questioner,
-                  chat: ChatModels, progress: Progress, session: str) -> None:
+                  chat: ChatModels, progress: Progress, session: str, tracker: Tracker | None = None) -> None:
     split = split_for(iteration)
+    tracker = tracker or Tracker(store, run_id)
     store.start_iteration(run_id, iteration, split)
     gpu = questioner.device.type == "cuda"
     begun: set[str] = set()
@@ -204,6 +207,10 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
             store.start_stage(run_id, iteration, stage, session, (recipe.train.processes if stage == "train"
                                                                   else 1) if gpu else 0)
 
+    def done(stage: str) -> None:
+        store.mark_stage(run_id, iteration, stage)
+        log_stage(tracker, store, run_id, iteration, stage)
+
     previous = store.training(run_id, iteration - 1) if iteration > 1 else None
     adapter = previous["adapter"] if previous else None
     policy_name = f"iteration-{iteration - 1}" if adapter else "base"
@@ -212,7 +219,7 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
         begin("pairs")
         make_pairs(store, recipe, run_id, iteration, split, f"{recipe.seed}/{iteration}")
         stop_point(f"pairs/{iteration}")
-        store.mark_stage(run_id, iteration, "pairs")
+        done("pairs")
 
     needing_policy = [s for s in ("simulate", "score", "respond") if not store.stage_done(run_id, iteration, s)]
     if needing_policy:
@@ -223,23 +230,23 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
         roleplayers = Roleplayers(recipe.roles.roleplayer_weights, chat.get, recipe.seed)
         simulate(store, run_id, iteration, policy, policy_name, questioner, roleplayers, recipe.simulate,
                  recipe.seed, progress)
-        store.mark_stage(run_id, iteration, "simulate")
+        done("simulate")
     if not store.stage_done(run_id, iteration, "score"):
         begin("score")
         score_stage(store, run_id, iteration, policy, questioner, recipe.score, progress,
                     per_turn=recipe.reward.per_turn)
-        store.mark_stage(run_id, iteration, "score")
+        done("score")
     if not store.stage_done(run_id, iteration, "select"):
         begin("select")
         select_best(store, run_id, iteration, recipe.reward.question_cost)
         stop_point(f"select/{iteration}")
-        store.mark_stage(run_id, iteration, "select")
+        done("select")
     if not store.stage_done(run_id, iteration, "respond"):
         begin("respond")
         if recipe.train.target == "response":
             respond_stage(store, run_id, iteration, policy, policy_name, questioner, recipe.respond,
                           recipe.train.format, progress, decide=recipe.simulate.turns == "policy")
-        store.mark_stage(run_id, iteration, "respond")
+        done("respond")
     del policy
     hand_over_memory(questioner, chat)
 
@@ -256,10 +263,12 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
             examples = [questioner.encode_for_training(m) for m in training_examples(store, recipe, run_id, iteration)]
         out_dir = run_dir(store, run_id) / f"iteration-{iteration}" / "adapter"
         out_dir.parent.mkdir(parents=True, exist_ok=True)
+        offset = train_step_offset(store, run_id, iteration)
         with progress.stage(f"iteration {iteration}: train (steps)", 1) as bar:
-            def on_step(step: int, total: int, loss: float) -> None:
-                bar.set_total(total)
+            def on_step(step: dict) -> None:
+                bar.set_total(step["total"])
                 bar(1)
+                log_train_step(tracker, offset, step)
                 stop_point(f"train/{iteration}")
 
             record = train_adapter(questioner, examples, recipe.train, seed=recipe.seed + iteration,
@@ -268,24 +277,31 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
                                    sampling=(recipe.simulate.temperature, recipe.simulate.top_p))
         stop_point(f"trained/{iteration}")
         store.finish_training({"run_id": run_id, "iteration": iteration, "format": recipe.train.format, **record})
+        log_stage(tracker, store, run_id, iteration, "train")
+        log_iteration(tracker, store, run_id, iteration, recipe.reward.question_cost)
         release_memory()
 
 
 def run(recipe: Recipe, iterations: int, home: Path | str | None = None, run_id: str | None = None,
         progress: Progress | None = None) -> str:
-    """Run (or resume) STaR-GATE for `iterations` iterations; returns the run id."""
+    """Run (or resume) STaR-GATE for `iterations` iterations; returns the run id. The curves go where
+    recipe.track says (tracking.py), the points a killed process never sent first."""
     if iterations < 1:
         raise StargateError("--iterations must be at least 1")
     preflight(recipe.chat_models, {recipe.roles.oracle, *recipe.roles.roleplayer_weights})
     store = Store(home)
     run_id = open_run(store, recipe, run_id)
     progress = progress or Progress()
-    with run_lock(store, run_id), progress, ChatModels(recipe.chat_models, store.home, run_dir(store, run_id)) as chat:
+    with (run_lock(store, run_id), progress,
+          ChatModels(recipe.chat_models, store.home, run_dir(store, run_id)) as chat,
+          open_tracker(store, run_id, recipe.track, run_dir(store, run_id)) as tracker):
         session = start_session(store, run_id)
+        log_finished(tracker, store, run_id, recipe.reward.question_cost)
         if not store.stage_done(run_id, 0, "data"):  # the home's data is shared: a later run finds it made
             store.start_stage(run_id, 0, "data", session, 0)
             prepare_data(store, recipe, lambda: chat.get(recipe.roles.oracle), progress)
             store.mark_stage(run_id, 0, "data")
+            log_stage(tracker, store, run_id, 0, "data")
         with closing(Questioner(recipe.questioner, store.home)) as questioner:
             for iteration in range(1, iterations + 1):
                 if store.stage_done(run_id, iteration, "train"):
@@ -293,5 +309,5 @@ def run(recipe: Recipe, iterations: int, home: Path | str | None = None, run_id:
                     # that was never marked finished: finish it.
                     store.finish_iteration(run_id, iteration)
                     continue
-                run_iteration(store, recipe, run_id, iteration, questioner, chat, progress, session)
+                run_iteration(store, recipe, run_id, iteration, questioner, chat, progress, session, tracker)
     return run_id

@@ -433,6 +433,10 @@ class Recipe(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    track: Literal["none", "tensorboard", "wandb"] = Field(
+        "none", description="Where the run's curves go: none; tensorboard (event files in RUN/tensorboard, the "
+        "track extra); wandb (Weights & Biases, offline into RUN/wandb unless logged in or WANDB_MODE says "
+        "otherwise; the track extra).")
 
     @model_validator(mode="after")
     def _roles_exist(self) -> Recipe:

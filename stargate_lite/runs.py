@@ -39,7 +39,7 @@ _MOVED_KEYS = {("eval", "judge_max_tokens"): ("judge", "max_tokens")}
 # order), never the method. "chat_models.*" stands for every chat model. Every field is classified in
 # tests/test_recipe.py, so a new one is placed on purpose.
 EXECUTION_ONLY = frozenset({
-    "description", "train.processes",
+    "description", "train.processes", "track",
     *(f"questioner.vllm.{key}" for key in ("base_url", "score_base_url", "python", "devices", "score_devices",
                                            "kv_cache_gib", "max_concurrency", "startup_timeout", "request_timeout",
                                            "max_retries")),

@@ -246,6 +246,12 @@ def _m018_stage_starts(db: sqlite_utils.Database) -> None:
                                "session_id": str, "gpus": int}, pk=("run_id", "iteration", "stage"))
 
 
+def _m019_tracked(db: sqlite_utils.Database) -> None:
+    # The last point each curve of a run has written to a tracker (recipe track), so a resumed run logs none twice.
+    db["tracked"].create({"run_id": str, "tracker": str, "series": str, "step": int},
+                         pk=("run_id", "tracker", "series"))
+
+
 MIGRATIONS = [
     ("m001_initial", _m001_initial),
     ("m002_eval", _m002_eval),
@@ -265,6 +271,7 @@ MIGRATIONS = [
     ("m016_policy_steps", _m016_policy_steps),
     ("m017_turn_scores", _m017_turn_scores),
     ("m018_stage_starts", _m018_stage_starts),
+    ("m019_tracked", _m019_tracked),
 ]
 
 
@@ -296,6 +303,8 @@ TABLE_NOTES = {
     "stages": ("Each finished stage of an iteration, marked done when all its rows are written.", {}),
     "stage_starts": ("When the latest attempt at each stage began, in which session, on how many GPUs.", {}),
     "run_sessions": ("Each process that worked on a run: commit, package versions and machine (JSON).", {}),
+    "tracked": ("The last point of each curve a run has sent to TensorBoard or W&B (recipe track).",
+                {"step": "the curve's x: the optimizer step over the run for train, else the iteration"}),
     "failures": ("Items a service failed on after every retry; a rerun retries only these.", {}),
     "eval_scores": ("Evaluation gold log-probs per condition (negative, positive, experimental, random).", {}),
     "eval_responses": ("Evaluation responses per iteration and responder (policy or base).", {}),
@@ -569,6 +578,16 @@ class Store:
             self.db["stage_starts"].insert({"run_id": run_id, "iteration": iteration, "stage": stage,
                                             "started_at": time.time(), "session_id": session_id, "gpus": gpus},
                                            pk=("run_id", "iteration", "stage"), replace=True)
+
+    def tracked_step(self, run_id: str, tracker: str, series: str) -> int | None:
+        """The step of the last point of a curve written to a tracker, or None."""
+        return self.value("select step from tracked where run_id = ? and tracker = ? and series = ?",
+                          [run_id, tracker, series])
+
+    def set_tracked(self, run_id: str, tracker: str, series: str, step: int) -> None:
+        with self.transaction():
+            self.db["tracked"].insert({"run_id": run_id, "tracker": tracker, "series": series, "step": step},
+                                      pk=("run_id", "tracker", "series"), replace=True)
 
     def run_sessions(self, run_id: str) -> list[dict]:
         return self.rows("select * from run_sessions where run_id = ? order by started_at", [run_id])

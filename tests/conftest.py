@@ -318,3 +318,48 @@ def copy_home(home: Path, to: Path) -> Path:
 def finished(finished_run, tmp_path) -> Path:
     """A copy of the finished run's home, this test's own: what one test writes no other test reads."""
     return copy_home(finished_run, tmp_path / "finished")
+
+
+def tensorboard_points(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in a folder's TensorBoard event files, {tag: [(step, value)]} in the order written: read
+    record by record (not through TensorBoard's accumulator, which hides a repeated step)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util import tensor_util
+
+    points: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                number = value.simple_value if value.HasField("simple_value") else \
+                    float(tensor_util.make_ndarray(value.tensor))
+                points.setdefault(value.tag, []).append((event.step, number))
+    return points
+
+
+def wandb_history(run_dir: Path) -> list[dict]:
+    """The history rows (each wandb.log call) of every offline W&B run under a run's folder, in the order written.
+    The .wandb file is a LevelDB-style log of Record protobufs in 32 KiB blocks after a 7-byte header; wandb no
+    longer ships a Python reader for it."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    rows = []
+    for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
+        data, position, pending = path.read_bytes(), 7, b""
+        assert data[:4] == b":W&B", f"{path} is not a W&B log"
+        while position + 7 <= len(data):
+            if 32768 - position % 32768 < 7:  # a block's tail too short for a record header is padding
+                position += 32768 - position % 32768
+                continue
+            _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+            pending += data[position + 7:position + 7 + length]
+            position += 7 + length
+            if kind in (1, 4) and pending:  # a whole record, or a split one's last piece
+                record = wandb_internal_pb2.Record()
+                record.ParseFromString(pending)
+                pending = b""
+                if record.WhichOneof("record_type") == "history":
+                    rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                                 for item in record.history.item})
+    return rows

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import pytest
 import torch
-from conftest import TINY_CI_OVERRIDES, cli, copy_home, skip_or_fail
+from conftest import TINY_CI_OVERRIDES, cli, copy_home, skip_or_fail, wandb_history
 
 import stargate_lite
 from stargate_lite.evaluation.judge import parse_last_line, parse_verdict, policy_is_a, read_verdict, winner_of
@@ -255,15 +255,31 @@ def test_eval_errors_are_one_line(finished):
     assert result.returncode == 2 and "no trained iteration 7" in result.stderr
 
 
-def test_eval_set_judges_a_finished_run_another_way_beside_its_verdicts(evaluated, eval_home, tmp_path):
+def test_eval_set_judges_a_finished_run_another_way_beside_its_verdicts(evaluated, eval_home, tmp_path,
+                                                                        monkeypatch):
+    """And sends the evaluation's figures to W&B (offline) when asked to."""
     home = copy_home(eval_home, tmp_path / "home")
     before = eval_counts(home)
-    again = json.loads(cli("eval", "--json", "--set", "judge.read=reply", home=home).stdout)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    again = json.loads(cli("eval", "--json", "--set", "judge.read=reply", "--set", "track=wandb", home=home).stdout)
     assert again["protocol"].startswith("letter/reply#") and again["protocol"] != evaluated["protocol"]
     after = eval_counts(home)
     assert after == {**before, "judgments": before["judgments"] + 2 * 2 * 2}  # new verdicts, nothing else made
     for it in again["iterations"][1:]:
         assert it["win_rate_counterbalanced"]["valid"] + it["win_rate_counterbalanced"]["unparsable"] == 2
+    rows = wandb_history(home / "runs" / "tiny")
+    logprobs = [r for r in rows if "eval/smollm2/logprob_experimental" in r]
+    assert [r["iteration"] for r in logprobs] == [0, 1, 2]
+    for row, it in zip(logprobs, again["iterations"], strict=True):
+        assert row["eval/smollm2/logprob_experimental"] == pytest.approx(it["logprob"]["experimental"]["mean"])
+        assert row.get("eval/smollm2/gain") == (pytest.approx(it["gain"]["mean"]) if it["gain"] else None)
+    judged = [{k.rpartition("/")[2]: v for k, v in r.items() if "/judged/" in k or k == "iteration"}
+              for r in rows if any("/judged/" in k for k in r)]
+    rates = [{"iteration": it["iteration"], "win_rate": it["win_rate"]["rate"],
+              "win_rate_counterbalanced": it["win_rate_counterbalanced"]["rate"],
+              "consistency": it["win_rate_counterbalanced"]["consistency"]} for it in again["iterations"][1:]]
+    assert judged == [{k: v for k, v in r.items() if v is not None} for r in rates
+                      if any(v is not None for k, v in r.items() if k != "iteration")]  # None is not sent
     assert again["protocol"] in cli("report", "--set", "judge.read=reply", home=home).stdout
     assert evaluated["protocol"] in cli("report", home=home).stdout  # the first verdicts are read as before
 

@@ -154,9 +154,10 @@ def test_training_in_a_child_process_reports_steps_and_saves_the_adapter(questio
                 for p in PROMPTS]
     steps = []
     record = train_isolated(questioner, examples, TrainConfig(batch_size=1, backend="peft"), seed=0,
-                            out_dir=tmp_path / "adapter", on_step=lambda *step: steps.append(step))
-    assert [s[0] for s in steps] == [1, 2, 3] and all(s[1] == 3 for s in steps)
-    assert record["backend"] == "peft" and record["steps"] == 3 and record["losses"] == [s[2] for s in steps]
+                            out_dir=tmp_path / "adapter", on_step=steps.append)
+    assert [s["step"] for s in steps] == [1, 2, 3] and all(s["total"] == 3 for s in steps)
+    assert record["backend"] == "peft" and record["steps"] == 3 and record["losses"] == [s["loss"] for s in steps]
+    assert sum(s["tokens"] for s in steps) == record["trained_tokens"] and all(s["lr"] > 0 for s in steps)
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli, run_args, wait_for
+from conftest import cli, run_args, tensorboard_points, wait_for
 
 import stargate_lite
 from stargate_lite.runs import STAGES
@@ -199,11 +199,13 @@ ORPHANS = [
 
 def test_resume_after_sigkill_at_every_stage_gives_the_uninterrupted_result(finished, tmp_path):
     """SIGKILL at every named point in turn (each rerun gets further), and once at a seeded random moment of
-    iteration 2; then a last run must give the uninterrupted run, record for record, with no orphan rows."""
+    iteration 2; then a last run must give the uninterrupted run, record for record, with no orphan rows. Its
+    curves (track tensorboard, which changes no record) hold every point once."""
     home = tmp_path / "killed"
+    tracked = run_args("track=tensorboard")
     for point, holds in KILL_POINTS.items():
         if point == "trained/2":  # before it, a kill at no named point
-            process = subprocess.Popen([sys.executable, "-m", "stargate_lite", *run_args()],
+            process = subprocess.Popen([sys.executable, "-m", "stargate_lite", *tracked],
                                        env={**os.environ, "STARGATE_HOME": str(home)},
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             assert wait_for(home, "select count(*) from conversations where iteration = 2", process)
@@ -211,15 +213,16 @@ def test_resume_after_sigkill_at_every_stage_gives_the_uninterrupted_result(fini
             assert process.poll() is None, "the run ended before the random kill"
             process.send_signal(signal.SIGKILL)
             process.wait()
-        result = cli(*run_args(), home=home, check=False, stop_at=point)
+        result = cli(*tracked, home=home, check=False, stop_at=point)
         assert result.returncode == -signal.SIGKILL, f"the run never reached {point}: {result.stderr[-2000:]}"
         with sqlite3.connect(home / "stargate.db") as db:
             assert db.execute(holds).fetchone()[0], f"killed at {point}, the store does not show it: {holds}"
         if point.startswith("trained/"):  # the adapter in place, its record not yet
             assert (home / "runs" / "tiny" / f"iteration-{point[-1]}" / "adapter" / "adapter_config.json").is_file()
-    cli(*run_args(), home=home)
+    cli(*tracked, home=home)
     assert counts(home) == counts(finished)
     assert snapshot(home) == snapshot(finished)
+    _each_point_once(home)
     with sqlite3.connect(home / "stargate.db") as db:
         orphans = [db.execute(sql).fetchone()[0] for sql in ORPHANS]
     assert orphans and not any(orphans)
@@ -229,6 +232,29 @@ def test_resume_after_sigkill_at_every_stage_gives_the_uninterrupted_result(fini
     report = json.loads(cli("status", "--json", home=home).stdout)
     assert report["runs"][0]["iterations"] and all(it["complete"] for it in report["runs"][0]["iterations"])
     assert not list(home.rglob("*.tmp"))  # no half-written adapter or model left behind as if finished
+
+
+def _each_point_once(home: Path) -> None:
+    """The killed run's curves: the train loss of every optimizer step of both iterations once, equal to the
+    trainings' (the same seed in every attempt), its tokens summing to theirs; each stage's and iteration's
+    points once."""
+    points = tensorboard_points(home / "runs" / "tiny" / "tensorboard")
+    assert all(len({s for s, _ in values}) == len(values) for values in points.values())
+    store = Store(home)
+    trainings = [store.training("tiny", i) for i in (1, 2)]
+    losses = [loss for t in trainings for loss in json.loads(t["losses"])]
+    assert [s for s, _ in points["train/loss"]] == list(range(1, len(losses) + 1))
+    assert [v for _, v in points["train/loss"]] == pytest.approx(losses, rel=1e-5)
+    tokens = [v for _, v in points["train/tokens"]]
+    steps = trainings[0]["steps"]
+    assert [sum(tokens[:steps]), sum(tokens[steps:])] == [t["trained_tokens"] for t in trainings]
+    assert len(points["train/lr"]) == len(losses)
+    assert [s for s, _ in points["stage/data/seconds"]] == [0]
+    for stage in STAGES:
+        assert [s for s, _ in points[f"stage/{stage}/seconds"]] == [1, 2], stage
+    assert [s for s, _ in points["stage/simulate/tokens_per_s"]] == [1, 2]
+    assert [s for s, _ in points["iteration/mean_reward"]] == [1, 2]
+    assert [v for _, v in points["iteration/train_loss"]] == pytest.approx([t["final_loss"] for t in trainings])
 
 
 def test_a_changed_recipe_does_not_silently_resume(finished):

@@ -53,11 +53,14 @@ def test_two_processes_train_the_adapter_that_one_process_trains(questioner, tmp
     one = train_adapter(questioner, examples, config, seed=5, out_dir=tmp_path / "one", sampling=sampling)
     steps = []
     two = train_adapter(questioner, examples, config.model_copy(update={"processes": 2}), seed=5,
-                        out_dir=tmp_path / "two", on_step=lambda step, total, loss: steps.append((step, total)),
+                        out_dir=tmp_path / "two", on_step=steps.append,
                         sampling=sampling)
     assert (one["processes"], two["processes"]) == (1, 2)
     total = one["steps"]
-    assert steps == [(step, total) for step in range(1, total + 1)]  # progress reaches this process as workers step
+    # Progress reaches this process as workers step, with each step's loss, rate and tokens
+    assert [(s["step"], s["total"]) for s in steps] == [(step, total) for step in range(1, total + 1)]
+    assert [s["loss"] for s in steps] == two["losses"] and sum(s["tokens"] for s in steps) == two["trained_tokens"]
+    assert all(s["lr"] > 0 for s in steps)
     assert total == {1: 2, 2: 3}[config.epochs]  # 7 sequences: 3 micro-batches an epoch, 2 accumulated a step
     assert two["steps"] == one["steps"] and two["trained_tokens"] == one["trained_tokens"]
     assert torch.allclose(torch.tensor(two["losses"]), torch.tensor(one["losses"]), atol=TOLERANCE)

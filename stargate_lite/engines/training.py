@@ -189,7 +189,7 @@ def train_lora(
     out_dir: Path,
     pad_token_id: int,
     backend: str = "peft",
-    on_step: Callable[[int, int, float], None] | None = None,
+    on_step: Callable[[dict], None] | None = None,
     accelerator=None,
     sampling: tuple[float, float] | None = None,
 ) -> dict:
@@ -201,7 +201,10 @@ def train_lora(
     target token with reward.per_turn; `sampling` is the (temperature, top_p) they were sampled at).
     With an `accelerator` of N processes (train_processes.py), each micro-batch's examples are shared out
     among them (per-process batch ceil(batch_size / N)), so an optimizer step sees the same examples as in one
-    process; the summed gradients make the same step, and the main process saves the adapter."""
+    process; the summed gradients make the same step, and the main process saves the adapter.
+
+    `on_step` gets each optimizer step as it ends: {step, total, loss, lr (the rate the step used), tokens (its
+    target tokens)}, and rloo's and grpo's ratio_drift, clipped and kl."""
     import torch
 
     if not examples:
@@ -307,13 +310,15 @@ def train_lora(
             drift, clipped, kl = (value / max(step_tokens, 1) for value in step_terms)
             policy_steps.append({"ratio_drift": drift, "clipped": clipped, "kl": kl})
         torch.nn.utils.clip_grad_norm_(params, 1.0)
+        rate = scheduler.get_last_lr()[0]  # the rate this step uses: the scheduler moves on after it
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss)
         trained_tokens += step_tokens
         if on_step:
-            on_step(step + 1, total_steps, losses[-1])
+            on_step({"step": step + 1, "total": total_steps, "loss": step_loss, "lr": rate, "tokens": step_tokens,
+                     **(policy_steps[-1] if policy_gradient else {})})
 
     if rank == 0:
         save_adapter(model, out_dir)

@@ -35,7 +35,9 @@ from ..stages.data import make_pairs, prepare_data
 from ..stages.score import base_weights, encode_gold, score_stage, score_sums
 from ..stages.simulate import Roleplayers, simulate
 from ..store import Store
+from ..tracking import open_tracker
 from .audit import audit
+from .curves import log_evaluation
 from .efficiency import efficiency, mean_sem
 from .intervals import crossed_bootstrap
 from .judge import judge_prompt_text, judge_protocol, policy_is_a, read_verdict, winner_of
@@ -45,7 +47,7 @@ RESPONDERS = ("policy", "base")  # who answers after Q_eta's conversation: Q_eta
 # What `eval --set` (and `report --set`) may change for a stored run: how verdicts are asked for and read, and in
 # how many orders. Judgments are stored under the judging protocol and the order, so these add verdicts beside
 # the earlier ones and change no stored conversation, score or response; anything else is refused.
-EVAL_SETTINGS = ("eval.judge_orders", "judge.template", "judge.read", "judge.label", "judge.max_tokens")
+EVAL_SETTINGS = ("eval.judge_orders", "judge.template", "judge.read", "judge.label", "judge.max_tokens", "track")
 
 
 def namespace(run_id: str, roleplayer: str) -> str:
@@ -281,7 +283,10 @@ def evaluate(home: Path | str | None = None, run_id: str | None = None, iteratio
             _respond(store, ns, iteration, responder, pairs, models, answerer, recipe, iteration, progress)
             _judge(store, ns, iteration, responder, pairs, chat.get(judge_name), recipe, progress)
             store.mark_stage(ns, iteration, judged)
-    return summarize(store, run_id, roleplayer, judge_name, protocol, responder, wanted)
+    summary = summarize(store, run_id, roleplayer, judge_name, protocol, responder, wanted)
+    with open_tracker(store, run_id, recipe.track, run_dir(store, run_id)) as tracker:
+        log_evaluation(tracker, summary)
+    return summary
 
 
 @contextmanager

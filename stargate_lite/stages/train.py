@@ -24,7 +24,7 @@ def train_adapter(
     *,
     seed: int,
     out_dir: Path,
-    on_step: Callable[[int, int, float], None] | None = None,
+    on_step: Callable[[dict], None] | None = None,
     start_from: str | None = None,
     sampling: tuple[float, float] | None = None,
 ) -> dict:
@@ -56,9 +56,10 @@ def train_isolated(
     *,
     seed: int,
     out_dir: Path,
-    on_step: Callable[[int, int, float], None] | None = None,
+    on_step: Callable[[dict], None] | None = None,
 ) -> dict:
-    """`load_for_training` + `train_lora` in a fresh (spawned) process; steps are reported back as they end."""
+    """`load_for_training` + `train_lora` in a fresh (spawned) process; steps (train_lora's on_step) are reported
+    back as they end."""
     import multiprocessing as mp
     import queue as queues
 
@@ -82,7 +83,7 @@ def train_isolated(
                     ) from None
                 continue
             if kind == "step" and on_step:
-                on_step(*payload)
+                on_step(payload[0])
             elif kind == "done":
                 return payload[0]
             elif kind == "error":
@@ -104,7 +105,7 @@ def _train_child(questioner_config, home: str, examples, config: TrainConfig, se
         model, backend = load_for_training(questioner, config, seed)
         record = train_lora(model, examples, config, seed=seed, out_dir=Path(out_dir),
                             pad_token_id=questioner.tokenizer.pad_token_id, backend=backend,
-                            on_step=lambda step, total, loss: messages.put(("step", step, total, loss)))
+                            on_step=lambda step: messages.put(("step", step)))
         messages.put(("done", record))
     except Exception as err:  # reported to the parent, which raises it as one line
         messages.put(("error", f"{type(err).__name__}: {err}"))

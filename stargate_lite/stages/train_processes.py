@@ -52,7 +52,7 @@ def train_in_processes(
     *,
     seed: int,
     out_dir: Path,
-    on_step: Callable[[int, int, float], None] | None = None,
+    on_step: Callable[[dict], None] | None = None,
     start_from: str | None = None,
     sampling: tuple[float, float] | None = None,
 ) -> dict:
@@ -99,9 +99,8 @@ def _report_steps(path: Path, seen: int, on_step) -> int:
         return seen
     complete = [line for line in lines if line.endswith("}")]  # a line being written is read next time
     for line in complete[seen:]:
-        step = json.loads(line)
         if on_step:
-            on_step(step["step"], step["total"], step["loss"])
+            on_step(json.loads(line))
     return len(complete)
 
 
@@ -118,8 +117,8 @@ def _worker(job_dir: Path) -> None:
     main = accelerator.is_main_process
     steps = (job_dir / STEPS_FILE).open("a") if main else None
 
-    def on_step(step: int, total: int, loss: float) -> None:
-        steps.write(json.dumps({"step": step, "total": total, "loss": loss}) + "\n")
+    def on_step(step: dict) -> None:
+        steps.write(json.dumps(step) + "\n")
         steps.flush()
 
     model = attach_lora(questioner.load_base(), config, job["seed"], job["start_from"])

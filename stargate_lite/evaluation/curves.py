@@ -1,0 +1,101 @@
+"""What a run's curves show (recipe track; tracking.py writes them), each point read from the store or an
+evaluation's summary:
+
+- `train` (per optimizer step over the run): loss, lr, tokens, and rloo's and grpo's ratio_drift, clipped, kl;
+- `stage/NAME` (per iteration; the data stage at 0): seconds, tokens where the store counts them, tokens_per_s,
+  gpu_seconds;
+- `iteration`: mean reward of all conversations and of the kept ones, the efficiency metrics' means
+  (efficiency.py), and the training's final loss, examples and steps;
+- `eval/ROLEPLAYER` (per evaluated iteration): each log-prob condition's mean, the paired gain over Q_0 with its
+  interval, and the efficiency metrics' means; and
+  `eval/ROLEPLAYER/judged/...` (one per judge, responder and judging protocol): the win rates and, with both
+  orders judged, the judge's consistency.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+
+from ..store import Store
+from ..tracking import Tracker
+from .efficiency import METRICS, efficiency
+
+
+def train_step_offset(store: Store, run_id: str, iteration: int) -> int:
+    """The train curve's steps before this iteration's: its earlier iterations' optimizer steps."""
+    return sum((store.training(run_id, i) or {}).get("steps") or 0 for i in range(1, iteration))
+
+
+def log_train_step(tracker: Tracker, offset: int, step: dict) -> None:
+    """One optimizer step as the trainer reports it (engines/training.py's on_step)."""
+    tracker.log("train", offset + step["step"], {k: v for k, v in step.items() if k not in ("step", "total")})
+
+
+def log_stage(tracker: Tracker, store: Store, run_id: str, iteration: int, stage: str) -> None:
+    """A stage of an iteration, once it is marked done: its latest attempt's time, tokens and throughput."""
+    if not tracker.active:
+        return
+    times = [t for t in store.stage_times(run_id) if t["iteration"] == iteration and t["stage"] == stage]
+    if not times or times[0]["started_at"] is None:
+        return
+    seconds = times[0]["done_at"] - times[0]["started_at"]
+    tokens = store.stage_tokens(run_id, iteration).get(stage) if iteration else None
+    tracker.log(f"stage/{stage}", iteration, {
+        "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds if tokens and seconds > 0 else None,
+        "gpu_seconds": seconds * times[0]["gpus"] if times[0]["gpus"] else None})
+
+
+def log_iteration(tracker: Tracker, store: Store, run_id: str, iteration: int, question_cost: float) -> None:
+    """A trained iteration: its rewards, efficiency and training."""
+    if not tracker.active:
+        return
+    rewards = [r["reward"] for r in store.rewards(run_id, iteration, question_cost)]
+    kept = [s["reward"] if s.get("reward") is not None else s["logprob"] for s in store.selections(run_id, iteration)]
+    eff = efficiency(store.conversation_efficiency(run_id, iteration), store.response_lengths(run_id, iteration))
+    training = store.training(run_id, iteration) or {}
+    tracker.log("iteration", iteration, {
+        "mean_reward": statistics.fmean(rewards) if rewards else None,
+        "mean_reward_kept": statistics.fmean(kept) if kept else None,
+        **{metric: eff[metric]["mean"] for metric in METRICS},
+        "train_loss": training.get("final_loss"), "train_examples": training.get("examples"),
+        "train_steps": training.get("steps")})
+
+
+def log_finished(tracker: Tracker, store: Store, run_id: str, question_cost: float) -> None:
+    """What the store holds and the tracker has not been sent, when a run starts or resumes: the points of a
+    process killed between its stage's mark and their writing, or of a run that turns tracking on late (its
+    earlier train steps then with their loss only: the training record keeps no more)."""
+    if not tracker.active:
+        return
+    for row in store.stage_times(run_id):
+        log_stage(tracker, store, run_id, row["iteration"], row["stage"])
+    offset = 0
+    for it in store.iterations(run_id):
+        training = store.training(run_id, it["iteration"])
+        if training is None:
+            break
+        for step, loss in enumerate(json.loads(training["losses"]), start=1):
+            tracker.log("train", offset + step, {"loss": loss})
+        offset += training["steps"]
+        log_iteration(tracker, store, run_id, it["iteration"], question_cost)
+
+
+def log_evaluation(tracker: Tracker, summary: dict) -> None:
+    """An evaluation's figures (evaluate.summarize) per iteration: the log-prob table and the win rates."""
+    base = f"eval/{summary['roleplayer']}"
+    judged = f"{base}/judged/" + re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(
+        (summary["judge"], summary["responder"], summary["protocol"])))
+    for it in summary["iterations"]:
+        gain = it["gain"] or {}
+        tracker.log(base, it["iteration"], {**{f"logprob_{c}": v["mean"] for c, v in it["logprob"].items()},
+                                            "gain": gain.get("mean"), "gain_low": gain.get("low"),
+                                            "gain_high": gain.get("high"),
+                                            **{m: it["efficiency"][m]["mean"] for m in METRICS}})
+        if it["iteration"] == 0:
+            continue
+        both = it["win_rate_counterbalanced"] or {}
+        tracker.log(judged, it["iteration"], {"win_rate": it["win_rate"]["rate"],
+                                              "win_rate_counterbalanced": both.get("rate"),
+                                              "consistency": both.get("consistency")})

@@ -1,0 +1,86 @@
+"""Curves in TensorBoard and W&B (recipe track): written by the real libraries, read back from their files; each
+point once, however many processes resume the run. A whole run's curves, killed and resumed at every stage, are
+checked in test_loop's kill test; an evaluation's in test_eval."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from conftest import tensorboard_points, wandb_history
+
+from stargate_lite.errors import StargateError
+from stargate_lite.store import Store
+from stargate_lite.tracking import open_tracker
+
+FIRST_THEN_RESUMED = [(1, 1.0), (2, 0.5), (3, 1 / 3), (4, 104.0), (5, 105.0)]
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return tmp_path / "run"
+
+
+@pytest.fixture
+def store(home) -> Store:
+    store = Store(home)
+    store.create_run("r", "tiny", json.dumps({"name": "tiny", "seed": 0}), "builtin", 0)
+    return store
+
+
+def _two_processes(store: Store, kind: str, directory) -> None:
+    """A process logs three train steps and a stage, then a resumed one logs steps 1 to 5 (1 to 3 again, with
+    other values) and the stage's next iteration."""
+    with open_tracker(store, "r", kind, directory) as tracker:
+        for step in (1, 2, 3):
+            tracker.log("train", step, {"loss": 1.0 / step, "lr": 1e-4, "tokens": 10 * step})
+        tracker.log("stage/simulate", 1, {"seconds": 4.0, "tokens": None})
+    with open_tracker(store, "r", kind, directory) as tracker:
+        for step in (1, 2, 3, 4, 5):
+            tracker.log("train", step, {"loss": 100.0 + step, "lr": 2e-4, "tokens": 1})
+        tracker.log("stage/simulate", 1, {"seconds": 99.0})
+        tracker.log("stage/simulate", 2, {"seconds": 5.0})
+
+
+def test_tensorboard_curves_hold_each_point_once_across_resumed_processes(store, run_dir):
+    _two_processes(store, "tensorboard", run_dir)
+    points = tensorboard_points(run_dir / "tensorboard")
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2  # one file per process
+    assert [s for s, _ in points["train/loss"]] == [s for s, _ in FIRST_THEN_RESUMED]
+    assert [v for _, v in points["train/loss"]] == pytest.approx([v for _, v in FIRST_THEN_RESUMED])
+    assert [s for s, _ in points["train/lr"]] == [1, 2, 3, 4, 5]
+    assert points["train/tokens"] == [(1, 10.0), (2, 20.0), (3, 30.0), (4, 1.0), (5, 1.0)]
+    assert points["stage/simulate/seconds"] == [(1, 4.0), (2, 5.0)]
+    assert "stage/simulate/tokens" not in points  # a value the store does not count is left out, not logged as 0
+    assert store.tracked_step("r", "tensorboard", "train") == 5
+
+
+def test_wandb_logs_offline_without_a_login_each_point_once_on_its_own_x_axis(store, run_dir, tmp_path,
+                                                                              monkeypatch):
+    for variable in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))  # no netrc: nobody is logged in
+    _two_processes(store, "wandb", run_dir)
+    logs = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(logs) == 2 and len({p.name for p in logs}) == 1  # one folder per process, of one W&B run resumed
+    rows = wandb_history(run_dir)
+    train = [(r["train/step"], r["train/loss"]) for r in rows if "train/loss" in r]
+    assert [s for s, _ in train] == [s for s, _ in FIRST_THEN_RESUMED]
+    assert [v for _, v in train] == pytest.approx([v for _, v in FIRST_THEN_RESUMED])
+    stages = [(r["iteration"], r["stage/simulate/seconds"]) for r in rows if "stage/simulate/seconds" in r]
+    assert stages == [(1, 4.0), (2, 5.0)]
+
+
+@pytest.mark.parametrize(("kind", "module"), [("tensorboard", "torch.utils.tensorboard"), ("wandb", "wandb")])
+def test_a_tracker_whose_package_is_missing_is_one_clear_error(store, tmp_path, monkeypatch, kind, module):
+    monkeypatch.setitem(sys.modules, module, None)  # importing it now raises ImportError
+    with pytest.raises(StargateError, match=rf"track: {kind} needs .*stargate-lite\[track\]"):
+        open_tracker(store, "r", kind, tmp_path)
+
+
+def test_no_tracker_writes_nothing(store, run_dir):
+    run_dir.mkdir()
+    with open_tracker(store, "r", "none", run_dir) as tracker:
+        tracker.log("train", 1, {"loss": 1.0})
+    assert not list(run_dir.iterdir()) and store.tracked_step("r", "none", "train") is None
