@@ -24,15 +24,18 @@ from stargate_lite.stages.train import train_adapter
 # Dropout on, its masks seeded per sequence: each sequence gets the masks it gets in one process.
 CONFIG = TrainConfig(lora_r=8, lora_alpha=16, lora_dropout=0.1, dropout_masks="sequence", batch_size=3,
                      gradient_accumulation=2, epochs=2)
-# Measured without dropout: 8.9e-6 at most (sft; dpo 6.6e-6), on weights up to 0.042 (float sums in another order).
+# Measured without dropout (2026-12-03): 5.5e-7 at most in sft, 6.7e-6 in dpo, on weights up to 0.042 (float sums in
+# another order).
 TOLERANCE = 1e-4
 
 
 def _examples(questioner, final=lambda i: GOLD[: 40 + 7 * i]) -> list:
     names = ["Ravi", "Mei", "Dana", "Tomas", "Hanna"]
     examples = []
-    for i in range(7):  # 7 sequences in micro-batches of 3: the last one leaves one process without a sequence
-        messages = questioner_messages(names[i % 5], TASK, TURNS[: 2 * (1 + i % 2)], final=True, instruction=True)
+    # 7 sequences in micro-batches of 3: the last one leaves one process without a sequence. Bare prompts (no
+    # instruction): the same code path, a third fewer tokens (the three tests took 157 s against 203, 2026-12-03).
+    for i in range(7):
+        messages = questioner_messages(names[i % 5], TASK, TURNS[: 2 * (1 + i % 2)], final=True, instruction=False)
         examples.append(questioner.encode_for_training([*messages, {"role": "assistant", "content": final(i)}]))
     return examples
 
