@@ -639,8 +639,8 @@ class CutJudge:
 
 def test_a_store_with_rows_from_every_older_schema_level_upgrades_and_reads_as_it_was(evaluated, eval_home,
                                                                                     tmp_path):
-    """For each level m001 .. m014: a store holding the evaluated run's rows as far as that level's tables have
-    columns for them, opened by today's code. It migrates, and status and the evaluation read the same run:
+    """For each level from m001 to the one before today's: a store holding the evaluated run's rows as far as that
+    level's tables have columns for them, opened by today's code. It migrates, and status and the evaluation read the same run:
     the same counts, stages and log-probs; questions per conversation recomputed from the turns (m012); win
     rates from verdicts that carry a protocol (m007 on)."""
     import sqlite_utils
@@ -669,7 +669,7 @@ def test_a_store_with_rows_from_every_older_schema_level_upgrades_and_reads_as_i
             if table == "_migrations":
                 continue
             columns = [c.name for c in old[table].columns]
-            rows = today.db.query(f"select {', '.join(columns)} from {table}")
+            rows = today.db.query(f"select {', '.join(f'[{c}]' for c in columns)} from [{table}]")  # e.g. `commit`
             old[table].insert_all(rows)
         old.conn.close()
 
