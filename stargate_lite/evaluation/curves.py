@@ -37,14 +37,21 @@ def log_stage(tracker: Tracker, store: Store, run_id: str, iteration: int, stage
     """A stage of an iteration, once it is marked done: its latest attempt's time, tokens and throughput."""
     if not tracker.active:
         return
-    times = [t for t in store.stage_times(run_id) if t["iteration"] == iteration and t["stage"] == stage]
-    if not times or times[0]["started_at"] is None:
+    for row in store.stage_times(run_id):
+        if row["iteration"] == iteration and row["stage"] == stage:
+            _log_stage_row(tracker, store, run_id, row)
+
+
+def _log_stage_row(tracker: Tracker, store: Store, run_id: str, row: dict) -> None:
+    """One of store.stage_times' rows as its stage's point (none for a stage finished before starts were kept)."""
+    if row["started_at"] is None:
         return
-    seconds = times[0]["done_at"] - times[0]["started_at"]
+    iteration, stage = row["iteration"], row["stage"]
+    seconds = row["done_at"] - row["started_at"]
     tokens = store.stage_tokens(run_id, iteration).get(stage) if iteration else None
     tracker.log(f"stage/{stage}", iteration, {
         "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds if tokens and seconds > 0 else None,
-        "gpu_seconds": seconds * times[0]["gpus"] if times[0]["gpus"] else None})
+        "gpu_seconds": seconds * row["gpus"] if row["gpus"] else None})
 
 
 def log_iteration(tracker: Tracker, store: Store, run_id: str, iteration: int, question_cost: float) -> None:
@@ -70,7 +77,7 @@ def log_finished(tracker: Tracker, store: Store, run_id: str, question_cost: flo
     if not tracker.active:
         return
     for row in store.stage_times(run_id):
-        log_stage(tracker, store, run_id, row["iteration"], row["stage"])
+        _log_stage_row(tracker, store, run_id, row)
     offset = 0
     for it in store.iterations(run_id):
         training = store.training(run_id, it["iteration"])
