@@ -109,10 +109,21 @@ def model_cache_dir(home: Path) -> Path:
 
 
 def convert_gguf(gguf: Path, cache: Path) -> Path:
-    """Dequantise a GGUF into a Hugging Face folder once; return the cached folder."""
+    """Dequantise a GGUF into a Hugging Face folder once; return the cached folder. Processes that share the cache
+    (a run and a `chat`, test workers) convert one at a time: the others wait, then read the folder."""
     target = cache / f"{gguf.stem}-{_file_hash(gguf)}"
     if (target / "config.json").is_file():
         return target
+    from filelock import FileLock
+
+    cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.with_name(target.name + ".lock")):
+        if not (target / "config.json").is_file():
+            _convert(gguf, target)
+    return target
+
+
+def _convert(gguf: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tmp = target.with_name(target.name + ".tmp")
@@ -126,7 +137,6 @@ def convert_gguf(gguf: Path, cache: Path) -> Path:
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     tmp.rename(target)  # the folder appears complete or not at all
-    return target
 
 
 def questioner_source(model: str, gguf_file: str | None, home: Path) -> str:
