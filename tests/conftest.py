@@ -38,7 +38,13 @@ TINY_CI_OVERRIDES = [
     "train.epochs=1",
     "train.batch_size=2",
     "eval.conversations_per_pair=2",
+    *(["chat_models.smollm2.n_threads=1"] if os.environ.get("PYTEST_XDIST_WORKER") else []),
 ]
+# Under `pytest -n N` (xdist: one test process per core) every process computes on one thread: torch's and llama.cpp's
+# default of two per process, two processes on 2 cores, spun against each other (four run-heavy modules took 919 s
+# that way, 591 s in one process, 460 s with one thread each).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 # One conversation, request and gold response that tests of masks, scoring and training share.
@@ -107,9 +113,28 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder `name`, made by `build(folder)` once per session. Under xdist the session's test processes share
+    it (pytest's folder above each one's own): the first to ask builds it while the others wait on its lock."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    folder = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / name
+    built = folder.with_name(f"{name}.built")
+    with FileLock(folder.with_name(f"{name}.lock")):
+        if not built.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            build(folder)
+            built.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("model-cache")
+    """Converted models, one folder for the session's processes and the runs they start."""
+    cache = built_once(tmp_path_factory, "model-cache", lambda folder: folder.mkdir())
+    os.environ["STARGATE_MODEL_CACHE"] = str(cache)  # for the session's fixtures, set up before a test's own home
+    return cache
 
 
 @pytest.fixture(autouse=True)
@@ -127,7 +152,6 @@ def questioner(model_cache):
     from stargate_lite.engines.questioner import Questioner
     from stargate_lite.recipe import load_recipe
 
-    os.environ["STARGATE_MODEL_CACHE"] = str(model_cache)
     return Questioner(load_recipe("tiny").questioner, model_cache)
 
 
@@ -275,12 +299,12 @@ def data_home(tmp_path_factory, model_cache) -> Path:
     from stargate_lite.stages.data import prepare_data
     from stargate_lite.store import Store
 
-    home = tmp_path_factory.mktemp("data") / "home"
-    os.environ["STARGATE_MODEL_CACHE"] = str(model_cache)
-    recipe = load_recipe("tiny", TINY_CI_OVERRIDES)
-    with ChatModels(recipe.chat_models, home) as chat, Progress(enabled=False) as progress:
-        prepare_data(Store(home), recipe, lambda: chat.get(recipe.roles.oracle), progress)
-    return home
+    def build(folder: Path) -> None:
+        recipe = load_recipe("tiny", TINY_CI_OVERRIDES)
+        with ChatModels(recipe.chat_models, folder / "home") as chat, Progress(enabled=False) as progress:
+            prepare_data(Store(folder / "home"), recipe, lambda: chat.get(recipe.roles.oracle), progress)
+
+    return built_once(tmp_path_factory, "data", build) / "home"
 
 
 @pytest.fixture
@@ -292,9 +316,10 @@ def with_data(data_home, home) -> Path:
 @pytest.fixture(scope="session")
 def finished_run(data_home, tmp_path_factory, model_cache) -> Path:
     """The home of one uninterrupted tiny run of two iterations, made once; tests get copies (`finished`)."""
-    home = copy_home(data_home, tmp_path_factory.mktemp("finished") / "home")
-    cli(*run_args(), home=home)
-    return home
+    def build(folder: Path) -> None:
+        cli(*run_args(), home=copy_home(data_home, folder / "home"))
+
+    return built_once(tmp_path_factory, "finished", build) / "home"
 
 
 def copy_home(home: Path, to: Path) -> Path:
