@@ -1,4 +1,5 @@
-"""Shared fixtures: every test gets its own project home; the converted tiny model is made once per session.
+"""Shared fixtures: every test gets its own project home; the converted tiny model, the data and the finished run
+are made once per session, for all its test processes under `pytest -n N` (xdist).
 
 Test tiers: plain `pytest` runs the fast tier (pyproject.toml's addopts deselect the others); `pytest -m ""` runs
 every tier. A test's tiers follow from what it uses (TIERS below), so a new test that uses a finished run, starts
