@@ -24,6 +24,7 @@ import pytest
 from stargate_lite.runs import STOP_AT_ENV
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # set in each test process of `pytest -n N` (xdist)
 # A 2-iteration run small enough for CI: 2 pairs per iteration, 2 conversations each, short generations.
 TINY_CI_OVERRIDES = [
     "data.tasks={A: 2, B: 2, test: 1}",
@@ -39,12 +40,12 @@ TINY_CI_OVERRIDES = [
     "train.epochs=1",
     "train.batch_size=2",
     "eval.conversations_per_pair=2",
-    *(["chat_models.smollm2.n_threads=1"] if os.environ.get("PYTEST_XDIST_WORKER") else []),
+    *(["chat_models.smollm2.n_threads=1"] if WORKER else []),
 ]
 # Under `pytest -n N` (xdist: one test process per core) every process computes on one thread: torch's and llama.cpp's
 # default of two per process, two processes on 2 cores, spun against each other (four run-heavy modules took 919 s
 # that way, 591 s in one process, 460 s with one thread each).
-if os.environ.get("PYTEST_XDIST_WORKER"):
+if WORKER:
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
@@ -120,7 +121,7 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
     from filelock import FileLock
 
     root = tmp_path_factory.getbasetemp()
-    folder = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / name
+    folder = (root.parent if WORKER else root) / name
     built = folder.with_name(f"{name}.built")
     with FileLock(folder.with_name(f"{name}.lock")):
         if not built.exists():
