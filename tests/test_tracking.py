@@ -58,10 +58,15 @@ def test_tensorboard_curves_hold_each_point_once_across_resumed_processes(store,
 
 def test_wandb_logs_offline_without_a_login_each_point_once_on_its_own_x_axis(store, run_dir, tmp_path,
                                                                               monkeypatch):
+    import wandb
+
     for variable in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "user"))  # no netrc: nobody is logged in
     _two_processes(store, "wandb", run_dir)
+    # run.finish() returns before W&B's service has closed the run's file (it is told, not waited for); a real
+    # process's exit waits for the service to stop, and so does teardown: read the files only after it.
+    wandb.teardown()
     logs = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(logs) == 2 and len({p.name for p in logs}) == 1  # one folder per process, of one W&B run resumed
     rows = wandb_history(run_dir)
