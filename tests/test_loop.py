@@ -17,7 +17,7 @@ import pytest
 from conftest import cli, run_args, tensorboard_points, wait_for
 
 import stargate_lite
-from stargate_lite.runs import STAGES
+from stargate_lite.runs import STAGES, STOP_AT_ENV
 from stargate_lite.store import Store
 
 TABLES = ("tasks", "personas", "golds", "pairs", "conversations", "turns", "scores", "selections", "responses",
@@ -173,50 +173,86 @@ def _not_done(stage: str, iteration: int) -> str:
     return f"not exists (select 1 from stages where iteration = {iteration} and stage = '{stage}')"
 
 
-# Every named stop point of a run (runs.stop_point), each with what the store holds when the run is killed there:
-# that stage's first rows committed and the stage not yet marked done.
-KILL_POINTS = {
-    "personas": "select count(*) between 1 and 3 from personas",  # 4 wanted
-    "golds": "select count(*) > 0 and not exists (select 1 from pairs) from golds",
-    **{f"{stage}/1": f"select count(*) > 0 and {_not_done(stage, 1)} from {table} where iteration = 1"
-       for stage, table in [("pairs", "pairs"), ("simulate", "conversations"), ("score", "scores"),
-                            ("select", "selections"), ("respond", "responses")]},
-    "train/1": f"select {_not_done('train', 1)} and not exists (select 1 from trainings where iteration = 1)",
-    "trained/1": "select not exists (select 1 from trainings where iteration = 1)",
-    "pairs/2": f"select count(*) > 0 and {_not_done('pairs', 2)} from pairs where iteration = 2",
-    "trained/2": "select not exists (select 1 from trainings where iteration = 2)",
-}
+# The tables each chunked stage writes to, chunk by chunk.
+CHUNKED = {"pairs": "pairs", "simulate": "conversations", "score": "scores", "select": "selections",
+           "respond": "responses"}
+
+
+def _hit(point: str) -> str:
+    """What the store holds once a run is stopped at a named point (runs.stop_point): that stage's first rows
+    committed and the stage not yet marked done; for training, its record not yet written."""
+    if point == "personas":
+        return "select count(*) between 1 and 3 from personas"  # 4 wanted
+    if point == "golds":
+        return "select count(*) > 0 and not exists (select 1 from pairs) from golds"
+    stage, iteration = point.split("/")
+    if stage in CHUNKED:
+        return (f"select count(*) > 0 and {_not_done(stage, int(iteration))} from {CHUNKED[stage]} "
+                f"where iteration = {iteration}")
+    trained = f"not exists (select 1 from trainings where iteration = {iteration})"
+    return f"select {_not_done('train', int(iteration))} and {trained}" if stage == "train" else f"select {trained}"
+
+
+# Every named point of a run, in order, with the signal the run gets there: personas a Ctrl-C and then a SIGKILL
+# (the rerun gets one persona further), golds a Ctrl-C (at this scale they are one chunk: nothing is left for a
+# second stop), iteration 1's stages a Ctrl-C, iteration 2's a SIGKILL; RANDOM is a SIGKILL at a seeded random
+# moment of iteration 2's training, at no named point.
+RANDOM = "random"
+WALK = [("personas", "INT"), ("personas", "KILL"), ("golds", "INT"),
+        *[(f"{stage}/1", "INT") for stage in (*CHUNKED, "train", "trained")],
+        *[(f"{stage}/2", "KILL") for stage in CHUNKED], (RANDOM, "KILL"), ("train/2", "KILL"), ("trained/2", "KILL")]
 ORPHANS = [
     "select count(*) from turns t left join conversations c on c.id = t.conversation_id where c.id is null",
     "select count(*) from scores s left join conversations c on c.id = s.conversation_id where c.id is null",
     "select count(*) from conversations c left join pairs p on p.id = c.pair_id where p.id is null",
     "select count(*) from selections s left join pairs p on p.id = s.pair_id where p.id is null",
     "select count(*) from responses r left join selections s on s.pair_id = r.pair_id where s.pair_id is null",
-    "select count(*) from pairs p left join golds g on g.task_id = p.task_id and g.persona_id = p.persona_id "
-    "where g.id is null",
+    ("select count(*) from pairs p left join golds g on g.task_id = p.task_id and g.persona_id = p.persona_id "
+     "where g.id is null"),
 ]
 
 
-def test_resume_after_sigkill_at_every_stage_gives_the_uninterrupted_result(finished, tmp_path):
-    """SIGKILL at every named point in turn (each rerun gets further), and once at a seeded random moment of
-    iteration 2; then a last run must give the uninterrupted run, record for record, with no orphan rows. Its
-    curves (track tensorboard, which changes no record) hold every point once."""
-    home = tmp_path / "killed"
+def _random_kill(args: list[str], home: Path) -> None:
+    """Start the run, and SIGKILL it at a seeded random moment once its training of iteration 2 has begun."""
+    process = subprocess.Popen([sys.executable, "-m", "stargate_lite", *args],
+                               env={**os.environ, "STARGATE_HOME": str(home)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert wait_for(home, "select count(*) from stage_starts where iteration = 2 and stage = 'train'", process)
+    time.sleep(random.Random(1234).uniform(0, 1.5))
+    assert process.poll() is None, "the run ended before the random kill"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def _interrupted(args: list[str], home: Path, point: str) -> None:
+    """A Ctrl-C at `point`: exit 130 with the resume message. The run starts with SIGINT ignored, as a background
+    job of a script does: Python then installs no handler of its own, and before the CLI took the signal back a
+    Ctrl-C was lost there and the run went on to finish with exit 0."""
+    env = {**os.environ, "STARGATE_HOME": str(home), STOP_AT_ENV: f"{point}=INT"}
+    run = subprocess.run([sys.executable, "-m", "stargate_lite", *args], env=env, capture_output=True, text=True,
+                         timeout=900, check=False, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert run.returncode == 130, f"interrupted at {point}: exit {run.returncode}\n{run.stderr[-2000:]}"
+    assert "run the same command again to resume" in run.stderr and "Traceback" not in run.stderr, point
+
+
+def test_a_run_stopped_by_ctrl_c_or_sigkill_at_every_named_point_resumes_to_the_uninterrupted_result(finished,
+                                                                                                    tmp_path):
+    """One run from nothing, stopped at every named point in turn (each rerun gets further; WALK), and once at a
+    random moment; the store shows each point hit. A last run must give the uninterrupted run, record for record,
+    with no orphan rows, and its curves (track tensorboard, which changes no record) hold every point once."""
+    home = tmp_path / "stopped"
     tracked = run_args("track=tensorboard")
-    for point, holds in KILL_POINTS.items():
-        if point == "trained/2":  # before it, a kill at no named point
-            process = subprocess.Popen([sys.executable, "-m", "stargate_lite", *tracked],
-                                       env={**os.environ, "STARGATE_HOME": str(home)},
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            assert wait_for(home, "select count(*) from conversations where iteration = 2", process)
-            time.sleep(random.Random(1234).uniform(0, 1.5))
-            assert process.poll() is None, "the run ended before the random kill"
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-        result = cli(*tracked, home=home, check=False, stop_at=point)
-        assert result.returncode == -signal.SIGKILL, f"the run never reached {point}: {result.stderr[-2000:]}"
+    for point, how in WALK:
+        if point == RANDOM:
+            _random_kill(tracked, home)
+            continue
+        if how == "INT":
+            _interrupted(tracked, home, point)
+        else:
+            result = cli(*tracked, home=home, check=False, stop_at=point)
+            assert result.returncode == -signal.SIGKILL, f"the run never reached {point}: {result.stderr[-2000:]}"
         with sqlite3.connect(home / "stargate.db") as db:
-            assert db.execute(holds).fetchone()[0], f"killed at {point}, the store does not show it: {holds}"
+            assert db.execute(_hit(point)).fetchone()[0], f"stopped at {point}, the store does not show it"
         if point.startswith("trained/"):  # the adapter in place, its record not yet
             assert (home / "runs" / "tiny" / f"iteration-{point[-1]}" / "adapter" / "adapter_config.json").is_file()
     cli(*tracked, home=home)

@@ -14,8 +14,6 @@ from pathlib import Path
 
 from conftest import cli, run_args
 
-from stargate_lite.runs import STOP_AT_ENV
-
 
 def _wait_for_rows(home: Path, table: str, process: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.time() + timeout
@@ -73,23 +71,3 @@ def test_a_missing_model_file_is_named(home, tmp_path):
     missing = tmp_path / "nope.gguf"
     result = cli(*run_args(), "--set", f"chat_models.smollm2.model={missing}", home=home, check=False)
     assert result.returncode == 2 and str(missing) in result.stderr
-
-
-# Every named point of a run (runs.stop_point) once per iteration's stages, and the data stage's two.
-INTERRUPT_POINTS = ["personas", "golds", "pairs/1", "simulate/1", "score/1", "select/1", "respond/1", "train/1",
-                    "trained/1"]
-
-
-def test_ctrl_c_at_every_named_point_exits_130_with_the_resume_message_even_when_started_ignoring_it(home):
-    """SIGINT at each point in turn, each rerun getting further. The runs start with SIGINT ignored, as a
-    background job of a script does: Python then installs no handler of its own, and before the CLI took the
-    signal back a Ctrl-C was lost there and the run went on to finish with exit 0."""
-    for point in INTERRUPT_POINTS:
-        env = {**os.environ, "STARGATE_HOME": str(home), STOP_AT_ENV: f"{point}=INT"}
-        run = subprocess.run([sys.executable, "-m", "stargate_lite", *run_args()], env=env, capture_output=True,
-                             text=True, timeout=900, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-        assert run.returncode == 130, f"interrupted at {point}: exit {run.returncode}\n{run.stderr[-2000:]}"
-        assert "run the same command again to resume" in run.stderr and "Traceback" not in run.stderr, point
-    report = json.loads(cli("status", "--json", home=home).stdout)
-    assert [it["stages_done"] for it in report["runs"][0]["iterations"]] == [
-        ["pairs", "simulate", "score", "select", "respond"]]  # interrupted at the last point, before the record
