@@ -333,7 +333,7 @@ def test_a_run_learns_from_every_conversation_and_each_iteration_starts_on_polic
 def test_an_rloo_run_killed_in_training_resumes_to_the_uninterrupted_adapter(rloo_run, tmp_path):
     """SIGKILL after iteration 2's first optimizer step: the rerun trains again from iteration 1's adapter and
     ends with the uninterrupted run's adapter, losses and steps. (A kill with the adapter written but not recorded
-    is the same for every method: test_preference and test_loop make it.)"""
+    is the same for every method: test_loop makes it.)"""
     home = copy_home(rloo_run, tmp_path / "rloo")
     shutil.rmtree(home / "runs" / "tiny" / "iteration-2" / "adapter")
     with sqlite3.connect(home / "stargate.db") as db:
