@@ -329,12 +329,13 @@ def test_a_two_iteration_run_on_vllm_completes_and_resumes_after_sigkill(vllm_ur
     assert [s["n_tokens"] for s in scores] == [n for _, n in local]
     for stored, (ours, n) in zip(scores, local, strict=True):
         assert abs(stored["logprob"] - ours) < TOLERANCE * n
-    # Evaluation on the same engine: conversations, scores and every responder's answers from vLLM.
-    evaluated = json.loads(cli("eval", "--json", home=home).stdout)
-    assert [it["iteration"] for it in evaluated["iterations"]] == [0, 1, 2]
+    # Evaluation on the same engine: conversations, scores and every responder's answers from vLLM, for the base
+    # and the last adapter (both iterations' adapters are checked against peft in the adapter test above).
+    evaluated = json.loads(cli("eval", "--json", "--iteration", "2", home=home).stdout)
+    assert [it["iteration"] for it in evaluated["iterations"]] == [0, 2]
     for it in evaluated["iterations"]:
         assert it["logprob"]["experimental"]["n"] == 4 and it["logprob"]["random"]["n"] >= 2
-    assert len(evaluated["iterations"]) == 3 and all(it["win_rate"]["valid"] == 2 for it in evaluated["iterations"][1:])
+    assert evaluated["iterations"][1]["win_rate"]["valid"] == 2
     with sqlite3.connect(home / "stargate.db") as db:
         answers = db.execute("select iteration, count(*) from eval_responses where text != '' group by iteration")
-        assert dict(answers.fetchall()) == {0: 2, 1: 2, 2: 2}
+        assert dict(answers.fetchall()) == {0: 2, 2: 2}
