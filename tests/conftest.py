@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -200,9 +201,11 @@ def serve(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, s
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def cli(*args: str, home: Path, check: bool = True, stop_at: str | None = None) -> subprocess.CompletedProcess:
+def cli(*args: str, home: Path, check: bool = True, stop_at: str | None = None,
+        sigint_ignored: bool = False) -> subprocess.CompletedProcess:
     """The real command in a subprocess, as a user runs it; `stop_at` names a point where it stops itself
-    (runs.stop_point: SIGKILL, or SIGINT with "POINT=INT")."""
+    (runs.stop_point: SIGKILL, or SIGINT with "POINT=INT"). `sigint_ignored` starts it with SIGINT ignored, as a
+    background job of a script is: Python then installs no Ctrl-C handler of its own."""
     if args[:1] == ("run",) and "--dry-run" not in args and _current:
         assert _current[-1].get_closest_marker("run"), "a test that makes a real run belongs to the run tier: " \
             "use run_args() or add what it uses to TIERS in conftest.py"
@@ -210,10 +213,14 @@ def cli(*args: str, home: Path, check: bool = True, stop_at: str | None = None) 
     if stop_at:
         env[STOP_AT_ENV] = stop_at
     result = subprocess.run([sys.executable, "-m", "stargate_lite", *args], env=env, capture_output=True, text=True,
-                            timeout=900)
+                            timeout=900, check=False, preexec_fn=_ignore_sigint if sigint_ignored else None)
     if check and result.returncode != 0:
         raise AssertionError(f"stargate-lite {' '.join(args)} failed:\n{result.stderr[-3000:]}")
     return result
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def alive(pid: int) -> bool:

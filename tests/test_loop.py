@@ -17,7 +17,7 @@ import pytest
 from conftest import cli, run_args, tensorboard_points, wait_for
 
 import stargate_lite
-from stargate_lite.runs import STAGES, STOP_AT_ENV
+from stargate_lite.runs import STAGES
 from stargate_lite.store import Store
 
 TABLES = ("tasks", "personas", "golds", "pairs", "conversations", "turns", "scores", "selections", "responses",
@@ -224,17 +224,6 @@ def _random_kill(args: list[str], home: Path) -> None:
     process.wait()
 
 
-def _interrupted(args: list[str], home: Path, point: str) -> None:
-    """A Ctrl-C at `point`: exit 130 with the resume message. The run starts with SIGINT ignored, as a background
-    job of a script does: Python then installs no handler of its own, and before the CLI took the signal back a
-    Ctrl-C was lost there and the run went on to finish with exit 0."""
-    env = {**os.environ, "STARGATE_HOME": str(home), STOP_AT_ENV: f"{point}=INT"}
-    run = subprocess.run([sys.executable, "-m", "stargate_lite", *args], env=env, capture_output=True, text=True,
-                         timeout=900, check=False, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    assert run.returncode == 130, f"interrupted at {point}: exit {run.returncode}\n{run.stderr[-2000:]}"
-    assert "run the same command again to resume" in run.stderr and "Traceback" not in run.stderr, point
-
-
 def test_a_run_stopped_by_ctrl_c_or_sigkill_at_every_named_point_resumes_to_the_uninterrupted_result(finished,
                                                                                                     tmp_path):
     """One run from nothing, stopped at every named point in turn (each rerun gets further; WALK), and once at a
@@ -246,15 +235,22 @@ def test_a_run_stopped_by_ctrl_c_or_sigkill_at_every_named_point_resumes_to_the_
         if point == RANDOM:
             _random_kill(tracked, home)
             continue
+        # A Ctrl-C'd run starts with SIGINT ignored: before the CLI took the signal back, a Ctrl-C was lost there
+        # and the run went on to finish with exit 0.
+        result = cli(*tracked, home=home, check=False, stop_at=f"{point}={how}", sigint_ignored=how == "INT")
         if how == "INT":
-            _interrupted(tracked, home, point)
+            assert result.returncode == 130, f"interrupted at {point}: exit {result.returncode}\n{result.stderr[-2000:]}"
+            assert "run the same command again to resume" in result.stderr and "Traceback" not in result.stderr, point
         else:
-            result = cli(*tracked, home=home, check=False, stop_at=point)
             assert result.returncode == -signal.SIGKILL, f"the run never reached {point}: {result.stderr[-2000:]}"
         with sqlite3.connect(home / "stargate.db") as db:
             assert db.execute(_hit(point)).fetchone()[0], f"stopped at {point}, the store does not show it"
         if point.startswith("trained/"):  # the adapter in place, its record not yet
             assert (home / "runs" / "tiny" / f"iteration-{point[-1]}" / "adapter" / "adapter_config.json").is_file()
+        if point == "trained/1":  # what `status` shows of it
+            report = json.loads(cli("status", "--json", home=home).stdout)
+            assert [it["stages_done"] for it in report["runs"][0]["iterations"]] == [
+                ["pairs", "simulate", "score", "select", "respond"]]
     cli(*tracked, home=home)
     assert counts(home) == counts(finished)
     assert snapshot(home) == snapshot(finished)
