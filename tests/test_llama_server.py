@@ -15,15 +15,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_CI_OVERRIDES, alive, cli, running
+from conftest import THREADS, TINY_CI_OVERRIDES, alive, cli, running
 
 from stargate_lite.engines.chat_models import ChatModels, LlamaServerChat, Sampling, complete_all
 from stargate_lite.errors import StargateError
 from stargate_lite.prompts import roleplayer_messages
 from stargate_lite.recipe import ChatModelConfig
 
-SERVED = ChatModelConfig(backend="llama-server", model="builtin:smollm2-135m-instruct", n_ctx=1024, n_threads=2,
-                         repeat_penalty=1.15, max_retries=1)
+SERVED = ChatModelConfig(backend="llama-server", model="builtin:smollm2-135m-instruct", n_ctx=1024,
+                         n_threads=THREADS, repeat_penalty=1.15, max_retries=1)
 PERSONA = "I'm Dana, 41, a night-shift nurse with two teenagers; vegetarian, training for a half marathon."
 TASKS = ("Can you help me plan my week?", "What should I cook for dinner?", "How can I sleep better?",
          "Help me pick a gift for a friend.")
@@ -112,7 +112,7 @@ def test_a_missing_binary_fails_before_any_work(home, monkeypatch):
 
 RUN_ARGS = ["run", "--iterations", "1", *[a for o in TINY_CI_OVERRIDES for a in ("--set", o)],
             "--set", "chat_models.served={backend: llama-server, model: 'builtin:smollm2-135m-instruct', "
-            "n_ctx: 1024, n_threads: 2, repeat_penalty: 1.15, slots: 2, max_retries: 1}",
+            f"n_ctx: 1024, n_threads: {THREADS}, repeat_penalty: 1.15, slots: 2, max_retries: 1}}",
             "--set", "roles.roleplayer=served"]
 
 

@@ -13,7 +13,7 @@ import urllib.request
 from collections import deque
 
 import pytest
-from conftest import TINY_CI_OVERRIDES, QuietHandler, cli, serve
+from conftest import THREADS, TINY_CI_OVERRIDES, QuietHandler, cli, serve
 
 from stargate_lite.engines.chat_models import ChatFailure, OpenAIChat, Sampling, preflight
 from stargate_lite.engines.models import builtin_gguf
@@ -276,11 +276,12 @@ def test_the_in_process_model_reads_only_where_a_prompt_differs_and_answers_bit_
               {"role": "questioner", "text": "Which meals do you cook most often?"}] for turn in first]
     prompts = [roleplayer_messages(persona, task, turns) for turns in ([t] for t in first)]
     prompts += [roleplayer_messages(persona, task, turns) for turns in later]
-    settings = {"backend": "llamacpp", "model": "builtin:smollm2-135m-instruct", "n_ctx": 1024, "n_threads": 2,
+    settings = {"backend": "llamacpp", "model": "builtin:smollm2-135m-instruct", "n_ctx": 1024, "n_threads": THREADS,
                 "repeat_penalty": 1.15}
     keeping = LlamaCppChat("keeping", ChatModelConfig(**settings))
     whole = LlamaCppChat("whole", ChatModelConfig(**settings, prompt_cache=False))
     assert keeping.keeps_prompt and not whole.keeps_prompt
+    assert keeping.llm.context_params.n_threads_batch == THREADS  # prompts are read on n_threads too, not every core
     read = {id(keeping): 0, id(whole): 0}
     for chat in (keeping, whole):
         def counting_eval(tokens, chat=chat, eval=chat.llm.eval):

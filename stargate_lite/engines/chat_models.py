@@ -115,7 +115,10 @@ class LlamaCppChat:
             model_path=str(self.path),
             n_ctx=config.n_ctx,
             n_gpu_layers=config.n_gpu_layers,
+            # Both settings: llama-cpp-python reads prompts on every core unless told otherwise, whatever
+            # n_threads says (the server gets --threads and --threads-batch alike). Logits are the same bit for bit.
             n_threads=config.n_threads,
+            n_threads_batch=config.n_threads,
             verbose=False,
         )
         # Reading only where a prompt differs from the last one's tokens gives the same logits on the CPU, bit for
