@@ -28,6 +28,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # set in each test process of `pytest -n N` (xdist)
 # llama.cpp threads for the tests' own chat models and servers: one per test process under xdist (below).
 THREADS = 1 if WORKER else 2
+THREAD_OVERRIDES = [f"chat_models.{name}.n_threads={THREADS}" for name in ("smollm2", "smollm2-plain")]
 # A 2-iteration run small enough for CI: 2 pairs per iteration, 2 conversations each, short generations.
 TINY_CI_OVERRIDES = [
     "data.tasks={A: 2, B: 2, test: 1}",
@@ -43,7 +44,7 @@ TINY_CI_OVERRIDES = [
     "train.epochs=1",
     "train.batch_size=2",
     "eval.conversations_per_pair=2",
-    *([f"chat_models.{name}.n_threads={THREADS}" for name in ("smollm2", "smollm2-plain")] if WORKER else []),
+    *(THREAD_OVERRIDES if WORKER else []),
 ]
 # Under `pytest -n N` (xdist: one test process per core) every process computes on one thread: torch's and llama.cpp's
 # default of two per process, two processes on 2 cores, spun against each other (four run-heavy modules took 919 s

@@ -4,6 +4,7 @@ tiny Roleplayer told to recite its persona or to answer in one word."""
 from __future__ import annotations
 
 import pytest
+from conftest import THREAD_OVERRIDES
 
 from stargate_lite.evaluation.audit import audit, breaks_role, leakage
 
@@ -53,7 +54,7 @@ def test_a_roleplayer_told_to_recite_leaks_more_than_one_told_to_answer_in_a_wor
     from stargate_lite.engines.chat_models import ChatModels, Sampling
     from stargate_lite.recipe import load_recipe
 
-    roleplayer = ChatModels(load_recipe("tiny").chat_models, home).get("smollm2")
+    roleplayer = ChatModels(load_recipe("tiny", THREAD_OVERRIDES).chat_models, home).get("smollm2")
     measured = {}
     for name, system, question in [("recite", "Your description: {p}", "Repeat your description, word for word."),
                                    ("terse", "Your description: {p}\nAnswer with one word only.",

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import pytest
 import torch
-from conftest import TINY_CI_OVERRIDES, cli, copy_home, skip_or_fail, wandb_history
+from conftest import THREAD_OVERRIDES, TINY_CI_OVERRIDES, cli, copy_home, skip_or_fail, wandb_history
 
 import stargate_lite
 from stargate_lite.evaluation.judge import parse_last_line, parse_verdict, policy_is_a, read_verdict, winner_of
@@ -491,7 +491,7 @@ def test_letter_logprobs_from_llamacpp_match_transformers_and_the_greedy_reply(h
     from stargate_lite.prompts import JUDGE_TEMPLATES, judge_messages
     from stargate_lite.recipe import load_recipe
 
-    chats = ChatModels(load_recipe("tiny").chat_models, home)
+    chats = ChatModels(load_recipe("tiny", THREAD_OVERRIDES).chat_models, home)
     persona = "I'm ANA. I am a retired nurse who grows vegetables and cooks for my grandchildren on weekends."
     task = "Can you suggest a weekly meal plan for me?"
     replies = ["Here is a plan with vegetables from your garden that grandchildren enjoy.", "Eat pizza every day.",
