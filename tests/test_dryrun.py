@@ -50,10 +50,12 @@ def test_a_policy_gradient_with_per_turn_credit_counts_its_extra_scorings_and_al
     recipe = load_recipe("tiny", [*TINY_CI_OVERRIDES, "simulate.max_turns=3", "train.method=rloo",
                                   "train.init=previous", "train.lora_dropout=0", "train.target=none",
                                   "reward.per_turn=true"])
-    rows = {r["stage"]: r for r in estimate(recipe, home)}
+    rows = {r["stage"]: r for r in estimate(recipe, home, measure=False)}
     conversations = 2 * 1 * 2
     assert rows["score: after each turn (reward.per_turn)"]["calls"] == conversations * (2 - 1)  # k averages 2
     assert rows["train"]["calls"] == conversations  # every conversation is a sample
     assert "respond" not in rows  # train.target none: no regularizer responses
-    sft = {r["stage"]: r for r in estimate(load_recipe("tiny", [*TINY_CI_OVERRIDES, "simulate.max_turns=3"]), home)}
+    sft = {r["stage"]: r for r in estimate(load_recipe("tiny", [*TINY_CI_OVERRIDES, "simulate.max_turns=3"]), home,
+                                           measure=False)}
+    assert all(r["tokens_per_s"] is None and r["seconds"] is None for r in [*rows.values(), *sft.values()])
     assert rows["train"]["tokens"] > 2 * sft["train"]["tokens"]  # twice the sequences, and the extra forward passes

@@ -24,8 +24,9 @@ PROBE_TOKENS = 16
 TRAIN_FORWARD_COST = 3  # a training step does about three forwards' work per token (forward + backward)
 
 
-def estimate(recipe: Recipe, home: Path) -> list[dict]:
-    """Rows of (stage, model, calls, tokens, tokens/s, seconds); seconds is None where nothing was measured."""
+def estimate(recipe: Recipe, home: Path, measure: bool = True) -> list[dict]:
+    """Rows of (stage, model, calls, tokens, tokens/s, seconds); seconds is None where nothing was measured.
+    measure=False: the counts alone, at once, with no model loaded."""
     sim = recipe.simulate
     # uniform: k averages (K + 1) / 2; policy: the Questioner stops when it chooses, at most K (the bound is used)
     k_mean = sim.max_turns if sim.turns == "policy" else (sim.max_turns + 1) / 2
@@ -37,14 +38,17 @@ def estimate(recipe: Recipe, home: Path) -> list[dict]:
     all_pairs = sum(getattr(recipe.data.tasks, s) * getattr(recipe.data.personas, s) for s in SPLITS)
     personas = sum(getattr(recipe.data.personas, s) for s in SPLITS) if recipe.data.dataset == "builtin" else 0
 
-    questioner = Questioner(recipe.questioner, home)
-    model = questioner.load_base()
-    generation_rate = _generation_rate(questioner, model, sim.batch_size)
-    scoring_rate = _scoring_rate(questioner, model, recipe, scored_len)
-    del model
     weights, oracle = recipe.roles.roleplayer_weights, recipe.roles.oracle
-    with tempfile.TemporaryDirectory() as logs, ChatModels(recipe.chat_models, home, Path(logs)) as chat:
-        rates = {name: _chat_rate(chat, recipe, name, questioner) for name in {*weights, oracle}}
+    generation_rate = scoring_rate = None
+    rates: dict[str, float | None] = dict.fromkeys({*weights, oracle})
+    if measure:
+        questioner = Questioner(recipe.questioner, home)
+        model = questioner.load_base()
+        generation_rate = _generation_rate(questioner, model, sim.batch_size)
+        scoring_rate = _scoring_rate(questioner, model, recipe, scored_len)
+        del model
+        with tempfile.TemporaryDirectory() as logs, ChatModels(recipe.chat_models, home, Path(logs)) as chat:
+            rates = {name: _chat_rate(chat, recipe, name, questioner) for name in rates}
 
     def row(stage, who, calls, tokens, rate):
         return {"stage": stage, "model": who, "calls": int(calls), "tokens": int(tokens), "tokens_per_s": rate,
@@ -74,7 +78,7 @@ def estimate(recipe: Recipe, home: Path) -> list[dict]:
     if recipe.train.method in POLICY_GRADIENT_METHODS:
         passes += (1 + (recipe.train.kl_beta > 0)) / TRAIN_FORWARD_COST
     rows.append(row("train", qname, sequences * recipe.train.epochs, sequences * passes * min(scored_len,
-                    recipe.train.max_length), scoring_rate / TRAIN_FORWARD_COST))
+                    recipe.train.max_length), scoring_rate / TRAIN_FORWARD_COST if scoring_rate else None))
     return rows
 
 
