@@ -30,9 +30,8 @@ WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # set in each test process of `p
 THREADS = 1 if WORKER else 2
 THREAD_OVERRIDES = [f"chat_models.{name}.n_threads={THREADS}" for name in ("smollm2", "smollm2-plain")]
 # A 2-iteration run small enough for CI: 2 pairs per iteration, 2 conversations each, short generations. The tests
-# check what each stage does with the texts, which a question cut at 6 tokens goes through as a whole one does:
-# at 6, 8 and 12 tokens (questions, answers, responses) a run from the tests' data took 43 s against 59 s at 12,
-# 16 and 24 (whole process, median of 3 runs side by side, 2026-12-04), and every run test is one or more such runs.
+# check what each stage does with the texts, which a question cut at 6 tokens goes through as a whole one does;
+# what these lengths take off every run test is in docs/tests.md ("Times").
 TINY_CI_OVERRIDES = [
     "data.tasks={A: 2, B: 2, test: 1}",
     "data.personas={A: 1, B: 1, test: 2}",
