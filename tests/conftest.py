@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import types
@@ -21,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from prewarmed import same_environment
 
 from stargate_lite.runs import STOP_AT_ENV
 
@@ -206,22 +209,88 @@ def serve(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, s
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def cli(*args: str, home: Path, check: bool = True, stop_at: str | None = None,
-        sigint_ignored: bool = False) -> subprocess.CompletedProcess:
-    """The real command in a subprocess, as a user runs it; `stop_at` names a point where it stops itself
-    (runs.stop_point: SIGKILL, or SIGINT with "POINT=INT"). `sigint_ignored` starts it with SIGINT ignored, as a
-    background job of a script is: Python then installs no Ctrl-C handler of its own."""
+def cli(*args: str, home: Path, check: bool = True, stop_at: str | None = None, sigint_ignored: bool = False,
+        warm: bool = True) -> subprocess.CompletedProcess:
+    """The real command in a process of its own, as a user runs it: forked from this test process's warm
+    interpreter (tests/prewarmed.py), or a fresh `python -m stargate_lite` where the environment differs from the
+    warm one's in what an import may read. `stop_at` names a point where it stops itself (runs.stop_point: SIGKILL,
+    or SIGINT with "POINT=INT"). `sigint_ignored` starts it with SIGINT ignored, as a background job of a script is:
+    Python then installs no Ctrl-C handler of its own. `warm=False` starts a fresh one whatever the environment
+    (test_prewarmed.py compares the two)."""
     if args[:1] == ("run",) and "--dry-run" not in args and _current:
         assert _current[-1].get_closest_marker("run"), "a test that makes a real run belongs to the run tier: " \
             "use run_args() or add what it uses to TIERS in conftest.py"
     env = {**os.environ, "STARGATE_HOME": str(home), "COLUMNS": "250"}  # tables one line per row
     if stop_at:
         env[STOP_AT_ENV] = stop_at
-    result = subprocess.run([sys.executable, "-m", "stargate_lite", *args], env=env, capture_output=True, text=True,
-                            timeout=900, check=False, preexec_fn=_ignore_sigint if sigint_ignored else None)
+    if warm and _WARM.usable(env):
+        result = _WARM.run(list(args), env, sigint_ignored)
+    else:
+        result = subprocess.run([sys.executable, "-m", "stargate_lite", *args], env=env, capture_output=True,
+                                text=True, timeout=COMMAND_TIMEOUT, check=False,
+                                preexec_fn=_ignore_sigint if sigint_ignored else None)
     if check and result.returncode != 0:
         raise AssertionError(f"stargate-lite {' '.join(args)} failed:\n{result.stderr[-3000:]}")
     return result
+
+
+class Warm:
+    """This test process's warm interpreter (tests/prewarmed.py), started at its first command from the environment
+    this file was imported with, before any test changed it. A command whose environment differs from that in what
+    an import may read runs the cold way; so does every command where the warm interpreter holds more than one
+    thread after its imports (a fork would copy locks that the other threads hold: torch's and OpenBLAS's pools
+    without OMP_NUM_THREADS=1, as under `pytest -n 0`)."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.process: subprocess.Popen | None = None
+        self.threads = 0  # after the imports; 0 before the first start
+        self.lock = threading.Lock()
+
+    def usable(self, env: dict[str, str]) -> bool:
+        if not same_environment(env, self.env):
+            return False
+        with self.lock:
+            if self.process is None or (self.threads == 1 and self.process.poll() is not None):
+                self.process = subprocess.Popen(
+                    [sys.executable, str(Path(__file__).with_name("prewarmed.py"))], env=self.env,
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    bufsize=0)  # unbuffered: select() sees every reply not yet read
+                self.threads = self._reply(COMMAND_TIMEOUT)["threads"]
+                if self.threads != 1:
+                    self.process.kill()
+            return self.threads == 1
+
+    def _reply(self, timeout: float) -> dict:
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        if not ready:
+            raise TimeoutError
+        line = self.process.stdout.readline()
+        assert line, "the warm interpreter ended"
+        return json.loads(line)
+
+    def run(self, args: list[str], env: dict[str, str], sigint_ignored: bool) -> subprocess.CompletedProcess:
+        out = Path(tempfile.mkdtemp(prefix="command-"))
+        request = json.dumps({"argv": args, "env": env, "cwd": os.getcwd(), "stdout": str(out / "stdout"),
+                              "stderr": str(out / "stderr"), "sigint_ignored": sigint_ignored}).encode() + b"\n"
+        try:
+            with self.lock:
+                assert self.process.stdin.write(request) == len(request)
+                pid = self._reply(COMMAND_TIMEOUT)["pid"]
+                try:
+                    returncode = self._reply(COMMAND_TIMEOUT)["returncode"]
+                except TimeoutError:
+                    os.kill(pid, signal.SIGKILL)
+                    self._reply(COMMAND_TIMEOUT)
+                    raise subprocess.TimeoutExpired(["stargate-lite", *args], COMMAND_TIMEOUT) from None
+            return subprocess.CompletedProcess(["stargate-lite", *args], returncode,
+                                               (out / "stdout").read_text(), (out / "stderr").read_text())
+        finally:
+            shutil.rmtree(out)
+
+
+COMMAND_TIMEOUT = 900  # seconds; a test's own timeout (FULL_TIMEOUT) is longer
+_WARM = Warm(dict(os.environ))
 
 
 def _ignore_sigint() -> None:
