@@ -7,6 +7,7 @@ a server or kills a process cannot slip into the fast tier; `cli` refuses a real
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -234,6 +235,9 @@ def cli(*args: str, home: Path, check: bool = True, stop_at: str | None = None, 
     return result
 
 
+COMMAND_TIMEOUT = 900  # seconds; a test's own timeout (FULL_TIMEOUT) is longer
+
+
 class Warm:
     """This test process's warm interpreter (tests/prewarmed.py), started at its first command from the environment
     this file was imported with, before any test changed it. A command whose environment differs from that in what
@@ -251,14 +255,14 @@ class Warm:
         if not same_environment(env, self.env):
             return False
         with self.lock:
-            if self.process is None or (self.threads == 1 and self.process.poll() is not None):
+            if self.threads in (0, 1) and (self.process is None or self.process.poll() is not None):
                 self.process = subprocess.Popen(
                     [sys.executable, str(Path(__file__).with_name("prewarmed.py"))], env=self.env,
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                     bufsize=0)  # unbuffered: select() sees every reply not yet read
                 self.threads = self._reply(COMMAND_TIMEOUT)["threads"]
                 if self.threads != 1:
-                    self.process.kill()
+                    self._end(None)
             return self.threads == 1
 
     def _reply(self, timeout: float) -> dict:
@@ -269,27 +273,37 @@ class Warm:
         assert line, "the warm interpreter ended"
         return json.loads(line)
 
-    def run(self, args: list[str], env: dict[str, str], sigint_ignored: bool) -> subprocess.CompletedProcess:
+    def _end(self, pid: int | None) -> None:
+        """Kill the command `pid` (if it started) and the warm interpreter: the next command starts a new one."""
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.kill()
+        self.process.wait()
+
+    def run(self, args: list[str], env: dict[str, str], sigint_ignored: bool,
+            timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess:
         out = Path(tempfile.mkdtemp(prefix="command-"))
         request = json.dumps({"argv": args, "env": env, "cwd": os.getcwd(), "stdout": str(out / "stdout"),
                               "stderr": str(out / "stderr"), "sigint_ignored": sigint_ignored}).encode() + b"\n"
+        pid = None
         try:
             with self.lock:
-                assert self.process.stdin.write(request) == len(request)
-                pid = self._reply(COMMAND_TIMEOUT)["pid"]
                 try:
-                    returncode = self._reply(COMMAND_TIMEOUT)["returncode"]
-                except TimeoutError:
-                    os.kill(pid, signal.SIGKILL)
-                    self._reply(COMMAND_TIMEOUT)
-                    raise subprocess.TimeoutExpired(["stargate-lite", *args], COMMAND_TIMEOUT) from None
+                    assert self.process.stdin.write(request) == len(request)
+                    pid = self._reply(timeout)["pid"]
+                    returncode = self._reply(timeout)["returncode"]
+                except BaseException as err:  # a timeout, the test's own (pytest-timeout), a Ctrl-C: replies unread
+                    self._end(pid)
+                    if isinstance(err, TimeoutError):
+                        raise subprocess.TimeoutExpired(["stargate-lite", *args], timeout) from None
+                    raise
             return subprocess.CompletedProcess(["stargate-lite", *args], returncode,
                                                (out / "stdout").read_text(), (out / "stderr").read_text())
         finally:
             shutil.rmtree(out)
 
 
-COMMAND_TIMEOUT = 900  # seconds; a test's own timeout (FULL_TIMEOUT) is longer
 _WARM = Warm(dict(os.environ))
 
 

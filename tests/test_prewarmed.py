@@ -2,7 +2,9 @@
 be what a fresh `python -m stargate_lite` is, in exit status, output and error, and it must be the way they run."""
 
 import os
+import subprocess
 
+import pytest
 from conftest import _WARM, WORKER, cli
 from prewarmed import same_environment
 
@@ -34,5 +36,21 @@ def test_only_variables_read_at_run_time_may_differ_from_the_warm_interpreters()
 def test_the_tests_commands_run_warm_in_two_test_processes():
     """Under `pytest -n N` (every command in pyproject.toml and .ci/run) the warm interpreter is used: nothing it
     imports starts a thread, so forking it is safe."""
-    if WORKER:
-        assert _WARM.usable(dict(os.environ)), f"the warm interpreter holds {_WARM.threads} threads"
+    if not WORKER:
+        pytest.skip("runs under `pytest -n N`")
+    assert _WARM.usable(dict(os.environ)), f"the warm interpreter holds {_WARM.threads} threads"
+
+
+def test_a_command_that_times_out_is_killed_and_the_next_one_runs(home):
+    """A command whose replies are left unread (its timeout here, the test's own timeout elsewhere) ends with the
+    warm interpreter, so that the next command reads its own replies from a new one."""
+    if not WORKER:
+        pytest.skip("runs under `pytest -n N`")
+    env = {**os.environ, "STARGATE_HOME": str(home)}
+    assert _WARM.usable(env)
+    before = _WARM.process
+    with pytest.raises(subprocess.TimeoutExpired):
+        _WARM.run(["--help"], env, sigint_ignored=False, timeout=0.001)
+    assert before.poll() is not None
+    _same("--help", home=home)
+    assert _WARM.process is not before and _WARM.process.poll() is None
