@@ -211,13 +211,13 @@ def serve(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, s
 
 
 def cli(*args: str, home: Path, check: bool = True, stop_at: str | None = None, sigint_ignored: bool = False,
-        warm: bool = True) -> subprocess.CompletedProcess:
+        stdin: str = "", warm: bool = True) -> subprocess.CompletedProcess:
     """The real command in a process of its own, as a user runs it: forked from this test process's warm
     interpreter (tests/prewarmed.py), or a fresh `python -m stargate_lite` where the environment differs from the
     warm one's in what an import may read. `stop_at` names a point where it stops itself (runs.stop_point: SIGKILL,
     or SIGINT with "POINT=INT"). `sigint_ignored` starts it with SIGINT ignored, as a background job of a script is:
-    Python then installs no Ctrl-C handler of its own. `warm=False` starts a fresh one whatever the environment
-    (test_prewarmed.py compares the two)."""
+    Python then installs no Ctrl-C handler of its own. `stdin` is what it reads (nothing by default). `warm=False`
+    starts a fresh one whatever the environment (test_prewarmed.py compares the two)."""
     if args[:1] == ("run",) and "--dry-run" not in args and _current:
         assert _current[-1].get_closest_marker("run"), "a test that makes a real run belongs to the run tier: " \
             "use run_args() or add what it uses to TIERS in conftest.py"
@@ -225,10 +225,10 @@ def cli(*args: str, home: Path, check: bool = True, stop_at: str | None = None, 
     if stop_at:
         env[STOP_AT_ENV] = stop_at
     if warm and _WARM.usable(env):
-        result = _WARM.run(list(args), env, sigint_ignored)
+        result = _WARM.run(list(args), env, sigint_ignored, stdin)
     else:
         result = subprocess.run([sys.executable, "-m", "stargate_lite", *args], env=env, capture_output=True,
-                                text=True, timeout=COMMAND_TIMEOUT, check=False,
+                                text=True, timeout=COMMAND_TIMEOUT, check=False, input=stdin,
                                 preexec_fn=_ignore_sigint if sigint_ignored else None)
     if check and result.returncode != 0:
         raise AssertionError(f"stargate-lite {' '.join(args)} failed:\n{result.stderr[-3000:]}")
@@ -281,11 +281,13 @@ class Warm:
         self.process.kill()
         self.process.wait()
 
-    def run(self, args: list[str], env: dict[str, str], sigint_ignored: bool,
+    def run(self, args: list[str], env: dict[str, str], sigint_ignored: bool, stdin: str = "",
             timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess:
         out = Path(tempfile.mkdtemp(prefix="command-"))
-        request = json.dumps({"argv": args, "env": env, "cwd": os.getcwd(), "stdout": str(out / "stdout"),
-                              "stderr": str(out / "stderr"), "sigint_ignored": sigint_ignored}).encode() + b"\n"
+        (out / "stdin").write_text(stdin)
+        request = json.dumps({"argv": args, "env": env, "cwd": os.getcwd(), "stdin": str(out / "stdin"),
+                              "stdout": str(out / "stdout"), "stderr": str(out / "stderr"),
+                              "sigint_ignored": sigint_ignored}).encode() + b"\n"
         pid = None
         try:
             with self.lock:

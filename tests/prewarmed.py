@@ -8,10 +8,10 @@ a preloaded library reads when it is imported (`same_environment`).
 Not multiprocessing's forkserver: its children end in os._exit, skipping atexit handlers and the interpreter's
 shutdown, and report an uncaught exception in their own words; a command here ends as `python -m` ends.
 
-Requests arrive one JSON line at a time on stdin: {"argv", "env", "cwd", "stdout", "stderr", "sigint_ignored"},
-the last three the files the command writes to and whether it starts with SIGINT ignored. Replies are JSON lines
-on stdout: {"threads"} once the imports are done (a fork is safe with one), then per command {"pid"} once it
-started and {"returncode"} once it ended, as subprocess gives it (-N for signal N)."""
+Requests arrive one JSON line at a time on stdin: {"argv", "env", "cwd", "stdin", "stdout", "stderr",
+"sigint_ignored"}: the files the command reads and writes, and whether it starts with SIGINT ignored. Replies
+are JSON lines on stdout: {"threads"} once the imports are done (a fork is safe with one), then per command
+{"pid"} once it started and {"returncode"} once it ended, as subprocess gives it (-N for signal N)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def _command(request: dict) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    for fd, path, flags in ((0, os.devnull, os.O_RDONLY),
+    for fd, path, flags in ((0, request["stdin"], os.O_RDONLY),
                             (1, request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
                             (2, request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
         opened = os.open(path, flags, 0o600)

@@ -15,9 +15,7 @@ from stargate_lite.stages.score import encode_gold, score_sums
 
 
 def chat(home, stdin: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "STARGATE_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "stargate_lite", "chat", *args], input=stdin, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return cli("chat", *args, home=home, stdin=stdin, check=False)
 
 
 def transcripts(home) -> list[dict]:

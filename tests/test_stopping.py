@@ -4,10 +4,7 @@ asking, selection charges for questions, and training and evaluation answer afte
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -151,10 +148,8 @@ def test_the_questioner_stops_where_it_answers_only_in_policy_mode(mode):
 
 
 def test_chat_and_export_of_a_policy_turns_run_let_the_model_choose_when_to_answer(stopped, tmp_path):
-    env = {**os.environ, "STARGATE_HOME": str(stopped)}
-    result = subprocess.run([sys.executable, "-m", "stargate_lite", "chat", "--name", "Mei"], env=env, text=True,
-                            input="Plan my week.\nI work nights.\nI like quiet evenings.\n/answer\n/quit\n",
-                            capture_output=True, timeout=600)
+    result = cli("chat", "--name", "Mei", home=stopped, check=False,
+                 stdin="Plan my week.\nI work nights.\nI like quiet evenings.\n/answer\n/quit\n")
     assert result.returncode == 0, result.stderr[-2000:]
     with sqlite3.connect(stopped / "stargate.db") as db:
         first = db.execute("select turns, response from chats order by started_at limit 1").fetchone()
