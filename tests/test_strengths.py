@@ -54,3 +54,21 @@ def test_nothing_judged_validly_has_no_fit_and_a_clean_sweep_stays_finite():
                                                                "winner": None}]}) is None
     sweep = bradley_terry({1: _judgments(True, 4, 0, "a") + _judgments(False, 4, 0, "b")}, resamples=200)
     assert math.isfinite(sweep["strengths"][1].mean) and sweep["strengths"][1].mean > 2
+
+
+def test_item8_the_balanced_win_rate_averages_both_orders_and_eval_prints_it_beside_the_strength():
+    """Issue 45, item 8: with a position term, sigmoid(strength) is not the win rate with the order balanced out;
+    that rate is the mean of sigmoid(s + position) and sigmoid(s - position). Hand case: shown first Q_1 wins 9 of
+    10, shown second 5 of 10, so the balanced rate is (0.9 + 0.5) / 2 = 0.7, where sigmoid(s) is 0.75."""
+    from stargate_lite.evaluation.evaluate import _strengths_dict
+    from stargate_lite.evaluation.report import strengths_table
+
+    fit = bradley_terry({1: _judgments(True, 9, 1, "a") + _judgments(False, 5, 5, "b")}, resamples=300)
+    balanced = fit["balanced_win_rates"][1]
+    assert balanced.mean == pytest.approx(0.7, abs=0.005)
+    assert 1 / (1 + math.exp(-fit["strengths"][1].mean)) == pytest.approx(0.75, abs=0.005)
+    assert balanced.low < balanced.mean < balanced.high and 0 <= balanced.low and balanced.high <= 1
+    summary = {"bradley_terry": _strengths_dict(fit), "judge": "smollm2"}
+    assert summary["bradley_terry"]["balanced_win_rates"]["1"]["mean"] == balanced.mean  # eval --json
+    rows = {row[0]: row[1] for row in strengths_table(summary).rows}
+    assert rows["Q_1 win rate, position balanced out"].startswith(f"{balanced.mean:.2f} [")
