@@ -381,6 +381,7 @@ def _paired_gain(by_pair: dict[str, list[float]], base_by_pair: dict[str, list[f
 
 def _strengths_dict(fit: dict) -> dict:
     return {"strengths": {str(it): dataclasses.asdict(i) for it, i in fit["strengths"].items()},
+            "balanced_win_rates": {str(it): dataclasses.asdict(i) for it, i in fit["balanced_win_rates"].items()},
             "position_a": dataclasses.asdict(fit["position_a"]), "judgments": fit["judgments"]}
 
 

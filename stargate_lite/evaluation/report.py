@@ -111,9 +111,15 @@ def strengths_table(summary: dict) -> Grid | None:
         return None
     grid = Grid(title=f"Bradley-Terry over all iterations' judgments ({fit['judgments']} verdicts; judge "
                       f"{summary['judge']})", headers=["", "estimate [95% interval]"], left=1,
-                caption="logit scale; 0 = as good as Q_0; [95% interval] from the bootstrap over tasks and personas")
+                caption="strengths on the logit scale, 0 = as good as Q_0; win rate with the position balanced "
+                        "out: the mean of the two orders' modelled rates (sigmoid of the strength only without a "
+                        "lean); [95% interval] from the bootstrap over tasks and personas")
+    balanced = fit.get("balanced_win_rates") or {}  # summaries stored before it have the strengths alone
     for it, strength in fit["strengths"].items():
         grid.rows.append([f"Q_{it} strength", f"{strength['mean']:+.2f}{_interval(strength, 2)}"])
+        if it in balanced:
+            rate = balanced[it]
+            grid.rows.append([f"Q_{it} win rate, position balanced out", f"{rate['mean']:.2f}{_interval(rate, 2)}"])
     grid.rows.append(["judge's lean to the first response",
                       f"{fit['position_a']['mean']:+.2f}{_interval(fit['position_a'], 2)}"])
     return grid

@@ -5,8 +5,11 @@ Each judgment compares Q_eta's response with Q_0's, one of them shown first (as 
     P(the judge prefers Q_eta's) = sigmoid(s_eta + position * (+1 if Q_eta's was shown as A, else -1))
 
 with s_0 = 0, so every iteration gets a strength on one logit scale against the base model (s_eta = 0: no better
-than Q_0; win rate sigmoid(s_eta) with the order balanced), and `position` is the judge's lean towards the response
-it reads first, estimated from all iterations' judgments at once (0 for a judge that reads only content). Fitted
+than Q_0), and `position` is the judge's lean towards the response it reads first, estimated from all iterations'
+judgments at once (0 for a judge that reads only content). What a strength means as a win rate: with the order
+balanced out (each pair judged once each way), Q_eta wins (sigmoid(s_eta + position) + sigmoid(s_eta - position)) / 2
+of the time, which is sigmoid(s_eta) only where position is 0: the further the judge leans, the nearer to 0.5 the
+balanced rate, whatever the strength. Fitted
 by Newton's method on the log-likelihood with a weak normal prior (standard deviation PRIOR_SD on the logit
 scale), which keeps a strength finite when an iteration wins or loses every comparison. Intervals: the crossed
 bootstrap (intervals.crossed_resamples: tasks and personas resampled, the fit done again on each), as the win
@@ -75,10 +78,21 @@ def bradley_terry(judged: dict[int, list[dict]], *, confidence: float = 0.95, re
                              lambda weights: [fit_strengths(index, shown_first, outcome, w, k) for w in weights],
                              resamples=resamples, seed=seed)
 
-    def interval(column: int) -> Interval:
-        low, high = percentile_interval(fits[:, column], confidence)
-        return Interval(mean=float(estimate[column]), low=low, high=high, n=len(rows), tasks=len(set(tasks)),
+    def interval(estimated, resampled, column: int) -> Interval:
+        low, high = percentile_interval(resampled[:, column], confidence)
+        return Interval(mean=float(estimated[column]), low=low, high=high, n=len(rows), tasks=len(set(tasks)),
                         personas=len(set(personas)), confidence=confidence, resamples=resamples)
 
-    return {"strengths": {it: interval(i) for i, it in enumerate(iterations)}, "position_a": interval(k),
-            "judgments": len(rows)}
+    balanced, balanced_resampled = balanced_win_rates(estimate[None, :])[0], balanced_win_rates(fits)
+    return {"strengths": {it: interval(estimate, fits, i) for i, it in enumerate(iterations)},
+            "balanced_win_rates": {it: interval(balanced, balanced_resampled, i) for i, it in enumerate(iterations)},
+            "position_a": interval(estimate, fits, k), "judgments": len(rows)}
+
+
+def balanced_win_rates(fits):
+    """Each iteration's win rate with the order balanced out, per fit [s_1 .. s_k, position] (rows of `fits`):
+    the mean of its two orders' modelled rates, sigmoid(s + position) and sigmoid(s - position)."""
+    import numpy as np
+
+    strengths, position = fits[:, :-1], fits[:, -1:]
+    return (1 / (1 + np.exp(-(strengths + position))) + 1 / (1 + np.exp(-(strengths - position)))) / 2
