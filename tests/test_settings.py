@@ -1,0 +1,116 @@
+"""Every setting the recipe accepts gives the right numbers: the defects a line-by-line reading found (issue 45),
+each pinned here by the test that failed before its fix. Each runs in seconds on the real tiny Questioner."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from stargate_lite.recipe import POLICY_GRADIENT_METHODS
+
+SOUND_POLICY_GRADIENT = ["train.init=previous", "train.lora_dropout=0", "train.target=none"]
+TASK = "Plan a weekend for me."
+GOLD = "A slow weekend: Saturday a short hike by the lake, Sunday a small museum and an early dinner."
+# One pair's conversations under each simulate.turns: (questions and answers, the Questioner's own answer).
+QUESTION, REPLY = "Do you like being outdoors?", "Yes, I hike most weekends."
+SECOND, SECOND_REPLY = "What do you enjoy indoors?", "Small museums, mostly."
+CONVERSATIONS = {
+    "uniform": [([QUESTION, REPLY, SECOND, SECOND_REPLY], None),
+                (["Tell me more about it.", "It is a weekend away.", SECOND, SECOND_REPLY], None),
+                ([QUESTION, "I prefer staying in.", "Any budget?", "Not much."], None)],
+    "policy": [([], "Here is a plan: a hike on Saturday and a museum on Sunday."),  # answers at once
+               ([QUESTION, REPLY], "Then a lakeside hike on Saturday and a museum on Sunday."),
+               ([QUESTION, "I prefer staying in.", SECOND, SECOND_REPLY], None)],
+}
+
+
+def _accepted_combinations() -> list[tuple[str, bool, str]]:
+    """(train.method, reward.per_turn, simulate.turns) for every combination the recipe accepts for new work."""
+    from stargate_lite.errors import StargateError
+    from stargate_lite.recipe import load_recipe
+
+    accepted = []
+    for method, per_turn, turns in itertools.product(("sft", "dpo", "rloo", "grpo"), (False, True),
+                                                     ("uniform", "policy")):
+        try:
+            load_recipe("tiny", _overrides(method, per_turn, turns))
+        except StargateError:
+            continue
+        accepted.append((method, per_turn, turns))
+    return accepted
+
+
+def _overrides(method: str, per_turn: bool, turns: str) -> list[str]:
+    return [f"train.method={method}", f"reward.per_turn={str(per_turn).lower()}", f"simulate.turns={turns}",
+            "simulate.conversations_per_pair=3", "simulate.max_turns=2", "respond.max_tokens=8", "train.epochs=1",
+            "train.batch_size=4", "train.gradient_accumulation=1", "train.gradient_checkpointing=false",
+            *(SOUND_POLICY_GRADIENT if method in POLICY_GRADIENT_METHODS else [])]
+
+
+def _simulated_store(home, recipe, run_id: str):
+    """A store with the data and one pair of an iteration whose conversations are the ones above, marked as
+    simulated: the stages after simulation run for real on them."""
+    from stargate_lite.runs import open_run
+    from stargate_lite.store import Store
+
+    store = Store(home)
+    open_run(store, recipe, run_id)
+    dataset = recipe.data.dataset
+    store.insert_rows("tasks", [{"id": "t0", "dataset": dataset, "split": "A", "idx": 0, "text": TASK}], pk="id")
+    store.insert_rows("personas", [{"id": "p0", "dataset": dataset, "split": "A", "idx": 0, "name": "Mei",
+                                    "text": "I am Mei. I love hiking and small museums.", "source": "test"}], pk="id")
+    store.insert_rows("golds", [{"id": "g0", "dataset": dataset, "task_id": "t0", "persona_id": "p0", "text": GOLD,
+                                 "status": "ok", "source": "test"}], pk="id")
+    store.start_iteration(run_id, 1, "A")
+    pair = f"{run_id}/1/t0|p0"
+    store.insert_rows("pairs", [{"id": pair, "run_id": run_id, "iteration": 1, "task_id": "t0", "persona_id": "p0",
+                                 "turns": 2, "idx": 0}], pk="id")
+    store.save_conversations([
+        {"id": f"{pair}#{sample:03d}", "run_id": run_id, "iteration": 1, "pair_id": pair, "sample": sample,
+         "turns": len(texts) // 2, "policy": "base", "answer": answer, "roleplayer": "smollm2",
+         "messages": [{"role": "questioner" if k % 2 == 0 else "roleplayer", "text": text}
+                      for k, text in enumerate(texts)]}
+        for sample, (texts, answer) in enumerate(CONVERSATIONS[recipe.simulate.turns])])
+    for stage in ("pairs", "simulate"):
+        store.mark_stage(run_id, 1, stage)
+    return store
+
+
+@pytest.mark.parametrize(("method", "per_turn", "turns"), _accepted_combinations())
+def test_item1_every_accepted_method_credit_and_turns_combination_runs_an_iteration(questioner, home, method,
+                                                                                   per_turn, turns):
+    """Issue 45, item 1: from simulated conversations (one that answers at once where turns are the policy's), the
+    iteration's score, select, respond and train stages run for real and train an adapter, for every combination
+    of train.method, reward.per_turn and simulate.turns that the recipe accepts."""
+    from stargate_lite import loop
+    from stargate_lite.engines.chat_models import ChatModels
+    from stargate_lite.progress import Progress
+    from stargate_lite.recipe import load_recipe
+    from stargate_lite.runs import start_session
+
+    recipe = load_recipe("tiny", _overrides(method, per_turn, turns))
+    store = _simulated_store(home, recipe, "r")
+    with ChatModels(recipe.chat_models, home) as chat:
+        loop.run_iteration(store, recipe, "r", 1, questioner, chat, Progress(enabled=False),
+                           start_session(store, "r"))
+    training = store.training("r", 1)
+    assert training is not None and training["steps"] >= 1
+    assert store.stage_done("r", 1, "train")
+
+
+def test_the_accepted_combinations_are_the_expected_twelve():
+    """per_turn is refused without a policy gradient; everything else is accepted: 4 + 8 combinations."""
+    combinations = _accepted_combinations()
+    assert len(combinations) == 12
+    assert not [c for c in combinations if c[1] and c[0] not in POLICY_GRADIENT_METHODS]
+
+
+def test_item1_a_conversation_that_answers_at_once_has_one_reward_to_go_its_conversations_reward():
+    """Issue 45, item 1: its one Questioner turn is the answer, and what it leaves to go is the whole reward (the
+    first turn of every conversation carries its conversation's reward, up to the pair's constant)."""
+    from stargate_lite.loop import _rewards_to_go
+
+    row = {"conversation_id": "d", "logprob": -50.0, "answer": "Here is a plan."}
+    assert _rewards_to_go(row, [], {}, cost=1.0) == [-50.0]
+
