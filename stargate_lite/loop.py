@@ -103,8 +103,9 @@ def policy_samples(store: Store, recipe: Recipe, run_id: str, iteration: int) ->
     Without reward.per_turn every turn gets its conversation's advantage. With it, turn k's reward-to-go is the
     conversation's final gold log-prob less the log-prob after its first k - 1 turns (nothing before turn 1: a
     constant of the pair, which the group's baseline removes), less the cost of its questions from turn k on; an
-    answer that ends a conversation has a reward-to-go of 0. Its advantage is against the pair's other
-    conversations at the same turn; a turn only one conversation reached has 0.
+    answer that ends a conversation after its questions has a reward-to-go of 0, and one given at once (the
+    conversation's only turn) the conversation's reward, as every first turn has. Its advantage is against the
+    pair's other conversations at the same turn; a turn only one conversation reached has 0.
 
     Unlike sft and dpo, conversations with an empty question are kept: the policy sampled the empty turn, and
     its advantage says whether to make it likelier. Pairs where every advantage is 0 teach nothing but the KL
@@ -150,9 +151,15 @@ def _rewards_to_go(row: dict, turns: list[dict], after: dict[int, float], cost: 
     if any(k not in after for k in range(1, len(questions))):
         raise StargateError(f"conversation {row['conversation_id']} has no per-turn scores: was it scored with "
                             "reward.per_turn?")
-    before = [0.0] + [after[k] for k in range(1, len(questions))]
+    # phi(h_k), the gold's log-prob after the first k turns: 0 before any (the pair's constant), the per-turn
+    # scores between, `final` after the last turn. Turn k + 1's reward-to-go is final - phi(h_k), less the cost of
+    # the questions from it on; an answer after n turns leaves final - phi(h_n): 0 after a question turn, the whole
+    # reward where it is the conversation's first turn.
+    before = [0.0, *(after[k] for k in range(1, len(questions)))][: len(questions)]
     to_go = [final - b - cost * sum(questions[k:]) for k, b in enumerate(before)]
-    return to_go + [0.0] if row["answer"] is not None else to_go
+    if row["answer"] is None:
+        return to_go
+    return [*to_go, 0.0 if questions else final]
 
 
 def token_advantages(encoded, advantages: list[float]) -> list[float]:
