@@ -180,6 +180,15 @@ def _unsloth_targets(target_modules) -> list[str]:
     return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def precision(device_type: str):
+    """The precision context every forward pass of training runs in: bf16 autocast on CUDA, none on CPU."""
+    import torch
+
+    if device_type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
 def train_lora(
     model,
     examples: list,
@@ -240,9 +249,7 @@ def train_lora(
     total_steps = math.ceil(len(micro) / config.gradient_accumulation)
     schedule = warmup_cosine(math.ceil(config.warmup_ratio * total_steps), total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-        "cpu", enabled=False
-    )
+    autocast = precision(device.type)
 
     decoder = model.get_base_model() if hasattr(model, "get_base_model") else model
     target_logits_only = backend == "peft" and fast_scoring_refusal(decoder) is None
