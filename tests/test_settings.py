@@ -7,8 +7,10 @@ import itertools
 
 import pytest
 
-from stargate_lite.recipe import POLICY_GRADIENT_METHODS
+from stargate_lite.engines.training import attach_lora, group_advantages, train_lora
+from stargate_lite.recipe import POLICY_GRADIENT_METHODS, TrainConfig
 
+TEMPERATURE, TOP_P = 0.9, 0.9  # the tiny recipe's simulate.temperature and top_p
 SOUND_POLICY_GRADIENT = ["train.init=previous", "train.lora_dropout=0", "train.target=none"]
 TASK = "Plan a weekend for me."
 GOLD = "A slow weekend: Saturday a short hike by the lake, Sunday a small museum and an early dinner."
@@ -113,4 +115,43 @@ def test_item1_a_conversation_that_answers_at_once_has_one_reward_to_go_its_conv
 
     row = {"conversation_id": "d", "logprob": -50.0, "answer": "Here is a plan."}
     assert _rewards_to_go(row, [], {}, cost=1.0) == [-50.0]
+
+
+def _sequences(questioner, questions: list[str]):
+    """Each question as the Questioner's one turn after the greeting, then a second turn after an answer: two
+    trained turns per sequence, each ending with its end-of-turn marker."""
+    from stargate_lite.prompts import questioner_messages
+
+    return [questioner.encode_for_training([*questioner_messages("Mei", TASK, [
+        {"role": "questioner", "text": q}, {"role": "roleplayer", "text": REPLY}], final=False),
+        {"role": "assistant", "content": SECOND}]) for q in questions]
+
+
+LONG_QUESTIONS = [
+    "Before I plan anything, could you tell me which parts of a weekend away make you happiest, and which parts "
+    "you would rather skip entirely?",
+    "What kind of places do you usually enjoy visiting on a free weekend, and how far are you willing to travel "
+    "from home to reach them?",
+]
+POLICY_GRADIENT_CONFIG = dict(init="previous", lora_dropout=0.0, target="none", lora_r=4, lora_alpha=8,
+                              learning_rate=2e-3, warmup_ratio=0.0)
+
+
+def test_item2_behaviour_reference_and_policy_logprobs_share_one_precision(questioner, tmp_path, monkeypatch):
+    """Issue 45, item 2: under reduced precision (bf16 autocast, as training runs on a GPU; here on the CPU) the
+    first step's importance ratios are exactly 1 and its KL to the base exactly 0, because the sampler's and the
+    base's log-probs are computed in the same precision as the policy's (a fresh adapter is the base)."""
+    import torch
+
+    from stargate_lite.engines import training
+
+    monkeypatch.setattr(training, "precision", lambda device_type: torch.autocast("cpu", dtype=torch.bfloat16))
+    config = TrainConfig(method="rloo", batch_size=4, kl_beta=0.04, **POLICY_GRADIENT_CONFIG)
+    advantages = group_advantages([-20.0, -26.0], "rloo")
+    samples = list(zip(_sequences(questioner, LONG_QUESTIONS), advantages, strict=True))
+    model = attach_lora(questioner.load_base(), config, seed=0)
+    record = train_lora(model, samples, config, seed=0, out_dir=tmp_path / "adapter",
+                        pad_token_id=questioner.tokenizer.pad_token_id, sampling=(TEMPERATURE, TOP_P))
+    (first,) = record["policy_steps"]
+    assert first["ratio_drift"] == 0 and first["kl"] == 0 and first["clipped"] == 0
 
