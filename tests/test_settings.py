@@ -128,13 +128,13 @@ def _sequences(questioner, questions: list[str]):
 
 
 LONG_QUESTIONS = [
-    "Before I plan anything, could you tell me which parts of a weekend away make you happiest, and which parts "
-    "you would rather skip entirely?",
-    "What kind of places do you usually enjoy visiting on a free weekend, and how far are you willing to travel "
-    "from home to reach them?",
+    ("Before I plan anything, could you tell me which parts of a weekend away make you happiest, and which parts "
+     "you would rather skip entirely?"),
+    ("What kind of places do you usually enjoy visiting on a free weekend, and how far are you willing to travel "
+     "from home to reach them?"),
 ]
-POLICY_GRADIENT_CONFIG = dict(init="previous", lora_dropout=0.0, target="none", lora_r=4, lora_alpha=8,
-                              learning_rate=2e-3, warmup_ratio=0.0)
+POLICY_GRADIENT_CONFIG = {"init": "previous", "lora_dropout": 0.0, "target": "none", "lora_r": 4, "lora_alpha": 8,
+                          "learning_rate": 2e-3, "warmup_ratio": 0.0}
 
 
 def test_item2_behaviour_reference_and_policy_logprobs_share_one_precision(questioner, tmp_path, monkeypatch):
