@@ -6,7 +6,8 @@
 # Needs torch with CUDA, transformers, peft and bitsandbytes; Unsloth (the [gpu] extra) adds its training row.
 # Makes a random Mistral-7B-shaped checkpoint once (14.5 GB, $STARGATE_BENCH_CHECKPOINT, default
 # /tmp/stargate-mistral-7b-shape), runs bench_scorer, bench_generate and bench_train at that shape (each
-# writes OUT_DIR/NAME.json and NAME.log), then prints one summary table against the performance targets.
+# writes OUT_DIR/NAME.json and NAME.log), checks that rloo's first step is on policy in bf16 (first_step_check.py),
+# then prints one summary table against the performance targets.
 # BENCHES="scorer generate" runs some of them; BENCH_LIMIT (seconds, default 300) bounds each.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,11 @@ bench() {
 for name in $benches; do
   case $name in scorer) bench scorer --repeats 3 ;; *) bench "$name" ;; esac
 done
+
+# Not a timing: rloo's first step on policy in bf16 autocast (ratios 1, KL 0); exit 1 and its figures if not.
+"$py" benchmarks/first_step_check.py >"$out/first_step.json" 2>"$out/first_step.log" \
+  && echo "first_step_check passed: $(cat "$out/first_step.json")" \
+  || echo "first_step_check FAILED: $(cat "$out/first_step.json") (see $out/first_step.log)"
 
 "$py" benchmarks/gpu_summary.py "$out"
 echo "total $(( $(date +%s) - start )) s"
