@@ -155,3 +155,31 @@ def test_item2_behaviour_reference_and_policy_logprobs_share_one_precision(quest
     (first,) = record["policy_steps"]
     assert first["ratio_drift"] == 0 and first["kl"] == 0 and first["clipped"] == 0
 
+
+def test_item3_clipped_counts_only_the_clips_that_bind(questioner):
+    """Issue 45, item 3: a token counts as clipped where the clip changes its surrogate, as TRL counts it: ratio
+    above 1 + eps with a positive advantage, or below 1 - eps with a negative one. The other two cases leave
+    the unclipped term the smaller, and count nothing."""
+    import torch
+
+    from stargate_lite.engines.logits import sampling_logprobs
+    from stargate_lite.engines.training import policy_terms, target_logits
+
+    config = TrainConfig(method="rloo", batch_size=4, kl_beta=0.0, **POLICY_GRADIENT_CONFIG)
+    advantages = [1.0, -1.0, -1.0, 1.0]
+    sequences = _sequences(questioner, [*LONG_QUESTIONS, "Any budget?", "Who is coming along?"])
+    samples = [(e, [a] * len(e.target_positions)) for e, a in zip(sequences, advantages, strict=True)]
+    pad = questioner.tokenizer.pad_token_id
+    model = attach_lora(questioner.load_base(), config, seed=0)
+    decoder = model.get_base_model()
+    with torch.no_grad():
+        logits, tokens, rows = target_logits(model, decoder, sequences, pad, True)
+        now = sampling_logprobs(logits, tokens, TEMPERATURE, TOP_P).split(rows.bincount(minlength=4).tolist())
+    # Samples 0 and 1 were less likely to the sampler (ratio e^0.5, above 1.2), 2 and 3 likelier (e^-0.5, below 0.8).
+    behaviour = {i: (now[i] - 0.5 if i < 2 else now[i] + 0.5, now[i]) for i in range(4)}
+    with torch.no_grad():
+        _, terms = policy_terms(model, decoder, samples, [0, 1, 2, 3], behaviour, config, (TEMPERATURE, TOP_P),
+                                pad, True)
+    binding = len(sequences[0].target_positions) + len(sequences[2].target_positions)
+    assert terms[1] == binding
+
