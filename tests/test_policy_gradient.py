@@ -133,7 +133,7 @@ def test_the_loss_equals_a_direct_computation_with_ratios_away_from_one(question
     them clipped, each token's term as written in policy_terms' docstring."""
     import torch
 
-    from stargate_lite.engines.training import _behaviour
+    from stargate_lite.engines.training import _behaviour, precision
 
     config = TrainConfig(method="rloo", init="previous", lora_dropout=0.0, target="none", lora_r=4, lora_alpha=8,
                          kl_beta=0.5, clip_epsilon=0.05)
@@ -143,7 +143,8 @@ def test_the_loss_equals_a_direct_computation_with_ratios_away_from_one(question
     decoder = model.get_base_model()
     pad = questioner.tokenizer.pad_token_id
     with model.disable_adapter():  # an old policy that is not the current one
-        behaviour = _behaviour(model, decoder, samples, [[0, 1], [2, 3]], config, (TEMPERATURE, TOP_P), pad, True)
+        behaviour = _behaviour(model, decoder, samples, [[0, 1], [2, 3]], config, (TEMPERATURE, TOP_P), pad, True,
+                               precision("cpu"))
     behaviour = {i: (old, old + 0.3) for i, (old, _) in behaviour.items()}  # a reference apart from both
     batch = [0, 1, 2, 3]
     with torch.no_grad():
@@ -161,7 +162,7 @@ def test_the_losss_gradient_matches_finite_differences(questioner, monkeypatch):
     import torch
     from transformers.models.llama import modeling_llama
 
-    from stargate_lite.engines.training import _behaviour
+    from stargate_lite.engines.training import _behaviour, precision
 
     def rms_norm_in_the_inputs_precision(self, hidden):
         return self.weight * hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
@@ -174,7 +175,8 @@ def test_the_losss_gradient_matches_finite_differences(questioner, monkeypatch):
     decoder = model.get_base_model()
     pad = questioner.tokenizer.pad_token_id
     with model.disable_adapter():
-        behaviour = _behaviour(model, decoder, samples, [[0, 1, 2]], config, (TEMPERATURE, TOP_P), pad, True)
+        behaviour = _behaviour(model, decoder, samples, [[0, 1, 2]], config, (TEMPERATURE, TOP_P), pad, True,
+                               precision("cpu"))
     behaviour = {i: (old, old - 0.02) for i, (old, _) in behaviour.items()}
 
     def loss() -> torch.Tensor:

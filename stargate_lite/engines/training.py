@@ -446,7 +446,9 @@ def policy_terms(model, decoder, samples, batch: list[int], behaviour: dict, con
     kl = torch.exp(gap) - gap - 1
     loss = -(surrogate - config.kl_beta * kl).sum()
     with torch.no_grad():
-        clipped = ((ratio < 1 - eps) | (ratio > 1 + eps)).sum()
+        # Only where the clip binds, as TRL counts: the clipped term is the smaller one (and so the one taken)
+        # above 1 + eps for a positive advantage and below 1 - eps for a negative one; elsewhere it changes nothing.
+        clipped = (((ratio > 1 + eps) & (advantage > 0)) | ((ratio < 1 - eps) & (advantage < 0))).sum()
         terms = [float((ratio - 1).abs().sum()), float(clipped), float(kl.sum())]
     return loss, terms
 
