@@ -183,3 +183,32 @@ def test_item3_clipped_counts_only_the_clips_that_bind(questioner):
     binding = len(sequences[0].target_positions) + len(sequences[2].target_positions)
     assert terms[1] == binding
 
+
+def _kept_targets(example, max_length: int) -> int:
+    """Target tokens an example keeps when cut to max_length from the left, each with a token before it."""
+    cut = max(0, len(example.input_ids) - max_length)
+    return sum(p - cut >= 1 for p in example.target_positions)
+
+
+@pytest.mark.parametrize("method", ["sft", "dpo", "rloo", "grpo"])
+def test_item4_an_example_cut_to_max_length_trains_every_target_it_keeps_in_context(questioner, tmp_path, method):
+    """Issue 45, item 4: a cut that lands on a trained token leaves it without context (nothing predicts a first
+    token): it is dropped with the cut, every other kept target is trained, and the count says so."""
+    first, second = _sequences(questioner, LONG_QUESTIONS)
+    max_length = len(first.input_ids) - first.target_positions[0]  # the cut lands on first's first target
+    assert max_length >= 32 and len(second.input_ids) > max_length
+    options = {"init": "previous", "lora_dropout": 0.0, "target": "none"} if method in POLICY_GRADIENT_METHODS else {}
+    config = TrainConfig(method=method, batch_size=2, max_length=max_length, lora_r=4, lora_alpha=8,
+                         warmup_ratio=0.0, **options)
+    if method == "sft":
+        examples = [first, second]
+    elif method == "dpo":
+        examples = [(first, second)]
+    else:
+        examples = [(first, 1.0), (second, -1.0)]
+    model = attach_lora(questioner.load_base(), config, seed=0)
+    record = train_lora(model, examples, config, seed=0, out_dir=tmp_path / "adapter",
+                        pad_token_id=questioner.tokenizer.pad_token_id, sampling=(TEMPERATURE, TOP_P))
+    kept = _kept_targets(first, max_length) + _kept_targets(second, max_length)
+    assert kept == len(first.target_positions) - 1 + _kept_targets(second, max_length)
+    assert record["trained_tokens"] == kept
