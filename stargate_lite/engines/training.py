@@ -51,9 +51,11 @@ def _batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[li
 
 
 def _keep_last(example: Encoded, max_length: int) -> Encoded:
-    """Cut a long example from the left: the trained turns are at the end of a conversation."""
+    """Cut a long example from the left: the trained turns are at the end of a conversation. A target the cut
+    leaves first has nothing before it to predict it from, so it goes with the cut: every kept target is one the
+    loss trains, and the counts (trained tokens, one advantage per target) are of those."""
     cut = max(0, len(example.input_ids) - max_length)
-    return Encoded(example.input_ids[cut:], [p - cut for p in example.target_positions if p >= cut])
+    return Encoded(example.input_ids[cut:], [p - cut for p in example.target_positions if p > cut])
 
 
 def _keep_last_advantages(example: Encoded, advantage, max_length: int) -> tuple[Encoded, list[float]]:
