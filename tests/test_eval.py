@@ -360,6 +360,97 @@ def test_verdict_parser_reads_as_a_person_would_and_never_invents_a_verdict(text
 @pytest.mark.parametrize(
     "text, verdict",
     [
+        # A praise the reply denies, doubts, gives to someone else or makes depend on something is no pick.
+        ("I don't think A is better.", None), ("It is not true that A is better.", None),
+        ("Nobody would say B is better.", None), ("No one could argue that Response A is superior.", None),
+        ("I wouldn't say B is better.", None), ("I'm not sure that A is more helpful.", None),
+        ("I doubt B is more tailored to her.", None), ("It's not clear to me that the answer is A.", None),
+        ("I'm not convinced Response B is the better fit.", None), ("Hardly anyone would say B is preferable.", None),
+        ("I never claimed that A is better.", None), ("i dont think B is more helpful", None),
+        ("I'm not so sure B is better.", None), ("It's hard to say that A is better.", None),
+        ("Some might say A is better, but I'm not sure.", None), ("I would hesitate to say that B is better.", None),
+        ("I would not say the second response is better.", None),
+        ("After careful consideration, I do not believe Response A is the better choice here.", None),
+        ("Neither response is bad, but I don't think B is better than A.", None),
+        # Conditions: the pick holds only in a case the reply does not claim.
+        ("If she were vegan, I would pick A.", None), ("If she had no car, the better response would be B.", None),
+        ("Unless she cares more about price than taste, A is better.", None),
+        ("Assuming she eats meat, B is the better response.", None),
+        ("A is better only if she has a car, and we don't know that.", None),
+        ("B is more helpful if she is cooking for a family.", None),
+        ("Whether B is better depends on her schedule.", None),
+        # A negation or a condition elsewhere leaves a clear pick standing.
+        ("A is not bad, but B is better.", "B"), ("I don't think A is better. B is more tailored to her.", "B"),
+        ("Response A doesn't mention her diet, so Response B is better.", "B"),
+        ("There is no doubt that B is better.", "B"), ("Without a doubt, A is better.", "A"),
+        ("I can't say for sure, but A seems better.", "A"), ("If I had to choose, I'd go with B.", "B"),
+        ("B is better, if you ask me.", "B"), ("Even if it is longer, A is better.", "A"),
+    ],
+)
+def test_verdict_parser_negated_hedged_or_conditional_picks_are_unparsable(text, verdict):
+    assert parse_verdict(text) == verdict
+
+
+@pytest.mark.parametrize(
+    "text, verdict",
+    [
+        # "A) ..." and "B) ..." list the two responses: labels, like "A:", not the answer; the conclusion picks.
+        ("A) Generic tips that would suit anyone.\nB) A plan built around her night shifts and her budget.\nB", "B"),
+        ("A) Lists five gyms in the city.\nB) Picks one near her office and notes the early hours.\n\nVerdict: B",
+         "B"),
+        ("A) Talks about saving in general.\nB) Works with her rent and her student loan.\nSo, B.", "B"),
+        ("(A) Suggests a road trip.\n(B) Suggests a quiet cabin, which fits someone who hates crowds.\n"
+         "I'd go with B.", "B"),
+        ("A) Mentions her daughter's allergy.\nB) Short and generic.\nAnswer: A", "A"),
+        ("A) Short and generic.\nB) Mentions her daughter's allergy.\nB is the better response.", "B"),
+        ("**A)** Gives a weekly schedule.\n**B)** Gives a schedule that skips the days she works late.\n**Winner: B**",
+         "B"),
+        ("A) The first response recommends a generic reading list.\nB) The second response picks novels set in "
+         "places she has lived.\nThe second one is preferable.", "B"),
+        ("A) ignores her budget\nB) stays under $50\n\n**B**", "B"),
+        ("A) Recommends running.\nB) Recommends swimming, easier on her knee.\nFinal answer: B", "B"),
+        ("A) Covers the basics.\nB) Covers the basics and her commute.\nTherefore: B", "B"),
+        ("A) Fits a beginner.\nB) Fits someone training for a marathon, which she is.\nI choose B because she already "
+         "runs 40 km a week.", "B"),
+        ("A) generic advice. B) advice for a night-shift nurse. Verdict: B", "B"),
+        ("A) vague about her budget\nB) specific but long\nA", "A"),
+        # One "B)" alone still answers; a list with no conclusion picks neither.
+        ("B) It plans around her shifts, which A ignores.", "B"),
+        ("A) Generic.\nB) Tailored to her.\nBoth are fine.", None), ("A) Generic.\nB)", None),
+    ],
+)
+def test_verdict_parser_reads_the_conclusion_after_a_parenthesised_list(text, verdict):
+    assert parse_verdict(text) == verdict
+
+
+@pytest.mark.parametrize(
+    "text, verdict",
+    [
+        # "Both" in a phrase that weighs the two, or in a description before the pick, decides nothing.
+        ("Having weighed both, A is better.", "A"), ("After comparing both responses, I would choose B.", "B"),
+        ("Having read both carefully, I'd go with A.", "A"),
+        ("Looking at both side by side, Response B fits her better.", "B"),
+        ("Of both responses, B is the better fit.", "B"), ("After considering both, my choice is B.", "B"),
+        ("Weighing both options against her schedule, the second one is preferable.", "B"),
+        ("Having evaluated both answers against her needs, I prefer A.", "A"),
+        ("Both are fine; I'd pick B.", "B"), ("Both mention her budget. B is more specific about her shifts.", "B"),
+        ("Both responses are polite and well written. Verdict: A", "A"),
+        # A concession before the main clause is a contrast: "While neither is perfect, A is ...".
+        ("While neither is perfect, A is more helpful.", "A"),
+        ("Although both have strengths, B is the better response.", "B"),
+        # A tie, a refusal or sameness before the verdict still gives none; so does "both" after it.
+        ("Having weighed both, I can't pick one.", None), ("After comparing both, it's a tie.", None),
+        ("Having weighed both, they are equally good. Verdict: A", None),
+        ("Both are about the same. Verdict: B", None), ("A is better, though both would do.", None),
+    ],
+)
+def test_verdict_parser_reads_a_plain_verdict_after_an_undecided_phrase(text, verdict):
+    assert parse_verdict(text) == verdict
+
+
+@pytest.mark.parametrize(
+    "text, verdict",
+    [
         ("A is vague about her budget; B plans around it.\nVerdict: B", "B"),
         ("B ignores that she is vegan.\n\nVerdict: A.\n", "A"),
         ("Both are fine.\nVerdict: b", "B"),  # after the label, any case
