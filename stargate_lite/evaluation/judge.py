@@ -4,6 +4,9 @@ Rule for what is not a clear A or B (a tie, a refusal, both letters, garbage): t
 'unparsable' with the judge's text, counted and reported, and left out of the win rate's denominator. The hard
 rule is precision: a reading never returns a letter the reply did not pick. In free text, verdict letters are
 capitals only: the English article "a" is never the letter A (after the verdict label of `last_line`, any case).
+A praise negated, hedged or conditioned in its clause ("I don't think A is better", "If she were vegan, A ...") is
+no pick; "A) ... B) ..." lists the responses under labels, and "both" before a pick ("Having weighed both, ...")
+leaves it standing.
 
 - reply: the judge's reply as a whole names one response (small judges answer in many shapes);
 - last_line: the last non-empty line is exactly "<label> A" or "<label> B" (the paper's judge explains itself
@@ -61,40 +64,105 @@ _ORDINAL_IS_BETTER = re.compile(
 )
 # A structured comparison: each response described under its label, "Response A: ...", "B: ...", "**A**: ...".
 _LABEL = re.compile(r"(?:^|(?<=[\n.;]))\s*[*_`]*(?:(?i:response|option|answer)\s+)?([AB])[*_`]*\s*:", re.MULTILINE)
+# A list of the two responses, an item each: "A) generic tips", "(B) tailored to her", "**A)** ...". Where both
+# letters open an item they are labels, like "A:", and the opening "A)" is no answer; a lone "B) It plans around her
+# shifts." still answers B.
+_LIST_ITEM = re.compile(r"(?:^|(?<=[\n.;]))[ \t]*[*_`]*\(?([AB])\)[*_`]*(?=[ \t]|$)", re.MULTILINE)
+# A last line that is only the letter, maybe after a word that concludes, concludes the reply: "...\nB",
+# "...\n**B**", "So, B.", "Therefore: B". An empty list item ("B)") is not one.
+_CONCLUSION = re.compile(
+    r"^[\s*_`\"']*(?:(?i:so|therefore|thus|hence|overall|in short|in conclusion|conclusion|my pick|pick|best|"
+    r"winner|final answer|answer|response|option|verdict)\b[\s*_`,:]*)?([AB])[\s*_`\"'.!]*$"
+)
 # Within a response's own part of a comparison, praise of "it" credits that response: "B: tailored; it fits her".
 _IT_IS_BETTER = re.compile(
     rf"(?i:\b(?:it|this one|this response|this)\s+(?:(?:is|fits|suits|seems)\s+(?:clearly\s+|much\s+|far\s+)?"
     rf"{_GOOD}|fits\s+(?:this person|them|him|her|the person|the user)\s+better))\b"
 )
+# Words that leave the pick open. "Both" among them only after a pick ("B is better, but both are fine"): before
+# it, "having weighed both", "of both responses" or "both are fine; I'd pick B" describe the two and decide nothing.
 _UNDECIDED = re.compile(
-    r"(?i:\b(?:tie|tied|both|neither|cannot|can't|can not|unable|equal|equally|no preference|impossible to)\b)"
+    r"(?i:\b(?:tie|tied|both|neither|cannot|can't|can not|unable|equal|equally|equivalent|interchangeable|"
+    r"no preference|impossible to)\b|\b(?:are|is|seem|look)\s+(?:about\s+|roughly\s+|basically\s+)?"
+    r"(?:the\s+same|identical)\b)"
 )
-# After an undecided clause, a contrast can still decide: "Both have merit, but A is better."
-_CONTRAST = re.compile(r"(?i:\b(?:but|however|though|yet|still|overall|ultimately|in the end)\b)")
+# After an undecided clause, a contrast can still decide: "Both have merit, but A is better." So can the main clause
+# after a concession: "While neither is perfect, A is more helpful."
+_CONCESSION = r"\b(?:although|though|while|whilst|even though|even if|despite|granted)\b[^,.;:!?\n]*,"
+_CONTRAST = re.compile(rf"(?i:{_CONCESSION}|\b(?:but|however|though|yet|still|overall|ultimately|in the end)\b)")
+# Where a clause opens, so that a negation or a condition before it no longer bears on what follows: a sentence's
+# end, a contrast ("A is not bad, but B is better", "A does not plan meals, whereas B is tailored"; a ", while"
+# clause only where it runs on to the praise) or a consequence ("A ignores her diet, so B is better").
+_CLAUSE_START = re.compile(
+    r"[.!?;:\n]|(?i:\b(?:but|however|yet|still|whereas|overall|ultimately|in the end|therefore|thus|hence)\b|"
+    r",\s*so\b|,\s*(?:while|whilst)\b(?=[^,.;:!?\n]*$))"
+)
+# A concession within a clause is its own: "Although A isn't bad, B is better" and "I don't think, while both are
+# fine, that A is better" are read without it.
+_CONCEDED = re.compile(rf"(?i:{_CONCESSION})")
+# A condition: the pick holds only in a case the reply does not claim, before it ("If she were vegan, I would pick A",
+# "Unless ...", "Assuming ...", "Whether B is better depends ...") or after it ("A is better only if she has a car").
+# Not a condition: "even if", "as if", "if you ask me", "if anything", "if only slightly", "if I had to choose".
+_CONDITION = (r"\b(?<!even\s)(?<!as\s)if\b(?!\s+(?:you\s+ask\s+me|anything|only|(?:I|we)\s+(?:had|have|must)\s+to|"
+              r"forced\s+to)\b)|\b(?:unless|assuming|supposing|suppose|provided|whether|(?:as|so)\s+long\s+as)\b")
+# A negation or a hedge before a praise in its clause denies it or gives it to someone else: "I don't think A is
+# better", "It is not true that ...", "Nobody would say ...", "I doubt ...", "Some might say ...", "It's hard to say
+# that ...". Not "no doubt", "without a doubt" or "no question", which affirm, nor "No," as an answer.
+_NEGATED = re.compile(
+    r"(?i:\b(?:not|never|nobody|none|nor|hardly|barely|scarcely|unsure|uncertain|unclear|unconvinced|debatable|"
+    r"hesitate|hesitant|dont|doesnt|didnt|isnt|wouldnt|cant|wont|shouldnt)\b|n['\u2019]t\b|"
+    r"\bno\b(?!\s*,|\s+(?:doubt|question)\b)|(?<!\bno\s)(?<!\ba\s)(?<!\bany\s)(?<!beyond\s)\bdoubt|"
+    rf"\b(?:might|could|may)\s+(?:say|argue|claim|think)\b|\bhard\s+to\s+(?:say|tell)\b|{_CONDITION})"
+)
+_CONDITIONAL = re.compile(rf"(?i:{_CONDITION})")
+# Where what follows a praise stops bearing on it: its sentence's end, or the reason it gives ("B is better because
+# it plans for her if she is sick" is no condition).
+_TAIL_END = re.compile(r"[.!?;\n]|(?i:\b(?:because|since|(?<!long\s)as(?!\s+long\b)|given)\b)")
+
+
+def _stands(text: str, start: int, end: int) -> bool:
+    """Whether the praise at text[start:end] is asserted: not negated, hedged or conditioned within its clause."""
+    clause = text[max((m.end() for m in _CLAUSE_START.finditer(text, 0, start)), default=0): start]
+    clause = _CONCEDED.sub(" ", clause)
+    tail = _TAIL_END.split(text[end:], maxsplit=1)[0]
+    return not _NEGATED.search(clause) and not _CONDITIONAL.search(tail)
 
 
 def _declarations(text: str) -> list[tuple[int, str]]:
     """(position, letter) of every place the text says which response is better."""
-    found = [(m.start(), m[1]) for pattern in (_DECLARED, _LETTER_IS_BETTER, _ANSWER_LINE)
+    found = [(m.start(), m.end(), m[1]) for pattern in (_DECLARED, _LETTER_IS_BETTER, _ANSWER_LINE)
              for m in pattern.finditer(text)]
-    found += [(m.start(), "A" if m[1].lower() == "first" else "B") for m in _ORDINAL_IS_BETTER.finditer(text)]
-    labels = list(_LABEL.finditer(text))
+    found += [(m.start(), m.end(), "A" if m[1].lower() == "first" else "B") for m in _ORDINAL_IS_BETTER.finditer(text)]
+    items = list(_LIST_ITEM.finditer(text))
+    listed = {m[1] for m in items} == {"A", "B"}  # "A) ... B) ...": a list; a lone "B) ..." answers
+    labels = sorted([*_LABEL.finditer(text), *(items if listed else [])], key=lambda m: m.start())
     for label, after in zip(labels, [*labels[1:], None]):  # each labelled part, up to the next label
         part = text[label.end(): after.start() if after else len(text)]
-        found += [(label.end() + m.start(), label[1]) for m in _IT_IS_BETTER.finditer(part)]
+        found += [(label.end() + m.start(), label.end() + m.end(), label[1]) for m in _IT_IS_BETTER.finditer(part)]
     leading = _LEADING_LETTER.match(text)
-    if leading and not _LABEL.match(text):
-        found.append((leading.start(1), leading[1]))
-    return found
+    if leading and not _LABEL.match(text) and not (listed and _LIST_ITEM.match(text)):
+        found.append((leading.start(1), leading.end(1), leading[1]))
+    last = text.rpartition("\n")[2]
+    conclusion = _CONCLUSION.match(last)
+    last_start = len(text) - len(last)
+    # "A:" and, on the next line, "B" is "A: B", unclear; only a letter after a part with words in it concludes.
+    if conclusion and not any(not text[label.end():last_start].strip(" \t\n*_`") for label in labels):
+        found.append((last_start, len(text), conclusion[1]))
+    return [(start, letter) for start, end, letter in found if _stands(text, start, end)]
 
 
 def parse_verdict(text: str) -> str | None:
     """'A' or 'B' when a free-text reply clearly picks one, else None (the `reply` mode).
 
     Precision first: where a reply does not make one pick clear it is unparsable, never a guess. A reply that
-    only describes the two responses under their labels picks neither; one that names two winners, negates its
-    pick ("A is not better": no pattern reads a negated praise) or stays undecided ("both", "neither", "a tie") picks neither, unless a contrast
-    after the undecided words decides ("Both have merit, but A is better.")."""
+    only describes the two responses under their labels ("Response A: ...", "A) ...", "B) ...") picks neither;
+    one that names two winners picks neither; a praise negated, hedged or conditioned in its clause ("I don't
+    think A is better", "Nobody would say ...", "If she were vegan, A ...", "A is better only if ...") is no pick,
+    while a contrast, a consequence or a new sentence opens a clause the negation does not reach ("A is not bad,
+    but B is better"). A reply that stays undecided ("neither", "a tie", "equally good", "both" after its pick)
+    picks neither, unless a contrast or the main clause after a concession decides ("Both have merit, but A is
+    better", "While neither is perfect, A is ..."); "both" before the pick ("Having weighed both, A is better")
+    decides nothing. A list "A) ... B) ..." is read by its conclusion, as is a last line that is only a letter."""
     text = (text or "").strip()
     if not text:
         return None
@@ -104,9 +172,10 @@ def parse_verdict(text: str) -> str | None:
     found = _declarations(text)
     if not found or len({letter for _, letter in found}) != 1:
         return None
-    undecided = [m.end() for m in _UNDECIDED.finditer(text)]
+    first = min(position for position, _ in found)
+    undecided = [m.end() for m in _UNDECIDED.finditer(text) if m[0].lower() != "both" or m.start() > first]
     if undecided:
-        contrast = [m.end() for m in _CONTRAST.finditer(text) if m.start() >= undecided[-1]]
+        contrast = [m.end() for m in _CONTRAST.finditer(text) if m.end() > undecided[-1]]
         if not contrast or any(position < contrast[0] for position, _ in found):
             return None
     return found[0][1]
