@@ -124,3 +124,56 @@ def test_a_question_cost_makes_selection_prefer_the_shorter_of_two_equally_good_
     store.db.execute("update scores set logprob = -6.5 where conversation_id = 'p#000'")  # two questions, 0.75 better
     select_best(store, "r", 1, question_cost=0.25)
     assert [(s["conversation_id"], s["reward"]) for s in store.selections("r", 1)] == [("p#000", -7.0)]
+
+
+def test_exports_and_browse_show_q0s_response_beside_every_verdict_of_either_responder(home, tmp_path):
+    """An evaluation judged with `--responder policy` and with `--responder base`: Q_0's own responses are stored
+    once, at iteration 0 under responder `policy` (evaluate._respond, whichever responder is judged), and every
+    verdict's row, in the dataset export and in browse's canned query, has both responses beside it."""
+    import pyarrow.parquet as pq
+
+    from stargate_lite.commands.dataset import DATA_FILE, export_dataset
+    from stargate_lite.recipe import load_recipe
+    from stargate_lite.runs import open_run
+    from stargate_lite.store import BROWSE_QUERIES
+
+    store = Store(home)
+    run_id = open_run(store, load_recipe("tiny"))
+    ns = f"{run_id}#eval:smollm2"
+    keys = ["t0|p0", "t1|p1"]
+    # The responses as evaluate stores them: Q_0's own (iteration 0, policy), then after Q_1's conversations
+    # Q_1's (policy) and Q_0's (base, the response-model ablation).
+    responses = {(0, "policy"): "Q_0 after its own conversation", (1, "policy"): "Q_1 after its own conversation",
+                 (1, "base"): "Q_0 after Q_1's conversation"}
+    store.insert_rows("eval_responses", [
+        {"id": f"{ns}/{it}/{responder}/{key}", "ns": ns, "iteration": it, "responder": responder, "pair_key": key,
+         "conversation_id": f"{ns}/{it}/{key}#000", "text": f"{text}, {key}", "n_tokens": 5}
+        for (it, responder), text in responses.items() for key in keys], pk="id")
+    store.insert_rows("judgments", [
+        {"id": f"{ns}/1/{responder}/smollm2/p/{key}/{order}", "ns": ns, "iteration": 1, "responder": responder,
+         "judge": "smollm2", "protocol": "p", "pair_key": key, "turns": 1, "swapped": swapped,
+         "policy_is_a": swapped, "verdict": "A", "winner": "base" if swapped else "policy", "margin": None,
+         "status": "valid", "raw": "A"}
+        for responder in ("policy", "base") for key in keys for swapped, order in enumerate(("seeded", "swapped"))],
+        pk="id")
+
+    def expected(row: dict) -> tuple:
+        key = row["pair_key"]
+        return (responses[(1, row["responder"])] + f", {key}", responses[(0, "policy")] + f", {key}")
+
+    exported = store.export_judgments(run_id)
+    assert len(exported) == 8 and {r["responder"] for r in exported} == {"policy", "base"}
+    assert [(r["policy_response"], r["base_response"]) for r in exported] == [expected(r) for r in exported]
+
+    sql = BROWSE_QUERIES["judgments_side_by_side"]["sql"]
+    with sqlite3.connect(store.path) as db:
+        db.row_factory = sqlite3.Row
+        browsed = [dict(r) for r in db.execute(sql, {"namespace": ns})]
+    assert len(browsed) == 8  # the query shows no responder: both responses of each verdict, by pair
+    assert all(r["base_response"] == responses[(0, "policy")] + f", {r['pair_key']}" for r in browsed)
+    assert sorted(r["policy_response"] for r in browsed) == sorted(expected(r)[0] for r in exported)
+
+    export_dataset(home, tmp_path / "data", run_id)
+    rows = pq.read_table(tmp_path / "data" / "judgments" / DATA_FILE).to_pylist()
+    assert len(rows) == 8
+    assert [(r["policy_response"], r["base_response"]) for r in rows] == [expected(r) for r in rows]
