@@ -344,14 +344,16 @@ BROWSE_QUERIES = {
     },
     "judgments_side_by_side": {
         "title": "An evaluation's verdicts, Q_eta's and Q_0's responses side by side",
-        "description": "namespace: RUN#eval:ROLEPLAYER (the roleplayer the evaluation used).",
+        "description": "namespace: RUN#eval:ROLEPLAYER (the roleplayer the evaluation used). base_response is "
+                       "Q_0's own, after its own conversation; with responder base, policy_response is Q_0's too, "
+                       "after Q_eta's conversation.",
         "sql": """
             select j.iteration, j.pair_key, j.winner, j.margin, j.swapped, p.text as policy_response,
-              b.text as base_response, j.judge, j.protocol, j.status, j.verdict
+              b.text as base_response, j.responder, j.judge, j.protocol, j.status, j.verdict
             from judgments j
               left join eval_responses p on p.ns = j.ns and p.iteration = j.iteration
                 and p.responder = j.responder and p.pair_key = j.pair_key
-              left join eval_responses b on b.ns = j.ns and b.iteration = 0 and b.responder = j.responder
+              left join eval_responses b on b.ns = j.ns and b.iteration = 0 and b.responder = 'policy'
                 and b.pair_key = j.pair_key
             where j.ns = :namespace order by j.iteration, j.pair_key, j.swapped""",
     },
@@ -947,7 +949,9 @@ class Store:
         return self.rows("select * from responses where run_id = ? order by iteration, pair_id", [run_id])
 
     def export_judgments(self, run_id: str) -> list[dict]:
-        """Every verdict of a run's evaluations, with Q_eta's response and Q_0's to the same pair side by side."""
+        """Every verdict of a run's evaluations, with the two responses it compared side by side: the responder's
+        after Q_eta's conversation, and Q_0's own (iteration 0, stored under responder 'policy' whichever responder
+        was judged: evaluate._respond)."""
         where, params = self._of_run("j.ns", run_id)
         return self.rows(
             f"""
@@ -957,7 +961,7 @@ class Store:
             from judgments j
             left join eval_responses p on p.ns = j.ns and p.iteration = j.iteration and p.responder = j.responder
               and p.pair_key = j.pair_key
-            left join eval_responses b on b.ns = j.ns and b.iteration = 0 and b.responder = j.responder
+            left join eval_responses b on b.ns = j.ns and b.iteration = 0 and b.responder = 'policy'
               and b.pair_key = j.pair_key
             where {where} order by j.ns, j.iteration, j.id
             """,
