@@ -89,3 +89,99 @@ def test_no_tracker_writes_nothing(store, run_dir):
     with open_tracker(store, "r", "none", run_dir) as tracker:
         tracker.log("train", 1, {"loss": 1.0})
     assert not list(run_dir.iterdir()) and store.tracked_step("r", "none", "train") is None
+
+
+ROLEPLAYER = "smollm2"
+CONDITIONS = ("negative", "positive", "experimental", "experimental_best_of_n", "random")
+
+
+def _summary(protocol: str, iterations: list[int], both_orders: bool) -> dict:
+    """An evaluation's figures as evaluate.summarize gives them (the parts log_evaluation reads): the log-prob
+    table depends on the iteration alone, the win rates on the judging protocol too, and the counterbalanced rate
+    is there once both orders are judged (`eval --set eval.judge_orders=2` after an evaluation in one order)."""
+    from stargate_lite.evaluation.efficiency import METRICS
+
+    def figures(it: int) -> dict:
+        rate = 0.5 + it / 10 + (0.01 if protocol.startswith("compare") else 0)
+        return {"iteration": it,
+                "logprob": {c: {"mean": -100.0 - 10 * it - i} for i, c in enumerate(CONDITIONS)},
+                "gain": {"mean": 10.0 * it, "low": 10.0 * it - 1, "high": 10.0 * it + 1} if it else None,
+                "efficiency": {m: {"mean": it + i / 10} for i, m in enumerate(METRICS)},
+                "win_rate": {"rate": rate if it else 0.5},
+                "win_rate_counterbalanced": {"rate": rate - 0.05, "consistency": 0.75} if it and both_orders else
+                ({"rate": 0.5} if not it else None)}
+
+    return {"roleplayer": ROLEPLAYER, "judge": "smollm2", "responder": "policy", "protocol": protocol,
+            "iterations": [figures(it) for it in iterations]}
+
+
+# The evaluations a user makes of one run, each its own `eval` process: iteration 2 first (`--iteration 2`), then
+# every iteration, then in both orders, then with a second judge template.
+EVALUATIONS = [("letter/logprobs#aaaaaa", [0, 2], False), ("letter/logprobs#aaaaaa", [0, 1, 2], False),
+               ("letter/logprobs#aaaaaa", [0, 1, 2], True), ("compare/reply#bbbbbb", [0, 1, 2], True)]
+
+
+def _expected_eval_points() -> dict[str, list[tuple[int, float]]]:
+    """Every point those evaluations have, {tag: [(step, value)] by step}: each once."""
+    points: dict[str, dict[int, float]] = {}
+    for protocol, iterations, both_orders in EVALUATIONS:
+        judged = f"eval/{ROLEPLAYER}/judged/smollm2-policy-" + protocol.replace("/", "-").replace("#", "-")
+        for it in _summary(protocol, iterations, both_orders)["iterations"]:
+            base = f"eval/{ROLEPLAYER}"
+            values = {**{f"{base}/logprob_{c}": v["mean"] for c, v in it["logprob"].items()},
+                      **{f"{base}/{m}": v["mean"] for m, v in it["efficiency"].items()}}
+            if it["iteration"]:
+                values |= {f"{base}/gain": it["gain"]["mean"], f"{base}/gain_low": it["gain"]["low"],
+                           f"{base}/gain_high": it["gain"]["high"], f"{judged}/win_rate": it["win_rate"]["rate"]}
+                if both_orders:
+                    both = it["win_rate_counterbalanced"]
+                    values |= {f"{judged}/win_rate_counterbalanced": both["rate"],
+                               f"{judged}/consistency": both["consistency"]}
+            for tag, value in values.items():
+                points.setdefault(tag, {})[it["iteration"]] = value
+    return _rounded({tag: list(steps.items()) for tag, steps in points.items()})
+
+
+def _rounded(points: dict[str, list[tuple[int, float]]]) -> dict[str, list[tuple[int, float]]]:
+    """Each tag's points by step, their values to 5 places (TensorBoard keeps 32-bit floats); a point written
+    twice stays twice."""
+    return {tag: sorted((step, round(value, 5)) for step, value in p) for tag, p in points.items()}
+
+
+def _evaluate_each(store: Store, kind: str, directory) -> None:
+    from stargate_lite.evaluation.curves import log_evaluation
+
+    for protocol, iterations, both_orders in EVALUATIONS:
+        with open_tracker(store, "r", kind, directory) as tracker:
+            log_evaluation(tracker, _summary(protocol, iterations, both_orders))
+
+
+def test_every_eval_point_reaches_tensorboard_once_whatever_order_the_evaluations_come_in(store, run_dir):
+    """Evaluations of iteration 2 before iteration 1, in one judging order before both, with two judge templates:
+    each point of each series is in the event files once, also after every evaluation is made again."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    expected = _expected_eval_points()
+    assert len(expected) == 5 + 5 + 3 + 2 * 3  # conditions, efficiency metrics, gain, 3 win-rate curves a template
+    for _ in range(2):  # the second time, everything was sent: nothing is again
+        _evaluate_each(store, "tensorboard", run_dir)
+        assert _rounded(tensorboard_points(run_dir / "tensorboard")) == expected
+    shown = EventAccumulator(str(run_dir / "tensorboard")).Reload()  # what TensorBoard itself shows of them
+    assert _rounded({tag: [(e.step, e.value) for e in shown.Scalars(tag)] for tag in shown.Tags()["scalars"]}) == \
+        expected
+
+
+def test_every_eval_point_reaches_wandb_once_whatever_order_the_evaluations_come_in(store, run_dir, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    expected = _expected_eval_points()
+    _evaluate_each(store, "wandb", run_dir)
+    _evaluate_each(store, "wandb", run_dir)
+    wandb.teardown()  # the service closes the runs' files (see the test above)
+    points: dict[str, list[tuple[int, float]]] = {}
+    for row in wandb_history(run_dir):
+        for key, value in row.items():
+            if key.startswith("eval/"):
+                points.setdefault(key, []).append((row["iteration"], value))
+    assert _rounded(points) == expected
