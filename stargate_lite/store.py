@@ -252,6 +252,15 @@ def _m019_tracked(db: sqlite_utils.Database) -> None:
                          pk=("run_id", "tracker", "series"))
 
 
+def _m020_tracked_points(db: sqlite_utils.Database) -> None:
+    # Each point sent to a tracker: a curve's value (series and name) at a step. A series' last step (m019's
+    # table) lost the points that came after a later one (an evaluation of iteration 1 after one of iteration 2)
+    # or beside one sent (the counterbalanced win rate of an evaluation in both orders after one in one order).
+    # The rows of `tracked` stay as they were: each point at or before a series' step there counts as sent.
+    db["tracked_points"].create({"run_id": str, "tracker": str, "series": str, "name": str, "step": int},
+                                pk=("run_id", "tracker", "series", "name", "step"))
+
+
 MIGRATIONS = [
     ("m001_initial", _m001_initial),
     ("m002_eval", _m002_eval),
@@ -272,6 +281,7 @@ MIGRATIONS = [
     ("m017_turn_scores", _m017_turn_scores),
     ("m018_stage_starts", _m018_stage_starts),
     ("m019_tracked", _m019_tracked),
+    ("m020_tracked_points", _m020_tracked_points),
 ]
 
 
@@ -303,8 +313,10 @@ TABLE_NOTES = {
     "stages": ("Each finished stage of an iteration, marked done when all its rows are written.", {}),
     "stage_starts": ("When the latest attempt at each stage began, in which session, on how many GPUs.", {}),
     "run_sessions": ("Each process that worked on a run: commit, package versions and machine (JSON).", {}),
-    "tracked": ("The last point of each curve a run has sent to TensorBoard or W&B (recipe track).",
-                {"step": "the curve's x: the optimizer step over the run for train, else the iteration"}),
+    "tracked_points": ("Each point a run has sent to TensorBoard or W&B (recipe track): none is sent twice.",
+                       {"name": "the value's name in its series (the curve is SERIES/NAME)",
+                        "step": "the curve's x: the optimizer step over the run for train, else the iteration"}),
+    "tracked": ("Before m020, each series' last step sent to a tracker: its points up to it count as sent.", {}),
     "failures": ("Items a service failed on after every retry; a rerun retries only these.", {}),
     "eval_scores": ("Evaluation gold log-probs per condition (negative, positive, experimental, random).", {}),
     "eval_responses": ("Evaluation responses per iteration and responder (policy or base).", {}),
@@ -581,15 +593,28 @@ class Store:
                                             "started_at": time.time(), "session_id": session_id, "gpus": gpus},
                                            pk=("run_id", "iteration", "stage"), replace=True)
 
-    def tracked_step(self, run_id: str, tracker: str, series: str) -> int | None:
-        """The step of the last point of a curve written to a tracker, or None."""
+    def tracked_points(self, run_id: str, tracker: str, series: str) -> set[tuple[str, int]]:
+        """The points of a series sent to a tracker, {(name, step)}."""
+        sql = "select name, step from tracked_points where run_id = ? and tracker = ? and series = ?"
+        return {(name, step) for name, step in self.db.execute(sql, [run_id, tracker, series])}
+
+    def tracked_until(self, run_id: str, tracker: str, series: str) -> int | None:
+        """The step up to which a store from before m020 had sent a series (each point at or before it counts as
+        sent), or None."""
         return self.value("select step from tracked where run_id = ? and tracker = ? and series = ?",
                           [run_id, tracker, series])
 
-    def set_tracked(self, run_id: str, tracker: str, series: str, step: int) -> None:
-        with self.transaction():
-            self.db["tracked"].insert({"run_id": run_id, "tracker": tracker, "series": series, "step": step},
-                                      pk=("run_id", "tracker", "series"), replace=True)
+    def tracked_step(self, run_id: str, tracker: str, series: str) -> int | None:
+        """The step of the last point of a series sent to a tracker, or None."""
+        sql = ("select max(step) from (select step from tracked_points where run_id = ? and tracker = ? and "
+               "series = ? union all select step from tracked where run_id = ? and tracker = ? and series = ?)")
+        return self.value(sql, [run_id, tracker, series] * 2)
+
+    def add_tracked(self, run_id: str, tracker: str, series: str, step: int, names: Iterable[str]) -> None:
+        """Points of a series about to be sent to a tracker, in one transaction."""
+        self.insert_rows("tracked_points", [{"run_id": run_id, "tracker": tracker, "series": series, "name": name,
+                                             "step": step} for name in names],
+                         pk=("run_id", "tracker", "series", "name", "step"))
 
     def run_sessions(self, run_id: str) -> list[dict]:
         return self.rows("select * from run_sessions where run_id = ? order by started_at", [run_id])

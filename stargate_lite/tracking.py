@@ -1,12 +1,15 @@
 """A run's curves in TensorBoard or Weights & Biases (recipe `track`), written as the run goes.
 
-A curve is a series of points (step, values): `train` per optimizer step over the whole run (iteration 2's steps
+A series is logged as points (step, values): `train` per optimizer step over the whole run (iteration 2's steps
 follow iteration 1's), every other series per iteration (`stage/NAME`, `iteration`, `eval/...`; what each holds:
-evaluation/curves.py). A resumed run logs no point twice: the store keeps each series' last step per tracker
-(table `tracked`), and a point at or before it is skipped. The step is stored before the point is written, so
-a process killed between the two loses that one point rather than writing it again; a train stage that is
-killed and rerun continues its curve with the rerun's steps after the last one written (same seed, same
-examples).
+evaluation/curves.py); each value is a curve, SERIES/NAME. No point is logged twice: the store keeps each point
+sent per tracker, its series, name and step (table `tracked_points`), and one sent before is skipped, whatever
+order the points come in (an evaluation of iteration 1 after one of iteration 2) and whichever of a step's values
+came before (an evaluation in both judging orders, whose counterbalanced rate joins the win rate an evaluation
+in one order sent). The point is stored before it is written, so a process killed between the two loses that
+one point rather than writing it again; a train stage that is killed and rerun continues its curve with the
+rerun's steps after those written (same seed, same examples). A store from before m020 kept only each series'
+last step (table `tracked`): a point at or before it counts as sent.
 """
 
 from __future__ import annotations
@@ -34,23 +37,30 @@ class Tracker:
 
     def __init__(self, store: Store, run_id: str, kind: str = "none", writer=None):
         self.store, self.run_id, self.kind, self._writer = store, run_id, kind, writer
-        self._last: dict[str, int | None] = {}  # each series' last step, read from the store once
+        # Each series' points sent, {(name, step)}, and its step sent up to by a store from before m020 (None:
+        # none), read from the store once.
+        self._sent: dict[str, tuple[set[tuple[str, int]], int | None]] = {}
 
     @property
     def active(self) -> bool:
         return self._writer is not None
 
     def log(self, series: str, step: int, values: dict[str, float | None]) -> None:
+        """Send the values of a series at a step that are not sent yet (a None value is not sent at all)."""
         values = {k: float(v) for k, v in values.items() if v is not None}
         if not self.active or not values:
             return
-        if series not in self._last:
-            self._last[series] = self.store.tracked_step(self.run_id, self.kind, series)
-        last = self._last[series]
-        if last is not None and step <= last:
+        if series not in self._sent:
+            self._sent[series] = (self.store.tracked_points(self.run_id, self.kind, series),
+                                  self.store.tracked_until(self.run_id, self.kind, series))
+        sent, until = self._sent[series]
+        if until is not None and step <= until:
             return
-        self.store.set_tracked(self.run_id, self.kind, series, step)
-        self._last[series] = step
+        values = {k: v for k, v in values.items() if (k, step) not in sent}
+        if not values:
+            return
+        self.store.add_tracked(self.run_id, self.kind, series, step, list(values))
+        sent.update((k, step) for k in values)
         self._writer.write(series, step, values)
 
     def close(self, failed: bool = False) -> None:

@@ -15,7 +15,7 @@ def test_migrations_create_the_schema_once(home):
                      "m009_adapter_paths_in_home", "m010_scale_indexes",
                      "m011_training_processes", "m012_efficiency", "m013_question_cost", "m014_roleplayers",
                      "m015_training_method", "m016_policy_steps", "m017_turn_scores", "m018_stage_starts",
-                     "m019_tracked"]
+                     "m019_tracked", "m020_tracked_points"]
     assert store.db["turns"].columns_dict == {
         "conversation_id": str, "idx": int, "role": str, "text": str, "is_question": int, "trimmed": int,
         "n_tokens": int,

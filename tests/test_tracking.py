@@ -185,3 +185,15 @@ def test_every_eval_point_reaches_wandb_once_whatever_order_the_evaluations_come
             if key.startswith("eval/"):
                 points.setdefault(key, []).append((row["iteration"], value))
     assert _rounded(points) == expected
+
+
+def test_a_store_from_before_points_were_kept_sends_nothing_it_had_sent(store, run_dir):
+    """m019 kept each series' last step: a point at or before it counts as sent, one after it is sent."""
+    store.insert_rows("tracked", [{"run_id": "r", "tracker": "tensorboard", "series": "train", "step": 3}],
+                      pk=("run_id", "tracker", "series"))
+    with open_tracker(store, "r", "tensorboard", run_dir) as tracker:
+        for step in (1, 2, 3, 4, 5):
+            tracker.log("train", step, {"loss": float(step)})
+    assert tensorboard_points(run_dir / "tensorboard") == {"train/loss": [(4, 4.0), (5, 5.0)]}
+    assert store.tracked_points("r", "tensorboard", "train") == {("loss", 4), ("loss", 5)}
+    assert store.tracked_step("r", "tensorboard", "train") == 5

@@ -90,7 +90,9 @@ def log_finished(tracker: Tracker, store: Store, run_id: str, question_cost: flo
 
 
 def log_evaluation(tracker: Tracker, summary: dict) -> None:
-    """An evaluation's figures (evaluate.summarize) per iteration: the log-prob table and the win rates."""
+    """An evaluation's figures (evaluate.summarize) per iteration: the log-prob table and the win rates. Each
+    point not sent before is sent (Tracker.log): iterations evaluated in any order, and the counterbalanced rate
+    of a later evaluation in both orders beside the win rate of an earlier one in one order."""
     base = f"eval/{summary['roleplayer']}"
     judged = f"{base}/judged/" + re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(
         (summary["judge"], summary["responder"], summary["protocol"])))
