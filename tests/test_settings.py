@@ -212,3 +212,59 @@ def test_item4_an_example_cut_to_max_length_trains_every_target_it_keeps_in_cont
     kept = _kept_targets(first, max_length) + _kept_targets(second, max_length)
     assert kept == len(first.target_positions) - 1 + _kept_targets(second, max_length)
     assert record["trained_tokens"] == kept
+
+
+class _EchoRoleplayer:
+    """The boundary of simulation this test does not look at: an answer per question, at once."""
+
+    def complete_each(self, conversations, sampling):
+        return ["I like quiet places." for _ in conversations]
+
+
+def test_item9_a_turn_cut_at_its_token_limit_is_recorded_and_a_policy_gradient_never_trains_its_end_of_turn(
+        questioner, home):
+    """Issue 45, item 9: a Questioner turn that stopped at simulate.question_max_tokens (no end-of-turn sampled)
+    is recorded as cut, a question and an answer alike; rloo and grpo train its sampled tokens and not the
+    end-of-turn marker the chat template appends, while sft keeps the paper's format (every turn ends with it)."""
+    from stargate_lite.loop import policy_samples, training_examples
+    from stargate_lite.prompts import questioner_messages
+    from stargate_lite.recipe import SimulateConfig, load_recipe
+    from stargate_lite.stages.simulate import Roleplayers, simulate_chunk
+
+    base = questioner.load_base()
+    texts = questioner.generate(base, [questioner_messages("Mei", TASK, [], final=False)] * 2, max_new_tokens=3,
+                                temperature=0.9, top_p=0.9, batch_size=2, seed=0)
+    assert texts.cut == [True, True]  # three tokens are never a whole turn of this model's
+    done = questioner.generate(base, [[{"role": "user", "content": "Reply with the single word: yes"}]],
+                               max_new_tokens=40, temperature=0.0, top_p=1.0, batch_size=1, seed=0)
+    assert done.cut == [False]
+
+    pair = {"id": "p", "task": TASK, "persona": "I'm Mei.", "persona_name": "Mei", "turns": 2}
+    config = SimulateConfig(turns="policy", max_turns=2, conversations_per_pair=4, question_max_tokens=3)
+    roleplayer = _EchoRoleplayer()
+    convs = simulate_chunk([pair], base, questioner, Roleplayers({"echo": 1.0}, lambda _: roleplayer, 0), config, 0)
+    asked = [m for c in convs for m in c["messages"] if m["role"] == "questioner"]
+    assert [m["cut"] for m in asked] == [1] * len(asked)
+    assert all(c["answer_cut"] == 1 for c in convs if c["answer"] is not None)
+
+    recipe = load_recipe("tiny", _overrides("rloo", False, "policy"))
+    store = _simulated_store(home, recipe, "r")
+    store.db.execute("update turns set cut = 1 where idx = 0 and role = 'questioner'")  # every first question
+    store.db.execute("update conversations set answer_cut = 1 where answer is not null")
+    store.insert_rows("scores", [{"conversation_id": c["id"], "run_id": "r", "iteration": 1, "logprob": -50.0 - k,
+                                  "n_tokens": 20} for k, c in enumerate(store.conversations("r", 1))],
+                      pk="conversation_id")
+    end_of_turn = questioner.tokenizer.eos_token
+    for messages, _ in policy_samples(store, recipe, "r", 1):
+        encoded = questioner.encode_for_training(messages)
+        trained = questioner.tokenizer.decode([encoded.input_ids[p] for p in encoded.target_positions])
+        assistant = [m["content"] for m in messages if m["role"] == "assistant"]
+        assert trained.count(end_of_turn) == assistant.count(SECOND), trained  # every turn is cut but a second
+        assert all(text in trained for text in assistant)
+    store.insert_rows("selections", [{"pair_id": "r/1/t0|p0", "run_id": "r", "iteration": 1,
+                                      "conversation_id": "r/1/t0|p0#002", "logprob": -52.0}], pk="pair_id")
+    sft = load_recipe("tiny", _overrides("sft", False, "policy") + ["train.target=none"])
+    (example,) = training_examples(store, sft, "r", 1)
+    encoded = questioner.encode_for_training(example)
+    trained = questioner.tokenizer.decode([encoded.input_ids[p] for p in encoded.target_positions])
+    assert trained.count(end_of_turn) == 2  # sft: each of the kept conversation's two questions ends with it
