@@ -108,13 +108,16 @@ def policy_samples(store: Store, recipe: Recipe, run_id: str, iteration: int) ->
     pair's other conversations at the same turn; a turn only one conversation reached has 0.
 
     Unlike sft and dpo, conversations with an empty question are kept: the policy sampled the empty turn, and
-    its advantage says whether to make it likelier. Pairs where every advantage is 0 teach nothing but the KL
-    penalty, and are left out."""
+    its advantage says whether to make it likelier. A turn generation cut at its token limit is marked cut, so
+    its end-of-turn marker, which the policy never sampled, is not trained (Questioner.encode_for_training); sft
+    and dpo keep the paper's format, every turn ending with it. Pairs where every advantage is 0 teach nothing
+    but the KL penalty, and are left out."""
     pairs = {p["id"]: p for p in store.pairs(run_id, iteration)}
     groups: dict[str, list[dict]] = {}
     for row in store.rewards(run_id, iteration, recipe.reward.question_cost):
         groups.setdefault(row["pair_id"], []).append(row)
     turns = store.turns([r["conversation_id"] for rows in groups.values() for r in rows])
+    cut = store.cut_turns(run_id, iteration)
     after = store.turn_scores(run_id, iteration) if recipe.reward.per_turn else {}
     decide = recipe.simulate.turns == "policy"
     samples = []
@@ -135,10 +138,13 @@ def policy_samples(store: Store, recipe: Recipe, run_id: str, iteration: int) ->
             continue
         pair = pairs[pair_id]
         for row, advantage in zip(rows, advantages, strict=True):
-            messages = questioner_messages(pair["persona_name"], pair["task"], turns[row["conversation_id"]],
-                                           final=False, instruction=True, decide=decide)
+            conversation = turns[row["conversation_id"]]
+            messages = questioner_messages(pair["persona_name"], pair["task"], conversation, final=False,
+                                           instruction=True, decide=decide)
+            for message, idx in zip(messages[1::2], range(0, len(conversation), 2), strict=True):
+                message["cut"] = (row["conversation_id"], idx) in cut  # its Questioner turn's
             if row["answer"] is not None:
-                messages.append({"role": "assistant", "content": row["answer"]})
+                messages.append({"role": "assistant", "content": row["answer"], "cut": bool(row["answer_cut"])})
             asked = sum(m["role"] == "assistant" for m in messages)
             samples.append((messages, advantage * asked if len(advantage) == 1 else advantage))
     return _some(samples, run_id, iteration)

@@ -261,6 +261,14 @@ def _m020_tracked_points(db: sqlite_utils.Database) -> None:
                                 pk=("run_id", "tracker", "series", "name", "step"))
 
 
+def _m021_cut_turns(db: sqlite_utils.Database) -> None:
+    # 1 where generation cut a Questioner turn (turns.cut) or its answer (conversations.answer_cut) at its token
+    # limit, with no end-of-turn sampled: rloo and grpo train no end-of-turn after it. NULL in rows written before
+    # (and for Roleplayer turns): read as not cut, as training did before.
+    db["turns"].add_column("cut", int)
+    db["conversations"].add_column("answer_cut", int)
+
+
 MIGRATIONS = [
     ("m001_initial", _m001_initial),
     ("m002_eval", _m002_eval),
@@ -282,6 +290,7 @@ MIGRATIONS = [
     ("m018_stage_starts", _m018_stage_starts),
     ("m019_tracked", _m019_tracked),
     ("m020_tracked_points", _m020_tracked_points),
+    ("m021_cut_turns", _m021_cut_turns),
 ]
 
 
@@ -299,10 +308,12 @@ TABLE_NOTES = {
     "conversations": ("Simulated conversations: N per pair, their turns in `turns`.",
                       {"questions": "Questioner turns that ask something",
                        "answer": "the Questioner's own answer, where it chose to answer (policy turns)",
+                       "answer_cut": "1 if the answer stopped at simulate.question_max_tokens, unfinished",
                        "roleplayer": "the chat model that played the persona", "policy": "the Questioner policy"}),
     "turns": ("Each message of a conversation, in order.",
               {"is_question": "1 if the Questioner's turn contains a question mark",
                "trimmed": "1 if the Roleplayer's answer was cut at a role break",
+               "cut": "1 if the Questioner's turn stopped at simulate.question_max_tokens, unfinished",
                "n_tokens": "tokens of the message"}),
     "scores": ("log p_base(gold | task, conversation) per conversation: the reward.",
                {"n_tokens": "gold tokens scored"}),
@@ -698,7 +709,7 @@ class Store:
     def save_conversations(self, conversations: list[dict]) -> None:
         """Store finished conversations and their turns together: one chunk, one transaction.
 
-        A message is {role, text, trimmed, n_tokens}; whether a Questioner turn is a question
+        A message is {role, text, trimmed, cut, n_tokens}; whether a Questioner turn is a question
         (prompts.is_question), and how many a conversation asked, are worked out here."""
         turn_rows = [
             {
@@ -708,6 +719,7 @@ class Store:
                 "text": t["text"],
                 "is_question": int(t["role"] == "questioner" and is_question(t["text"])),
                 "trimmed": t.get("trimmed", 0),
+                "cut": t.get("cut"),
                 "n_tokens": t.get("n_tokens"),
             }
             for c in conversations
@@ -728,6 +740,12 @@ class Store:
             for row in self.rows(sql, ids):
                 out[row["conversation_id"]].append({"role": row["role"], "text": row["text"]})
         return out
+
+    def cut_turns(self, run_id: str, iteration: int) -> set[tuple[str, int]]:
+        """(conversation, turn index) of an iteration's Questioner turns that generation cut at its token limit."""
+        sql = ("select t.conversation_id, t.idx from conversations c join turns t on t.conversation_id = c.id "
+               "where c.run_id = ? and c.iteration = ? and t.cut = 1")
+        return {(conversation, idx) for conversation, idx in self.db.execute(sql, [run_id, iteration])}
 
     def conversations(self, run_id: str, iteration: int) -> list[dict]:
         sql = "select * from conversations where run_id = ? and iteration = ? order by pair_id, sample"
@@ -774,11 +792,12 @@ class Store:
         )
 
     def rewards(self, run_id: str, iteration: int, question_cost: float = 0.0) -> list[dict]:
-        """Every scored conversation of an iteration {pair_id, conversation_id, answer, logprob, reward}, its reward as
+        """Every scored conversation of an iteration {pair_id, conversation_id, answer, answer_cut, logprob, reward}, its reward as
         selection reckons it (best_scores), in (pair, sample) order: the samples of rloo and grpo."""
         return self.rows(
             """
-            select c.pair_id, c.id as conversation_id, c.answer, s.logprob, s.logprob - ? * c.questions as reward
+            select c.pair_id, c.id as conversation_id, c.answer, c.answer_cut, s.logprob,
+              s.logprob - ? * c.questions as reward
             from conversations c join scores s on s.conversation_id = c.id
             where c.run_id = ? and c.iteration = ? order by c.pair_id, c.sample
             """,

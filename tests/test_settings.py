@@ -240,7 +240,7 @@ def test_item9_a_turn_cut_at_its_token_limit_is_recorded_and_a_policy_gradient_n
     assert done.cut == [False]
 
     pair = {"id": "p", "task": TASK, "persona": "I'm Mei.", "persona_name": "Mei", "turns": 2}
-    config = SimulateConfig(turns="policy", max_turns=2, conversations_per_pair=4, question_max_tokens=3)
+    config = SimulateConfig(turns="policy", max_turns=2, conversations_per_pair=4, question_max_tokens=4)
     roleplayer = _EchoRoleplayer()
     convs = simulate_chunk([pair], base, questioner, Roleplayers({"echo": 1.0}, lambda _: roleplayer, 0), config, 0)
     asked = [m for c in convs for m in c["messages"] if m["role"] == "questioner"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY_CI_OVERRIDES, cli, copy_home
 
+from stargate_lite.engines.encoded import Completions
 from stargate_lite.prompts import DECIDE_INSTRUCTION, QUESTION_INSTRUCTION
 
 # Turn limit, conversations per pair (2 pairs). At this scale the tiny model answered at its first turn in all 8
@@ -107,7 +108,7 @@ class ScriptedQuestioner:
             out.append(f"Question {asked + 1}?" if asked < self.questions_by_task[task] else "Here is my answer.")
         if on_batch:
             on_batch(len(prompts))
-        return out
+        return Completions(out, [False] * len(out))  # whole turns, as the real generation reports them
 
     def count_tokens(self, texts):
         return [len(t.split()) for t in texts]

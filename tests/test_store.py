@@ -15,14 +15,14 @@ def test_migrations_create_the_schema_once(home):
                      "m009_adapter_paths_in_home", "m010_scale_indexes",
                      "m011_training_processes", "m012_efficiency", "m013_question_cost", "m014_roleplayers",
                      "m015_training_method", "m016_policy_steps", "m017_turn_scores", "m018_stage_starts",
-                     "m019_tracked", "m020_tracked_points"]
+                     "m019_tracked", "m020_tracked_points", "m021_cut_turns"]
     assert store.db["turns"].columns_dict == {
         "conversation_id": str, "idx": int, "role": str, "text": str, "is_question": int, "trimmed": int,
-        "n_tokens": int,
+        "n_tokens": int, "cut": int,
     }
     assert store.db["conversations"].columns_dict == {
         "id": str, "run_id": str, "iteration": int, "pair_id": str, "sample": int, "turns": int, "policy": str,
-        "questions": int, "answer": str, "roleplayer": str,
+        "questions": int, "answer": str, "roleplayer": str, "answer_cut": int,
     }
     assert store.db["turns"].pks == ["conversation_id", "idx"]
     assert store.db["judgments"].columns_dict == {

@@ -14,6 +14,18 @@ from dataclasses import dataclass
 PLAIN_SAMPLING = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
 
 
+class Completions(list):
+    """Generated texts, in order (a list of str), and for each whether it was cut: it stopped at its token limit,
+    no end-of-turn sampled, so the turn is shorter than the policy would have made it, and an end-of-turn marker
+    after it in training would be a token the policy never sampled."""
+
+    def __init__(self, texts: list[str], cut: list[bool]):
+        super().__init__(texts)
+        if len(cut) != len(texts):
+            raise ValueError(f"{len(cut)} cut flags for {len(texts)} texts")
+        self.cut = list(cut)
+
+
 @dataclass
 class Encoded:
     """Token ids of a rendered chat plus the positions whose tokens are targets (trained or scored)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import FallbackNotice, StargateError
 from ..recipe import QuestionerConfig
-from .encoded import PLAIN_SAMPLING, Encoded
+from .encoded import PLAIN_SAMPLING, Completions, Encoded
 from .models import hub_failure, questioner_source
 
 
@@ -139,27 +139,36 @@ class Questioner:
         return len(prefix)
 
     def encode_for_training(self, messages: list[dict]) -> Encoded:
-        """All assistant turns are targets, each including its end-of-turn marker; the rest is masked."""
+        """All assistant turns are targets, each including its end-of-turn marker; the rest is masked. A turn
+        marked {"cut": True} (generated up to its token limit, no end-of-turn sampled) is a target up to the end of
+        its text, the marker after it masked: a policy gradient trains only what the policy sampled. (A cut turn
+        with no text left keeps its marker, the one token that stands for the turn.)"""
         full = self.render(messages)
         spans = []
         for i, message in enumerate(messages):
             if message["role"] == "assistant":
                 start = self._prefix(full, self.render(messages[:i], add_generation_prompt=True))
                 end = self._prefix(full, self.render(messages[: i + 1]))
+                if message.get("cut") and message["content"].strip():
+                    end = self._content_span(full, start, message["content"])[1]
                 spans.append((start, end))
         return self._tokens_in_spans(full, spans)
+
+    def _content_span(self, full: str, start: int, content: str) -> tuple[int, int]:
+        """Where a message's text is in the rendered chat, from `start` (its turn's first character) on."""
+        found = full.find(content, start)
+        if found < 0:  # some templates trim message content
+            content = content.strip()
+            found = full.find(content, start)
+        if found < 0 or not content:
+            raise StargateError("cannot locate a message's text in the rendered chat (empty text?)")
+        return found, found + len(content)
 
     def encode_for_scoring(self, prefix: list[dict], target: str) -> Encoded:
         """The target's own tokens after the prefix: no template markers, no end-of-turn, no padding."""
         full = self.render([*prefix, {"role": "assistant", "content": target}])
         start = self._prefix(full, self.render(prefix, add_generation_prompt=True))
-        found = full.find(target, start)
-        if found < 0:  # some templates trim message content
-            target = target.strip()
-            found = full.find(target, start)
-        if found < 0 or not target:
-            raise StargateError("cannot locate the scored response in the rendered chat (empty target?)")
-        return self._tokens_in_spans(full, [(found, found + len(target))])
+        return self._tokens_in_spans(full, [self._content_span(full, start, target)])
 
     # -- generation ------------------------------------------------------------------------------------------
     def stop_token_ids(self, model) -> list[int]:
@@ -187,8 +196,9 @@ class Questioner:
         batch_size: int,
         seed: int,
         on_batch=None,
-    ) -> list[str]:
+    ) -> Completions:
         """Complete each message list. Batches are length-sorted and left-padded; greedy when temperature is 0.
+        Each completion says whether it was cut at max_new_tokens (Completions.cut).
 
         With a memory budget a batch holds as many prompts (up to batch_size) as fit it. The seed is set once,
         so a given list of conversations always yields the same texts.
@@ -207,6 +217,8 @@ class Questioner:
                                   seed=seed, stop_ids=self.served_stop_ids, on_done=on_batch)
         order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
         outputs: list[str] = [""] * len(prompts)
+        cut = [False] * len(prompts)
+        stop_ids = set(self.stop_token_ids(model))
         pad = self.tokenizer.pad_token_id
         shape = Shape.of(model) if self.memory_budget_bytes else None
         torch.manual_seed(seed)
@@ -237,9 +249,10 @@ class Questioner:
                     )[:, width:]
             for row, i in enumerate(batch):
                 outputs[i] = self.tokenizer.decode(new[row], skip_special_tokens=True).strip()
+                cut[i] = stop_ids.isdisjoint(new[row].tolist())  # a row that stopped holds its stop token
             if on_batch:
                 on_batch(len(batch))
-        return outputs
+        return Completions(outputs, cut)
 
     def _static_refused(self, model, total_tokens: int) -> bool:
         """True (after a one-line notice) where the static decoder would decode this model wrongly."""

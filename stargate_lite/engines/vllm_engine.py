@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import QuestionerFailure, StargateError
 from ..recipe import VllmConfig
-from .encoded import PLAIN_SAMPLING, Encoded
+from .encoded import PLAIN_SAMPLING, Completions, Encoded
 from .servers import VLLM_BASE_NAME, VllmServer
 
 
@@ -33,7 +33,7 @@ class VllmPolicy:
     model_name: str
 
     def generate(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float, top_p: float,
-                 seed: int, stop_ids: list[int], on_done=None) -> list[str]:
+                 seed: int, stop_ids: list[int], on_done=None) -> Completions:
         return self.engine.complete(self.model_name, prompts, max_new_tokens=max_new_tokens,
                                     temperature=temperature, top_p=top_p, seed=seed, stop_ids=stop_ids,
                                     on_done=on_done)
@@ -178,9 +178,10 @@ class VllmEngine:
                                     f"{self.config.max_retries} retries") from None
 
     def complete(self, model_name: str, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
-                 top_p: float, seed: int, stop_ids: list[int], on_done=None) -> list[str]:
+                 top_p: float, seed: int, stop_ids: list[int], on_done=None) -> Completions:
         """One completion per token-id prompt; greedy at temperature 0. Request i is sampled with seed + i, so a
-        request's sampling does not hang on what else the server decodes at the time."""
+        request's sampling does not hang on what else the server decodes at the time. A completion the server
+        ended at max_tokens (finish_reason "length") is cut."""
 
         def call(client, item):
             index, prompt = item
@@ -190,9 +191,11 @@ class VllmEngine:
                 presence_penalty=0.0, extra_body={"stop_token_ids": stop_ids, "skip_special_tokens": True,
                                                   **PLAIN_SAMPLING},
             )
-            return response.choices[0].text.strip()
+            choice = response.choices[0]
+            return choice.text.strip(), choice.finish_reason == "length"
 
-        return self._requests(self.generation, call, list(enumerate(prompts)), on_done)
+        done = self._requests(self.generation, call, list(enumerate(prompts)), on_done)
+        return Completions([text for text, _ in done], [cut for _, cut in done])
 
     def prompt_logprobs(self, encoded: list[Encoded]) -> list:
         """Per-target-token log-probs under the base model (1-D float32 tensors, in input order), as

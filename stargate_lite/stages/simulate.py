@@ -73,10 +73,11 @@ def simulate_chunk(
     on_message=None,
 ) -> list[dict]:
     """Run every conversation of these pairs to its end; returns conversation records with their messages, their
-    Roleplayer's name and, where the Questioner answered instead of asking, its "answer"."""
+    Roleplayer's name and, where the Questioner answered instead of asking, its "answer". A Questioner message,
+    and the answer ("answer_cut"), say whether generation cut it at simulate.question_max_tokens ("cut": 1)."""
     decide = config.turns == "policy"
     convs = [
-        {"pair": pair, "sample": s, "messages": [], "answer": None,
+        {"pair": pair, "sample": s, "messages": [], "answer": None, "answer_cut": None,
          "roleplayer": roleplayers.name_for(conversation_id(pair["id"], s))}
         for pair in pairs
         for s in range(config.conversations_per_pair)
@@ -98,13 +99,13 @@ def simulate_chunk(
             on_batch=on_message,
         )
         asking = []
-        for c, q in zip(active, questions):
+        for c, q, cut in zip(active, questions, questions.cut, strict=True):
             if decide and not is_question(q):
-                c["answer"] = q
+                c["answer"], c["answer_cut"] = q, int(cut)
                 if on_message:  # the answer and the turns it did not take
                     on_message(1 + 2 * (c["pair"]["turns"] - 1 - turn))
             else:
-                c["messages"].append({"role": "questioner", "text": q})
+                c["messages"].append({"role": "questioner", "text": q, "cut": int(cut)})
                 asking.append(c)
         sampling = Sampling(config.answer_max_tokens, temperature=config.answer_temperature, seed=seed + 2 * turn + 1)
         replies: dict[int, str] = {}  # by place in `asking`
@@ -175,6 +176,7 @@ def simulate(
                         "turns": len(c["messages"]) // 2,
                         "policy": policy_name,
                         "answer": c["answer"],
+                        "answer_cut": c["answer_cut"],
                         "roleplayer": c["roleplayer"],
                         "messages": c["messages"],
                     }
