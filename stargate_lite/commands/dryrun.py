@@ -65,16 +65,22 @@ def estimate(recipe: Recipe, home: Path, measure: bool = True) -> list[dict]:
         row("score", qname, conversations, conversations * scored_len, scoring_rate),
     ]
     if recipe.reward.per_turn:  # the gold after each turn but the last: k - 1 more scorings of shorter prefixes
-        prefixes = conversations * (k_mean - 1)
-        rows.append(row("score: after each turn (reward.per_turn)", qname, prefixes,
-                        prefixes * (scored_len - (sim.question_max_tokens + sim.answer_max_tokens) * k_mean / 2),
-                        scoring_rate))
+        # Each pair's k is its own (uniform: 1..K alike; policy: up to K, the bound), and the prefix after turn j
+        # is as long as j turns: the mean over k of the sum over its prefixes, not the mean k's middle prefix.
+        ks = [sim.max_turns] if sim.turns == "policy" else range(1, sim.max_turns + 1)
+        turn_len = sim.question_max_tokens + sim.answer_max_tokens
+        prefix_tokens = sum(sum(80 + j * turn_len + recipe.data.gold_max_tokens for j in range(1, k)) for k in ks)
+        rows.append(row("score: after each turn (reward.per_turn)", qname, conversations * (k_mean - 1),
+                        conversations * prefix_tokens / len(ks), scoring_rate))
     if recipe.train.target == "response":
         rows.append(row("respond", qname, pairs, pairs * recipe.respond.max_tokens, generation_rate))
-    # Sequences a training epoch reads: a pair's kept one (sft), its best and worst (dpo), all of its n (rloo and
-    # grpo, which also read each once more without grad, or twice with the KL, before training).
+    # Sequences a training epoch reads: a pair's kept one (sft), its best and worst (dpo, which also reads each
+    # once more without grad for its reference), all of its n (rloo and grpo, which also read each once more
+    # without grad, or twice with the KL, before training).
     sequences = {"sft": pairs, "dpo": 2 * pairs}.get(recipe.train.method, conversations)
     passes = recipe.train.epochs
+    if recipe.train.method == "dpo":
+        passes += 1 / TRAIN_FORWARD_COST
     if recipe.train.method in POLICY_GRADIENT_METHODS:
         passes += (1 + (recipe.train.kl_beta > 0)) / TRAIN_FORWARD_COST
     rows.append(row("train", qname, sequences * recipe.train.epochs, sequences * passes * min(scored_len,
