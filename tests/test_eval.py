@@ -469,6 +469,24 @@ def test_last_line_verdicts_are_strict(text, verdict):
 REAL_REPLIES = json.loads((Path(__file__).parent / "data" / "judge_replies.json").read_text())["replies"]
 
 
+@pytest.mark.parametrize(("text", "verdict"), [
+    ("Answer A: too generic.", None),
+    ("Answer B: tailored to her diet.", None),
+    ("Response B: it fits her diet.\nResponse A: generic.", None),
+    ("Option A: a list of tips.", None),
+    ("Answer A: too generic. Answer B: better, it fits her.", None),  # B praised under its label, but by "it"
+    ("Answer: A", "A"),
+    ("Answer: B, it fits her diet.", "B"),
+    ("Final answer A: it fits her budget.", "A"),
+    ("The answer is B: it fits her.", "B"),
+    ("Answer A", "A"),
+])
+def test_verdict_parser_reads_a_labelled_description_as_no_pick(text, verdict):
+    """Issue 45, item 10 (the parser read again): "Answer A:" opening a part of the reply labels what follows,
+    as "Response A:" does; it picks nothing, where "Answer: A" and "Final answer A:" declare."""
+    assert parse_verdict(text) == verdict
+
+
 @pytest.mark.parametrize("n", range(len(REAL_REPLIES)))
 def test_real_judge_replies_read_as_labelled_by_a_person(n):
     """The tiny judge's own replies (tests/data/judge_replies.json, labelled by reading them): `reply` reads the
