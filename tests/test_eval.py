@@ -399,19 +399,19 @@ def test_verdict_parser_negated_hedged_or_conditional_picks_are_unparsable(text,
         ("A) Lists five gyms in the city.\nB) Picks one near her office and notes the early hours.\n\nVerdict: B",
          "B"),
         ("A) Talks about saving in general.\nB) Works with her rent and her student loan.\nSo, B.", "B"),
-        ("(A) Suggests a road trip.\n(B) Suggests a quiet cabin, which fits someone who hates crowds.\n"
-         "I'd go with B.", "B"),
+        (("(A) Suggests a road trip.\n(B) Suggests a quiet cabin, which fits someone who hates crowds.\n"
+          "I'd go with B."), "B"),
         ("A) Mentions her daughter's allergy.\nB) Short and generic.\nAnswer: A", "A"),
         ("A) Short and generic.\nB) Mentions her daughter's allergy.\nB is the better response.", "B"),
         ("**A)** Gives a weekly schedule.\n**B)** Gives a schedule that skips the days she works late.\n**Winner: B**",
          "B"),
-        ("A) The first response recommends a generic reading list.\nB) The second response picks novels set in "
-         "places she has lived.\nThe second one is preferable.", "B"),
+        (("A) The first response recommends a generic reading list.\nB) The second response picks novels set in "
+          "places she has lived.\nThe second one is preferable."), "B"),
         ("A) ignores her budget\nB) stays under $50\n\n**B**", "B"),
         ("A) Recommends running.\nB) Recommends swimming, easier on her knee.\nFinal answer: B", "B"),
         ("A) Covers the basics.\nB) Covers the basics and her commute.\nTherefore: B", "B"),
-        ("A) Fits a beginner.\nB) Fits someone training for a marathon, which she is.\nI choose B because she already "
-         "runs 40 km a week.", "B"),
+        (("A) Fits a beginner.\nB) Fits someone training for a marathon, which she is.\nI choose B because she "
+          "already runs 40 km a week."), "B"),
         ("A) generic advice. B) advice for a night-shift nurse. Verdict: B", "B"),
         ("A) vague about her budget\nB) specific but long\nA", "A"),
         # One "B)" alone still answers; a list with no conclusion picks neither.

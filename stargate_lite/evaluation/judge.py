@@ -130,8 +130,12 @@ def _stands(text: str, start: int, end: int) -> bool:
 
 def _declarations(text: str) -> list[tuple[int, str]]:
     """(position, letter) of every place the text says which response is better."""
-    found = [(m.start(), m.end(), m[1]) for pattern in (_DECLARED, _LETTER_IS_BETTER, _ANSWER_LINE)
-             for m in pattern.finditer(text)]
+    # "Answer A:" opening a part labels it, as "Response A:" does: the keyword of a label declares nothing.
+    labelled = {m.start(1) for m in _LABEL.finditer(text) if re.match(r"\s*[*_`]*(?i:answer)\b", m[0])}
+    declared = [m for m in _DECLARED.finditer(text)
+                if not any(m.start() <= letter < m.end() for letter in labelled)]
+    found = [(m.start(), m.end(), m[1]) for m in (*declared, *_LETTER_IS_BETTER.finditer(text),
+                                                   *_ANSWER_LINE.finditer(text))]
     found += [(m.start(), m.end(), "A" if m[1].lower() == "first" else "B") for m in _ORDINAL_IS_BETTER.finditer(text)]
     items = list(_LIST_ITEM.finditer(text))
     listed = {m[1] for m in items} == {"A", "B"}  # "A) ... B) ...": a list; a lone "B) ..." answers
