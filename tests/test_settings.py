@@ -268,3 +268,28 @@ def test_item9_a_turn_cut_at_its_token_limit_is_recorded_and_a_policy_gradient_n
     encoded = questioner.encode_for_training(example)
     trained = questioner.tokenizer.decode([encoded.input_ids[p] for p in encoded.target_positions])
     assert trained.count(end_of_turn) == 2  # sft: each of the kept conversation's two questions ends with it
+
+
+def test_item10_a_batch_whose_only_targets_are_at_position_0_scores_to_nothing(base_model):
+    """Issue 45, item 10 (hardening: no encoding the stages make has it): an item with no target after position 0
+    (nothing before it to predict it) has no log-probs, and a batch of only such items scores without error."""
+    from stargate_lite.engines.encoded import Encoded
+    from stargate_lite.stages.score import token_logprobs
+
+    scored = token_logprobs(base_model, [Encoded([5, 6, 7], [0]), Encoded([8, 9], [0])], batch_size=2,
+                            vocab_chunk_tokens=512)
+    assert [len(s) for s in scored] == [0, 0]
+
+
+def test_item10_turns_of_a_conversation_named_twice_come_once(home):
+    """Issue 45, item 10 (hardening: no caller passes an id twice today): Store.turns reads ids in chunks of the
+    SQLite variable limit, and an id named in two chunks got its turns twice."""
+    from stargate_lite.store import VARIABLES_PER_QUERY, Store
+
+    store = Store(home)
+    store.save_conversations([{"id": "c", "run_id": "r", "iteration": 1, "pair_id": "p", "sample": 0, "turns": 1,
+                               "policy": "base", "answer": None, "roleplayer": "x",
+                               "messages": [{"role": "questioner", "text": QUESTION},
+                                            {"role": "roleplayer", "text": REPLY}]}])
+    ids = ["c", *(f"missing-{i}" for i in range(VARIABLES_PER_QUERY)), "c"]
+    assert [t["text"] for t in store.turns(ids)["c"]] == [QUESTION, REPLY]
