@@ -733,6 +733,7 @@ class Store:
             self.db["turns"].insert_all(turn_rows, pk=("conversation_id", "idx"), ignore=True)
 
     def turns(self, conversation_ids: list[str]) -> dict[str, list[dict]]:
+        conversation_ids = list(dict.fromkeys(conversation_ids))  # an id named twice, maybe in two chunks: once
         out: dict[str, list[dict]] = {cid: [] for cid in conversation_ids}
         for start in range(0, len(conversation_ids), VARIABLES_PER_QUERY):
             ids = conversation_ids[start : start + VARIABLES_PER_QUERY]

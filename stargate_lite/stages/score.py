@@ -63,8 +63,9 @@ def token_logprobs(model, encoded: list[Encoded], *, batch_size: int, vocab_chun
                 rows += [row] * len(positions)
                 cols += [p - 1 for p in positions]  # the state before a token predicts it
                 counts.append(len(positions))
-            states = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
-            targets = ids[torch.tensor(rows, device=device), torch.tensor(cols, device=device) + 1]
+            rows_at = torch.tensor(rows, dtype=torch.long, device=device)  # long even when empty
+            cols_at = torch.tensor(cols, dtype=torch.long, device=device)
+            states, targets = hidden[rows_at, cols_at], ids[rows_at, cols_at + 1]
             logprobs = torch.empty(len(rows), dtype=torch.float32, device=device)
             for c in range(0, len(rows), vocab_chunk_tokens):
                 logits = head_logits(decoder, states[c : c + vocab_chunk_tokens])
