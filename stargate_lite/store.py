@@ -615,12 +615,6 @@ class Store:
         return self.value("select step from tracked where run_id = ? and tracker = ? and series = ?",
                           [run_id, tracker, series])
 
-    def tracked_step(self, run_id: str, tracker: str, series: str) -> int | None:
-        """The step of the last point of a series sent to a tracker, or None."""
-        sql = ("select max(step) from (select step from tracked_points where run_id = ? and tracker = ? and "
-               "series = ? union all select step from tracked where run_id = ? and tracker = ? and series = ?)")
-        return self.value(sql, [run_id, tracker, series] * 2)
-
     def add_tracked(self, run_id: str, tracker: str, series: str, step: int, names: Iterable[str]) -> None:
         """Points of a series about to be sent to a tracker, in one transaction."""
         self.insert_rows("tracked_points", [{"run_id": run_id, "tracker": tracker, "series": series, "name": name,
