@@ -187,6 +187,25 @@ def test_every_eval_point_reaches_wandb_once_whatever_order_the_evaluations_come
     assert _rounded(points) == expected
 
 
+def test_each_responders_response_lengths_reach_tensorboard(store, run_dir):
+    """`eval --responder base` after `eval`: the final responses are Q_0's after Q_eta's conversations, not Q_eta's,
+    so their mean length is a point of its own, not one already sent for the same iteration (issue 45, item 6)."""
+    from stargate_lite.evaluation.curves import log_evaluation
+
+    sent = {}
+    for responder, tokens in (("policy", 40.0), ("base", 90.0)):
+        summary = _summary("letter/logprobs#aaaaaa", [0, 1], False)
+        summary["responder"] = responder
+        for it in summary["iterations"]:
+            it["efficiency"]["response_tokens"]["mean"] = tokens + it["iteration"]
+            sent[responder, it["iteration"]] = tokens + it["iteration"]
+        with open_tracker(store, "r", "tensorboard", run_dir) as tracker:
+            log_evaluation(tracker, summary)
+    points = tensorboard_points(run_dir / "tensorboard")
+    lengths = sorted((step, value) for tag, p in points.items() if tag.endswith("/response_tokens") for step, value in p)
+    assert lengths == sorted((it, value) for (_, it), value in sent.items())
+
+
 def test_a_store_from_before_points_were_kept_sends_nothing_it_had_sent(store, run_dir):
     """m019 kept each series' last step: a point at or before it counts as sent, one after it is sent."""
     store.insert_rows("tracked", [{"run_id": "r", "tracker": "tensorboard", "series": "train", "step": 3}],
