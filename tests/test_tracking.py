@@ -129,7 +129,8 @@ def _expected_eval_points() -> dict[str, list[tuple[int, float]]]:
         for it in _summary(protocol, iterations, both_orders)["iterations"]:
             base = f"eval/{ROLEPLAYER}"
             values = {**{f"{base}/logprob_{c}": v["mean"] for c, v in it["logprob"].items()},
-                      **{f"{base}/{m}": v["mean"] for m, v in it["efficiency"].items()}}
+                      **{f"{base}/{m}": v["mean"] for m, v in it["efficiency"].items() if m != "response_tokens"},
+                      f"{base}/responses/policy/response_tokens": it["efficiency"]["response_tokens"]["mean"]}
             if it["iteration"]:
                 values |= {f"{base}/gain": it["gain"]["mean"], f"{base}/gain_low": it["gain"]["low"],
                            f"{base}/gain_high": it["gain"]["high"], f"{judged}/win_rate": it["win_rate"]["rate"]}

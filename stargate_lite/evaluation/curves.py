@@ -96,12 +96,17 @@ def log_evaluation(tracker: Tracker, summary: dict) -> None:
     base = f"eval/{summary['roleplayer']}"
     judged = f"{base}/judged/" + re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(
         (summary["judge"], summary["responder"], summary["protocol"])))
+    # The final responses are the responder's (Q_eta's, or Q_0's after Q_eta's conversation): their length is a
+    # series per responder; the conversations' figures are the same whichever responder answers after them.
+    responses = f"{base}/responses/{summary['responder']}"
     for it in summary["iterations"]:
         gain = it["gain"] or {}
         tracker.log(base, it["iteration"], {**{f"logprob_{c}": v["mean"] for c, v in it["logprob"].items()},
                                             "gain": gain.get("mean"), "gain_low": gain.get("low"),
                                             "gain_high": gain.get("high"),
-                                            **{m: it["efficiency"][m]["mean"] for m in METRICS}})
+                                            **{m: it["efficiency"][m]["mean"] for m in METRICS
+                                               if m != "response_tokens"}})
+        tracker.log(responses, it["iteration"], {"response_tokens": it["efficiency"]["response_tokens"]["mean"]})
         if it["iteration"] == 0:
             continue
         both = it["win_rate_counterbalanced"] or {}
