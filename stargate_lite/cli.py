@@ -281,19 +281,20 @@ def chat(
     ] = None,
     task: Annotated[str | None, typer.Option(help="Watch mode: the request the Roleplayer makes.")] = None,
     max_questions: Annotated[
-        int | None, typer.Option(help="Questions before it answers.", show_default="recipe's K")
+        int | None, typer.Option(help="Questions before it answers (0: it answers at once).", show_default="recipe's K")
     ] = None,
     home: HomeOption = None,
 ) -> None:
     """Talk with a trained Questioner: it asks its questions, then answers. Works through a pipe too."""
     import sys
 
-    from .commands.chat import COMMANDS, Transcript, chat_loop
+    from .commands.chat import COMMANDS, Transcript, chat_loop, check_max_questions
     from .engines.chat_models import ChatModels
     from .engines.questioner import Questioner
     from .runs import check_adapter, resolve_checkpoint
     from .store import Store
 
+    check_max_questions(max_questions)
     if (persona is None) != (task is None):
         raise StargateError("watch mode needs both --persona and --task")
     if persona and Path(persona).is_file():

@@ -546,15 +546,18 @@ class Store:
                                              [dataset, split])}
 
     def dataset_counts(self) -> list[dict]:
+        """Each split that holds tasks or personas (an import may bring either first), with its counts."""
         return self.rows(
             """
-            select t.dataset, t.split, count(distinct t.id) as tasks,
-              (select count(*) from personas p where p.dataset = t.dataset and p.split = t.split) as personas,
+            with splits as (select dataset, split from tasks union select dataset, split from personas)
+            select s.dataset, s.split,
+              (select count(*) from tasks t where t.dataset = s.dataset and t.split = s.split) as tasks,
+              (select count(*) from personas p where p.dataset = s.dataset and p.split = s.split) as personas,
               (select count(*) from golds g join tasks t2 on g.task_id = t2.id
-                 where t2.dataset = t.dataset and t2.split = t.split and g.status = 'ok') as golds,
+                 where t2.dataset = s.dataset and t2.split = s.split and g.status = 'ok') as golds,
               (select count(*) from golds g join tasks t2 on g.task_id = t2.id
-                 where t2.dataset = t.dataset and t2.split = t.split and g.status != 'ok') as golds_skipped
-            from tasks t group by t.dataset, t.split order by t.dataset, t.split
+                 where t2.dataset = s.dataset and t2.split = s.split and g.status != 'ok') as golds_skipped
+            from splits s order by s.dataset, s.split
             """
         )
 

@@ -4,6 +4,7 @@ researcher asks of a run (their SQL lives with the store's: store.BROWSE_QUERIES
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +38,21 @@ def browse_app(home: Path | str | None = None) -> Datasette:
                      settings={"sql_time_limit_ms": 10_000, "facet_time_limit_ms": 1_000})
 
 
+def _check_free(host: str, port: int) -> None:
+    """Bind the address as the server will (SO_REUSEADDR, as uvicorn does) and let it go: a port another server
+    holds is one line here, before a URL that would lead to that server is printed."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise StargateError(f"port {port} on {host} is in use (another server?): give another --port") from None
+            raise StargateError(f"cannot serve on {host}:{port} ({err.strerror}): give another --host or --port") from None
+
+
 def browse(home: Path | str | None = None, host: str = "127.0.0.1", port: int = 8001,
            on_ready: Callable[[str], None] | None = None) -> None:
     """Serve the store until interrupted (Ctrl-C); `on_ready` gets its URL, http://HOST:PORT/stargate, once the
@@ -44,6 +60,7 @@ def browse(home: Path | str | None = None, host: str = "127.0.0.1", port: int = 
     import uvicorn
 
     app = browse_app(home)
+    _check_free(host, port)
     if on_ready:
         on_ready(f"http://{host}:{port}/{DATABASE}")
     asyncio.run(app.invoke_startup())

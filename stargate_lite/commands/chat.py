@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 from ..engines.chat_models import ChatModel, Sampling, complete_all
 from ..engines.questioner import Questioner
+from ..errors import StargateError
 from ..prompts import is_question, questioner_messages, roleplayer_messages
 from ..recipe import Recipe
 from ..store import Store
@@ -40,6 +41,11 @@ class Transcript:
         self.store.save_chat(row)
 
 
+def check_max_questions(max_questions: int | None) -> None:
+    if max_questions is not None and max_questions < 0:
+        raise StargateError(f"--max-questions {max_questions}: give 0 or more (0: it answers at once)")
+
+
 def chat_loop(
     questioner: Questioner,
     model,
@@ -58,9 +64,10 @@ def chat_loop(
     `prompt_format` is the one the checkpoint was trained in (train.format): "bare" greets it with the name and
     request alone, as in its training, so what it asks it asks by itself. A run with simulate.turns policy
     trained it to choose when to answer: a turn of its that is not a question is its answer."""
+    check_max_questions(max_questions)
     instruction = prompt_format == "instructed"
     decide = recipe.simulate.turns == "policy"
-    limit = max_questions or recipe.simulate.max_turns
+    limit = recipe.simulate.max_turns if max_questions is None else max_questions  # 0: it answers at once
     while True:
         request = task if roleplayer else read("Your request (or /quit): ")
         if request is None or request.strip() == "/quit":

@@ -225,6 +225,16 @@ def with_eval_settings(recipe: Recipe, run_id: str, overrides: list[str] | None)
     return changed
 
 
+def check_eval_names(recipe, run_id: str, roleplayer: str | None, judge: str | None, responder: str) -> None:
+    """The chat models and responder an evaluation is asked for (eval, report) must be the run's: one line
+    naming the valid ones."""
+    for option, name in (("--roleplayer", roleplayer), ("--judge", judge)):
+        if name is not None:
+            check_chat_model(recipe, run_id, option, name)
+    if responder not in RESPONDERS:
+        raise StargateError(f"--responder {responder!r} is not a responder: choose one of {', '.join(RESPONDERS)}")
+
+
 def evaluate(home: Path | str | None = None, run_id: str | None = None, iterations: list[int] | None = None,
              roleplayer: str | None = None, judge: str | None = None, responder: str = "policy",
              overrides: list[str] | None = None, progress: Progress | None = None) -> dict:
@@ -239,10 +249,7 @@ def evaluate(home: Path | str | None = None, run_id: str | None = None, iteratio
     recipe = with_eval_settings(recipe_of_run(run), run_id, overrides)
     roleplayer = roleplayer or recipe.roles.main_roleplayer
     judge_name = judge or recipe.roles.judge
-    check_chat_model(recipe, run_id, "--roleplayer", roleplayer)
-    check_chat_model(recipe, run_id, "--judge", judge_name)
-    if responder not in RESPONDERS:
-        raise StargateError(f"--responder must be one of {', '.join(RESPONDERS)}")
+    check_eval_names(recipe, run_id, roleplayer, judge_name, responder)
     wanted = policies(store, run_id, iterations)
     ns = namespace(run_id, roleplayer)
     protocol = judge_protocol(recipe.judge)

@@ -370,12 +370,13 @@ def report(home: Path | str | None = None, run_id: str | None = None, roleplayer
            judge: str | None = None, responder: str = "policy", settings: list[str] | None = None) -> dict:
     """`stargate-lite report`, loading no model: the evaluation's summary as stored (None without one), its plots
     and report.md, written to the run's folder. Returns {"summary", "plots", "report"}."""
-    from .evaluate import summarize, with_eval_settings
+    from .evaluate import check_eval_names, summarize, with_eval_settings
     from .judge import judge_protocol
 
     store = Store(home, create=False)
     run = pick_run(store, run_id)
     recipe = with_eval_settings(recipe_of_run(run), run["id"], settings)
+    check_eval_names(recipe, run["id"], roleplayer, judge, responder)  # as eval refuses them, before any file
     summary = summarize(store, run["id"], roleplayer or recipe.roles.main_roleplayer, judge or recipe.roles.judge,
                         judge_protocol(recipe.judge), responder)
     out_dir = run_dir(store, run["id"])

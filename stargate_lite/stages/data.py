@@ -234,6 +234,13 @@ def _read_items(path: Path) -> list:
     return items
 
 
+def _nonempty(path: Path, items, what: str):
+    """An import file's items, refused where it holds none (an empty file imports nothing, not zero rows)."""
+    if not items:
+        raise StargateError(f"{path} holds no {what}: give a file with at least one")
+    return items
+
+
 def _texts(path: Path, items: list, key: str) -> list[str]:
     out = []
     for n, item in enumerate(items, 1):
@@ -266,16 +273,20 @@ def read_split(dataset: str, split: str, tasks: Path | None = None, personas: Pa
         raise StargateError("'builtin' is the package's own data set: import under another --dataset name")
     if split not in SPLITS:
         raise StargateError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    if not (tasks or personas or golds):
+        raise StargateError("nothing to import: name a file with --tasks, --personas (--names) or --golds")
+    if names and not personas:
+        raise StargateError("--names goes with --personas: it names the personas of that file")
     task_texts = persona_rows = gold_rows = None
     if tasks:
-        task_texts = _texts(tasks, _read_items(tasks), "task")
+        task_texts = _texts(tasks, _nonempty(tasks, _read_items(tasks), "tasks"), "task")
         dupes = sorted(t for t, n in Counter(task_texts).items() if n > 1)
         if dupes:
             raise StargateError(f"{tasks} repeats {len(dupes)} task(s), e.g. {dupes[0][:60]!r}: remove duplicates")
     if personas:
-        items = _read_items(personas)
+        items = _nonempty(personas, _read_items(personas), "personas")
         if names:
-            name_list = _texts(names, _read_items(names), "name")
+            name_list = _texts(names, _nonempty(names, _read_items(names), "names"), "name")
             texts = _texts(personas, items, "text")
             if len(name_list) != len(texts):
                 raise StargateError(f"{personas} has {len(texts)} personas but {names} has {len(name_list)} names")
@@ -339,6 +350,7 @@ def _read_golds(path: Path) -> list[tuple[int, int, str]]:
     data = _read_json(path)
     if not isinstance(data, dict):
         raise StargateError(f"{path} must hold a JSON object {{\"prompt-I persona-J\": [\"gold\"]}}")
+    _nonempty(path, data, "gold responses")
     rows = []
     for key, value in data.items():
         match = _GOLD_KEY.match(key)
