@@ -45,8 +45,13 @@ SetOption = Annotated[
 ]
 
 
-def user_errors(command):
-    """Show StargateError as one line and exit 2; Ctrl-C says how to resume."""
+RESUME = "Interrupted. Finished work is saved: run the same command again to resume."
+
+
+def user_errors(command=None, *, interrupted: str = RESUME):
+    """Show StargateError as one line and exit 2; Ctrl-C prints `interrupted` (how to resume, by default)."""
+    if command is None:
+        return functools.partial(user_errors, interrupted=interrupted)
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -72,14 +77,26 @@ def user_errors(command):
                       "and run the command again (finished work is kept)", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err.print("Interrupted. Finished work is saved: run the same command again to resume.")
+            err.print(interrupted)
             raise typer.Exit(130) from None
 
     return wrapper
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"stargate-lite {version('stargate-lite')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            print("stargate-lite (not installed: no version recorded)")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main() -> None:
+def _main(_version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                 help="Print the version and exit.")] = False) -> None:
     from dotenv import load_dotenv
 
     # Our own progress bars say what is loading; transformers' tqdm bars (GGUF conversion) would only add noise.
@@ -267,7 +284,7 @@ def report(
 
 
 @app.command()
-@user_errors
+@user_errors(interrupted="Interrupted. Every message so far is saved in the store (table chats).")
 def chat(
     run_id: Annotated[
         str | None, typer.Option("--run", help="Run whose Questioner to load.", show_default="the latest")
@@ -458,7 +475,7 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:  # outside a command's own handler: while arguments are parsed or modules load
-        err.print("Interrupted. Finished work is saved: run the same command again to resume.")
+        err.print(RESUME)
         _exit_interrupted()
     except SystemExit as done:
         if done.code == 130:

@@ -468,11 +468,21 @@ def shipped_recipes() -> list[str]:
     return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """Where and what a YAML error is, in one line: "line L, column C: problem" (PyYAML counts from 0)."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or getattr(err, "context", None) or str(err).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+
+
 def _parse_override(item: str) -> tuple[list[str], object]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise StargateError(f"--set {item!r}: expected section.key=value, e.g. --set simulate.max_turns=2")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise StargateError(f"--set {item!r} is not valid YAML: {yaml_problem(err)}") from None
 
 
 def override_key(item: str) -> str:
@@ -523,7 +533,7 @@ def load_recipe(name_or_path: str = "tiny", overrides: list[str] | None = None) 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
-        raise StargateError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise StargateError(f"recipe {path} is not valid YAML: {yaml_problem(err)}") from None
     recipe = validate_recipe(apply_overrides(data, overrides or []), str(path.name))
     check_new_work(recipe, f"recipe {path.name}")
     return recipe

@@ -10,20 +10,31 @@ import json
 import os
 import sqlite3
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import sqlite_utils
 
-from .errors import StargateError
+from .errors import FallbackNotice, StargateError
 from .prompts import is_question
 
 DB_NAME = "stargate.db"
-BUSY_TIMEOUT_S = 30  # how long a write waits for another program's lock on the store
+BUSY_TIMEOUT_S = 30  # how long a write waits for another program's lock on the store ($STARGATE_LOCK_TIMEOUT)
+LOCK_NOTICE_S = 1  # after this long waiting for the lock, say so (then wait the rest of the timeout)
 # Ids bound in one `in (...)` list: under the 999 variables that SQLite builds before 3.32 allow (newer ones allow
 # 32,766, which paper-scale lists exceed too).
 VARIABLES_PER_QUERY = 500
+
+
+def lock_timeout() -> float:
+    """Seconds a write waits for another program's lock on the store: $STARGATE_LOCK_TIMEOUT, else BUSY_TIMEOUT_S."""
+    raw = os.environ.get("STARGATE_LOCK_TIMEOUT", "")
+    try:
+        return float(raw) if raw.strip() else BUSY_TIMEOUT_S
+    except ValueError:
+        raise StargateError(f"STARGATE_LOCK_TIMEOUT={raw!r}: give a number of seconds") from None
 
 
 def default_home() -> Path:
@@ -441,7 +452,8 @@ class Store:
                                 "--home (or $STARGATE_HOME)") from None
         try:
             self.db = sqlite_utils.Database(self.path)
-            self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+            self.timeout_ms = int(lock_timeout() * 1000)
+            self.db.execute(f"PRAGMA busy_timeout = {self.timeout_ms}")
             self.db.enable_wal()
             self._migrate()
         except sqlite3.Error as err:
@@ -467,9 +479,39 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One transaction around several writes. sqlite-utils' own writes nest inside it as savepoints; with
-        the connection's plain context manager, each of them committed on its own, so a unit was not atomic."""
-        with self.db.atomic():
+        the connection's plain context manager, each of them committed on its own, so a unit was not atomic.
+        The outermost takes the write lock before anything else (`_lock_for_writing`)."""
+        if self.db.conn.in_transaction:
+            with self.db.atomic():  # nested: a savepoint
+                yield
+            return
+        self._lock_for_writing()
+        try:
             yield
+            self.db.conn.execute("COMMIT")
+        except BaseException:
+            if self.db.conn.in_transaction:
+                self.db.conn.execute("ROLLBACK")
+            raise
+
+    def _lock_for_writing(self) -> None:
+        """BEGIN IMMEDIATE: the write lock first, so a unit never reads and then finds the lock taken (which SQLite
+        fails at once, without waiting). Where another program holds it, a wait past LOCK_NOTICE_S is said (a
+        FallbackNotice: the CLI's "Notice:" line on stderr), then goes on to lock_timeout() in all."""
+        first = min(LOCK_NOTICE_S * 1000, self.timeout_ms)
+        try:
+            self.db.execute(f"PRAGMA busy_timeout = {first}")
+            try:
+                self.db.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as err:
+                if ("locked" not in str(err) and "busy" not in str(err)) or first == self.timeout_ms:
+                    raise
+                warnings.warn(FallbackNotice(f"waiting for the store {self.path}, locked by another process (up "
+                                             f"to {self.timeout_ms / 1000:g} s)..."), stacklevel=3)
+                self.db.execute(f"PRAGMA busy_timeout = {self.timeout_ms - first}")
+                self.db.conn.execute("BEGIN IMMEDIATE")
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout = {self.timeout_ms}")
 
     # Plain SQL reads, for this module and for inspecting a store (tests, scripts); the library's other modules
     # call the named methods below.

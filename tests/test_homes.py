@@ -75,7 +75,8 @@ def test_an_unwritable_home(tmp_path):
             home.chmod(0o755)
 
 
-def test_a_store_locked_by_another_program(tmp_path):
+def test_a_store_locked_by_another_program(tmp_path, monkeypatch):
+    monkeypatch.setenv("STARGATE_LOCK_TIMEOUT", "2")  # not the default 30 s wait
     home = tmp_path / "home"
     Store(home)
     holder = sqlite3.connect(home / "stargate.db", isolation_level=None)

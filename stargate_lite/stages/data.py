@@ -200,15 +200,34 @@ def prepare_data(store: Store, recipe: Recipe, get_oracle: Callable[[], ChatMode
 
 
 # -- import ------------------------------------------------------------------------------------------------------
+class _RepeatedKey(ValueError):
+    """A JSON object that names a key twice: json.loads would keep the last value and drop the first unsaid."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _RepeatedKey(key)
+        seen[key] = value
+    return seen
+
+
+def _loads(text: str):
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
 def _read_json(path: Path):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return _loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise StargateError(f"{path} does not exist") from None
     except UnicodeDecodeError:
         raise StargateError(f"{path} is not UTF-8 text") from None
     except json.JSONDecodeError as err:
         raise StargateError(f"{path} is not valid JSON (line {err.lineno}: {err.msg})") from None
+    except _RepeatedKey as err:
+        raise StargateError(f"{path} repeats the key {err.args[0]!r} in one object: keep one of its values") from None
 
 
 def _read_items(path: Path) -> list:
@@ -224,9 +243,12 @@ def _read_items(path: Path) -> list:
             for n, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        items.append(json.loads(line))
+                        items.append(_loads(line))
                     except json.JSONDecodeError as err:
                         raise StargateError(f"{path}:{n} is not valid JSON ({err.msg})") from None
+                    except _RepeatedKey as err:
+                        raise StargateError(f"{path}:{n} repeats the key {err.args[0]!r}: keep one of its values") \
+                            from None
     except FileNotFoundError:
         raise StargateError(f"{path} does not exist") from None
     except UnicodeDecodeError:
