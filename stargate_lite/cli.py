@@ -309,6 +309,7 @@ def chat(
     from .engines.chat_models import ChatModels
     from .engines.questioner import Questioner
     from .runs import check_adapter, resolve_checkpoint
+    from .stages.data import check_lengths
     from .store import Store
 
     check_max_questions(max_questions)
@@ -321,6 +322,9 @@ def chat(
     # --adapter and --base need no run (their chats start a home); a run's checkpoint needs the run's home.
     store = Store(home, create=bool(adapter or base))
     recipe, adapter_path, policy_name, prompt_format = resolve_checkpoint(store, run_id, iteration, adapter, base)
+    if persona:  # before any model is loaded: the Roleplayer must hold them and the questions
+        check_lengths(recipe, [("--task", task)], [("--persona", persona)], roleplayers=[recipe.roles.main_roleplayer],
+                      turns=max_questions)
     questioner = Questioner(recipe.questioner, store.home)
     model = questioner.load_policy(adapter_path)
     interactive = sys.stdin.isatty()
@@ -412,14 +416,19 @@ def data_import(
     golds: Annotated[
         Path | None, typer.Option(help='Gold responses: {"prompt-I persona-J": ["text"]} (the authors\' layout).')
     ] = None,
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="The recipe whose models' contexts the texts must "
+                                        "fit (a shipped recipe's name or a YAML path).")] = "tiny",
+    set_: SetOption = None,
     home: HomeOption = None,
 ) -> None:
     """Import one split of a data set (JSONL, or the STaR-GATE authors' JSON files)."""
+    from .recipe import load_recipe
     from .stages.data import read_split, write_split
     from .store import Store
 
-    files = read_split(dataset, split, tasks, personas, names, golds)  # refused before a home is made
-    counts = write_split(Store(home), files)
+    resolved = load_recipe(recipe, set_ or [])
+    files = read_split(dataset, split, tasks, personas, names, golds, resolved)  # refused before a home is made
+    counts = write_split(Store(home), files, resolved)
     out.print(f"Imported into {dataset}/{split}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if k != "golds_skipped_empty"))
     if counts.get("golds_skipped_empty"):
         out.print(f"Skipped {counts['golds_skipped_empty']} empty gold response(s): those pairs are left out.")

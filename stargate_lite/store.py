@@ -339,7 +339,9 @@ TABLE_NOTES = {
                        {"name": "the value's name in its series (the curve is SERIES/NAME)",
                         "step": "the curve's x: the optimizer step over the run for train, else the iteration"}),
     "tracked": ("Before m020, each series' last step sent to a tracker: its points up to it count as sent.", {}),
-    "failures": ("Items a service failed on after every retry; a rerun retries only these.", {}),
+    "failures": (("Items a service failed on after every retry; a rerun retries only these. A reason that starts "
+                  "'left out:' was refused for good (a prompt over its model's context): left out, the stage went "
+                  "on."), {}),
     "eval_scores": ("Evaluation gold log-probs per condition (negative, positive, experimental, random).", {}),
     "eval_responses": ("Evaluation responses per iteration and responder (policy or base).", {}),
     "judgments": ("The judge's verdicts: Q_eta's response against Q_0's per test pair.",
@@ -606,18 +608,21 @@ class Store:
     # -- failures -------------------------------------------------------------------------------------------------
     @contextmanager
     def failure_log(self, scope: str, stage: str, what: str) -> Iterator[Callable[[str, str], None]]:
-        """Collect the items a stage could not finish; yields record(item, reason).
+        """Collect the items a stage could not finish; yields record(item, reason, final=False).
 
         The stage's old failure rows are replaced by this attempt's. If any item failed, the stage ends with one
-        error saying how many, why, and that a rerun retries only those (everything else is already stored)."""
+        error saying how many, why, and that a rerun retries only those (everything else is already stored). An
+        item `final`ly failed (refused for good: a rerun would fail alike) is recorded, its reason prefixed "left
+        out: ", and the stage goes on."""
         with self.transaction():
             self.db.execute("delete from failures where scope = ? and stage = ?", [scope, stage])
         failed: list[tuple[str, str]] = []
 
-        def record(item: str, reason: str) -> None:
-            failed.append((item, reason))
+        def record(item: str, reason: str, final: bool = False) -> None:
+            if not final:
+                failed.append((item, reason))
             row = {"id": f"{scope}/{stage}/{item}", "scope": scope, "stage": stage, "item": item,
-                   "reason": reason, "at": time.time()}
+                   "reason": f"left out: {reason}" if final else reason, "at": time.time()}
             with self.transaction():
                 self.db["failures"].insert(row, pk="id", replace=True)
 

@@ -131,7 +131,18 @@ class LlamaCppChat:
             self.llm.reset()
 
     def complete_each(self, conversations: list[list[dict]], sampling: Sampling) -> list[str | ChatFailure]:
-        return [self._one(messages, sampling) for messages in conversations]
+        return [self._fitting(lambda m=messages: self._one(m, sampling)) for messages in conversations]
+
+    def _fitting(self, call):
+        """`call()`, or a prompt longer than the context as a ChatFailure refused for good (llama-cpp-python raises
+        ValueError for it): the item fails, not the whole stage, and asking again would fail alike."""
+        try:
+            return call()
+        except ValueError as err:
+            if "exceed context window" not in str(err):
+                raise
+            return ChatFailure(f"the prompt does not fit its context: {err} (chat_models.{self.name}.n_ctx)",
+                               refused=True)
 
     def choice_logprobs(self, conversations: list[list[dict]], choices: tuple[str, ...]) -> list[dict | ChatFailure]:
         """The first reply token's full distribution, read before any sampling step by a logits processor."""
@@ -150,8 +161,11 @@ class LlamaCppChat:
             if self.config.fold_system:
                 messages = fold_system(messages)
             self._start()
-            self.llm.create_chat_completion(messages=messages, max_tokens=1, temperature=0.0,
-                                            logits_processor=LogitsProcessorList([capture]))
+            failure = self._fitting(lambda m=messages: self.llm.create_chat_completion(
+                messages=m, max_tokens=1, temperature=0.0, logits_processor=LogitsProcessorList([capture])))
+            if isinstance(failure, ChatFailure):
+                results.append(failure)
+                continue
             logits = seen[0]
             top = logits.max()
             logprobs = logits - (top + np.log(np.exp(logits - top).sum()))

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..engines.chat_models import ChatFailure, ChatModel, Sampling
 from ..errors import StargateError
 from ..progress import Progress
-from ..prompts import gold_messages, persona_messages
+from ..prompts import GOLD_PROMPT, JUDGE_TEMPLATES, ROLEPLAYER_SYSTEM, gold_messages, persona_messages
 from ..recipe import SPLITS, Recipe
 from ..runs import stop_point
 from ..store import Store
@@ -190,13 +190,98 @@ def generate_golds(store: Store, recipe: Recipe, get_oracle: Callable[[], ChatMo
 
 
 def prepare_data(store: Store, recipe: Recipe, get_oracle: Callable[[], ChatModel], progress: Progress) -> None:
-    """Make sure every task, persona and gold response the recipe uses is in the store.
+    """Make sure every task, persona and gold response the recipe uses is in the store, and fits the models that
+    read it (check_stored_lengths).
 
     The Oracle is built only if something is missing (loading a large model costs minutes)."""
     if recipe.data.dataset == BUILTIN:
         ensure_builtin_tasks(store)
         generate_personas(store, recipe, get_oracle, progress)
+    check_stored_lengths(store, recipe)
     generate_golds(store, recipe, get_oracle, progress)
+
+
+# -- lengths -----------------------------------------------------------------------------------------------------
+TEMPLATE_TOKENS_PER_MESSAGE = 8  # a chat template's markers around one message, with room to spare (ChatML's: 5)
+Labelled = list[tuple[str, str]]  # (what to call an item in an error, its text)
+
+
+def _readers(recipe: Recipe, turns: int, roleplayers: list[str] | None) -> list[tuple[str, str, str, int]]:
+    """What reads a persona and a task together: (role, chat model, its prompt without them, the tokens it also
+    holds at most). The Roleplayer holds K questions and answers at its last answer; the Oracle a gold response it
+    writes; the Judge two responses and its verdict."""
+    sim, marks = recipe.simulate, TEMPLATE_TOKENS_PER_MESSAGE
+    template = JUDGE_TEMPLATES.get(recipe.judge.template, recipe.judge.template)
+    readers = [("Roleplayer", name, ROLEPLAYER_SYSTEM.format(persona="", task=""),
+                turns * (sim.question_max_tokens + sim.answer_max_tokens) + (2 * turns + 1) * marks)
+               for name in (recipe.roles.roleplayer_weights if roleplayers is None else roleplayers)]
+    if roleplayers is None:
+        readers += [("Oracle", recipe.roles.oracle, GOLD_PROMPT.format(persona="", task=""),
+                     recipe.data.gold_max_tokens + 2 * marks),
+                    ("Judge", recipe.roles.judge, template.format(persona="", task="", a="", b="",
+                                                                 label=recipe.judge.label),
+                     2 * recipe.respond.max_tokens + recipe.judge.max_tokens + 2 * marks)]
+    return readers
+
+
+def _longest(count, items: Labelled) -> tuple[int, str]:
+    """The most tokens of an item, and its label ((0, "") for none)."""
+    counts = count([text for _, text in items]) if items else []
+    return max(zip(counts, (label for label, _ in items)), default=(0, ""))
+
+
+def check_lengths(recipe: Recipe, tasks: Labelled, personas: Labelled, golds: Labelled = (),
+                  roleplayers: list[str] | None = None, turns: int | None = None, blame: str | None = None) -> None:
+    """Refuse, in one line naming the item, its tokens and the limit, a persona and task that do not fit together
+    in the context (n_ctx) of a llama.cpp model that reads them (the Roleplayers, or only `roleplayers`, over
+    `turns` turns, simulate.max_turns by default; the Oracle; the Judge), or a gold response longer than a training
+    example (train.max_length, in the Questioner's tokens). Counted in each model's own vocabulary where it is on
+    this machine; texts whose bytes alone show they fit are not counted (engines.tokens.most_tokens). A pair too
+    long is named by its longer item, or by its `blame` one ("task" or "persona": the one being imported)."""
+    from ..engines.tokens import most_tokens, token_counter
+
+    turns = recipe.simulate.max_turns if turns is None else turns
+    for role, name, prompt, holds in _readers(recipe, turns, roleplayers) if tasks or personas else ():
+        config = recipe.chat_models[name]
+        if config.backend not in ("llamacpp", "llama-server"):
+            continue  # no context length in the recipe: an endpoint refuses a prompt too long itself
+        bound = most_tokens(prompt) + holds + sum(max((most_tokens(t) for _, t in items), default=0)
+                                                  for items in (tasks, personas))
+        count = token_counter(config.model, config.gguf_file) if bound > config.n_ctx else None
+        if count is None:
+            continue
+        fixed = count([prompt])[0] + holds
+        (task_n, task), (persona_n, persona) = _longest(count, tasks), _longest(count, personas)
+        if fixed + task_n + persona_n <= config.n_ctx:
+            continue
+        persona_first = blame == "persona" or (blame is None and persona_n >= task_n)
+        kind, label, n, other, other_n = (("persona", persona, persona_n, "task", task_n) if persona_first
+                                          else ("task", task, task_n, "persona", persona_n))
+        beside = f"the longest {other} ({other_n:,} tokens) and " if other_n else ""
+        what = {"Roleplayer": f"{turns} turns of questions and answers", "Oracle": "the gold response it writes",
+                "Judge": "two responses and its verdict"}[role]
+        raise StargateError(
+            f"{label}: the {kind} is {n:,} tokens, over the {max(config.n_ctx - fixed - other_n, 0):,} that fit the "
+            f"{role} {name} beside {beside}{what} (chat_models.{name}.n_ctx {config.n_ctx:,}): shorten it, or "
+            "raise n_ctx")
+    limit = recipe.train.max_length
+    long = [(label, text) for label, text in golds if most_tokens(text) > limit]
+    count = token_counter(recipe.questioner.model, recipe.questioner.gguf_file) if long else None
+    for (label, _), n in zip(long, count([text for _, text in long]) if count else []):
+        if n > limit:
+            raise StargateError(f"{label}: the gold response is {n:,} tokens, over the {limit:,} of a training "
+                                "example (train.max_length): shorten it, or raise train.max_length")
+
+
+def check_stored_lengths(store: Store, recipe: Recipe) -> None:
+    """check_lengths on what a run reads: each split's tasks, personas and gold responses that the recipe uses."""
+    for split in SPLITS:
+        pairs = split_pairs(store, recipe, split)
+        tasks = {t["id"]: t["text"] for t, _ in pairs}
+        personas = {f"{p['id']} ({p['name']})": p["text"] for _, p in pairs}
+        golds = store.golds_for((t["id"], p["id"]) for t, p in pairs)
+        check_lengths(recipe, list(tasks.items()), list(personas.items()),
+                      [(f"{key[0]}|{key[1]}", gold["text"]) for key, gold in golds.items() if gold["status"] == "ok"])
 
 
 # -- import ------------------------------------------------------------------------------------------------------
@@ -289,8 +374,9 @@ class SplitImport:
 
 
 def read_split(dataset: str, split: str, tasks: Path | None = None, personas: Path | None = None,
-               names: Path | None = None, golds: Path | None = None) -> SplitImport:
-    """Parse and check one split's files (JSON, JSONL or the STaR-GATE authors' layout); touches no store."""
+               names: Path | None = None, golds: Path | None = None, recipe: Recipe | None = None) -> SplitImport:
+    """Parse and check one split's files (JSON, JSONL or the STaR-GATE authors' layout); touches no store. With a
+    recipe, their lengths are checked against its models' contexts too (check_lengths)."""
     if dataset == BUILTIN:
         raise StargateError("'builtin' is the package's own data set: import under another --dataset name")
     if split not in SPLITS:
@@ -319,15 +405,26 @@ def read_split(dataset: str, split: str, tasks: Path | None = None, personas: Pa
         persona_rows = list(zip(name_list, texts, strict=True))
     if golds:
         gold_rows = _read_golds(golds)
+    if recipe is not None:
+        check_lengths(recipe, [(f"{tasks} item {n}", t) for n, t in enumerate(task_texts or [], 1)],
+                      [(f"{personas} item {n} ({name})", t) for n, (name, t) in enumerate(persona_rows or [], 1)],
+                      [(f"{golds}: 'prompt-{i} persona-{j}'", t) for i, j, t in gold_rows or []])
     return SplitImport(dataset, split, task_texts, persona_rows, personas.name if personas else "", gold_rows,
                        golds.name if golds else "", golds)
 
 
-def write_split(store: Store, data: SplitImport) -> dict:
+def write_split(store: Store, data: SplitImport, recipe: Recipe | None = None) -> dict:
     """Write a read split in one transaction, after checking it against what the store holds: all or nothing.
-    Returns counts, including gold entries skipped for being empty."""
+    With a recipe, tasks imported alone are checked beside the split's stored personas, and personas beside its
+    stored tasks (check_lengths). Returns counts, including gold entries skipped for being empty."""
     dataset, split = data.dataset, data.split
     counts = {"tasks": 0, "personas": 0, "golds": 0, "golds_skipped_empty": 0}
+    if recipe is not None and (data.tasks is None) != (data.personas is None):
+        tasks = [(task_id(dataset, split, i), t) for i, t in enumerate(data.tasks)] if data.tasks else \
+            [(t["id"], t["text"]) for t in store.tasks(dataset, split)]
+        personas = [(f"{persona_id(dataset, split, i)} ({n})", t) for i, (n, t) in enumerate(data.personas)] \
+            if data.personas else [(f"{p['id']} ({p['name']})", p["text"]) for p in store.personas(dataset, split)]
+        check_lengths(recipe, tasks, personas, blame="task" if data.tasks else "persona")
     with store.transaction():
         if data.tasks is not None:
             _check_new(store, "tasks", dataset, split, data.tasks)
@@ -347,10 +444,11 @@ def write_split(store: Store, data: SplitImport) -> dict:
 
 
 def import_data(store: Store, dataset: str, split: str, tasks: Path | None = None, personas: Path | None = None,
-                names: Path | None = None, golds: Path | None = None) -> dict:
-    """Import one split of a data set (read_split, then write_split). Returns counts, including gold entries
+                names: Path | None = None, golds: Path | None = None, recipe: Recipe | None = None) -> dict:
+    """Import one split of a data set (read_split, then write_split), its lengths checked against `recipe`'s
+    models where one is given (the CLI's --recipe, tiny by default). Returns counts, including gold entries
     skipped for being empty."""
-    return write_split(store, read_split(dataset, split, tasks, personas, names, golds))
+    return write_split(store, read_split(dataset, split, tasks, personas, names, golds, recipe), recipe)
 
 
 def _check_new(store: Store, table: str, dataset: str, split: str, texts: list[str]) -> None:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import random
 import re
+import warnings
 from collections.abc import Callable
 
-from ..engines.chat_models import ChatFailure, ChatModel, Sampling, complete_all
+from ..engines.chat_models import ChatFailure, ChatModel, Sampling
 from ..engines.questioner import Questioner
-from ..errors import QuestionerFailure
+from ..errors import FallbackNotice, QuestionerFailure
 from ..progress import Progress
 from ..prompts import is_question, questioner_messages, roleplayer_messages
 from ..recipe import SimulateConfig
@@ -74,16 +75,18 @@ def simulate_chunk(
 ) -> list[dict]:
     """Run every conversation of these pairs to its end; returns conversation records with their messages, their
     Roleplayer's name and, where the Questioner answered instead of asking, its "answer". A Questioner message,
-    and the answer ("answer_cut"), say whether generation cut it at simulate.question_max_tokens ("cut": 1)."""
+    and the answer ("answer_cut"), say whether generation cut it at simulate.question_max_tokens ("cut": 1). A
+    conversation whose Roleplayer refused it for good (a prompt over its context) stops there, its reason in
+    "failed"; a failure that a retry may mend fails the chunk (raised)."""
     decide = config.turns == "policy"
     convs = [
-        {"pair": pair, "sample": s, "messages": [], "answer": None, "answer_cut": None,
+        {"pair": pair, "sample": s, "messages": [], "answer": None, "answer_cut": None, "failed": None,
          "roleplayer": roleplayers.name_for(conversation_id(pair["id"], s))}
         for pair in pairs
         for s in range(config.conversations_per_pair)
     ]
     for turn in range(max(p["turns"] for p in pairs)):
-        active = [c for c in convs if c["pair"]["turns"] > turn and c["answer"] is None]
+        active = [c for c in convs if c["pair"]["turns"] > turn and c["answer"] is None and not c["failed"]]
         if not active:
             break
         questions = questioner.generate(
@@ -112,19 +115,28 @@ def simulate_chunk(
         for name in roleplayers.weights:  # each Roleplayer's answers requested at once
             theirs = [i for i, c in enumerate(asking) if c["roleplayer"] == name]
             if theirs:
-                answers = complete_all(
-                    roleplayers.get(name),
+                answers = roleplayers.get(name).complete_each(
                     [roleplayer_messages(asking[i]["pair"]["persona"], asking[i]["pair"]["task"],
                                          asking[i]["messages"]) for i in theirs],
                     sampling,
                 )
-                replies.update(zip(theirs, answers))
+                for i, answer in zip(theirs, answers, strict=True):
+                    if isinstance(answer, ChatFailure) and not answer.refused:
+                        raise answer
+                    if isinstance(answer, ChatFailure):
+                        asking[i]["failed"] = f"roleplayer {name}: {answer}"
+                    else:
+                        replies[i] = answer
         for i, c in enumerate(asking):
+            if c["failed"]:  # its answer and the turns it will not take
+                if on_message:
+                    on_message(1 + 2 * (c["pair"]["turns"] - 1 - turn))
+                continue
             a = replies[i]
             kept = first_sentences(a, config.max_answer_sentences)
             c["messages"].append({"role": "roleplayer", "text": kept, "trimmed": int(kept != a)})
         if on_message:
-            on_message(len(asking))
+            on_message(len(replies))
     messages = [m for c in convs for m in c["messages"]]
     for m, n in zip(messages, questioner.count_tokens([m["text"] for m in messages])):
         m["n_tokens"] = n
@@ -150,6 +162,7 @@ def simulate(
     messages_per_pair = {p["id"]: 2 * p["turns"] * n for p in pairs}
     total = sum(messages_per_pair.values())
     done = sum(messages_per_pair[p["id"]] for p in pairs if conversation_id(p["id"], n - 1) in existing)
+    left_out: list[str] = []
     with progress.stage(f"iteration {iteration}: simulate (messages)", total, done) as advance, \
             store.failure_log(run_id, f"simulate/{iteration}", "chunks of conversations") as record_failure:
         for index, chunk in enumerate(chunks):
@@ -165,6 +178,11 @@ def simulate(
             except QuestionerFailure as failure:  # the Questioner's vLLM server failed or died: likewise
                 record_failure(f"chunk-{index}", str(failure))
                 continue
+            for c in convs:  # refused for good: recorded, left out, and the stage goes on
+                if c["failed"]:
+                    left_out.append(c["failed"])
+                    record_failure(conversation_id(c["pair"]["id"], c["sample"]), c["failed"], final=True)
+            convs = [c for c in convs if not c["failed"]]
             store.save_conversations(
                 [
                     {
@@ -184,3 +202,6 @@ def simulate(
                 ]
             )
             stop_point(f"simulate/{iteration}")
+    if left_out:
+        warnings.warn(FallbackNotice(f"{len(left_out)} conversation(s) of {run_id} iteration {iteration} left out, "
+                                     f"refused for good ({left_out[-1]}): see the failures table"), stacklevel=2)
