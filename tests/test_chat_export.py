@@ -161,6 +161,41 @@ def test_export_under_a_file_is_refused_in_one_line_before_any_work(tmp_path):
     assert not home.exists()  # refused before the home or its store is made
 
 
+def trained_home(home, questioner) -> str:
+    """A home whose run `tiny` has one trained iteration, made without running the loop: a fresh LoRA of the tiny
+    model saved where training saves it, and its training record. Returns the adapter's folder."""
+    from stargate_lite.engines.training import attach_lora, save_adapter
+    from stargate_lite.recipe import load_recipe
+    from stargate_lite.runs import open_run, run_dir
+    from stargate_lite.store import Store
+
+    recipe, store = load_recipe("tiny"), Store(home)
+    run_id = open_run(store, recipe)
+    store.start_iteration(run_id, 1, "A")
+    adapter = run_dir(store, run_id) / "iteration-1" / "adapter"
+    save_adapter(attach_lora(questioner.load_base(), recipe.train, seed=0), adapter)
+    store.finish_training({"run_id": run_id, "iteration": 1, "adapter": str(adapter), "examples": 0,
+                           "trained_tokens": 0, "steps": 0, "final_loss": 0.0, "losses": [], "seconds": 0.0,
+                           "format": recipe.train.format})
+    return str(adapter)
+
+
+def test_both_exports_leave_a_folder_named_like_their_temporary_one_as_it_was(home, questioner, tmp_path):
+    """`OUT.tmp` is the user's, not the export's: each export writes aside under a fresh name of its own. (The run
+    has no records yet: its dataset is a card alone.)"""
+    trained_home(home, questioner)
+    for option, out in (("--out", tmp_path / "merged"), ("--data", tmp_path / "records")):
+        theirs = out.with_name(out.name + ".tmp")
+        theirs.mkdir()
+        (theirs / "notes.txt").write_text("a week of notes")
+        cli("export", option, str(out), home=home)
+        assert (theirs / "notes.txt").read_text() == "a week of notes", option
+        assert out.is_dir() and (out / "README.md").is_file(), option
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == [  # nothing else left beside them
+        "merged", "merged.tmp", "records", "records.tmp"]
+
+
 class _NumberedQuestioner:
     """A Questioner at the boundary: its turns are numbered questions; asked for its response, one plan."""
 

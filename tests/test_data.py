@@ -190,3 +190,25 @@ def test_a_persona_too_short_is_asked_again_with_other_examples_and_a_third_fail
     assert len(again.seeds) == 1  # only the missing persona was asked for
     assert store.value("select count(*) from personas") == 4
     assert store.value("select count(*) from failures where stage = 'personas'") == 0
+
+
+def test_a_changed_gold_is_refused_naming_its_pair_and_the_same_gold_imports_again(tmp_path, home):
+    """An import never keeps an old gold while saying it imported the new one: a pair's gold that differs from
+    the stored one (or from another entry for the same pair in the file) is refused, and nothing is written."""
+    store = Store(home)
+    tasks = _write(tmp_path / "tasks.json", ["Plan my week.", "Suggest a book."])
+    personas = _write(tmp_path / "A.json", ["I'm ANA. I paint.", "I'm BO. I run."])
+    names = _write(tmp_path / "A_NAMES.json", ["Ana", "Bo"])
+    golds = {"prompt-0 persona-0": ["Paint on Monday."], "prompt-1 persona-1": ["Born to Run."]}
+    import_data(store, "paper", "A", tasks, personas, names, _write(tmp_path / "gold.json", golds))
+    before = store.rows("select id, text from golds order by id")
+
+    assert import_data(store, "paper", "A", golds=_write(tmp_path / "same.json", golds))["golds"] == 2
+    changed = _write(tmp_path / "changed.json", {**golds, "prompt-1 persona-1": ["Run on Sunday."],
+                                                 "prompt-1 persona-0": ["Read Dune."]})
+    with pytest.raises(StargateError, match="'prompt-1 persona-1' already has a different gold response"):
+        import_data(store, "paper", "A", golds=changed)
+    twice = _write(tmp_path / "twice.json", {"prompt-1 persona-0": ["Read Dune."], "prompt-01 persona-0": ["No."]})
+    with pytest.raises(StargateError, match="'prompt-01 persona-0' and 'prompt-1 persona-0' name one pair"):
+        import_data(store, "paper", "A", golds=twice)
+    assert store.rows("select id, text from golds order by id") == before
