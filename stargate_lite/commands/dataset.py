@@ -10,13 +10,13 @@ Every namespace of the run is in: the training loop's own ("train") and its eval
 from __future__ import annotations
 
 import json
-import shutil
 from importlib.metadata import version
 from pathlib import Path
 
 from ..errors import StargateError
 from ..runs import pick_run, recipe_of_run
 from ..store import Store
+from .export import written_aside
 
 CONFIGS = ("conversations", "pairs", "selections", "responses", "judgments")
 DATA_FILE = "train-00000-of-00001.parquet"  # one split per configuration, named as the Hub names one
@@ -107,24 +107,23 @@ def export_dataset(home: Path | str | None, out_dir: Path, run_id: str | None = 
     recipe = recipe_of_run(run)
     tables = dataset_tables(store, run["id"], recipe.reward.question_cost)
     kept = {name: rows for name, rows in tables.items() if rows}  # an empty table has no columns to write
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for name, rows in kept.items():
-        (tmp / name).mkdir(parents=True)
-        Dataset.from_list(rows).to_parquet(tmp / name / DATA_FILE)
     configs = "\n".join(f"- config_name: {name}\n  data_files:\n  - split: train\n    path: {name}/{DATA_FILE}"
                         + ("\n  default: true" if name == "conversations" else "") for name in kept)
     roles = recipe.roles
     roleplayers = ", ".join(f"`{recipe.chat_models[name].model}` ({name})" for name in roles.roleplayer_weights)
     trained = sum(store.training(run["id"], it["iteration"]) is not None for it in store.iterations(run["id"]))
-    (tmp / "README.md").write_text(CARD.format(
+    card = CARD.format(
         run=run["id"], version=version("stargate-lite"), configs=configs,
         counts="\n".join(f"| {name} | {len(tables[name])} | {DESCRIBED[name]} |" for name in CONFIGS),
         questioner=recipe.questioner.model, roleplayers=roleplayers, oracle=recipe.chat_models[roles.oracle].model,
         judge=recipe.chat_models[roles.judge].model, dataset=run["dataset"], iterations=trained,
         recipe_name=run["recipe_name"], question_cost=recipe.reward.question_cost,
-        recipe=json.dumps(json.loads(run["recipe"]), indent=2)), encoding="utf-8")
-    tmp.rename(out_dir)
+        recipe=json.dumps(json.loads(run["recipe"]), indent=2))
+    with written_aside(out_dir) as tmp:
+        for name, rows in kept.items():
+            (tmp / name).mkdir()
+            Dataset.from_list(rows).to_parquet(tmp / name / DATA_FILE)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
     if push_to_hub:
         push_folder(out_dir, push_to_hub, private)
     return {name: len(rows) for name, rows in tables.items()}

@@ -5,7 +5,10 @@ converter loads as it is: safetensors weights, the tokenizer with its chat templ
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..engines.questioner import Questioner
@@ -36,6 +39,30 @@ Prompt it as in training ({format} format): the user's first turn is "My name is
 """
 
 
+@contextmanager
+def written_aside(out_dir: Path) -> Iterator[Path]:
+    """A new folder beside out_dir, under a fresh name of this call's own (OUT.RANDOM.tmp), renamed to out_dir when
+    the block ends: a folder at out_dir is complete. If the block fails, the folder is removed, with any folders
+    above it that this call made; nothing this call did not make is ever removed (an OUT.tmp of the user's, or a
+    folder left by an export that was killed, stays as it is)."""
+    out_dir = Path(out_dir)
+    made = [folder for folder in out_dir.absolute().parents if not folder.exists()]  # nearest first
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f"{out_dir.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.mkdir()  # never an existing folder: a name taken is an error, not a folder to write into
+        yield tmp
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
 def export(home: Path | str | None, out_dir: Path, run_id: str | None = None, iteration: int | None = None) -> Path:
     """Merge a run's adapter into its base model and save it to out_dir (written aside, then renamed)."""
     out_dir = Path(out_dir)
@@ -59,15 +86,13 @@ def export(home: Path | str | None, out_dir: Path, run_id: str | None = None, it
     # Merging needs full-precision base weights: a 4-bit base is loaded unquantised for export.
     questioner = Questioner(recipe.questioner.model_copy(update={"load_in_4bit": False}), store.home)
     merged = questioner.load_policy(adapter).merge_and_unload()
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp)
-    questioner.tokenizer.save_pretrained(tmp)
-    (tmp / "README.md").write_text(
-        CARD.format(base=recipe.questioner.model, name=out_dir.name, run=run["id"], iteration=iteration,
-                    format=prompt_format, instruction=instruction, ending=ending,
-                    recipe=json.dumps(json.loads(run["recipe"]), indent=2)),
-        encoding="utf-8",
-    )
-    tmp.rename(out_dir)
+    with written_aside(out_dir) as tmp:
+        merged.save_pretrained(tmp)
+        questioner.tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(
+            CARD.format(base=recipe.questioner.model, name=out_dir.name, run=run["id"], iteration=iteration,
+                        format=prompt_format, instruction=instruction, ending=ending,
+                        recipe=json.dumps(json.loads(run["recipe"]), indent=2)),
+            encoding="utf-8",
+        )
     return out_dir

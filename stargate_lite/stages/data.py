@@ -471,7 +471,7 @@ def _read_golds(path: Path) -> list[tuple[int, int, str]]:
     if not isinstance(data, dict):
         raise StargateError(f"{path} must hold a JSON object {{\"prompt-I persona-J\": [\"gold\"]}}")
     _nonempty(path, data, "gold responses")
-    rows = []
+    rows, keys = [], {}
     for key, value in data.items():
         match = _GOLD_KEY.match(key)
         if not match:
@@ -479,7 +479,15 @@ def _read_golds(path: Path) -> list[tuple[int, int, str]]:
         text = value[0] if isinstance(value, list) and value else value
         if not isinstance(text, str):
             raise StargateError(f"{path}: {key!r} must map to a string or a list holding one")
-        rows.append((int(match[1]), int(match[2]), text))
+        pair = (int(match[1]), int(match[2]))
+        if pair in keys:  # "prompt-01 persona-0" and "prompt-1 persona-0": one pair
+            first, first_text = keys[pair]
+            if text != first_text:
+                raise StargateError(f"{path}: {key!r} and {first!r} name one pair with two different gold "
+                                    "responses: keep one")
+            continue
+        keys[pair] = (key, text)
+        rows.append((*pair, text))
     return rows
 
 
@@ -498,5 +506,15 @@ def _write_golds(store: Store, data: SplitImport) -> dict:
         t, p = task_id(dataset, split, i), persona_id(dataset, split, j)
         rows.append({"id": f"{t}|{p}", "dataset": dataset, "task_id": t, "persona_id": p, "text": text,
                      "status": status, "source": f"import:{data.golds_source}"})
+    # A pair's gold is what its runs were scored against: an import keeps the stored one only if it is the same
+    # text (importing a file again is a no-op), never silently over a different one.
+    stored = store.golds_for((row["task_id"], row["persona_id"]) for row in rows)
+    for (i, j, text), row in zip(data.golds, rows, strict=True):
+        old = stored.get((row["task_id"], row["persona_id"]))
+        if old is not None and old["text"] != text:
+            raise StargateError(
+                f"{path}: 'prompt-{i} persona-{j}' already has a different gold response in data set {dataset!r} "
+                f"split {split} (from {old['source']}): import into a new --dataset name"
+            )
     store.insert_rows("golds", rows, pk="id")
     return {"golds": len(rows) - skipped, "golds_skipped_empty": skipped}
