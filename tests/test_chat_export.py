@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
 import subprocess
 import sys
+from contextlib import contextmanager
+from pathlib import Path
 
+import pytest
 import torch
-from conftest import cli
+from conftest import cli, skip_or_fail
 
 from stargate_lite.stages.score import encode_gold, score_sums
 
@@ -194,6 +198,114 @@ def test_both_exports_leave_a_folder_named_like_their_temporary_one_as_it_was(ho
     assert (tmp_path / "merged" / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == [  # nothing else left beside them
         "merged", "merged.tmp", "records", "records.tmp"]
+
+
+def files(folder: Path) -> dict[str, str]:
+    """Every file under a folder, by its path, with its content's hash: what a refused command must leave as is."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    (line,) = result.stderr.strip().splitlines()
+    return line
+
+
+def run_home(home: Path) -> Path:
+    """A home holding a run's record and no trained iteration: no model is made or loaded."""
+    from stargate_lite.recipe import load_recipe
+    from stargate_lite.runs import open_run
+    from stargate_lite.store import Store
+
+    open_run(Store(home), load_recipe("tiny"))
+    return home
+
+
+def test_export_data_under_a_file_is_one_line_and_writes_nothing(home, tmp_path):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("not a folder")
+    before = files(run_home(home))
+    line = one_line(cli("export", "--data", str(blocker / "records"), home=home, check=False))
+    assert f"{blocker} is a file" in line and "--data" in line
+    assert files(home) == before and blocker.read_text() == "not a folder"
+
+
+@contextmanager
+def read_only_folder(folder: Path):
+    """A folder this process may not write in: chmod'ed, or for root (whom permissions do not stop) a read-only
+    file system mounted there."""
+    folder.mkdir()
+    if os.geteuid() == 0:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                                 capture_output=True, check=False)
+        if mounted.returncode != 0:
+            skip_or_fail(f"root without mount rights: cannot make a read-only folder ({mounted.stderr!r})")
+    else:
+        folder.chmod(0o555)
+    try:
+        yield folder
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(folder)], check=True)
+        else:
+            folder.chmod(0o755)
+
+
+@pytest.mark.root  # as root, read_only_folder mounts a file system (the tier of tests/test_homes.py's read-only home)
+@pytest.mark.parametrize("option", ["--out", "--data"])
+def test_exports_into_a_read_only_folder_are_refused_before_any_work(home, tmp_path, option):
+    """The destination is checked first: `--out` says so before it looks for an adapter or loads a model (the
+    run here has none), where it would otherwise merge the whole model and fail writing it."""
+    before = files(run_home(home))
+    with read_only_folder(tmp_path / "shared") as shared:
+        line = one_line(cli("export", option, str(shared / "sub" / "mine"), home=home, check=False))
+        assert f"cannot write in {shared}" in line and option in line
+        assert not any(shared.iterdir())
+    assert files(home) == before
+
+
+def adapter_folder(questioner, folder: Path) -> Path:
+    """A fresh LoRA of the tiny model, saved as training saves one (adapter_config.json and the weights)."""
+    from stargate_lite.engines.training import attach_lora, save_adapter
+    from stargate_lite.recipe import load_recipe
+
+    save_adapter(attach_lora(questioner.load_base(), load_recipe("tiny").train, seed=0), folder)
+    return folder
+
+
+def test_chat_with_a_broken_or_incomplete_adapter_folder_is_one_line(questioner, tmp_path):
+    """Each says what is wrong with the folder, before a home is made or a model loaded; without its weights,
+    peft would look the folder's name up on the Hub as a repo id."""
+    good = adapter_folder(questioner, tmp_path / "adapter")
+    weights = (good / "adapter_model.safetensors").read_bytes()
+    config = json.loads((good / "adapter_config.json").read_text())
+    cases = {
+        "no-weights": ({"adapter_config.json": json.dumps(config)}, "has no adapter weights"),
+        "bad-config": ({"adapter_config.json": '{"peft_type": "LO', "adapter_model.safetensors": weights},
+                       "adapter_config.json is not valid JSON"),
+        "not-lora": ({"adapter_config.json": "{}", "adapter_model.safetensors": weights},
+                     "adapter_config.json is not a LoRA adapter's"),
+        "cut-short": ({"adapter_config.json": json.dumps(config), "adapter_model.safetensors": weights[:5000]},
+                      "adapter_model.safetensors cannot be read"),
+    }
+    home = tmp_path / "home"
+    for name, (contents, message) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for file, content in contents.items():
+            (folder / file).write_bytes(content if isinstance(content, bytes) else content.encode())
+        line = one_line(chat(home, "hello\n", "--adapter", str(folder)))
+        assert str(folder) in line and message in line, (name, line)
+        assert not home.exists(), name
+
+
+def test_chat_with_an_adapter_of_another_base_model_says_so(questioner, tmp_path):
+    good = adapter_folder(questioner, tmp_path / "adapter")
+    config = json.loads((good / "adapter_config.json").read_text())
+    (good / "adapter_config.json").write_text(json.dumps({**config, "r": config["r"] * 2}))  # shapes that differ
+    line = one_line(chat(tmp_path / "home", "hello\n", "--adapter", str(good)))
+    assert f"adapter {good} does not fit the base model" in line and "--run" in line
 
 
 class _NumberedQuestioner:

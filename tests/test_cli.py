@@ -45,6 +45,10 @@ def test_a_refused_command_makes_no_home(tmp_path):
     for args, message in [
         (["data", "import", "--dataset", "d", "--split", "C", "--tasks", str(tasks)], "unknown split 'C'"),
         (["data", "import", "--dataset", "d", "--split", "A", "--tasks", str(broken)], "not valid JSON"),
+        (["data", "import", "--dataset", "d", "--split", "A", "--tasks", str(tmp_path)], "is a folder, not a file"),
+        (["browse", "--port", "70000"], "--port 70000 is not a port"),
+        (["browse", "--port", "-1"], "--port -1 is not a port"),
+        (["browse", "--port", "0"], "--port 0 is not a port"),
         (["eval"], "no stargate-lite store in"),
         (["chat"], "no stargate-lite store in"),
         (["export", "--out", str(tmp_path / "merged")], "no stargate-lite store in"),
@@ -86,3 +90,34 @@ def test_eval_and_the_probe_refuse_an_unknown_chat_model_or_an_untrained_iterati
             command(tmp_path, iterations=[1])
     with pytest.raises(StargateError, match="--judge 'nope' is not a chat model"):
         evaluate(tmp_path, judge="nope")
+
+
+
+def test_a_path_the_system_refuses_is_one_line_naming_it_and_other_os_errors_still_show(tmp_path, capsys):
+    """Whatever command meets a path it may not use (permissions, a read-only disk, a file where a folder belongs
+    or a folder where a file does) says so in one line with the path; an OSError of another kind is a bug to see."""
+    import errno
+    import os
+
+    import pytest
+    import typer
+
+    from stargate_lite.cli import user_errors
+
+    def command(error: OSError):
+        @user_errors
+        def failing(home=None):
+            raise error
+        return failing
+
+    path = tmp_path / "somewhere" / "file"
+    for code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR):
+        with pytest.raises(typer.Exit) as stopped:
+            command(OSError(code, os.strerror(code), str(path)))()
+        assert stopped.value.exit_code == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line == f"Error: cannot use {path}: {os.strerror(code)}", line
+    with pytest.raises(OSError, match="Input/output error"):
+        command(OSError(errno.EIO, os.strerror(errno.EIO), str(path)))()
+    with pytest.raises(PermissionError):  # naming no path, it says nothing the user can act on: shown as it is
+        command(PermissionError(errno.EACCES, os.strerror(errno.EACCES)))()

@@ -212,3 +212,11 @@ def test_a_changed_gold_is_refused_naming_its_pair_and_the_same_gold_imports_aga
     with pytest.raises(StargateError, match="'prompt-01 persona-0' and 'prompt-1 persona-0' name one pair"):
         import_data(store, "paper", "A", golds=twice)
     assert store.rows("select id, text from golds order by id") == before
+
+
+@pytest.mark.parametrize("option, name", [("tasks", "tasks.json"), ("tasks", "tasks.jsonl"), ("golds", "gold.json")])
+def test_a_folder_given_for_a_file_is_a_clear_error(tmp_path, home, option, name):
+    folder = tmp_path / name
+    folder.mkdir()
+    with pytest.raises(StargateError, match=f"{folder} is a folder, not a file"):
+        import_data(Store(home), "d", "A", **{option: folder})
