@@ -45,6 +45,9 @@ SetOption = Annotated[
 ]
 
 
+# OSErrors that name a path the user gave or can fix: permissions, a read-only disk, a file where a folder belongs
+# or a folder where a file does.
+REFUSED_PATH = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR)
 RESUME = "Interrupted. Finished work is saved: run the same command again to resume."
 
 
@@ -71,10 +74,14 @@ def user_errors(command=None, *, interrupted: str = RESUME):
             err.print(f"[red]Error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                message = (f"the disk is full writing {e.filename or 'a file'}: free space and run the command again "
+                           "(finished work is kept)")
+            elif e.errno in REFUSED_PATH and e.filename:  # a path the system will not let us use, whichever it is
+                message = f"cannot use {e.filename}: {e.strerror}"
+            else:  # anything else is a bug to see whole
                 raise
-            err.print(f"[red]Error:[/red] the disk is full writing {escape(str(e.filename or 'a file'))}: free space "
-                      "and run the command again (finished work is kept)", highlight=False, soft_wrap=True)
+            err.print(f"[red]Error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print(interrupted)

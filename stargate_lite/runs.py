@@ -283,8 +283,30 @@ def training_format(training: dict | None, recipe: Recipe) -> str:
 
 
 def check_adapter(adapter: str) -> None:
-    if not (Path(adapter) / "adapter_config.json").is_file():
+    """A LoRA adapter folder as peft saves one, checked before a home is made or a model loads: its config a LoRA's,
+    its weights there and whole. (Without weights, peft takes the folder's path for a Hub repo id.)"""
+    folder = Path(adapter)
+    config_file = folder / "adapter_config.json"
+    if not config_file.is_file():
         raise StargateError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json)")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StargateError(f"{config_file} is not valid JSON ({err}): copy the adapter folder again") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        raise StargateError(f"{config_file} is not a LoRA adapter's (its peft_type is not LORA)")
+    weights = [folder / name for name in ("adapter_model.safetensors", "adapter_model.bin") if (folder / name).is_file()]
+    if not weights:
+        raise StargateError(f"{adapter} has no adapter weights (adapter_model.safetensors): copy the whole folder")
+    if weights[0].suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(weights[0], "numpy"):  # reads the header: every tensor it lists lies within the file
+                pass
+        except SafetensorError as err:
+            raise StargateError(f"{weights[0]} cannot be read ({err}): it is cut short or damaged; copy it "
+                                "again") from None
 
 
 def resolve_checkpoint(store: Store, run_id: str | None, iteration: int | None, adapter: str | None,

@@ -57,6 +57,8 @@ def browse(home: Path | str | None = None, host: str = "127.0.0.1", port: int = 
            on_ready: Callable[[str], None] | None = None) -> None:
     """Serve the store until interrupted (Ctrl-C); `on_ready` gets its URL, http://HOST:PORT/stargate, once the
     store and Datasette are found and before serving starts."""
+    if not 1 <= port <= 65535:
+        raise StargateError(f"--port {port} is not a port: give one from 1 to 65535")
     import uvicorn
 
     app = browse_app(home)

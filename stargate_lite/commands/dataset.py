@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import StargateError
 from ..runs import pick_run, recipe_of_run
 from ..store import Store
-from .export import written_aside
+from .export import check_new_folder, written_aside
 
 CONFIGS = ("conversations", "pairs", "selections", "responses", "judgments")
 DATA_FILE = "train-00000-of-00001.parquet"  # one split per configuration, named as the Hub names one
@@ -100,8 +100,7 @@ def export_dataset(home: Path | str | None, out_dir: Path, run_id: str | None = 
                             "(bash install.sh --test installs it)") from err
 
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise StargateError(f"{out_dir} exists: choose a new --data folder")
+    check_new_folder(out_dir, "--data")  # before the store: a refused destination makes no home
     store = Store(home, create=False)
     run = pick_run(store, run_id)
     recipe = recipe_of_run(run)
@@ -119,7 +118,7 @@ def export_dataset(home: Path | str | None, out_dir: Path, run_id: str | None = 
         judge=recipe.chat_models[roles.judge].model, dataset=run["dataset"], iterations=trained,
         recipe_name=run["recipe_name"], question_cost=recipe.reward.question_cost,
         recipe=json.dumps(json.loads(run["recipe"]), indent=2))
-    with written_aside(out_dir) as tmp:
+    with written_aside(out_dir, "--data") as tmp:
         for name, rows in kept.items():
             (tmp / name).mkdir()
             Dataset.from_list(rows).to_parquet(tmp / name / DATA_FILE)

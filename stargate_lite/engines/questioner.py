@@ -105,7 +105,14 @@ class Questioner:
             return model
         from peft import PeftModel
 
-        policy = PeftModel.from_pretrained(model, checked_adapter(adapter))
+        try:
+            policy = PeftModel.from_pretrained(model, checked_adapter(adapter))
+        except RuntimeError as err:  # torch's load_state_dict: the adapter's matrices are not this model's shapes
+            if "size mismatch" not in str(err):
+                raise
+            raise StargateError(f"adapter {adapter} does not fit the base model {self.source}: its weights have "
+                                "other shapes (made for another model?); give --run with the run that trained it, "
+                                "whose recipe names its base model") from None
         policy.eval()
         return policy
 

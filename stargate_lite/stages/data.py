@@ -305,14 +305,23 @@ def _loads(text: str):
 def _read_json(path: Path):
     try:
         return _loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StargateError(f"{path} does not exist") from None
     except UnicodeDecodeError:
         raise StargateError(f"{path} is not UTF-8 text") from None
     except json.JSONDecodeError as err:
         raise StargateError(f"{path} is not valid JSON (line {err.lineno}: {err.msg})") from None
     except _RepeatedKey as err:
         raise StargateError(f"{path} repeats the key {err.args[0]!r} in one object: keep one of its values") from None
+    except OSError as err:
+        raise StargateError(_unreadable(path, err)) from None
+
+
+def _unreadable(path: Path, err: OSError) -> str:
+    """What is wrong with an input file that cannot be opened, in the user's words."""
+    if isinstance(err, FileNotFoundError):
+        return f"{path} does not exist"
+    if isinstance(err, IsADirectoryError):
+        return f"{path} is a folder, not a file: give the file itself"
+    return f"cannot read {path}: {err.strerror}"
 
 
 def _read_items(path: Path) -> list:
@@ -334,10 +343,10 @@ def _read_items(path: Path) -> list:
                     except _RepeatedKey as err:
                         raise StargateError(f"{path}:{n} repeats the key {err.args[0]!r}: keep one of its values") \
                             from None
-    except FileNotFoundError:
-        raise StargateError(f"{path} does not exist") from None
     except UnicodeDecodeError:
         raise StargateError(f"{path} is not UTF-8 text") from None
+    except OSError as err:
+        raise StargateError(_unreadable(path, err)) from None
     return items
 
 
