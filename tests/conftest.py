@@ -8,6 +8,7 @@ a server or kills a process cannot slip into the fast tier; `cli` refuses a real
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import select
@@ -211,14 +212,16 @@ def serve(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, s
 
 
 def cli(*args: str, home: Path, check: bool = True, stop_at: str | None = None, sigint_ignored: bool = False,
-        stdin: str = "", warm: bool = True) -> subprocess.CompletedProcess:
+        stdin: str = "", warm: bool = True, refused: bool = False) -> subprocess.CompletedProcess:
     """The real command in a process of its own, as a user runs it: forked from this test process's warm
     interpreter (tests/prewarmed.py), or a fresh `python -m stargate_lite` where the environment differs from the
     warm one's in what an import may read. `stop_at` names a point where it stops itself (runs.stop_point: SIGKILL,
     or SIGINT with "POINT=INT"). `sigint_ignored` starts it with SIGINT ignored, as a background job of a script is:
     Python then installs no Ctrl-C handler of its own. `stdin` is what it reads (nothing by default). `warm=False`
-    starts a fresh one whatever the environment (test_prewarmed.py compares the two)."""
-    if args[:1] == ("run",) and "--dry-run" not in args and _current:
+    starts a fresh one whatever the environment (test_prewarmed.py compares the two). `refused`: the test expects
+    the command refused before any work (exit 2), so a `run` of it does no run and may be in any tier; a refused
+    command that exits otherwise fails the test."""
+    if args[:1] == ("run",) and "--dry-run" not in args and not refused and _current:
         assert _current[-1].get_closest_marker("run"), "a test that makes a real run belongs to the run tier: " \
             "use run_args() or add what it uses to TIERS in conftest.py"
     env = {**os.environ, "STARGATE_HOME": str(home), "COLUMNS": "250"}  # tables one line per row
@@ -230,7 +233,10 @@ def cli(*args: str, home: Path, check: bool = True, stop_at: str | None = None, 
         result = subprocess.run([sys.executable, "-m", "stargate_lite", *args], env=env, capture_output=True,
                                 text=True, timeout=COMMAND_TIMEOUT, check=False, input=stdin,
                                 preexec_fn=_ignore_sigint if sigint_ignored else None)
-    if check and result.returncode != 0:
+    if refused and result.returncode != 2:
+        raise AssertionError(f"stargate-lite {' '.join(args)} was not refused (exit {result.returncode}):\n"
+                             f"{result.stderr[-3000:]}")
+    if check and not refused and result.returncode != 0:
         raise AssertionError(f"stargate-lite {' '.join(args)} failed:\n{result.stderr[-3000:]}")
     return result
 
@@ -487,3 +493,39 @@ def wandb_history(run_dir: Path) -> list[dict]:
                     rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                                  for item in record.history.item})
     return rows
+
+
+# Homes and their files for the tests of refused commands (test_chat_export.py, test_bad_inputs.py).
+def files(folder: Path) -> dict[str, str]:
+    """Every file under a folder, by its path, with its content's hash: what a refused command must leave as is."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def run_home(home: Path) -> Path:
+    """A home holding a run's record and no trained iteration: no model is made or loaded."""
+    from stargate_lite.recipe import load_recipe
+    from stargate_lite.runs import open_run
+    from stargate_lite.store import Store
+
+    open_run(Store(home), load_recipe("tiny"))
+    return home
+
+
+def trained_home(home, questioner) -> str:
+    """A home whose run `tiny` has one trained iteration, made without running the loop: a fresh LoRA of the tiny
+    model saved where training saves it, and its training record. Returns the adapter's folder."""
+    from stargate_lite.engines.training import attach_lora, save_adapter
+    from stargate_lite.recipe import load_recipe
+    from stargate_lite.runs import open_run, run_dir
+    from stargate_lite.store import Store
+
+    recipe, store = load_recipe("tiny"), Store(home)
+    run_id = open_run(store, recipe)
+    store.start_iteration(run_id, 1, "A")
+    adapter = run_dir(store, run_id) / "iteration-1" / "adapter"
+    save_adapter(attach_lora(questioner.load_base(), recipe.train, seed=0), adapter)
+    store.finish_training({"run_id": run_id, "iteration": 1, "adapter": str(adapter), "examples": 0,
+                           "trained_tokens": 0, "steps": 0, "final_loss": 0.0, "losses": [], "seconds": 0.0,
+                           "format": recipe.train.format})
+    return str(adapter)

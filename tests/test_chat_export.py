@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli, skip_or_fail
+from conftest import cli, files, run_home, skip_or_fail, trained_home
 
 from stargate_lite.stages.score import encode_gold, score_sums
 
@@ -165,24 +164,6 @@ def test_export_under_a_file_is_refused_in_one_line_before_any_work(tmp_path):
     assert not home.exists()  # refused before the home or its store is made
 
 
-def trained_home(home, questioner) -> str:
-    """A home whose run `tiny` has one trained iteration, made without running the loop: a fresh LoRA of the tiny
-    model saved where training saves it, and its training record. Returns the adapter's folder."""
-    from stargate_lite.engines.training import attach_lora, save_adapter
-    from stargate_lite.recipe import load_recipe
-    from stargate_lite.runs import open_run, run_dir
-    from stargate_lite.store import Store
-
-    recipe, store = load_recipe("tiny"), Store(home)
-    run_id = open_run(store, recipe)
-    store.start_iteration(run_id, 1, "A")
-    adapter = run_dir(store, run_id) / "iteration-1" / "adapter"
-    save_adapter(attach_lora(questioner.load_base(), recipe.train, seed=0), adapter)
-    store.finish_training({"run_id": run_id, "iteration": 1, "adapter": str(adapter), "examples": 0,
-                           "trained_tokens": 0, "steps": 0, "final_loss": 0.0, "losses": [], "seconds": 0.0,
-                           "format": recipe.train.format})
-    return str(adapter)
-
 
 def test_both_exports_leave_a_folder_named_like_their_temporary_one_as_it_was(home, questioner, tmp_path):
     """`OUT.tmp` is the user's, not the export's: each export writes aside under a fresh name of its own. (The run
@@ -200,26 +181,12 @@ def test_both_exports_leave_a_folder_named_like_their_temporary_one_as_it_was(ho
         "merged", "merged.tmp", "records", "records.tmp"]
 
 
-def files(folder: Path) -> dict[str, str]:
-    """Every file under a folder, by its path, with its content's hash: what a refused command must leave as is."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
 
 def one_line(result: subprocess.CompletedProcess) -> str:
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     (line,) = result.stderr.strip().splitlines()
     return line
 
-
-def run_home(home: Path) -> Path:
-    """A home holding a run's record and no trained iteration: no model is made or loaded."""
-    from stargate_lite.recipe import load_recipe
-    from stargate_lite.runs import open_run
-    from stargate_lite.store import Store
-
-    open_run(Store(home), load_recipe("tiny"))
-    return home
 
 
 def test_export_data_under_a_file_is_one_line_and_writes_nothing(home, tmp_path):
