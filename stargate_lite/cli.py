@@ -489,14 +489,26 @@ def main() -> None:
     # stops cleanly on it (finished work is committed), so take it back.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        app()
+        # Not standalone: Typer would show a usage error (an unknown option, a value of the wrong type) as a
+        # boxed panel of five lines; every other mistake is one line, and so is this.
+        code = app(standalone_mode=False)
+    except typer.TyperException as mistake:  # Typer's usage errors (its own copy of Click's)
+        if type(mistake).__name__ == "NoArgsIsHelpError":  # a bare command group: its help, as before
+            mistake.show()
+        else:
+            command = mistake.ctx.command_path if getattr(mistake, "ctx", None) else "stargate-lite"
+            err.print(f"[red]Error:[/red] {escape(mistake.format_message())} (see `{escape(command)} --help`)",
+                      highlight=False, soft_wrap=True)
+        sys.exit(mistake.exit_code)
+    except typer.Abort:  # Ctrl-D at a prompt of Typer's own
+        err.print("Aborted.")
+        sys.exit(1)
     except KeyboardInterrupt:  # outside a command's own handler: while arguments are parsed or modules load
         err.print(RESUME)
         _exit_interrupted()
-    except SystemExit as done:
-        if done.code == 130:
-            _exit_interrupted()
-        raise
+    if code == 130:
+        _exit_interrupted()
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _exit_interrupted() -> None:

@@ -554,7 +554,8 @@ def check_new_work(recipe: Recipe, source: str) -> None:
         ("method", recipe.train.method, recipe.train.method != "sft"),
         ("init", recipe.train.init, recipe.train.init == "previous")) if needs_peft]
     if recipe.train.backend == "unsloth" and peft_only:  # refused here, before any work, not at the train stage
-        raise StargateError(f"{source}: {' and '.join(peft_only)} train with peft, not Unsloth: set "
+        trains = "trains" if len(peft_only) == 1 else "train"
+        raise StargateError(f"{source}: {' and '.join(peft_only)} {trains} with peft, not Unsloth: set "
                             "train.backend=peft (or auto)")
 
 

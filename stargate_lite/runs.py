@@ -287,6 +287,8 @@ def check_adapter(adapter: str) -> None:
     its weights there and whole. (Without weights, peft takes the folder's path for a Hub repo id.)"""
     folder = Path(adapter)
     config_file = folder / "adapter_config.json"
+    if not folder.exists():
+        raise StargateError(f"--adapter {adapter} does not exist: give a LoRA adapter folder")
     if not config_file.is_file():
         raise StargateError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json)")
     try:

@@ -103,7 +103,8 @@ def case(name: str, says: str, *args: str, home: str = "none", stdin: str = "") 
 IMPORT = ("data", "import", "--dataset", "mine", "--split", "A")
 CASES = [
     # run: arguments, recipes and their settings, combinations refused before any work
-    case("run-iterations-not-a-number", r"--iterations.*'abc' is not a valid integer", "run", "--iterations", "abc"),
+    case("run-iterations-not-a-number", r"Invalid value for '--iterations'.*integer \(see `.* run --help`\)",
+         "run", "--iterations", "abc"),
     case("run-iterations-zero", r"--iterations must be at least 1", "run", "--iterations", "0"),
     case("run-unknown-option", r"No such option.*--itterations", "run", "--itterations", "2"),
     case("run-unknown-recipe", r"no recipe 'nosuch'", "run", "--recipe", "nosuch"),
@@ -135,7 +136,7 @@ CASES = [
     case("eval-unknown-judge", r"--judge 'nope' is not a chat model of run tiny", "eval", "--judge", "nope", home="trained"),
     case("eval-unknown-responder", r"--responder 'nope' is not a responder", "eval", "--responder", "nope", home="trained"),
     case("eval-untrained-iteration", r"no trained iteration 7", "eval", "--iteration", "7", home="trained"),
-    case("eval-iteration-not-a-number", r"--iteration.*'one' is not a valid integer", "eval", "--iteration", "one"),
+    case("eval-iteration-not-a-number", r"Invalid value for '--iteration'.*valid integer", "eval", "--iteration", "one"),
     case("eval-set-a-training-setting", r"--set train\.epochs: a stored run's evaluation can change only", "eval", "--set", "train.epochs=3", home="trained"),
     case("eval-set-bad-judge-template", r"judge\.template: not a shipped template", "eval", "--set", "judge.template=nope", home="trained"),
     # report
@@ -178,7 +179,7 @@ CASES = [
     case("browse-port-too-large", r"--port 70000 is not a port", "browse", "--port", "70000"),
     case("browse-port-negative", r"--port -1 is not a port", "browse", "--port", "-1"),
     case("browse-port-zero", r"--port 0 is not a port", "browse", "--port", "0"),
-    case("browse-port-not-a-number", r"--port.*'http' is not a valid integer", "browse", "--port", "http"),
+    case("browse-port-not-a-number", r"Invalid value for '--port'.*valid integer", "browse", "--port", "http"),
     case("browse-port-busy", r"port {busy_port} on 127\.0\.0\.1 is in use", "browse", "--port", "{busy_port}",
          home="data"),
     # data import

@@ -189,7 +189,7 @@ def test_continuing_the_last_adapter_or_dpo_with_unsloth_is_refused_before_any_w
     from stargate_lite.engines.training import resolve_backend
 
     for setting in ("train.init=previous", "train.method=dpo"):
-        with pytest.raises(StargateError, match=f"{setting.replace('=', ' ')} train with peft, not Unsloth"):
+        with pytest.raises(StargateError, match=f"{setting.replace('=', ' ')} trains with peft, not Unsloth"):
             load_recipe("tiny", [setting, "train.backend=unsloth"])
         assert load_recipe("tiny", [setting]).train.backend == "auto"
     with pytest.raises(StargateError, match="train.init previous continues the last adapter with peft"):
