@@ -158,7 +158,7 @@ def status(
     from .commands.status import run_status
     from .store import Store
 
-    report = run_status(Store(home, create=False), run_id)
+    report = run_status(Store(home, read_only=True), run_id)
     if as_json:
         print(json.dumps(report, indent=2))
     else:
@@ -286,6 +286,10 @@ def report(
     else:
         for table in tables(summary):
             out.print(table)
+    if written["unwritten"]:  # a read-only home: what the store holds is above
+        err.print(f"Notice: {escape(written['unwritten'])}", highlight=False, soft_wrap=True)
+        return
+    if written["plots"]:
         out.print("Plots: " + ", ".join(str(p) for p in written["plots"]))
     out.print(f"Report: {written['report']}")
 
@@ -450,7 +454,7 @@ def data_show(
     """Counts of tasks, personas and gold responses per data set and split."""
     from .store import Store
 
-    rows = Store(home, create=False).dataset_counts()
+    rows = Store(home, read_only=True).dataset_counts()
     if as_json:
         print(json.dumps(rows, indent=2))
         return

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import sqlite_utils
 
@@ -411,9 +412,9 @@ BROWSE_QUERIES = {
 }
 
 
-def store_error(path: Path, err: sqlite3.Error) -> str | None:
+def store_error(path: Path, err: sqlite3.Error, reading: bool = False) -> str | None:
     """One line saying what went wrong with the store file at `path` and what to do; None for an error that is
-    not about the file (a bug, which should show as one)."""
+    not about the file (a bug, which should show as one). `reading`: a command that only reads it (never None)."""
     text = str(err)
     if "not a database" in text:
         return (f"{path} is not a stargate-lite store (not an SQLite database, or damaged): move it aside or give "
@@ -422,6 +423,8 @@ def store_error(path: Path, err: sqlite3.Error) -> str | None:
         return f"the store {path} is locked by another program: close that program and run the command again"
     if "full" in text:
         return f"the disk holding {path} is full: free space and run the command again (finished work is kept)"
+    if reading:
+        return f"cannot read the store {path} ({text}): check its permissions or give another --home"
     if "readonly" in text or "unable to open" in text:
         return f"cannot write the store {path} ({text}): make the directory writable or give another --home"
     return None
@@ -436,14 +439,19 @@ class Store:
     """A project home's SQLite file. Cheap to open; safe to read while a run writes (WAL).
 
     `create=False` (commands that read or add to an existing project) refuses a home without a store instead of
-    making one."""
+    making one. `read_only=True` (commands that only read: status, report, browse, data show) writes nothing and
+    reads a home its user cannot write (a read-only mount, another user's project): see `_open_read_only`."""
 
-    def __init__(self, home: Path | str | None = None, create: bool = True):
+    def __init__(self, home: Path | str | None = None, create: bool = True, read_only: bool = False):
         self.home = Path(home) if home is not None else default_home()
         self.path = self.home / DB_NAME
-        if not create and not self.path.is_file():
+        self.immutable = False  # read without locks: a read-only home with no -wal (see _open_read_only)
+        if (read_only or not create) and not self.path.is_file():
             raise StargateError(f"no stargate-lite store in {self.home}: give the --home of a project (or "
                                 "$STARGATE_HOME), or start one with `stargate-lite run`")
+        if read_only:
+            self._open_read_only()
+            return
         try:
             self.home.mkdir(parents=True, exist_ok=True)
         except FileExistsError:
@@ -461,19 +469,69 @@ class Store:
         except sqlite3.Error as err:
             raise StargateError(store_error(self.path, err) or f"cannot open the store {self.path} ({err})") from None
 
+    def _open_read_only(self) -> None:
+        """Open the store so that nothing is written through it.
+
+        Where the home can be written, a plain connection with `query_only` on: SQLite's read-only mode (`mode=ro`)
+        would make the -wal and -shm files of a WAL store and, unable to check-point, leave them behind, where a
+        plain connection removes them as the last one closes. Where it cannot, `mode=ro`, which reads through a
+        writer's -wal and -shm where they are; and where there are none and none can be made (a read-only mount
+        after a run finished), `immutable=1`: no program has the store open to write, as a writer keeps its -wal.
+        A store older than this stargate-lite is upgraded first where the home can be written (as any command
+        does), and refused in one line where it cannot: its queries would name columns it lacks."""
+        writable = os.access(self.home, os.W_OK) and os.access(self.path, os.W_OK)
+        try:
+            self.db = self._read_only_database(writable)
+            pending = self._pending_migrations()
+        except sqlite3.Error as err:
+            raise StargateError(store_error(self.path, err, reading=True)) from None
+        if not pending:
+            return
+        if not writable:
+            raise StargateError(f"the store {self.path} was written by an older stargate-lite and needs upgrading "
+                                f"({len(pending)} migration(s) from {pending[0]}), which this home does not allow: run "
+                                "the command once where the home can be written, or with that older stargate-lite")
+        self.db.close()
+        Store(self.home, create=False).db.close()  # the upgrade any command makes
+        self.db = self._read_only_database(writable)
+
+    def _read_only_database(self, writable: bool) -> sqlite_utils.Database:
+        if writable:
+            connection = sqlite3.connect(self.path)
+            connection.execute("PRAGMA query_only = ON")
+        else:
+            uri = f"file:{quote(str(self.path.absolute()))}?mode=ro"
+            connection = sqlite3.connect(uri, uri=True)
+            try:
+                connection.execute("select count(*) from sqlite_master").fetchone()  # the -wal is opened here
+            except sqlite3.OperationalError as err:
+                connection.close()
+                if "unable to open" not in str(err) or self.path.with_name(f"{DB_NAME}-wal").exists():
+                    raise
+                connection = sqlite3.connect(f"{uri}&immutable=1", uri=True)
+                self.immutable = True
+        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+        return sqlite_utils.Database(connection)
+
     # -- schema ---------------------------------------------------------------------------------------------
-    def _migrate(self) -> None:
-        if "_migrations" not in self.db.table_names():
-            self.db["_migrations"].create({"name": str, "applied_at": float}, pk="name")
-        done = {row["name"] for row in self.db["_migrations"].rows}
+    def _pending_migrations(self) -> list[str]:
+        """The migrations this store lacks; a store written by a newer stargate-lite is refused."""
+        done = ({row["name"] for row in self.db["_migrations"].rows} if "_migrations" in self.db.table_names()
+                else set())
         known = {name for name, _ in MIGRATIONS}
         if done - known:
             raise StargateError(
                 f"the store {self.path} was written by a newer stargate-lite (migrations {sorted(done - known)}): "
                 "upgrade stargate-lite or use another --home"
             )
+        return [name for name, _ in MIGRATIONS if name not in done]
+
+    def _migrate(self) -> None:
+        pending = self._pending_migrations()
+        if "_migrations" not in self.db.table_names():
+            self.db["_migrations"].create({"name": str, "applied_at": float}, pk="name")
         for name, migrate in MIGRATIONS:
-            if name not in done:
+            if name in pending:
                 with self.transaction():
                     migrate(self.db)
                     self.db["_migrations"].insert({"name": name, "applied_at": time.time()})

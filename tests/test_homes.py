@@ -212,7 +212,11 @@ def _browse_runs(home) -> list[str]:
         await app.invoke_startup()
         return await app.client.get("/stargate/runs.json?_shape=objects")
 
-    response = asyncio.run(get())
+    try:
+        response = asyncio.run(get())
+    finally:
+        for database in app.databases.values():
+            database.close()
     assert response.status_code == 200, response.text
     return [row["id"] for row in response.json()["rows"]]
 
@@ -246,8 +250,8 @@ def test_reading_commands_read_a_read_only_home(tmp_path):
         assert _browse_runs(view) == ["tiny"]
         if mounted:  # a run at work through the writable path: its -wal and -shm are there, read-only
             writer = Store(home)
-            writer.create_run("working", "tiny", "{}", "builtin", 0)
             try:
+                open_run(writer, load_recipe("tiny"), "working")
                 runs = json.loads(cli("status", "--json", home=view).stdout)["runs"]
                 assert [r["id"] for r in runs] == ["tiny", "working"]
                 assert _browse_runs(view) == ["tiny", "working"]

@@ -33,8 +33,11 @@ def browse_app(home: Path | str | None = None) -> Datasette:
         from datasette.app import Datasette
     except ImportError:
         raise StargateError(f"browse needs Datasette: {BROWSE_INSTALL}") from None
-    store = Store(home, create=False)
-    return Datasette(files=[str(store.path)], metadata=browse_metadata(),
+    store = Store(home, read_only=True)
+    # Datasette opens the file read-only itself (mode=ro), or as immutable where the store could only be read so
+    files = {"immutables" if store.immutable else "files": [str(store.path)]}
+    store.db.close()
+    return Datasette(**files, metadata=browse_metadata(),
                      settings={"sql_time_limit_ms": 10_000, "facet_time_limit_ms": 1_000})
 
 

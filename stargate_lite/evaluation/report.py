@@ -3,6 +3,7 @@ plots (the paper's Figures 3 and 4, and the efficiency metrics), and report.md, 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -369,17 +370,25 @@ def write_report(store: Store, run_id: str, summary: dict | None, plots: list[Pa
 def report(home: Path | str | None = None, run_id: str | None = None, roleplayer: str | None = None,
            judge: str | None = None, responder: str = "policy", settings: list[str] | None = None) -> dict:
     """`stargate-lite report`, loading no model: the evaluation's summary as stored (None without one), its plots
-    and report.md, written to the run's folder. Returns {"summary", "plots", "report"}."""
+    and report.md, written to the run's folder. Returns {"summary", "plots", "report", "unwritten"}: where the
+    home cannot be written (a read-only mount, another user's project), the store is still read, and "plots" and
+    "report" are empty and "unwritten" says why; otherwise "unwritten" is None."""
     from .evaluate import check_eval_names, summarize, with_eval_settings
     from .judge import judge_protocol
 
-    store = Store(home, create=False)
+    store = Store(home, read_only=True)
     run = pick_run(store, run_id)
     recipe = with_eval_settings(recipe_of_run(run), run["id"], settings)
     check_eval_names(recipe, run["id"], roleplayer, judge, responder)  # as eval refuses them, before any file
     summary = summarize(store, run["id"], roleplayer or recipe.roles.main_roleplayer, judge or recipe.roles.judge,
                         judge_protocol(recipe.judge), responder)
     out_dir = run_dir(store, run["id"])
-    plots = plot(summary, out_dir) if summary["iterations"] else []
-    return {"summary": summary if summary["iterations"] else None, "plots": plots,
-            "report": write_report(store, run["id"], summary, plots, out_dir)}
+    written = {"summary": summary if summary["iterations"] else None, "plots": [], "report": None, "unwritten": None}
+    try:
+        written["plots"] = plot(summary, out_dir) if summary["iterations"] else []
+        written["report"] = write_report(store, run["id"], summary, written["plots"], out_dir)
+    except OSError as err:
+        if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):  # a full disk is the CLI's one line
+            raise
+        written.update(plots=[], unwritten=f"cannot write the plots and report.md in {out_dir} ({err.strerror})")
+    return written
