@@ -212,19 +212,20 @@ def serve(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, s
 
 
 def cli(*args: str, home: Path, check: bool = True, stop_at: str | None = None, sigint_ignored: bool = False,
-        stdin: str = "", warm: bool = True, refused: bool = False) -> subprocess.CompletedProcess:
+        stdin: str = "", warm: bool = True, columns: int = 250, refused: bool = False) -> subprocess.CompletedProcess:
     """The real command in a process of its own, as a user runs it: forked from this test process's warm
     interpreter (tests/prewarmed.py), or a fresh `python -m stargate_lite` where the environment differs from the
     warm one's in what an import may read. `stop_at` names a point where it stops itself (runs.stop_point: SIGKILL,
     or SIGINT with "POINT=INT"). `sigint_ignored` starts it with SIGINT ignored, as a background job of a script is:
     Python then installs no Ctrl-C handler of its own. `stdin` is what it reads (nothing by default). `warm=False`
-    starts a fresh one whatever the environment (test_prewarmed.py compares the two). `refused`: the test expects
-    the command refused before any work (exit 2), so a `run` of it does no run and may be in any tier; a refused
-    command that exits otherwise fails the test."""
+    starts a fresh one whatever the environment (test_prewarmed.py compares the two). `columns`: the width Rich
+    draws to (its output is a pipe, not a terminal): 250 keeps a table's row on one line, 80 is a terminal's.
+    `refused`: the test expects the command refused before any work (exit 2), so a `run` of it does no run and may
+    be in any tier; a refused command that exits otherwise fails the test."""
     if args[:1] == ("run",) and "--dry-run" not in args and not refused and _current:
         assert _current[-1].get_closest_marker("run"), "a test that makes a real run belongs to the run tier: " \
             "use run_args() or add what it uses to TIERS in conftest.py"
-    env = {**os.environ, "STARGATE_HOME": str(home), "COLUMNS": "250"}  # tables one line per row
+    env = {**os.environ, "STARGATE_HOME": str(home), "COLUMNS": str(columns)}
     if stop_at:
         env[STOP_AT_ENV] = stop_at
     if warm and _WARM.usable(env):

@@ -63,6 +63,44 @@ def test_watch_mode_lets_the_roleplayer_answer(finished):
     assert len(json.loads(saved["turns"])) == 2 and saved["response"] and saved["policy"] == "base"
 
 
+LONG_ANSWER = ("I'm a retired nurse, so my weekends are slow: I garden in the morning, walk the dogs by the river "
+               "after lunch, and like a quiet dinner with two or three friends.")
+
+
+def test_watch_mode_through_a_pipe_prints_each_message_as_said(home):
+    """Through a pipe at 80 columns (a terminal's width), a Roleplayer's answer longer than a line is one line, as
+    stored. The Roleplayer is an OpenAI-compatible endpoint here, a fake at the boundary, so that its answer is
+    long; the Questioner is the real tiny model."""
+    from conftest import QuietHandler, serve
+
+    from stargate_lite.recipe import load_recipe
+    from stargate_lite.runs import open_run
+    from stargate_lite.store import Store
+
+    class Endpoint(QuietHandler):
+        def do_GET(self):
+            self.send(200, {"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "t"}]})
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                            "choices": [{"index": 0, "finish_reason": "stop",
+                                         "message": {"role": "assistant", "content": LONG_ANSWER}}],
+                            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+    httpd, root = serve(Endpoint)
+    try:
+        open_run(Store(home), load_recipe("tiny", [
+            f"chat_models.remote={{backend: openai, model: m, base_url: '{root}/v1', max_retries: 0}}",
+            "roles.roleplayer=remote", "simulate.question_max_tokens=8", "respond.max_tokens=8"]))
+        result = cli("chat", "--base", "--persona", "I'm ANA. I am a retired nurse who loves gardening.", "--task",
+                     "What should I do this weekend?", "--max-questions", "1", home=home, check=False, columns=80)
+    finally:
+        httpd.shutdown()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(LONG_ANSWER) > 80 and f"roleplayer> {LONG_ANSWER}\n" in result.stdout, result.stdout
+
+
 def test_chat_without_a_trained_adapter_says_so(home):
     from stargate_lite.store import Store
 

@@ -121,3 +121,93 @@ def test_a_path_the_system_refuses_is_one_line_naming_it_and_other_os_errors_sti
         command(OSError(errno.EIO, os.strerror(errno.EIO), str(path)))()
     with pytest.raises(PermissionError):  # naming no path, it says nothing the user can act on: shown as it is
         command(PermissionError(errno.EACCES, os.strerror(errno.EACCES)))()
+
+
+def _figures(iteration: dict) -> dict[str, str]:
+    """What `status` shows of one iteration of `status --json`, by column."""
+    eff = iteration["efficiency"]
+
+    def mean(stat: dict, digits: int = 0) -> str:
+        return "-" if stat["mean"] is None else f"{stat['mean']:.{digits}f}"
+
+    loss = iteration["train_loss"]
+    return {"iteration": str(iteration["iteration"]), "split": iteration["split"],
+            **{column: str(iteration[key]) for column, key in (("pairs", "pairs"), ("conversations", "conversations"),
+                                                               ("scored", "scored"), ("selected", "selected"),
+                                                               ("responses", "responses"))},
+            "train loss": "-" if loss is None else f"{loss:.3f}", "questions/conv": mean(eff["questions"], 2),
+            "question counts": " ".join(f"{q}:{n}" for q, n in eff["question_counts"].items()) or "-",
+            "user tokens": mean(eff["user_tokens"]), "response tokens": mean(eff["response_tokens"]),
+            "done": "yes" if iteration["complete"] else "no"}
+
+
+def _shown(text: str, width: int) -> dict[str, dict[str, str]]:
+    """What `status`'s tables say of each iteration, by column: a cell or header wrapped over several lines is
+    read whole (its lines joined with spaces). Every line fits `width`, and nothing is cut short ("…")."""
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= width, text
+    tables, last = [], None
+    for line in text.splitlines():
+        kind = {"┃": "head", "│": "body"}.get(line[:1])  # Rich's default box: the header between ┃, rows between │
+        if kind:
+            cells = [cell.strip() for cell in line[1:-1].split(line[0])]
+            if kind == "head" and last != "head":
+                tables.append([cells, []])
+            elif kind == "body" and cells[0]:
+                tables[-1][1].append(cells)
+            else:  # the next line of a wrapped header or row
+                part = tables[-1][0] if kind == "head" else tables[-1][1][-1]
+                part[:] = [f"{a} {b}".strip() for a, b in zip(part, cells, strict=True)]
+        last = kind
+    shown: dict[str, dict[str, str]] = {}
+    for header, rows in tables:
+        assert header[0] == "iteration" and rows, tables
+        for row in rows:
+            shown.setdefault(row[0], {}).update(zip(header, row, strict=True))
+    return shown
+
+
+def _synthetic_status() -> dict:
+    """`status --json`'s shape (commands/status.py) with figures of the paper's scale, each column's its own."""
+    def stat(mean: float | None) -> dict:
+        return {"mean": mean, "sem": None, "n": 0}
+
+    def iteration(n: int, split: str, loss: float | None, means: tuple, counts: dict) -> dict:
+        return {"iteration": n, "split": split, "pairs": 12500 + n, "conversations": 125000 + n,
+                "scored": 124000 + n, "selected": 12400 + n, "responses": 12300 + n, "train_loss": loss,
+                "adapter": f"runs/paper/iteration-{n}/adapter" if loss is not None else None,
+                "format": "bare" if loss is not None else None, "method": "sft" if loss is not None else None,
+                "roleplayers": {"mixtral": 125000 + n}, "audit": {}, "stages_done": [], "complete": loss is not None,
+                "efficiency": {"questions": stat(means[0]), "question_share": stat(None), "user_tokens": stat(means[1]),
+                               "response_tokens": stat(means[2]), "turns": stat(2.0), "by_turns": {},
+                               "question_counts": counts}}
+
+    return {"home": "/home/someone/projects/stargate", "runs": [{
+        "id": "paper", "recipe": "paper", "dataset": "assistant-gate", "created_at": 0.0, "iterations": [
+            iteration(1, "A", 1.2345, (2.3456, 118.4, 152.6), {"0": 1200, "1": 30000, "2": 50000, "3": 43800}),
+            iteration(2, "B", None, (None, None, None), {})]}]}
+
+
+def test_status_tables_show_every_figure_at_80_columns():
+    """In an 80-column terminal or a pipe (Rich's width there), each iteration's every figure, whole."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from stargate_lite.commands.status import status_tables
+
+    report = _synthetic_status()
+    for width in (80, 250):
+        console = Console(width=width, file=StringIO())
+        for table in status_tables(report):
+            console.print(table)
+        shown = _shown(console.file.getvalue(), width)
+        assert shown == {str(it["iteration"]): _figures(it) for it in report["runs"][0]["iterations"]}
+
+
+def test_status_through_a_pipe_shows_every_figure_of_a_two_iteration_run_at_80_columns(finished):
+    from conftest import cli
+
+    (run,) = json.loads(cli("status", "--json", home=finished).stdout)["runs"]
+    assert [it["iteration"] for it in run["iterations"]] == [1, 2]
+    shown = _shown(cli("status", home=finished, columns=80).stdout, 80)
+    assert shown == {str(it["iteration"]): _figures(it) for it in run["iterations"]}
