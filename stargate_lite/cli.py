@@ -203,29 +203,12 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _mean(stat: dict, digits: int = 0) -> str:
-    return "-" if stat["mean"] is None else f"{stat['mean']:.{digits}f}"
-
-
 def _print_status(report: dict) -> None:
+    from .commands.status import status_tables
+
     if not report["runs"]:
         out.print(f"No runs in {report['home']} yet: start one with `stargate-lite run`.")
-    for run in report["runs"]:
-        adapters = {str(Path(it["adapter"]).parent.parent) for it in run["iterations"] if it["adapter"]}
-        where = f"; adapters in {adapters.pop()}" if len(adapters) == 1 else ""
-        table = Table(title=f"run {run['id']} (recipe {run['recipe']}, data {run['dataset']}{where})")
-        columns = ("iteration", "split", "pairs", "conversations", "scored", "selected", "responses", "train loss",
-                   "questions/conv", "question counts", "user tokens", "response tokens", "done")
-        for column in columns:
-            table.add_column(column, justify="left" if column in ("split", "question counts") else "right")
-        for it in run["iterations"]:
-            loss = f"{it['train_loss']:.3f}" if it["train_loss"] is not None else "-"
-            eff = it["efficiency"]
-            counts = " ".join(f"{q}:{n}" for q, n in eff["question_counts"].items()) or "-"
-            table.add_row(str(it["iteration"]), it["split"], str(it["pairs"]), str(it["conversations"]),
-                          str(it["scored"]), str(it["selected"]), str(it["responses"]), loss,
-                          _mean(eff["questions"], 2), counts, _mean(eff["user_tokens"]),
-                          _mean(eff["response_tokens"]), "yes" if it["complete"] else "no")
+    for table in status_tables(report):
         out.print(table)
 
 
@@ -354,7 +337,7 @@ def chat(
         text = ""
         for piece in pieces:
             text += piece
-            out.print(piece, end="", markup=False, highlight=False)
+            out.print(piece, end="", markup=False, highlight=False, soft_wrap=not out.is_terminal)
         out.print()
         return text.strip()
 
@@ -363,7 +346,9 @@ def chat(
         transcript = Transcript(store, policy_name, name, persona)
         if interactive:
             err.print(f"Chatting with {policy_name}. {COMMANDS}")
-        chat_loop(questioner, model, recipe, transcript, read, lambda s: out.print(s, end="", markup=False), stream,
+        # Through a pipe each message is one line, as said; a terminal wraps it at its width, between words.
+        write = lambda s: out.print(s, end="", markup=False, soft_wrap=not out.is_terminal)
+        chat_loop(questioner, model, recipe, transcript, read, write, stream,
                   roleplayer=roleplayer, task=task, max_questions=max_questions, prompt_format=prompt_format)
 
 

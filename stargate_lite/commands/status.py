@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from rich.table import Table
+
 from ..errors import StargateError
 from ..evaluation.audit import STATUS_SAMPLE, audit
 from ..evaluation.efficiency import efficiency
@@ -50,3 +54,37 @@ def run_status(store: Store, run_id: str | None = None) -> dict:
         out.append({"id": run["id"], "recipe": run["recipe_name"], "dataset": run["dataset"],
                     "created_at": run["created_at"], "iterations": iterations})
     return {"home": str(store.home), "runs": out}
+
+
+def _mean(stat: dict, digits: int = 0) -> str:
+    return "-" if stat["mean"] is None else f"{stat['mean']:.{digits}f}"
+
+
+def status_tables(report: dict) -> list[Table]:
+    """`stargate-lite status`'s tables: two per run, each narrow enough for an 80-column terminal or a pipe (Rich's
+    width there), so that every figure shows whole: the records each stage of an iteration made, then its
+    training and the efficiency of its conversations (means per conversation)."""
+    tables = []
+    for run in report["runs"]:
+        adapters = {str(Path(it["adapter"]).parent.parent) for it in run["iterations"] if it["adapter"]}
+        where = f"; adapters in {adapters.pop()}" if len(adapters) == 1 else ""
+        records = Table(title=f"run {run['id']} (recipe {run['recipe']}, data {run['dataset']}{where})")
+        for column in ("iteration", "split", "pairs", "conversations", "scored", "selected", "responses"):
+            records.add_column(column, justify="left" if column == "split" else "right")
+        trained = Table(title=f"run {run['id']}: training, and the conversations' efficiency (means)")
+        for column in ("iteration", "train loss", "questions/conv", "question counts", "user tokens",
+                       "response tokens", "done"):
+            # Headers of two words on two lines, and only the question counts wrap: where Rich narrows several
+            # wrapping columns, it cuts them all alike once they are equally wide.
+            trained.add_column(column.replace(" ", "\n"), justify="left" if column == "question counts" else "right",
+                               no_wrap=column != "question counts")
+        for it in run["iterations"]:
+            eff = it["efficiency"]
+            records.add_row(str(it["iteration"]), it["split"], str(it["pairs"]), str(it["conversations"]),
+                            str(it["scored"]), str(it["selected"]), str(it["responses"]))
+            trained.add_row(str(it["iteration"]), "-" if it["train_loss"] is None else f"{it['train_loss']:.3f}",
+                            _mean(eff["questions"], 2),
+                            " ".join(f"{q}:{n}" for q, n in eff["question_counts"].items()) or "-",
+                            _mean(eff["user_tokens"]), _mean(eff["response_tokens"]), "yes" if it["complete"] else "no")
+        tables += [records, trained]
+    return tables
