@@ -530,3 +530,25 @@ def trained_home(home, questioner) -> str:
                            "trained_tokens": 0, "steps": 0, "final_loss": 0.0, "losses": [], "seconds": 0.0,
                            "format": recipe.train.format})
     return str(adapter)
+
+
+def one_line(result: subprocess.CompletedProcess) -> str:
+    """The one line a refused command prints: exit 2, "Error: ..." alone on stderr, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("Error: "), line
+    return line
+
+
+class NumberedQuestioner:
+    """A Questioner at the boundary: its turns are numbered questions; asked for its response, one plan."""
+
+    def __init__(self, respond_tokens: int):
+        self.respond_tokens, self.questions = respond_tokens, 0
+
+    def stream(self, model, messages, max_new_tokens, **sampling):
+        if max_new_tokens == self.respond_tokens:
+            return iter(["Here is a plan."])
+        self.questions += 1
+        return iter([f"Question {self.questions}?"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli, files, run_home, skip_or_fail, trained_home
+from conftest import NumberedQuestioner, cli, files, one_line, run_home, skip_or_fail, trained_home
 
 from stargate_lite.stages.score import encode_gold, score_sums
 
@@ -220,12 +220,6 @@ def test_both_exports_leave_a_folder_named_like_their_temporary_one_as_it_was(ho
 
 
 
-def one_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    (line,) = result.stderr.strip().splitlines()
-    return line
-
-
 
 def test_export_data_under_a_file_is_one_line_and_writes_nothing(home, tmp_path):
     blocker = tmp_path / "notes.txt"
@@ -313,19 +307,6 @@ def test_chat_with_an_adapter_of_another_base_model_says_so(questioner, tmp_path
     assert f"adapter {good} does not fit the base model" in line and "--run" in line
 
 
-class _NumberedQuestioner:
-    """A Questioner at the boundary: its turns are numbered questions; asked for its response, one plan."""
-
-    def __init__(self, respond_tokens: int):
-        self.respond_tokens, self.questions = respond_tokens, 0
-
-    def stream(self, model, messages, max_new_tokens, **sampling):
-        if max_new_tokens == self.respond_tokens:
-            return iter(["Here is a plan."])
-        self.questions += 1
-        return iter([f"Question {self.questions}?"])
-
-
 def test_reset_starts_over_and_keeps_the_abandoned_chat_as_it_was(home):
     from stargate_lite.commands.chat import Transcript, chat_loop
     from stargate_lite.recipe import load_recipe
@@ -334,7 +315,7 @@ def test_reset_starts_over_and_keeps_the_abandoned_chat_as_it_was(home):
     recipe = load_recipe("tiny")
     store = Store(home)
     said = iter(["Plan my week.", "/reset", "Cook dinner.", "I like pasta.", "/answer", "/quit"])
-    chat_loop(_NumberedQuestioner(recipe.respond.max_tokens), None, recipe, Transcript(store, "base", "Ana", None),
+    chat_loop(NumberedQuestioner(recipe.respond.max_tokens), None, recipe, Transcript(store, "base", "Ana", None),
               read=lambda prompt: next(said), write=print, stream="".join)
     chats = transcripts(home)
     assert [(c["task"], json.loads(c["turns"]), c["response"]) for c in chats] == [

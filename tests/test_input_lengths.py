@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 
 import pytest
-from conftest import THREADS, cli
+from conftest import THREADS, cli, one_line
 
 from stargate_lite.engines.encoded import Completions
 from stargate_lite.errors import FallbackNotice, StargateError
@@ -20,20 +19,12 @@ LONG_PERSONA = "I'm ANA. " + "I grow tomatoes on my balcony and read about soil.
 LONG_GOLD = "Water the tomatoes every morning. " * 400  # about 2,800 tokens, over a training example's 1,024
 
 
-def _one_error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
-    assert "Traceback" not in result.stderr
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("Error: "), line
-    return line
-
-
 def test_data_import_refuses_a_persona_or_gold_too_long_naming_it_with_its_tokens_and_limit(tmp_path):
     home = tmp_path / "home"
     personas = tmp_path / "personas.jsonl"
     personas.write_text(json.dumps({"name": "Bo", "text": "I'm BO. I run."}) + "\n"
                         + json.dumps({"name": "Ana", "text": LONG_PERSONA}) + "\n", encoding="utf-8")
-    line = _one_error_line(cli("data", "import", "--dataset", "big", "--split", "A", "--personas", str(personas),
+    line = one_line(cli("data", "import", "--dataset", "big", "--split", "A", "--personas", str(personas),
                                home=home, check=False))
     found = re.search(r"personas.jsonl item 2 \(Ana\): the persona is ([\d,]+) tokens, over the ([\d,]+) that fit "
                       r"the Roleplayer smollm2 .*\(chat_models.smollm2.n_ctx 2,048\)", line)
@@ -45,12 +36,12 @@ def test_data_import_refuses_a_persona_or_gold_too_long_naming_it_with_its_token
     tasks, golds = tmp_path / "tasks.json", tmp_path / "gold.json"
     tasks.write_text(json.dumps(["Plan my week."]), encoding="utf-8")
     golds.write_text(json.dumps({"prompt-0 persona-0": [LONG_GOLD]}), encoding="utf-8")
-    line = _one_error_line(cli("data", "import", "--dataset", "big", "--split", "A", "--tasks", str(tasks),
+    line = one_line(cli("data", "import", "--dataset", "big", "--split", "A", "--tasks", str(tasks),
                                "--golds", str(golds), home=home, check=False))
     assert re.search(r"gold.json: 'prompt-0 persona-0': the gold response is [\d,]+ tokens, over the 1,024 of a "
                      r"training example \(train.max_length\)", line), line
     assert not home.exists()
-    line = _one_error_line(cli("data", "import", "--dataset", "big", "--split", "A", "--tasks", str(tasks),
+    line = one_line(cli("data", "import", "--dataset", "big", "--split", "A", "--tasks", str(tasks),
                                "--golds", str(golds), "--set", "train.max_length=4096", home=home, check=False))
     assert "points past the 1 tasks / 0 personas" in line  # the length fits that recipe: the next check speaks
     # The check follows the recipe: one whose models' context holds the persona imports it.
@@ -100,7 +91,7 @@ def test_a_run_refuses_stored_data_too_long_before_any_model_is_loaded(tmp_path)
 def test_chat_refuses_a_persona_file_too_long_for_its_roleplayer(home, tmp_path):
     persona = tmp_path / "persona.txt"
     persona.write_text(LONG_PERSONA, encoding="utf-8")
-    line = _one_error_line(cli("chat", "--base", "--persona", str(persona), "--task", "Plan my week.", home=home,
+    line = one_line(cli("chat", "--base", "--persona", str(persona), "--task", "Plan my week.", home=home,
                                check=False))
     assert re.search(r"--persona: the persona is [\d,]+ tokens, over the [\d,]+ that fit the Roleplayer smollm2",
                      line), line

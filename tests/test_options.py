@@ -7,34 +7,12 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
-import subprocess
 
-from conftest import cli
+from conftest import NumberedQuestioner, cli, one_line
 
 from stargate_lite.recipe import load_recipe
 from stargate_lite.runs import open_run
 from stargate_lite.store import Store
-
-
-def _one_error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
-    assert "Traceback" not in result.stderr
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("Error: "), line
-    return line
-
-
-class _NumberedQuestioner:
-    """A Questioner at the boundary: its turns are numbered questions; asked for its response, one plan."""
-
-    def __init__(self, respond_tokens: int):
-        self.respond_tokens, self.questions = respond_tokens, 0
-
-    def stream(self, model, messages, max_new_tokens, **sampling):
-        if max_new_tokens == self.respond_tokens:
-            return iter(["Here is a plan."])
-        self.questions += 1
-        return iter([f"Question {self.questions}?"])
 
 
 def test_chat_with_max_questions_0_answers_at_once_and_a_negative_count_is_refused(home, tmp_path):
@@ -43,14 +21,14 @@ def test_chat_with_max_questions_0_answers_at_once_and_a_negative_count_is_refus
     recipe = load_recipe("tiny")
     store = Store(home)
     said = iter(["Plan my week.", "/quit"])
-    questioner = _NumberedQuestioner(recipe.respond.max_tokens)
+    questioner = NumberedQuestioner(recipe.respond.max_tokens)
     chat_loop(questioner, None, recipe, Transcript(store, "base", "Ana", None), read=lambda prompt: next(said),
               write=print, stream="".join, max_questions=0)
     (turns, response), = [(json.loads(t), r) for t, r in store.db.execute("select turns, response from chats")]
     assert (questioner.questions, turns, response) == (0, [], "Here is a plan.")  # no question: the answer at once
 
     elsewhere = tmp_path / "new-home"
-    line = _one_error_line(cli("chat", "--base", "--max-questions", "-1", home=elsewhere, check=False,
+    line = one_line(cli("chat", "--base", "--max-questions", "-1", home=elsewhere, check=False,
                                stdin="Plan my week.\n"))
     assert "--max-questions" in line and "-1" in line
     assert not elsewhere.exists()  # refused before --base makes a home
@@ -62,14 +40,14 @@ def test_report_refuses_a_roleplayer_judge_or_responder_the_run_lacks_naming_the
     for option, name, valid in (("--roleplayer", "nope", "smollm2, smollm2-hf, smollm2-plain"),
                                 ("--judge", "nope", "smollm2, smollm2-hf, smollm2-plain"),
                                 ("--responder", "nope", "policy, base")):
-        line = _one_error_line(cli("report", option, name, home=home, check=False))
+        line = one_line(cli("report", option, name, home=home, check=False))
         assert f"{option} 'nope'" in line and valid in line, line
     assert sorted(p.relative_to(home) for p in home.rglob("*")) == before  # no report.md, no plots
 
 
 def test_data_import_of_no_file_or_an_empty_one_is_refused_and_makes_no_home(tmp_path):
     home = tmp_path / "home"
-    line = _one_error_line(cli("data", "import", "--dataset", "mine", "--split", "A", home=home, check=False))
+    line = one_line(cli("data", "import", "--dataset", "mine", "--split", "A", home=home, check=False))
     assert "--tasks" in line and "--personas" in line and "--golds" in line
     assert not home.exists()
     for name, content, what in (("tasks.json", "[]", "tasks"), ("tasks.jsonl", "\n\n", "tasks"),
@@ -77,7 +55,7 @@ def test_data_import_of_no_file_or_an_empty_one_is_refused_and_makes_no_home(tmp
         path = tmp_path / name
         path.write_text(content, encoding="utf-8")
         option = {"tasks": "--tasks", "personas": "--personas", "gold": "--golds"}[what]
-        line = _one_error_line(cli("data", "import", "--dataset", "mine", "--split", "A", option, str(path),
+        line = one_line(cli("data", "import", "--dataset", "mine", "--split", "A", option, str(path),
                                    home=home, check=False))
         assert f"{path} holds no {what}" in line, line
         assert not home.exists()
@@ -100,7 +78,7 @@ def test_browse_on_a_busy_port_says_so_before_printing_a_url(home):
         taken.listen()
         port = taken.getsockname()[1]
         result = cli("browse", "--port", str(port), home=home, check=False)
-    line = _one_error_line(result)
+    line = one_line(result)
     assert f"port {port}" in line and "in use" in line, line
     assert "Serving" not in result.stdout
     with sqlite3.connect(home / "stargate.db") as db:  # the store was only read
