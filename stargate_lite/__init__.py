@@ -33,8 +33,9 @@ _API = {
     "summarize": "evaluation.evaluate",  # stargate-lite report's tables
     "report": "evaluation.report",  # stargate-lite report: tables, plots and report.md
     "probe": "evaluation.probe",  # benchmarks/learning.py: does the loop teach?
+    "asked_facts": "engines.gate",  # the facts of a persona a Questioner turn asks for (simulate.reveal asked)
 }
-__all__ = ["Recipe", "StargateError", "Store", "browse", "estimate", "evaluate", "export", "export_dataset",
+__all__ = ["Recipe", "StargateError", "Store", "asked_facts", "browse", "estimate", "evaluate", "export", "export_dataset",
            "import_data", "load_recipe", "probe", "report", "run", "run_status", "summarize"]
 
 

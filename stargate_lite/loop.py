@@ -23,7 +23,7 @@ from .stages.data import make_pairs, prepare_data
 from .stages.respond import respond_stage
 from .stages.score import score_stage
 from .stages.select import select_best
-from .stages.simulate import Roleplayers, simulate
+from .stages.simulate import Roleplayers, check_gate, simulate, user_gate
 from .stages.train import train_adapter
 from .store import Store
 from .tracking import Tracker, open_tracker
@@ -240,7 +240,8 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
     policy = questioner.engine_policy(adapter) if needing_policy else None
     if not store.stage_done(run_id, iteration, "simulate"):
         begin("simulate")
-        roleplayers = Roleplayers(recipe.roles.roleplayer_weights, chat.get, recipe.seed)
+        roleplayers = Roleplayers(recipe.roles.roleplayer_weights, chat.get, recipe.seed,
+                                  user_gate(recipe.simulate, store.home))
         simulate(store, run_id, iteration, policy, policy_name, questioner, roleplayers, recipe.simulate,
                  recipe.seed, progress)
         done("simulate")
@@ -302,6 +303,7 @@ def run(recipe: Recipe, iterations: int, home: Path | str | None = None, run_id:
     if iterations < 1:
         raise StargateError("--iterations must be at least 1")
     preflight(recipe.chat_models, {recipe.roles.oracle, *recipe.roles.roleplayer_weights})
+    check_gate(recipe.simulate)
     store = Store(home)
     run_id = open_run(store, recipe, run_id)
     progress = progress or Progress()

@@ -30,6 +30,25 @@ ROLEPLAYER_SYSTEM = (
     "Only answer the question: do not solve your own request and do not ask the assistant anything."
 )
 
+# The gated user's (simulate.reveal asked) system text for one reply: the task and only the facts that the
+# Questioner's last turn asks for, never the whole persona; {told} is GATED_FACTS or GATED_NOTHING.
+GATED_ROLEPLAYER_SYSTEM = (
+    "You are playing a person called {name} in a conversation with an AI assistant. You asked the assistant for "
+    "help with this request:\n\n"
+    "{task}\n\n"
+    "{told} Speak in the first person, in one or two short sentences. Do not solve your own request and do not ask "
+    "the assistant anything."
+)
+GATED_FACTS = (
+    "The assistant has just asked you something. This is all you know about yourself that answers it:\n\n"
+    "{facts}\n\n"
+    "Answer the question with these facts, in your own words, and say nothing else about yourself."
+)
+GATED_NOTHING = (
+    "The assistant has just said or asked something that nothing you know about yourself answers. Say briefly, "
+    "in your own words, that you have nothing to add about that, without making anything up about yourself."
+)
+
 PERSONA_PROMPT = (
     "Here are a few people describing themselves:\n\n"
     "{examples}\n\n"
@@ -93,6 +112,18 @@ def questioner_messages(
 def roleplayer_messages(persona: str, task: str, turns: list[dict]) -> list[dict]:
     """The Roleplayer's view: its persona as system text, the Questioner's questions as user turns."""
     messages = [{"role": "system", "content": ROLEPLAYER_SYSTEM.format(persona=persona, task=task)}]
+    for turn in turns:
+        role = "user" if turn["role"] == "questioner" else "assistant"
+        messages.append({"role": role, "content": turn["text"]})
+    return messages
+
+
+def gated_roleplayer_messages(name: str, task: str, facts: list[str], turns: list[dict]) -> list[dict]:
+    """A gated user's view for its next reply: the task and the facts it was given for it (none: it has nothing to
+    add) as system text, then the conversation so far, as roleplayer_messages has it."""
+    told = GATED_FACTS.format(facts="\n".join(f"- {fact}" for fact in facts)) if facts else GATED_NOTHING
+    system = GATED_ROLEPLAYER_SYSTEM.format(name=name, task=task, told=told)
+    messages = [{"role": "system", "content": system}]
     for turn in turns:
         role = "user" if turn["role"] == "questioner" else "assistant"
         messages.append({"role": role, "content": turn["text"]})

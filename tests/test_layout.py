@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "stargate_lite"
 # Bottom to top: a module imports from its own layer and the layers below it, never above.
 LAYERS = ("foundations", "engines", "stages", "evaluation", "commands", "loop", "cli")
 FOLDERS = ("engines", "stages", "evaluation", "commands")
-FOUNDATIONS = {"errors", "prompts", "progress", "recipe", "store", "runs", "tracking"}
+FOUNDATIONS = {"facts", "errors", "prompts", "progress", "recipe", "store", "runs", "tracking"}
 TOP = {"loop": "loop", "cli": "cli", "__main__": "cli", "": "cli"}  # "": the package's face, __init__.py
 # Modules of a stage beside the stage's own module: they may import each other, and nothing else in stages/.
 STAGE_OF = {"builtin_data": "data", "train_processes": "train"}

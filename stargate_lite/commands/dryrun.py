@@ -36,6 +36,7 @@ def estimate(recipe: Recipe, home: Path, measure: bool = True) -> list[dict]:
     prompt = 80 + int(k_mean * (sim.question_max_tokens + sim.answer_max_tokens))  # greeting + conversation
     scored_len = prompt + recipe.data.gold_max_tokens
     all_pairs = sum(getattr(recipe.data.tasks, s) * getattr(recipe.data.personas, s) for s in SPLITS)
+    # the Oracle writes personas for the built-in data set only (hand-written or imported ones are there already)
     personas = sum(getattr(recipe.data.personas, s) for s in SPLITS) if recipe.data.dataset == "builtin" else 0
 
     weights, oracle = recipe.roles.roleplayer_weights, recipe.roles.oracle

@@ -33,7 +33,7 @@ from ..recipe import Recipe, apply_overrides, check_judge_budget, override_key, 
 from ..runs import check_chat_model, pick_run, policies, recipe_of_run, run_dir
 from ..stages.data import make_pairs, prepare_data
 from ..stages.score import base_weights, encode_gold, score_stage, score_sums
-from ..stages.simulate import Roleplayers, simulate
+from ..stages.simulate import Roleplayers, simulate, user_gate
 from ..store import Store
 from ..tracking import open_tracker
 from .audit import audit
@@ -259,6 +259,7 @@ def evaluate(home: Path | str | None = None, run_id: str | None = None, iteratio
     chat = ChatModels(recipe.chat_models, store.home, run_dir(store, run_id))
     progress = progress or Progress()
     sim_config = recipe.simulate.model_copy(update={"conversations_per_pair": recipe.eval.conversations_per_pair})
+    gate = functools.cache(lambda: user_gate(sim_config, store.home))  # loaded when a simulation needs it
     @functools.cache
     def models() -> SharedBase:
         """Made on first use: a rerun that finds everything stored loads no model."""
@@ -275,7 +276,7 @@ def evaluate(home: Path | str | None = None, run_id: str | None = None, iteratio
                 make_pairs(store, recipe, ns, iteration, "test", f"{recipe.seed}/eval")
                 with models().policy(adapter_of(iteration)) as policy:
                     simulate(store, ns, iteration, policy, f"iteration-{iteration}" if iteration else "base",
-                             questioner, Roleplayers({roleplayer: 1.0}, chat.get, recipe.seed), sim_config,
+                             questioner, Roleplayers({roleplayer: 1.0}, chat.get, recipe.seed, gate()), sim_config,
                              recipe.seed + 7919, progress)
                     score_stage(store, ns, iteration, policy, questioner, recipe.score, progress)
                     _score_conditions(store, ns, iteration, policy, questioner, recipe, progress)

@@ -48,7 +48,7 @@ from ..runs import (
 )
 from ..stages.data import make_pairs, prepare_data
 from ..stages.score import score_stage
-from ..stages.simulate import Roleplayers, simulate
+from ..stages.simulate import Roleplayers, simulate, user_gate
 from ..store import Store
 from .evaluate import closing_questioner
 from .intervals import Interval, crossed_bootstrap
@@ -153,6 +153,8 @@ def probe(home: Path | str | None = None, run_id: str | None = None, iterations:
     def models() -> SharedBase:
         return SharedBase(Questioner(recipe.questioner, store.home))
 
+    gate = functools.cache(lambda: user_gate(sized.simulate, store.home))
+
     with progress, ChatModels(recipe.chat_models, store.home, run_dir(store, run_id)) as chat, \
             closing_questioner(models):
         if todo:
@@ -166,7 +168,8 @@ def probe(home: Path | str | None = None, run_id: str | None = None, iterations:
             adapter = store.training(run_id, it)["adapter"] if it else None
             with models().policy(adapter) as policy:
                 simulate(store, ns, 0, policy, f"iteration-{it}" if it else "base", models().questioner,
-                         Roleplayers({rp: 1.0}, get, recipe.seed), sized.simulate, recipe.seed + PROBE_SEED,
+                         Roleplayers({rp: 1.0}, get, recipe.seed, None if rp == CONTROL else gate()),
+                         sized.simulate, recipe.seed + PROBE_SEED,
                          progress)
                 score_stage(store, ns, 0, policy, models().questioner, recipe.score, progress)
             store.mark_stage(ns, 0, "probe")

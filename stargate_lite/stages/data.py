@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..engines.chat_models import ChatFailure, ChatModel, Sampling
 from ..errors import StargateError
+from ..facts import MIN_WORDS, persona_facts
 from ..progress import Progress
 from ..prompts import GOLD_PROMPT, JUDGE_TEMPLATES, ROLEPLAYER_SYSTEM, gold_messages, persona_messages
 from ..recipe import SPLITS, Recipe
@@ -25,6 +26,7 @@ from ..store import Store
 from . import builtin_data
 
 BUILTIN = "builtin"
+WRITTEN = "builtin-written"  # the built-in tasks with the hand-written personas (builtin_data.WRITTEN_PERSONAS)
 # Fixed, recipe-independent assignment of the built-in tasks, so every recipe sees the same splits.
 _BUILTIN_SPLIT_SEED = 20240409
 _BUILTIN_TEST_TASKS = 12
@@ -58,13 +60,24 @@ def builtin_persona_name(split: str, idx: int) -> str:
     return names[slot]
 
 
-def ensure_builtin_tasks(store: Store) -> None:
+def ensure_builtin_tasks(store: Store, dataset: str = BUILTIN) -> None:
     rows = [
-        {"id": task_id(BUILTIN, split, i), "dataset": BUILTIN, "split": split, "idx": i, "text": text}
+        {"id": task_id(dataset, split, i), "dataset": dataset, "split": split, "idx": i, "text": text}
         for split, texts in builtin_task_splits().items()
         for i, text in enumerate(texts)
     ]
     store.insert_rows("tasks", rows, pk="id")
+
+
+def ensure_written_personas(store: Store) -> None:
+    """The WRITTEN data set's personas: the package's hand-written ones (builtin_data.WRITTEN_PERSONAS), each
+    sentence one fact, for a user who tells only what is asked (the tiny Oracle's personas are seldom facts)."""
+    store.add_personas([
+        {"id": persona_id(WRITTEN, split, i), "dataset": WRITTEN, "split": split, "idx": i, "name": name,
+         "text": text, "source": "builtin:written"}
+        for split, personas in builtin_data.WRITTEN_PERSONAS.items()
+        for i, (name, text) in enumerate(personas)
+    ])
 
 
 def clean_persona(text: str, name: str) -> str:
@@ -102,7 +115,7 @@ def generate_personas(store: Store, recipe: Recipe, get_oracle: Callable[[], Cha
                 "text": clean_persona(text, name),
                 "source": f"oracle:{oracle.name}",
             }
-            store.insert_rows("personas", [row], pk="id")
+            store.add_personas([row])
             advance(1)
             stop_point("personas")
 
@@ -197,6 +210,9 @@ def prepare_data(store: Store, recipe: Recipe, get_oracle: Callable[[], ChatMode
     if recipe.data.dataset == BUILTIN:
         ensure_builtin_tasks(store)
         generate_personas(store, recipe, get_oracle, progress)
+    elif recipe.data.dataset == WRITTEN:
+        ensure_builtin_tasks(store, WRITTEN)
+        ensure_written_personas(store)
     check_stored_lengths(store, recipe)
     generate_golds(store, recipe, get_oracle, progress)
 
@@ -273,10 +289,25 @@ def check_lengths(recipe: Recipe, tasks: Labelled, personas: Labelled, golds: La
                                 "example (train.max_length): shorten it, or raise train.max_length")
 
 
+def check_persona_facts(personas: list[dict]) -> None:
+    """A gated user (simulate.reveal asked) tells only its persona's facts: a persona with none could answer
+    nothing, so the run stops before any of it is simulated, naming the persona."""
+    for p in personas:
+        if not (json.loads(p["facts"]) if p.get("facts") else persona_facts(p["text"])):
+            raise StargateError(
+                f"persona {p['id']} ({p['name']}) has no fact a gated user could tell (simulate.reveal asked "
+                f"reads a persona's sentences of {MIN_WORDS} words or more, after its \"I'm NAME.\"): rewrite it, "
+                "or use simulate.reveal all"
+            )
+
+
 def check_stored_lengths(store: Store, recipe: Recipe) -> None:
-    """check_lengths on what a run reads: each split's tasks, personas and gold responses that the recipe uses."""
+    """check_lengths on what a run reads: each split's tasks, personas and gold responses that the recipe uses;
+    with a gated user, that each persona has facts to tell (check_persona_facts)."""
     for split in SPLITS:
         pairs = split_pairs(store, recipe, split)
+        if recipe.simulate.reveal == "asked":
+            check_persona_facts(list({p["id"]: p for _, p in pairs}.values()))
         tasks = {t["id"]: t["text"] for t, _ in pairs}
         personas = {f"{p['id']} ({p['name']})": p["text"] for _, p in pairs}
         golds = store.golds_for((t["id"], p["id"]) for t, p in pairs)
@@ -442,10 +473,9 @@ def write_split(store: Store, data: SplitImport, recipe: Recipe | None = None) -
             counts["tasks"] = len(data.tasks)
         if data.personas is not None:
             _check_new(store, "personas", dataset, split, [t for _, t in data.personas])
-            store.insert_rows("personas", [{"id": persona_id(dataset, split, i), "dataset": dataset, "split": split,
-                                            "idx": i, "name": n, "text": t,
-                                            "source": f"import:{data.personas_source}"}
-                                           for i, (n, t) in enumerate(data.personas)], pk="id")
+            store.add_personas([{"id": persona_id(dataset, split, i), "dataset": dataset, "split": split,
+                                 "idx": i, "name": n, "text": t, "source": f"import:{data.personas_source}"}
+                                for i, (n, t) in enumerate(data.personas)])
             counts["personas"] = len(data.personas)
         if data.golds is not None:
             counts.update(_write_golds(store, data))

@@ -12,16 +12,21 @@ slots fill (simulate.pairs_per_chunk x conversations_per_pair conversations per 
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 from ..engines.chat_models import ChatFailure, ChatModel, Sampling
+from ..engines.gate import Gate, GateSettings, embedder_source
+from ..engines.models import model_cache_dir
 from ..engines.questioner import Questioner
 from ..errors import FallbackNotice, QuestionerFailure
+from ..facts import persona_facts
 from ..progress import Progress
-from ..prompts import is_question, questioner_messages, roleplayer_messages
+from ..prompts import gated_roleplayer_messages, is_question, questioner_messages, roleplayer_messages
 from ..recipe import SimulateConfig
 from ..runs import stop_point
 from ..store import Store
@@ -30,16 +35,48 @@ from ..store import Store
 class Roleplayers:
     """The Roleplayers a stage's conversations are spread over (roles.roleplayer), each conversation's drawn by
     weight from a seed and the conversation's id: the same on every rerun, whatever was done before. Models are
-    got (loaded) on first use."""
+    got (loaded) on first use. With a `gate` (simulate.reveal asked) each is a gated user: it sees, for each reply,
+    only the persona's facts the Questioner's turn asks for."""
 
-    def __init__(self, weights: dict[str, float], get: Callable[[str], ChatModel], seed: int):
-        self.weights, self.get, self.seed = weights, get, seed
+    def __init__(self, weights: dict[str, float], get: Callable[[str], ChatModel], seed: int,
+                 gate: Gate | None = None):
+        self.weights, self.get, self.seed, self.gate = weights, get, seed, gate
 
     def name_for(self, conversation: str) -> str:
         if len(self.weights) == 1:
             return next(iter(self.weights))
         draw = random.Random(f"{self.seed}/roleplayer/{conversation}")
         return draw.choices(list(self.weights), weights=list(self.weights.values()))[0]
+
+
+def user_gate(config: SimulateConfig, home: Path) -> Gate | None:
+    """The gate a simulation's users answer through: None for the free user (reveal all)."""
+    if config.reveal != "asked":
+        return None
+    settings = GateSettings(config.gate.threshold, config.gate.spread, config.gate.stated_threshold)
+    return Gate(config.gate.model, settings, model_cache_dir(home))
+
+
+def check_gate(config: SimulateConfig) -> None:
+    """A gated user's gate model is there (a one-line error naming how to get it, before anything is written)."""
+    if config.reveal == "asked":
+        embedder_source(config.gate.model)
+
+
+def pair_facts(pair: dict) -> list[str]:
+    """A pair's persona facts as stored with the persona (or derived, for a pair read without them)."""
+    stored = pair.get("persona_facts")
+    return json.loads(stored) if stored else persona_facts(pair["persona"])
+
+
+def user_view(pair: dict, messages: list[dict], gate: Gate | None) -> tuple[list[dict], list[int] | None]:
+    """What the Roleplayer sees for its next reply, and the facts it was given: the whole persona for a free user
+    (None), else the facts the last Questioner turn asks for (gate.asked)."""
+    if gate is None:
+        return roleplayer_messages(pair["persona"], pair["task"], messages), None
+    facts = pair_facts(pair)
+    given = gate.asked(messages[-1]["text"], facts)
+    return gated_roleplayer_messages(pair["persona_name"], pair["task"], [facts[i] for i in given], messages), given
 
 
 def conversation_id(pair_id: str, sample: int) -> str:
@@ -112,14 +149,11 @@ def simulate_chunk(
                 asking.append(c)
         sampling = Sampling(config.answer_max_tokens, temperature=config.answer_temperature, seed=seed + 2 * turn + 1)
         replies: dict[int, str] = {}  # by place in `asking`
+        views = [user_view(c["pair"], c["messages"], roleplayers.gate) for c in asking]
         for name in roleplayers.weights:  # each Roleplayer's answers requested at once
             theirs = [i for i, c in enumerate(asking) if c["roleplayer"] == name]
             if theirs:
-                answers = roleplayers.get(name).complete_each(
-                    [roleplayer_messages(asking[i]["pair"]["persona"], asking[i]["pair"]["task"],
-                                         asking[i]["messages"]) for i in theirs],
-                    sampling,
-                )
+                answers = roleplayers.get(name).complete_each([views[i][0] for i in theirs], sampling)
                 for i, answer in zip(theirs, answers, strict=True):
                     if isinstance(answer, ChatFailure) and not answer.refused:
                         raise answer
@@ -134,7 +168,7 @@ def simulate_chunk(
                 continue
             a = replies[i]
             kept = first_sentences(a, config.max_answer_sentences)
-            c["messages"].append({"role": "roleplayer", "text": kept, "trimmed": int(kept != a)})
+            c["messages"].append({"role": "roleplayer", "text": kept, "trimmed": int(kept != a), "facts": views[i][1]})
         if on_message:
             on_message(len(replies))
     messages = [m for c in convs for m in c["messages"]]
