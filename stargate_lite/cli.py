@@ -303,7 +303,8 @@ def chat(
     from .engines.chat_models import ChatModels
     from .engines.questioner import Questioner
     from .runs import check_adapter, resolve_checkpoint
-    from .stages.data import check_lengths
+    from .stages.data import check_lengths, check_persona_facts
+    from .stages.simulate import check_gate, user_gate
     from .store import Store
 
     check_max_questions(max_questions)
@@ -319,6 +320,9 @@ def chat(
     if persona:  # before any model is loaded: the Roleplayer must hold them and the questions
         check_lengths(recipe, [("--task", task)], [("--persona", persona)], roleplayers=[recipe.roles.main_roleplayer],
                       turns=max_questions)
+        if recipe.simulate.reveal == "asked":  # a gated user: its persona must have facts, its gate a model
+            check_persona_facts([{"id": "--persona", "name": name, "text": persona}])
+            check_gate(recipe.simulate)
     questioner = Questioner(recipe.questioner, store.home)
     model = questioner.load_policy(adapter_path)
     interactive = sys.stdin.isatty()
@@ -349,7 +353,8 @@ def chat(
         # Through a pipe each message is one line, as said; a terminal wraps it at its width, between words.
         write = lambda s: out.print(s, end="", markup=False, soft_wrap=not out.is_terminal)
         chat_loop(questioner, model, recipe, transcript, read, write, stream,
-                  roleplayer=roleplayer, task=task, max_questions=max_questions, prompt_format=prompt_format)
+                  roleplayer=roleplayer, task=task, max_questions=max_questions, prompt_format=prompt_format,
+                  gate=user_gate(recipe.simulate, store.home) if persona else None)
 
 
 @app.command("export")

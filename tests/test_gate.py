@@ -163,3 +163,35 @@ def test_a_free_user_sees_the_whole_persona_and_records_no_facts():
                            Roleplayers({"u": 1.0}, lambda _: user, 0), SimulateConfig(conversations_per_pair=1), 0)
     assert MEI in user.shown[0][0]["content"]
     assert convs[0]["messages"][1]["facts"] is None
+
+
+def test_chat_watches_a_questioner_talk_with_a_gated_user(home, model_cache):
+    """chat --persona under a run whose users are gated: before each reply, the facts it was told (or nothing),
+    and the transcript keeps them with the reply. The Questioner and the Roleplayer are the real tiny models."""
+    from conftest import cli
+
+    from stargate_lite.recipe import load_recipe
+    from stargate_lite.runs import open_run
+
+    open_run(Store(home), load_recipe("tiny", ["simulate.reveal=asked", "simulate.question_max_tokens=12",
+                                               "respond.max_tokens=8"]))
+    result = cli("chat", "--base", "--persona", MEI, "--task", "What should I cook tonight?", "--max-questions", "1",
+                 "--name", "Mei", home=home, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("(told: ") == 1 and result.stdout.count("roleplayer> ") == 1
+    (saved,) = Store(home).rows("select turns from chats")
+    replies = [t for t in json.loads(saved["turns"]) if t["role"] == "roleplayer"]
+    assert len(replies) == 1 and isinstance(replies[0]["facts"], list)
+
+
+def test_a_gated_chat_refuses_a_persona_without_facts_in_one_line(home):
+    from conftest import cli, one_line
+
+    from stargate_lite.recipe import load_recipe
+    from stargate_lite.runs import open_run
+
+    open_run(Store(home), load_recipe("tiny", ["simulate.reveal=asked"]))
+    result = cli("chat", "--base", "--persona", "I'm MEI.", "--task", "What should I cook tonight?", home=home,
+                 check=False)
+    assert result.returncode == 2
+    assert "has no fact a gated user could tell" in one_line(result)

@@ -14,10 +14,12 @@ import uuid
 from collections.abc import Callable, Iterator
 
 from ..engines.chat_models import ChatModel, Sampling, complete_all
+from ..engines.gate import Gate
 from ..engines.questioner import Questioner
 from ..errors import StargateError
-from ..prompts import is_question, questioner_messages, roleplayer_messages
+from ..prompts import is_question, questioner_messages
 from ..recipe import Recipe
+from ..stages.simulate import pair_facts, user_view
 from ..store import Store
 
 COMMANDS = "/answer: answer now  /reset: start over  /quit: leave"
@@ -58,12 +60,15 @@ def chat_loop(
     task: str | None = None,
     max_questions: int | None = None,
     prompt_format: str = "instructed",
+    gate: Gate | None = None,
 ) -> None:
     """Run chats until /quit or end of input. `read(prompt)` returns a line or None at end of input.
 
     `prompt_format` is the one the checkpoint was trained in (train.format): "bare" greets it with the name and
     request alone, as in its training, so what it asks it asks by itself. A run with simulate.turns policy
-    trained it to choose when to answer: a turn of its that is not a question is its answer."""
+    trained it to choose when to answer: a turn of its that is not a question is its answer. With a `gate` (the
+    run's simulate.reveal asked) the Roleplayer is a gated user: each reply is made from the facts the question
+    asks for, which are shown before it and kept with it in the transcript."""
     check_max_questions(max_questions)
     instruction = prompt_format == "instructed"
     decide = recipe.simulate.turns == "policy"
@@ -87,11 +92,15 @@ def chat_loop(
                 break
             transcript.turns.append({"role": "questioner", "text": question})
             transcript.save()
+            given = None
             if roleplayer:
-                reply = complete_all(roleplayer,
-                    [roleplayer_messages(transcript.persona, transcript.task, transcript.turns)],
-                    Sampling(recipe.simulate.answer_max_tokens, temperature=recipe.simulate.answer_temperature),
-                )[0]
+                pair = {"persona": transcript.persona, "task": transcript.task, "persona_name": transcript.name}
+                view, given = user_view(pair, transcript.turns, gate)
+                if given is not None:
+                    facts = pair_facts(pair)
+                    write(f"(told: {' '.join(facts[i] for i in given)})\n" if given else "(told: nothing)\n")
+                reply = complete_all(roleplayer, [view], Sampling(recipe.simulate.answer_max_tokens,
+                                                                  temperature=recipe.simulate.answer_temperature))[0]
                 write(f"roleplayer> {reply}\n")
             else:
                 reply = read("you> ")
@@ -104,7 +113,8 @@ def chat_loop(
                     transcript.turns.pop()  # the unanswered question is not part of the conversation
                     answer_now = True
                     break
-            transcript.turns.append({"role": "roleplayer", "text": reply})
+            transcript.turns.append({"role": "roleplayer", "text": reply, **({"facts": given} if given is not None
+                                                                              else {})})
             transcript.save()
         else:
             answer_now = True
