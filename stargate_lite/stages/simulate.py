@@ -49,12 +49,16 @@ class Roleplayers:
         return draw.choices(list(self.weights), weights=list(self.weights.values()))[0]
 
 
-def user_gate(config: SimulateConfig, home: Path) -> Gate | None:
-    """The gate a simulation's users answer through: None for the free user (reveal all)."""
-    if config.reveal != "asked":
-        return None
+def recipe_gate(config: SimulateConfig, home: Path) -> Gate:
+    """The recipe's gate (simulate.gate), whatever the user: elicitation is counted with it for free users too.
+    Its model loads on first use."""
     settings = GateSettings(config.gate.threshold, config.gate.spread, config.gate.stated_threshold)
     return Gate(config.gate.model, settings, model_cache_dir(home))
+
+
+def user_gate(config: SimulateConfig, home: Path) -> Gate | None:
+    """The gate a simulation's users answer through: None for the free user (reveal all)."""
+    return recipe_gate(config, home) if config.reveal == "asked" else None
 
 
 def check_gate(config: SimulateConfig) -> None:
