@@ -257,8 +257,9 @@ def report(
     set_: EvalSetOption = None,
     home: HomeOption = None,
 ) -> None:
-    """Redraw the evaluation table and plots from the store, without loading any model, and write report.md beside
-    them: the run's code, machine, stage times, GPU-hours, evaluation and sample conversations."""
+    """Redraw the evaluation table and plots from the store, loading no model but the gate's small sentence embedder
+    (it counts elicitation), and write report.md beside them: the run's code, machine, stage times, GPU-hours,
+    evaluation and sample conversations."""
     from .evaluation.report import report as write_run_report
     from .evaluation.report import tables
 

@@ -999,12 +999,14 @@ class Store:
         return self.rows(sql, [ns, iteration, responder])
 
     def audit_conversations(self, run_id: str, iteration: int, limit: int | None = None) -> list[dict]:
-        """{roleplayer, persona, turns} of an iteration's conversations: all, or the first `limit` stored."""
-        sql = ("select c.id, c.roleplayer, pe.text as persona from conversations c join pairs p on p.id = c.pair_id "
-               "join personas pe on pe.id = p.persona_id where c.run_id = ? and c.iteration = ? limit ?")
+        """{roleplayer, persona, persona_facts (JSON), turn_count, turns} of an iteration's conversations: all, or
+        the first `limit` stored."""
+        sql = ("select c.id, c.roleplayer, c.turns as turn_count, pe.text as persona, pe.facts as persona_facts "
+               "from conversations c join pairs p on p.id = c.pair_id join personas pe on pe.id = p.persona_id "
+               "where c.run_id = ? and c.iteration = ? limit ?")
         rows = self.rows(sql, [run_id, iteration, -1 if limit is None else limit])
         turns = self.turns([r["id"] for r in rows])
-        return [{"roleplayer": r["roleplayer"], "persona": r["persona"], "turns": turns[r["id"]]} for r in rows]
+        return [{**{k: v for k, v in r.items() if k != "id"}, "turns": turns[r["id"]]} for r in rows]
 
     def eval_namespaces(self, run_id: str) -> list[str]:
         """The evaluation namespaces ("RUN#eval:ROLEPLAYER") that hold conversations of a run."""
@@ -1097,15 +1099,17 @@ class Store:
 
     def export_conversations(self, run_id: str, question_cost: float) -> list[dict]:
         """Every conversation of a run's namespaces: its gold log-prob (the score stage's, or an evaluation's
-        experimental one), its reward as selection reckons it, and whether selection kept it."""
+        experimental one), its reward as selection reckons it, whether selection kept it, and its persona (text,
+        facts) for the elicitation counts."""
         where, params = self._of_run("c.run_id", run_id)
         return self.rows(
             f"""
             select c.id, c.run_id as namespace, c.iteration, c.pair_id, c.sample, c.policy, c.roleplayer,
               c.turns as turn_count, c.questions, c.answer, coalesce(s.logprob, e.logprob) as logprob,
               coalesce(s.logprob, e.logprob) - ? * coalesce(c.questions, 0) as reward,
-              k.conversation_id is not null as kept
-            from conversations c left join scores s on s.conversation_id = c.id
+              k.conversation_id is not null as kept, pe.text as persona, pe.facts as persona_facts
+            from conversations c join pairs p on p.id = c.pair_id join personas pe on pe.id = p.persona_id
+            left join scores s on s.conversation_id = c.id
             left join eval_scores e on e.conversation_id = c.id and e.condition = 'experimental'
             left join selections k on k.conversation_id = c.id
             where {where} order by c.run_id, c.iteration, c.pair_id, c.sample

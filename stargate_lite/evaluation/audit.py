@@ -1,7 +1,9 @@
 """The simulator audit (beyond the paper): how cooperative each Roleplayer is, read from the stored texts.
 
 A Roleplayer that volunteers its persona, or does the Questioner's work, inflates every figure: the gold's
-log-prob rises without a question that drew anything out. Two measures per conversation:
+log-prob rises without a question that drew anything out. The headline is elicitation (elicitation.py): per
+conversation, the persona's facts told when asked (active), told unasked (passive) and never told, counted with
+the recipe's gate for a free user and a gated one alike. Beside it, two measures read from the texts alone:
 
 - **persona leakage**: of the persona's content words (words of PERSONA_WORD's 5 letters or more, so names of
   things and not "I", "the"), the share that the Roleplayer's answers say although the question each answers did
@@ -20,6 +22,7 @@ from __future__ import annotations
 import re
 
 from .efficiency import mean_sem
+from .elicitation import elicitation
 
 PERSONA_WORD = re.compile(r"[a-z]{5,}")
 ASSISTANT_VOICE = re.compile(
@@ -53,17 +56,23 @@ def breaks_role(answer: str) -> bool:
     return bool(ASSISTANT_VOICE.search(answer)) or len(LIST_LINE.findall(answer)) >= LIST_LINES
 
 
-def audit(conversations: list[dict]) -> dict[str, dict]:
-    """Per Roleplayer, over conversations {roleplayer, persona, turns}: {conversations, leakage (mean, SEM, n),
-    answers, role_breaks (the share of its answers that break role)}. Conversations stored before the Roleplayer
-    was recorded count under "unrecorded"."""
-    by_roleplayer: dict[str, list[dict]] = {}
-    for c in conversations:
-        by_roleplayer.setdefault(c["roleplayer"] or "unrecorded", []).append(c)
+def audit(conversations: list[dict], elicited: list[dict] | None = None) -> dict[str, dict]:
+    """Per Roleplayer, over conversations {roleplayer, persona, turns}: {conversations, elicitation, leakage (mean,
+    SEM, n), answers, role_breaks (the share of its answers that break role)}. Conversations stored before the
+    Roleplayer was recorded count under "unrecorded".
+
+    elicited: each conversation's elicitation counts (elicitation.conversation_elicitation), in the same order;
+    each Roleplayer's `elicitation` is their summary (elicitation.elicitation), None without them."""
+    by_roleplayer: dict[str, list[int]] = {}
+    for i, c in enumerate(conversations):
+        by_roleplayer.setdefault(c["roleplayer"] or "unrecorded", []).append(i)
     out = {}
-    for name, group in sorted(by_roleplayer.items()):
+    for name, members in sorted(by_roleplayer.items()):
+        group = [conversations[i] for i in members]
         answers = [t["text"] for c in group for t in c["turns"] if t["role"] == "roleplayer"]
         shares = [s for c in group if (s := leakage(c["persona"], c["turns"])) is not None]
-        out[name] = {"conversations": len(group), "leakage": mean_sem(shares), "answers": len(answers),
+        out[name] = {"conversations": len(group),
+                     "elicitation": elicitation([elicited[i] for i in members]) if elicited is not None else None,
+                     "leakage": mean_sem(shares), "answers": len(answers),
                      "role_breaks": sum(map(breaks_role, answers)) / len(answers) if answers else None}
     return out

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..engines.chat_models import ChatFailure, ChatModels, Sampling, preflight
+from ..engines.gate import Gate
 from ..engines.questioner import Questioner, SharedBase
 from ..errors import StargateError
 from ..progress import Progress
@@ -33,12 +34,13 @@ from ..recipe import Recipe, apply_overrides, check_judge_budget, override_key, 
 from ..runs import check_chat_model, pick_run, policies, recipe_of_run, run_dir
 from ..stages.data import make_pairs, prepare_data
 from ..stages.score import base_weights, encode_gold, score_stage, score_sums
-from ..stages.simulate import Roleplayers, simulate, user_gate
+from ..stages.simulate import Roleplayers, recipe_gate, simulate, user_gate
 from ..store import Store
 from ..tracking import open_tracker
 from .audit import audit
 from .curves import log_evaluation
 from .efficiency import efficiency, mean_sem
+from .elicitation import each_elicitation, elicitation
 from .intervals import crossed_bootstrap
 from .judge import judge_prompt_text, judge_protocol, policy_is_a, read_verdict, winner_of
 from .strengths import bradley_terry
@@ -291,7 +293,8 @@ def evaluate(home: Path | str | None = None, run_id: str | None = None, iteratio
             _respond(store, ns, iteration, responder, pairs, models, answerer, recipe, iteration, progress)
             _judge(store, ns, iteration, responder, pairs, chat.get(judge_name), recipe, progress)
             store.mark_stage(ns, iteration, judged)
-    summary = summarize(store, run_id, roleplayer, judge_name, protocol, responder, wanted)
+    summary = summarize(store, run_id, roleplayer, judge_name, protocol, responder, wanted,
+                        gate() or recipe_gate(sim_config, store.home))
     with open_tracker(store, run_id, recipe.track, run_dir(store, run_id)) as tracker:
         log_evaluation(tracker, summary)
     return summary
@@ -308,8 +311,9 @@ def closing_questioner(models: Callable[[], SharedBase]) -> Iterator[None]:
 
 
 def summarize(store: Store, run_id: str, roleplayer: str, judge: str, protocol: str, responder: str = "policy",
-              iterations: list[int] | None = None) -> dict:
-    """The evaluation as stored: no model is loaded. Used by `eval --json` and `report`.
+              iterations: list[int] | None = None, gate: Gate | None = None) -> dict:
+    """The evaluation as stored: no model is loaded but the gate's sentence embedder, which counts elicitation
+    (elicitation.py; without a `gate` the elicitation figures are None). Used by `eval --json` and `report`.
 
     Every log-prob condition has its mean and SEM over conversations (the paper's figures) and, beside them, a 95%
     interval from the crossed bootstrap over the test pairs' tasks and personas (each pair's mean once): pairs
@@ -321,6 +325,14 @@ def summarize(store: Store, run_id: str, roleplayer: str, judge: str, protocol: 
     controls = {c: [(r["pair_key"], r["logprob"]) for r in store.eval_logprobs(ns, 0, c)]
                 for c in ("negative", "positive")}
     base_by_pair = _experimental_by_pair(store, ns, 0)
+
+    @functools.cache
+    def audited(space: str, it: int) -> tuple[list[dict], list[dict] | None]:
+        """A namespace's conversations of an iteration and their elicitation counts, read and counted once for
+        both the efficiency figures and the audit."""
+        conversations = store.audit_conversations(space, it)
+        return conversations, each_elicitation(conversations, gate) if gate else None
+
     out, judged = [], {}
     for it in iterations:
         by_pair = _experimental_by_pair(store, ns, it) if it else base_by_pair
@@ -342,17 +354,32 @@ def summarize(store: Store, run_id: str, roleplayer: str, judge: str, protocol: 
             **(win_rates(judged[it]) if it else _REFERENCE),
             # Q_eta's conversations (the experimental condition's; the random condition reuses them) and the
             # responses the win rates judged (Q_0 answers for itself at iteration 0).
-            "efficiency": efficiency(store.conversation_efficiency(ns, it),
-                                     store.eval_response_lengths(ns, it, responder if it else "policy")),
+            "efficiency": _with_elicitation(efficiency(store.conversation_efficiency(ns, it),
+                                                       store.eval_response_lengths(ns, it, responder if it else
+                                                                                   "policy")), *audited(ns, it)),
         })
     strengths = bradley_terry(judged)
     # The simulator audit of every Roleplayer this run was evaluated with, per iteration: a matrix in `report`.
-    audits = {other.partition("#eval:")[2]: {str(it): audit(store.audit_conversations(other, it))
+    audits = {other.partition("#eval:")[2]: {str(it): audit(*audited(other, it))
                                              for it in store.pair_iterations(other) if it in iterations}
               for other in store.eval_namespaces(run_id)}
     return {"run": run_id, "roleplayer": roleplayer, "judge": judge, "protocol": protocol, "responder": responder,
             "iterations": out, "bradley_terry": _strengths_dict(strengths) if strengths else None,
             "audit": audits}
+
+
+def _with_elicitation(figures: dict, conversations: list[dict], counts: list[dict] | None) -> dict:
+    """The efficiency figures with elicitation beside them, over all conversations and per number of turns
+    (None without counts)."""
+    def over(k: int | None) -> dict | None:
+        if counts is None:
+            return None
+        return elicitation([n for c, n in zip(conversations, counts, strict=True) if k is None or c["turn_count"] == k])
+
+    figures["elicitation"] = over(None)
+    for k, metrics in figures["by_turns"].items():
+        metrics["elicitation"] = over(int(k))
+    return figures
 
 
 def _experimental_by_pair(store: Store, ns: str, iteration: int) -> dict[str, list[float]]:

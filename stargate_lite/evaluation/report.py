@@ -135,17 +135,33 @@ EFFICIENCY_LABELS = {
 }
 
 
+ELICITATION_LABELS = {"active": "facts told asked", "passive": "told unasked", "never": "never told"}
+ELICITATION_CAPTION = ("facts: the persona's facts per conversation, told in reply to a turn that asked for them, "
+                       "told unasked, or never (counted with the recipe's gate; docs/evaluation.md, Elicitation)")
+
+
 def efficiency_table(summary: dict) -> Grid:
-    """The efficiency metrics per iteration, over all its conversations and per number of turns."""
+    """The elicitation and efficiency metrics per iteration, over all its conversations and per number of turns."""
     grid = Grid(title=f"Efficiency (Q_eta's conversations with roleplayer {summary['roleplayer']}, "
                       f"responder {summary['responder']}; mean ± SEM)",
-                headers=["iteration", "turns", *EFFICIENCY_LABELS.values()])
+                headers=["iteration", "turns", *ELICITATION_LABELS.values(), *EFFICIENCY_LABELS.values()],
+                caption=ELICITATION_CAPTION)
     for it in summary["iterations"]:
         eff = it["efficiency"]
         for k, metrics in [("all", eff), *eff["by_turns"].items()]:
+            elicited = metrics.get("elicitation")  # None without a gate; absent from summaries stored before it
             grid.rows.append([str(it["iteration"]) if k == "all" else "", k,
+                              *(_fmt(elicited[kind], 2) if elicited else "-" for kind in ELICITATION_LABELS),
                               *(_fmt(metrics[m], 2 if m == "question_share" else 1) for m in EFFICIENCY_LABELS)])
     return grid
+
+
+def _fmt_elicitation(elicited: dict | None) -> str:
+    """Facts per conversation told asked / unasked / never, e.g. "facts 1.20/0.40/2.40 of 4.0 (n=12)"."""
+    if not elicited or not elicited["conversations"]:
+        return "facts -"
+    means = "/".join(f"{elicited[kind]['mean']:.2f}" for kind in ELICITATION_LABELS)
+    return f"facts {means} of {elicited['facts']['mean']:.1f} (n={elicited['conversations']})"
 
 
 def _bars(stats: list[dict], key: str) -> list[list[float]]:
@@ -163,15 +179,17 @@ def audit_table(summary: dict) -> Grid | None:
     iterations = sorted({it for by_iteration in audits.values() for it in by_iteration}, key=int)
     grid = Grid(title="Simulator audit (the evaluation's conversations)",
                 headers=["roleplayer", *(f"Q_{it}" for it in iterations)], left=1,
-                caption="leak: share of the persona's content words the answers say unasked (mean ± SEM over "
-                        "conversations); breaks: share of answers in the assistant's voice or laying out a list")
+                caption="facts a/p/n: the persona's facts per conversation told asked / told unasked / never "
+                        "(means over conversations; docs/evaluation.md, Elicitation); leak: share of the "
+                        "persona's content words the answers say unasked (mean ± SEM over conversations); breaks: "
+                        "share of answers in the assistant's voice or laying out a list")
     for name, by_iteration in audits.items():
         cells = []
         for it in iterations:
             per_roleplayer = by_iteration.get(it, {})
-            cells.append("; ".join(f"{who + ': ' if who != name else ''}leak {_fmt(a['leakage'], 2)}, breaks "
-                                   f"{a['role_breaks']:.2f} of {a['answers']}" if a["answers"] else f"{who}: -"
-                                   for who, a in per_roleplayer.items()) or "-")
+            cells.append("; ".join(f"{who + ': ' if who != name else ''}{_fmt_elicitation(a.get('elicitation'))}, "
+                                   f"leak {_fmt(a['leakage'], 2)}, breaks {a['role_breaks']:.2f} of {a['answers']}"
+                                   if a["answers"] else f"{who}: -" for who, a in per_roleplayer.items()) or "-")
         grid.rows.append([name, *cells])
     return grid
 
@@ -367,9 +385,23 @@ def write_report(store: Store, run_id: str, summary: dict | None, plots: list[Pa
     return path
 
 
+def _gate(recipe, home: Path):
+    """The gate that counts elicitation, or None where its model cannot be unpacked into a home that cannot be
+    written (the figures then show as missing; the rest of the report is drawn as ever)."""
+    from ..stages.simulate import recipe_gate
+
+    try:
+        return recipe_gate(recipe.simulate, home)
+    except OSError as err:
+        if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        return None
+
+
 def report(home: Path | str | None = None, run_id: str | None = None, roleplayer: str | None = None,
            judge: str | None = None, responder: str = "policy", settings: list[str] | None = None) -> dict:
-    """`stargate-lite report`, loading no model: the evaluation's summary as stored (None without one), its plots
+    """`stargate-lite report`, loading no model but the gate's small sentence embedder (elicitation is counted
+    from the stored turns): the evaluation's summary as stored (None without one), its plots
     and report.md, written to the run's folder. Returns {"summary", "plots", "report", "unwritten"}: where the
     home cannot be written (a read-only mount, another user's project), the store is still read, and "plots" and
     "report" are empty and "unwritten" says why; otherwise "unwritten" is None."""
@@ -381,7 +413,7 @@ def report(home: Path | str | None = None, run_id: str | None = None, roleplayer
     recipe = with_eval_settings(recipe_of_run(run), run["id"], settings)
     check_eval_names(recipe, run["id"], roleplayer, judge, responder)  # as eval refuses them, before any file
     summary = summarize(store, run["id"], roleplayer or recipe.roles.main_roleplayer, judge or recipe.roles.judge,
-                        judge_protocol(recipe.judge), responder)
+                        judge_protocol(recipe.judge), responder, gate=_gate(recipe, store.home))
     out_dir = run_dir(store, run["id"])
     written = {"summary": summary if summary["iterations"] else None, "plots": [], "report": None, "unwritten": None}
     try:
