@@ -1,7 +1,8 @@
 """Does the loop teach? The learning probe (stargate_lite.evaluation.probe) on a finished run's policies: per
 split, the mean reward, each policy's gain over Q_0 paired per pair with its 95% crossed-bootstrap interval (tasks
 and personas resampled), and what kind of gain it is (the share of Questioner turns that ask, and of turns that
-hold response text). Not a timing.
+hold response text), and the persona's facts per conversation told when asked (active) and unasked (passive).
+Not a timing.
 
     stargate-lite run --iterations 2                       # or any finished run
     python benchmarks/learning.py --home .stargate         # probes Q_0, Q_1, Q_2: 48 training + 12 test pairs
@@ -39,7 +40,8 @@ def table(summary: dict) -> str:
     title = (f"learning probe: run {summary['run']}{q0}, roleplayer {summary['roleplayer']}, "
              f"reward = log p_base(gold) - {summary['question_cost']} x questions")
     header = (f"{'policy':<8} {'split':<5} {'pairs':>5} {'trained':>7} {'reward':>9}  "
-              f"{'gain over Q_0 [95% interval]':<32} {'detects':>7} {'asks':>6} {'resp.':>6}")
+              f"{'gain over Q_0 [95% interval]':<32} {'detects':>7} {'asks':>6} {'resp.':>6} {'active':>6} "
+              f"{'passive':>7}")
     rows = [(f"Q_{p['iteration']}", p["splits"]) for p in summary["policies"]]
     rows += [("control", summary["control"])] if summary.get("control") else []
     lines = [title, header]
@@ -52,10 +54,14 @@ def table(summary: dict) -> str:
             detects = f"{s['detectable']:.2f}" if s["detectable"] is not None else "-"
             reward = f"{s['reward']:.2f}" if s["reward"] is not None else "-"
             share = [f"{s[k]:.2f}" if s[k] is not None else "-" for k in ("asking_share", "response_text_share")]
+            elicited = s.get("elicitation")
+            facts = [f"{elicited[k]['mean']:.2f}" if elicited and elicited[k]["mean"] is not None else "-"
+                     for k in ("active", "passive")]
             lines.append(f"{label:<8} {group:<5} {s['pairs']:>5} {s['trained_on']:>7} {reward:>9}  "
-                         f"{shown:<32} {detects:>7} {share[0]:>6} {share[1]:>6}")
+                         f"{shown:<32} {detects:>7} {share[0]:>6} {share[1]:>6} {facts[0]:>6} {facts[1]:>7}")
     lines.append("trained: probe pairs the run trained on; * interval excludes 0; detects: the smallest gain found "
                  "80% of the time (5% two-sided); asks: Questioner turns that ask; resp.: turns with response text; "
+                 "active, passive: the persona's facts per conversation told when asked, told unasked; "
                  "control: Q_0 with a Roleplayer that recites its persona")
     return "\n".join(lines)
 

@@ -10,7 +10,9 @@ Q_0's, and the mean gain gets a 95% interval from the crossed bootstrap over tas
 
 What kind of gain it is: the share of Questioner turns that ask (prompts.is_question), and the share that hold
 response text, RESPONSE_WORDS or more words outside their questions. A Questioner that writes the answer into
-its turns raises log p(gold) without eliciting anything, which the reward alone cannot tell apart.
+its turns raises log p(gold) without eliciting anything, which the reward alone cannot tell apart. And what the
+conversations drew out (elicitation.py): per conversation, the persona's facts told in reply to a turn that asked
+for them (active), told unasked (passive) and never told, counted with the run's gate for every user.
 
 The positive control (`control=True`) shows the probe can see a gain: Q_0 again, with a Roleplayer that recites
 its persona whenever it is asked anything (PersonaReciter), so the conversations hold what a perfect interview
@@ -31,6 +33,7 @@ import re
 from pathlib import Path
 
 from ..engines.chat_models import ChatFailure, ChatModels, Sampling, preflight
+from ..engines.gate import Gate
 from ..engines.questioner import Questioner, SharedBase
 from ..errors import StargateError
 from ..progress import Progress
@@ -48,8 +51,9 @@ from ..runs import (
 )
 from ..stages.data import make_pairs, prepare_data
 from ..stages.score import score_stage
-from ..stages.simulate import Roleplayers, simulate, user_gate
+from ..stages.simulate import Roleplayers, pair_facts, recipe_gate, simulate, user_gate
 from ..store import Store
+from .elicitation import conversation_elicitation, elicitation
 from .evaluate import closing_questioner
 from .intervals import Interval, crossed_bootstrap
 
@@ -173,11 +177,14 @@ def probe(home: Path | str | None = None, run_id: str | None = None, iterations:
                          progress)
                 score_stage(store, ns, 0, policy, models().questioner, recipe.score, progress)
             store.mark_stage(ns, 0, "probe")
-    return summarize_probe(store, run_id, roleplayer, wanted, recipe.reward.question_cost, control, q0_run)
+    return summarize_probe(store, run_id, roleplayer, wanted, recipe.reward.question_cost, control, q0_run,
+                           gate() or recipe_gate(sized.simulate, store.home))
 
 
-def _policy_split(store: Store, ns: str, question_cost: float) -> tuple[dict[str, tuple[str, str, float]], dict]:
-    """Per pair key (task, persona, mean reward); the Questioner's turns, those that ask, those with response text."""
+def _policy_split(store: Store, ns: str, question_cost: float,
+                  gate: Gate | None = None) -> tuple[dict[str, tuple[str, str, float]], dict]:
+    """Per pair key (task, persona, mean reward); the Questioner's turns, those that ask, those with response text,
+    and each conversation's elicitation counts ("elicited", with a gate)."""
     conversations = {c["id"]: c for c in store.conversations(ns, 0)}
     pairs = {p["id"]: p for p in store.pairs(ns, 0)}
     rewards: dict[str, list[float]] = {}
@@ -188,17 +195,21 @@ def _policy_split(store: Store, ns: str, question_cost: float) -> tuple[dict[str
     for pair_id, values in rewards.items():
         p = pairs[pair_id]
         by_key[f"{p['task_id']}|{p['persona_id']}"] = (p["task_id"], p["persona_id"], sum(values) / len(values))
-    turns = [t["text"] for ts in store.turns(list(conversations)).values() for t in ts if t["role"] == "questioner"]
+    stored = store.turns(list(conversations))
+    turns = [t["text"] for ts in stored.values() for t in ts if t["role"] == "questioner"]
     counts = {"questioner_turns": len(turns), "asking": sum(map(is_question, turns)),
-              "response_text": sum(response_words(t) >= RESPONSE_WORDS for t in turns)}
+              "response_text": sum(response_words(t) >= RESPONSE_WORDS for t in turns),
+              "elicited": [conversation_elicitation(stored[cid], pair_facts(pairs[c["pair_id"]]), gate)
+                           for cid, c in conversations.items()] if gate else []}
     return by_key, counts
 
 
 def summarize_probe(store: Store, run_id: str, roleplayer: str, iterations: list[int], question_cost: float = 0.0,
-                    control: bool = False, q0_run: str | None = None) -> dict:
+                    control: bool = False, q0_run: str | None = None, gate: Gate | None = None) -> dict:
     """The probe as stored: per policy (and the control) and split, the mean reward, the gain over Q_0 paired per
     pair with its crossed-bootstrap interval and the smallest gain detectable at that size, the asking and
-    response-text shares, and how many probe pairs the run trained on. A and B are also taken together ("A+B"):
+    response-text shares, elicitation (elicitation.py: facts told asked, told unasked and never, per conversation;
+    None without a gate), and how many probe pairs the run trained on. A and B are also taken together ("A+B"):
     the training distribution's pairs, twice as many as either split's."""
     trained_on = {f"{p['task_id']}|{p['persona_id']}" for it in trained_iterations(store, run_id)
                   for p in store.pairs(run_id, it)}
@@ -207,7 +218,7 @@ def summarize_probe(store: Store, run_id: str, roleplayer: str, iterations: list
     base = {split: _policy_split(store, namespace(roleplayer, split, 0), question_cost)[0] for split in SPLITS}
 
     def splits_of(rp: str, it: int, paired: bool) -> dict:
-        measured = {split: _policy_split(store, namespace(rp, split, it), question_cost) for split in SPLITS}
+        measured = {split: _policy_split(store, namespace(rp, split, it), question_cost, gate) for split in SPLITS}
         out = {}
         for name, members in {**{split: (split,) for split in SPLITS}, "A+B": ("A", "B")}.items():
             rewards = {k: v for m in members for k, v in measured[m][0].items()}
@@ -226,6 +237,8 @@ def summarize_probe(store: Store, run_id: str, roleplayer: str, iterations: list
                 "gain": gain, "detectable": detectable(gain) if gain else None, "questioner_turns": turns,
                 "asking_share": counted["asking"] / turns if turns else None,
                 "response_text_share": counted["response_text"] / turns if turns else None,
+                "elicitation": elicitation([n for m in members for n in measured[m][1]["elicited"]])
+                if gate else None,
             }
         return out
 
