@@ -13,8 +13,11 @@ import json
 from importlib.metadata import version
 from pathlib import Path
 
+from ..engines.gate import Gate
 from ..errors import StargateError
+from ..evaluation.elicitation import conversation_elicitation
 from ..runs import pick_run, recipe_of_run
+from ..stages.simulate import pair_facts, recipe_gate
 from ..store import Store
 from .export import check_new_folder, written_aside
 
@@ -51,6 +54,12 @@ How it was made: `stargate-lite run --recipe {recipe_name}` (the recipe below), 
 `{run}#eval:ROLEPLAYER` for an evaluation; a conversation's `reward` is its `logprob` less
 {question_cost} per question, and `kept` marks the one selection trained on.
 
+Elicitation, per conversation: of the persona's `facts` (its sentences), `facts_active` were told in reply to a
+turn that asked for them (or after one had), `facts_passive` were told unasked, `facts_never` were not told.
+What a turn asks for, and what a free user's reply states, are found by the run's gate (a sentence-embedding
+model; simulate.gate in the recipe); a gated user (simulate.reveal asked) tells the facts it was given, which
+each of its turns lists in `facts` (null elsewhere).
+
 Load it:
 
 ```python
@@ -66,7 +75,8 @@ conversations = load_dataset("FOLDER_OR_HUB_ID", "conversations", split="train")
 """
 
 DESCRIBED = {
-    "conversations": "a simulated conversation: turns as [{role, text}], Roleplayer, gold log-prob, reward, kept",
+    "conversations": "a simulated conversation: turns as [{role, text, facts}], Roleplayer, gold log-prob, reward, "
+                     "kept, the persona's facts told asked (facts_active), unasked (facts_passive) and never",
     "pairs": "a (task, persona) pair of an iteration or evaluation, with the gold response",
     "selections": "the conversation selection kept for a pair, with its reward",
     "responses": "the response trained after a kept conversation (the regulariser)",
@@ -74,13 +84,22 @@ DESCRIBED = {
 }
 
 
-def dataset_tables(store: Store, run_id: str, question_cost: float) -> dict[str, list[dict]]:
-    """The run's rows per configuration, shaped for Parquet (turns as a list, flags as booleans)."""
+def dataset_tables(store: Store, run_id: str, question_cost: float, gate: Gate) -> dict[str, list[dict]]:
+    """The run's rows per configuration, shaped for Parquet (turns as a list, flags as booleans). A conversation
+    has its elicitation counts (facts, active, passive, never: evaluation/elicitation.py, by `gate`), and each
+    turn the persona facts a gated user's reply was given, as texts (None for a Questioner turn or a free user's
+    reply)."""
     conversations = store.export_conversations(run_id, question_cost)
     turns = store.turns([c["id"] for c in conversations])
     for c in conversations:
-        c["turns"] = turns[c["id"]]
+        facts = pair_facts(c)
+        counts = conversation_elicitation(turns[c["id"]], facts, gate)
+        c.update(facts=counts["facts"], facts_active=counts["active"], facts_passive=counts["passive"],
+                 facts_never=counts["never"])
+        c["turns"] = [{"role": t["role"], "text": t["text"],
+                       "facts": [facts[i] for i in t["facts"]] if "facts" in t else None} for t in turns[c["id"]]]
         c["kept"] = bool(c["kept"])
+        del c["persona"], c["persona_facts"]
     judgments = store.export_judgments(run_id)
     for j in judgments:
         j["swapped"], j["policy_is_a"] = bool(j["swapped"]), bool(j["policy_is_a"])
@@ -104,7 +123,7 @@ def export_dataset(home: Path | str | None, out_dir: Path, run_id: str | None = 
     store = Store(home, create=False)
     run = pick_run(store, run_id)
     recipe = recipe_of_run(run)
-    tables = dataset_tables(store, run["id"], recipe.reward.question_cost)
+    tables = dataset_tables(store, run["id"], recipe.reward.question_cost, recipe_gate(recipe.simulate, store.home))
     kept = {name: rows for name, rows in tables.items() if rows}  # an empty table has no columns to write
     configs = "\n".join(f"- config_name: {name}\n  data_files:\n  - split: train\n    path: {name}/{DATA_FILE}"
                         + ("\n  default: true" if name == "conversations" else "") for name in kept)
