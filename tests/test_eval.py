@@ -122,6 +122,13 @@ def test_eval_gives_intervals_over_tasks_and_personas_a_paired_gain_and_strength
     for it in evaluated["iterations"]:
         (only,) = audit["smollm2"][str(it["iteration"])].values()
         assert only["conversations"] == it["logprob"]["experimental"]["n"] and 0 <= only["leakage"]["mean"] <= 1
+        # Elicitation, the audit's headline: the same conversations as the efficiency figures', counted once.
+        elicited = it["efficiency"]["elicitation"]
+        assert only["elicitation"] == elicited and elicited["conversations"] == only["conversations"]
+        assert sum(elicited[k]["mean"] for k in ("active", "passive", "never")) == pytest.approx(
+            elicited["facts"]["mean"])
+        assert sum(m["elicitation"]["conversations"] for m in it["efficiency"]["by_turns"].values()) == \
+            elicited["conversations"]
     fit = evaluated["bradley_terry"]
     assert sorted(fit["strengths"]) == ["1", "2"] and fit["judgments"] == 2 * 2 * 2
     assert all(s["low"] <= s["mean"] <= s["high"] for s in [*fit["strengths"].values(), fit["position_a"]])
@@ -133,7 +140,7 @@ def test_eval_table_shows_both_win_rates(evaluated, eval_home):
     assert "win rate, random order" in table and "win rate, both orders" in table and "consistency" in table
     assert "Efficiency" in table and "tokens the user typed" in table
     assert "Bradley-Terry" in table and "Q_2 strength" in table and "paired" in table
-    assert "Simulator audit" in table and "leak" in table
+    assert "Simulator audit" in table and "leak" in table and "facts told" in table and "facts a/p/n" in table
 
 
 def test_the_run_report_states_code_machine_stage_times_evaluation_and_samples(evaluated, eval_home, tmp_path):
@@ -814,13 +821,16 @@ def test_a_runs_records_export_as_a_dataset_that_datasets_loads(evaluated, eval_
 
     card = (out / "README.md").read_text()
     assert card.startswith("---\n") and "license: unknown" in card and "config_name: judgments" in card
+    assert "`facts_active`" in card and "`facts_passive`" in card and "`facts_never`" in card
     cache = tmp_path / "datasets-cache"
     loaded = {name: load_dataset(str(out), name, split="train", cache_dir=str(cache)) for name in stored}
     assert {name: len(rows) for name, rows in loaded.items()} == stored
     conversations = loaded["conversations"]
     assert sorted(conversations.unique("namespace")) == ["tiny", "tiny#eval:smollm2"]
     for row in conversations:
-        assert row["turns"] == turns[row["id"]] and row["kept"] == (row["id"] in kept)
+        # The tiny recipe's user is free: no turn was given facts; each conversation's persona facts are counted.
+        assert row["turns"] == [{**t, "facts": None} for t in turns[row["id"]]] and row["kept"] == (row["id"] in kept)
+        assert row["facts"] > 0 and row["facts_active"] + row["facts_passive"] + row["facts_never"] == row["facts"]
         assert row["reward"] == row["logprob"] is not None  # no question cost in the tiny recipe
     judgments = loaded["judgments"]
     assert all(j["policy_response"] and j["base_response"] and j["winner"] in ("base", "policy") for j in judgments)

@@ -81,8 +81,14 @@ def test_the_probe_pairs_each_policy_with_q0_under_the_same_seeds_and_makes_q0_o
         assert q2_less_q1[group].n == gains[0].n == gains[1].n
         assert q2_less_q1[group].mean == pytest.approx(gains[1].mean - gains[0].mean, abs=1e-9)
         assert q2_less_q1[group].low <= q2_less_q1[group].mean <= q2_less_q1[group].high
-    # The positive control (Q_0 asking a Roleplayer that recites its persona) raises the reward on every split.
+    # The positive control (Q_0 asking a Roleplayer that recites its persona) raises the reward on every split,
+    # and its replies tell persona facts (by the gate, the reciter being a free user), asked or not.
     assert all(both["control"][g]["gain"].mean > 0 for g in ("A", "B", "test"))
+    for group in ("A", "B", "test"):
+        elicited = both["control"][group]["elicitation"]
+        assert elicited["conversations"] == 2 and elicited["active"]["mean"] + elicited["passive"]["mean"] > 0
+        assert q1[group]["elicitation"]["conversations"] == 2
+        assert q1[group]["elicitation"]["never"]["mean"] <= q1[group]["elicitation"]["facts"]["mean"]
 
     # A sweep's run that differs only in training takes Q_0 (and the control) from this one, making nothing;
     # one that simulates otherwise is refused, naming what differs.
