@@ -15,10 +15,10 @@ def test_migrations_create_the_schema_once(home):
                      "m009_adapter_paths_in_home", "m010_scale_indexes",
                      "m011_training_processes", "m012_efficiency", "m013_question_cost", "m014_roleplayers",
                      "m015_training_method", "m016_policy_steps", "m017_turn_scores", "m018_stage_starts",
-                     "m019_tracked", "m020_tracked_points", "m021_cut_turns"]
+                     "m019_tracked", "m020_tracked_points", "m021_cut_turns", "m022_persona_facts"]
     assert store.db["turns"].columns_dict == {
         "conversation_id": str, "idx": int, "role": str, "text": str, "is_question": int, "trimmed": int,
-        "n_tokens": int, "cut": int,
+        "n_tokens": int, "cut": int, "facts": str,
     }
     assert store.db["conversations"].columns_dict == {
         "id": str, "run_id": str, "iteration": int, "pair_id": str, "sample": int, "turns": int, "policy": str,
