@@ -985,6 +985,21 @@ class Store:
             [run_id, iteration],
         )
 
+    def facts_given(self, run_id: str, iteration: int) -> list[int]:
+        """Per conversation of an iteration whose user was gated (simulate.reveal asked), how many of its persona's
+        facts the user was given over its replies (each fact once); empty for a free user's conversations."""
+        sql = """
+            select c.id, count(distinct j.value) as given
+            from conversations c join turns t on t.conversation_id = c.id, json_each(t.facts) j
+            where c.run_id = ? and c.iteration = ? and t.facts is not null group by c.id
+        """
+        gated = """
+            select c.id from conversations c join turns t on t.conversation_id = c.id
+            where c.run_id = ? and c.iteration = ? and t.facts is not null group by c.id
+        """
+        given = {row["id"]: row["given"] for row in self.rows(sql, [run_id, iteration])}
+        return [given.get(conversation, 0) for (conversation,) in self.db.execute(gated, [run_id, iteration])]
+
     def response_lengths(self, run_id: str, iteration: int) -> list[dict]:
         """{turns, n_tokens} of each regularizer response of an iteration, with its conversation's turns."""
         sql = ("select c.turns, r.n_tokens from responses r join conversations c on c.id = r.conversation_id "

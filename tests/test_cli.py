@@ -123,8 +123,9 @@ def test_a_path_the_system_refuses_is_one_line_naming_it_and_other_os_errors_sti
         command(PermissionError(errno.EACCES, os.strerror(errno.EACCES)))()
 
 
-def _figures(iteration: dict) -> dict[str, str]:
-    """What `status` shows of one iteration of `status --json`, by column."""
+def _figures(iteration: dict, gated: bool = False) -> dict[str, str]:
+    """What `status` shows of one iteration of `status --json`, by column (facts given: a run whose users were
+    gated)."""
     eff = iteration["efficiency"]
 
     def mean(stat: dict, digits: int = 0) -> str:
@@ -135,10 +136,12 @@ def _figures(iteration: dict) -> dict[str, str]:
             **{column: str(iteration[key]) for column, key in (("pairs", "pairs"), ("conversations", "conversations"),
                                                                ("scored", "scored"), ("selected", "selected"),
                                                                ("responses", "responses"))},
-            "train loss": "-" if loss is None else f"{loss:.3f}", "questions/conv": mean(eff["questions"], 2),
+            "train loss": "-" if loss is None else f"{loss:.3f}", "questions per conv": mean(eff["questions"], 2),
             "question counts": " ".join(f"{q}:{n}" for q, n in eff["question_counts"].items()) or "-",
             "user tokens": mean(eff["user_tokens"]), "response tokens": mean(eff["response_tokens"]),
-            "done": "yes" if iteration["complete"] else "no"}
+            "done": "yes" if iteration["complete"] else "no",
+            **({"facts given": mean(iteration["facts_given"], 2) if iteration["facts_given"] else "-"}
+               if gated else {})}
 
 
 def _shown(text: str, width: int) -> dict[str, dict[str, str]]:
@@ -177,6 +180,7 @@ def _synthetic_status() -> dict:
                 "adapter": f"runs/paper/iteration-{n}/adapter" if loss is not None else None,
                 "format": "bare" if loss is not None else None, "method": "sft" if loss is not None else None,
                 "roleplayers": {"mixtral": 125000 + n}, "audit": {}, "stages_done": [], "complete": loss is not None,
+                "facts_given": None,
                 "efficiency": {"questions": stat(means[0]), "question_share": stat(None), "user_tokens": stat(means[1]),
                                "response_tokens": stat(means[2]), "turns": stat(2.0), "by_turns": {},
                                "question_counts": counts}}
@@ -196,12 +200,15 @@ def test_status_tables_show_every_figure_at_80_columns():
     from stargate_lite.commands.status import status_tables
 
     report = _synthetic_status()
+    gated = _synthetic_status()  # a run whose users were gated (simulate.reveal asked): the facts each was given
+    gated["runs"][0]["iterations"][0]["facts_given"] = {"mean": 2.3456, "sem": 0.1, "n": 125001}
     for width in (80, 250):
-        console = Console(width=width, file=StringIO())
-        for table in status_tables(report):
-            console.print(table)
-        shown = _shown(console.file.getvalue(), width)
-        assert shown == {str(it["iteration"]): _figures(it) for it in report["runs"][0]["iterations"]}
+        for shape, facts in ((report, False), (gated, True)):
+            console = Console(width=width, file=StringIO())
+            for table in status_tables(shape):
+                console.print(table)
+            shown = _shown(console.file.getvalue(), width)
+            assert shown == {str(it["iteration"]): _figures(it, facts) for it in shape["runs"][0]["iterations"]}
 
 
 def test_status_through_a_pipe_shows_every_figure_of_a_two_iteration_run_at_80_columns(finished):

@@ -195,3 +195,16 @@ def test_a_gated_chat_refuses_a_persona_without_facts_in_one_line(home):
                  check=False)
     assert result.returncode == 2
     assert "has no fact a gated user could tell" in one_line(result)
+
+
+def test_status_counts_the_facts_each_gated_conversation_was_given(home):
+    """store.facts_given, which status shows as 'facts given': each fact once per conversation, a reply given
+    nothing counted as none, and a free user's conversation not counted at all."""
+    store = Store(home)
+    replies = [[[2], [2, 3]], [[]], None]  # two gated conversations and a free one
+    store.save_conversations([
+        {"id": f"c{i}", "run_id": "r", "iteration": 1, "pair_id": "p", "sample": i, "turns": 1, "policy": "base",
+         "messages": [m for facts in (given or [None]) for m in (
+             {"role": "questioner", "text": "Anything?"}, {"role": "roleplayer", "text": "Yes.", "facts": facts})]}
+        for i, given in enumerate(replies)])
+    assert sorted(store.facts_given("r", 1)) == [0, 2]

@@ -8,7 +8,7 @@ from rich.table import Table
 
 from ..errors import StargateError
 from ..evaluation.audit import STATUS_SAMPLE, audit
-from ..evaluation.efficiency import efficiency
+from ..evaluation.efficiency import efficiency, mean_sem
 from ..runs import STAGES, recipe_of_run, split_for, training_format
 from ..store import Store
 
@@ -30,6 +30,7 @@ def run_status(store: Store, run_id: str | None = None) -> dict:
             training = store.training(run["id"], n)
             done = [s for s in STAGES if store.stage_done(run["id"], n, s)]
             counts = store.iteration_counts(run["id"], n)
+            given = store.facts_given(run["id"], n)
             iterations.append(
                 {
                     "iteration": n,
@@ -47,6 +48,8 @@ def run_status(store: Store, run_id: str | None = None) -> dict:
                     "efficiency": efficiency(store.conversation_efficiency(run["id"], n),
                                              store.response_lengths(run["id"], n)),
                     "audit": audit(store.audit_conversations(run["id"], n, STATUS_SAMPLE)),
+                    # a gated user's conversations (simulate.reveal asked): the facts it was given, per conversation
+                    "facts_given": mean_sem([float(g) for g in given]) if given else None,
                     "stages_done": done,
                     "complete": it["finished_at"] is not None,
                 }
@@ -72,8 +75,10 @@ def status_tables(report: dict) -> list[Table]:
         for column in ("iteration", "split", "pairs", "conversations", "scored", "selected", "responses"):
             records.add_column(column, justify="left" if column == "split" else "right")
         trained = Table(title=f"run {run['id']}: training, and the conversations' efficiency (means)")
-        for column in ("iteration", "train loss", "questions/conv", "question counts", "user tokens",
-                       "response tokens", "done"):
+        gated = any(it.get("facts_given") for it in run["iterations"])  # a column only where a user was gated
+        columns = ["iteration", "train loss", "questions per conv", "question counts", "user tokens",
+                   *(["facts given"] if gated else []), "response tokens", "done"]
+        for column in columns:
             # Headers of two words on two lines, and only the question counts wrap: where Rich narrows several
             # wrapping columns, it cuts them all alike once they are equally wide.
             trained.add_column(column.replace(" ", "\n"), justify="left" if column == "question counts" else "right",
@@ -82,9 +87,11 @@ def status_tables(report: dict) -> list[Table]:
             eff = it["efficiency"]
             records.add_row(str(it["iteration"]), it["split"], str(it["pairs"]), str(it["conversations"]),
                             str(it["scored"]), str(it["selected"]), str(it["responses"]))
+            given = [_mean(it["facts_given"], 2) if it.get("facts_given") else "-"] if gated else []
             trained.add_row(str(it["iteration"]), "-" if it["train_loss"] is None else f"{it['train_loss']:.3f}",
                             _mean(eff["questions"], 2),
                             " ".join(f"{q}:{n}" for q, n in eff["question_counts"].items()) or "-",
-                            _mean(eff["user_tokens"]), _mean(eff["response_tokens"]), "yes" if it["complete"] else "no")
+                            _mean(eff["user_tokens"]), *given, _mean(eff["response_tokens"]),
+                            "yes" if it["complete"] else "no")
         tables += [records, trained]
     return tables
