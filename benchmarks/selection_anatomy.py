@@ -6,7 +6,10 @@ For one iteration of a run:
   that do not, and of the regulariser responses after them (the Questioner's tokenizer);
 - how each pair's kept conversation differs from the pair's others: questions asked, and persona words elicited
   (the share of the persona's content words, 5 letters or more, that the Roleplayer's answers contain);
-- the reward spread within a pair: the kept conversation's log-prob less the pair's mean, and max less min.
+- the reward spread within a pair: the kept conversation's log-prob less the pair's mean, and max less min;
+- with the run's gate (simulate.gate, for a free user as for a gated one): the share of the iteration's sampled
+  Questioner turns that ask for any persona fact, and the facts elicited actively and passively per conversation,
+  kept against the rest (evaluation/elicitation.py): how much selection raises asking that draws facts out.
 
     python benchmarks/selection_anatomy.py --home H [--run RUN] [--iteration 1] [--json OUT]
 """
@@ -37,13 +40,17 @@ def elicited(persona: set[str], turns: list[dict]) -> float:
 
 def anatomy(home: Path, run_id: str | None, iteration: int) -> dict:
     from stargate_lite.engines.questioner import Questioner
+    from stargate_lite.engines.gate import question_sentences
+    from stargate_lite.evaluation.elicitation import conversation_elicitation
     from stargate_lite.prompts import is_question
     from stargate_lite.runs import pick_run, recipe_of_run
+    from stargate_lite.stages.simulate import pair_facts, recipe_gate
     from stargate_lite.store import Store
 
     store = Store(home, create=False)
     run = pick_run(store, run_id)
     questioner = Questioner(recipe_of_run(run).questioner, store.home)
+    gate = recipe_gate(recipe_of_run(run).simulate, store.home)
     pairs = {p["id"]: p for p in store.pairs(run["id"], iteration)}
     conversations = store.conversations(run["id"], iteration)
     turns = store.turns([c["id"] for c in conversations])
@@ -59,11 +66,20 @@ def anatomy(home: Path, run_id: str | None, iteration: int) -> dict:
               "responses": sum(questioner.count_tokens([r["text"] for r in responses.values()])) if responses else 0}
 
     by_pair: dict[str, list[dict]] = {}
+    sampled = asking_for_facts = 0
     for c in conversations:
-        words = persona_words(pairs[c["pair_id"]]["persona"])
+        pair = pairs[c["pair_id"]]
+        words = persona_words(pair["persona"])
+        facts = pair_facts(pair)
+        told = conversation_elicitation(turns[c["id"]], facts, gate)
+        for t in turns[c["id"]]:
+            if t["role"] == "questioner":
+                sampled += 1
+                asking_for_facts += bool(question_sentences(t["text"]) and gate.asked(t["text"], facts))
         by_pair.setdefault(c["pair_id"], []).append({"id": c["id"], "kept": c["id"] in kept,
                                                      "questions": c["questions"], "logprob": logprob[c["id"]],
-                                                     "elicited": elicited(words, turns[c["id"]])})
+                                                     "elicited": elicited(words, turns[c["id"]]),
+                                                     "active": told["active"], "passive": told["passive"]})
     rows = {"kept": [], "rest": []}
     margins, spreads = [], []
     for group in by_pair.values():
@@ -81,8 +97,11 @@ def anatomy(home: Path, run_id: str | None, iteration: int) -> dict:
         "run": run["id"], "iteration": iteration, "pairs": len(by_pair), "conversations": len(conversations),
         "trained_tokens": tokens,
         "asking_share_of_trained": tokens["asking turns"] / max(1, sum(tokens.values())),
-        "kept": {key: mean([c[key] for c in rows["kept"]]) for key in ("questions", "elicited", "logprob")},
-        "rest": {key: mean([c[key] for c in rows["rest"]]) for key in ("questions", "elicited", "logprob")},
+        "kept": {key: mean([c[key] for c in rows["kept"]])
+                 for key in ("questions", "elicited", "active", "passive", "logprob")},
+        "rest": {key: mean([c[key] for c in rows["rest"]])
+                 for key in ("questions", "elicited", "active", "passive", "logprob")},
+        "questioner_turns": sampled, "turns_asking_for_a_fact": asking_for_facts / sampled if sampled else None,
         "kept_minus_pair_mean": {"mean": mean(margins), "median": statistics.median(margins)},
         "pair_spread": {"mean": mean(spreads), "median": statistics.median(spreads)},
     }
@@ -95,9 +114,12 @@ def table(a: dict) -> str:
         (f"SFT trains on {sum(t.values())} tokens: asking turns {t['asking turns']}, other Questioner turns "
          f"{t['other questioner turns']}, regulariser responses {t['responses']} "
          f"(asking: {a['asking_share_of_trained']:.1%})"),
-        f"{'':<6} {'questions':>9} {'persona words elicited':>23} {'log p(gold)':>12}",
-        *(f"{name:<6} {a[name]['questions']:>9.2f} {a[name]['elicited']:>23.1%} {a[name]['logprob']:>12.1f}"
-          for name in ("kept", "rest")),
+        (f"sampled Questioner turns that ask for a persona fact (the gate): {a['turns_asking_for_a_fact']:.1%} "
+         f"of {a['questioner_turns']}"),
+        f"{'':<6} {'questions':>9} {'persona words elicited':>23} {'facts active':>12} {'passive':>8} "
+        f"{'log p(gold)':>12}",
+        *(f"{name:<6} {a[name]['questions']:>9.2f} {a[name]['elicited']:>23.1%} {a[name]['active']:>12.2f} "
+          f"{a[name]['passive']:>8.2f} {a[name]['logprob']:>12.1f}" for name in ("kept", "rest")),
         (f"within a pair: kept less the pair's mean {a['kept_minus_pair_mean']['mean']:+.1f} nats (median "
          f"{a['kept_minus_pair_mean']['median']:+.1f}); max less min {a['pair_spread']['mean']:.1f} (median "
          f"{a['pair_spread']['median']:.1f})"),
