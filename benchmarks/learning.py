@@ -44,6 +44,7 @@ def table(summary: dict) -> str:
               f"{'passive':>7}")
     rows = [(f"Q_{p['iteration']}", p["splits"]) for p in summary["policies"]]
     rows += [("control", summary["control"])] if summary.get("control") else []
+    rows += [("no-q", summary["no_questions"])] if summary.get("no_questions") else []
     lines = [title, header]
     for label, splits in rows:
         for group in GROUPS:
@@ -62,7 +63,10 @@ def table(summary: dict) -> str:
     lines.append("trained: probe pairs the run trained on; * interval excludes 0; detects: the smallest gain found "
                  "80% of the time (5% two-sided); asks: Questioner turns that ask; resp.: turns with response text; "
                  "active, passive: the persona's facts per conversation told when asked, told unasked; "
-                 "control: Q_0 with a Roleplayer that recites its persona")
+                 "control: Q_0 with a Roleplayer that recites its persona; no-q: Q_0 answering at once, no question")
+    for group, room in (summary.get("room") or {}).items():
+        if room:
+            lines.append(f"room to learn, {group}: control less no-q {room.mean:+.2f} [{room.low:+.2f}, {room.high:+.2f}]")
     return "\n".join(lines)
 
 
@@ -100,6 +104,9 @@ def main() -> None:
     parser.add_argument("--roleplayer", default=None, help="a chat model of the run [default: its main one]")
     parser.add_argument("--control", action="store_true",
                         help="also the positive control: Q_0 with a Roleplayer that recites its persona")
+    parser.add_argument("--no-questions", action="store_true",
+                        help="also the no-question arm: Q_0 answering at once (the reward of not asking); with "
+                             "--control, the room to learn between the two")
     parser.add_argument("--q0-from", default=None, metavar="RUN",
                         help="take Q_0's conversations from this run's probe (a sweep's runs that differ only after "
                              "simulation make the same ones)")
@@ -111,7 +118,7 @@ def main() -> None:
 
     summary = probe(a.home, a.run, a.iterations, split_sizes(a.tasks, {"A": 6, "B": 6, "test": 6}),
                     split_sizes(a.personas, {"A": 4, "B": 4, "test": 2}), a.conversations, a.roleplayer, a.control,
-                    a.q0_from)
+                    a.q0_from, no_questions=a.no_questions)
     print(table(summary))
     if a.json:
         a.json.write_text(json.dumps(summary, indent=2, default=dataclasses.asdict) + "\n")

@@ -9,7 +9,14 @@ import sqlite3
 import pytest
 
 from stargate_lite.errors import StargateError
-from stargate_lite.evaluation.probe import policy_difference, probe, probe_namespace, response_words
+from stargate_lite.evaluation.probe import (
+    CONTROL,
+    NO_QUESTIONS,
+    policy_difference,
+    probe,
+    probe_namespace,
+    response_words,
+)
 from stargate_lite.runs import open_run, recipe_of_run
 from stargate_lite.store import Store
 
@@ -90,13 +97,28 @@ def test_the_probe_pairs_each_policy_with_q0_under_the_same_seeds_and_makes_q0_o
         assert q1[group]["elicitation"]["conversations"] == 2
         assert q1[group]["elicitation"]["never"]["mean"] <= q1[group]["elicitation"]["facts"]["mean"]
 
+    # The no-question arm: one conversation per pair with no turn, its reward log p_base(gold | task) alone, and
+    # the room to learn between it and the control, paired per pair.
+    arms = probe(finished, iterations=[], tasks=TASKS, personas=PERSONAS, conversations=1, control=True,
+                 no_questions=True)
+    for split in ("A", "B", "test"):
+        ns = probe_namespace("tiny", NO_QUESTIONS, split, 0)
+        assert {c["turns"] for c in store.conversations(ns, 0)} == {0} and len(store.conversations(ns, 0)) == 2
+        assert store.turns([c["id"] for c in store.conversations(ns, 0)]) == {c["id"]: [] for c in
+                                                                               store.conversations(ns, 0)}
+        control = {s["pair_id"].split("/", 2)[2]: s["logprob"] for s in store.scores(
+            probe_namespace("tiny", CONTROL, split, 0), 0)}
+        answer = {s["pair_id"].split("/", 2)[2]: s["logprob"] for s in store.scores(ns, 0)}
+        assert arms["room"][split].mean == pytest.approx(sum(control[k] - answer[k] for k in answer) / 2, abs=1e-9)
+        assert arms["no_questions"][split]["questioner_turns"] == 0
+    assert _rows(finished) == {table: n * 2 + 6 for table, n in made.items()}  # the arm's one per probe pair
     # A sweep's run that differs only in training takes Q_0 (and the control) from this one, making nothing;
     # one that simulates otherwise is refused, naming what differs.
     recipe = recipe_of_run(store.get_run("tiny"))
     open_run(store, recipe.model_copy(update={"train": recipe.train.model_copy(update={"epochs": 3})}), "longer")
     shared = probe(finished, "longer", iterations=[], tasks=TASKS, personas=PERSONAS, conversations=1, control=True,
                    q0_from="tiny")
-    assert _rows(finished) == {table: n * 2 for table, n in made.items()}
+    assert _rows(finished) == {table: n * 2 + 6 for table, n in made.items()}
 
     def read(splits: dict) -> dict:  # what the probe measured; trained_on counts the probed run's own pairs
         return {g: {k: v for k, v in figures.items() if k != "trained_on"} for g, figures in splits.items()}

@@ -59,6 +59,7 @@ from .intervals import Interval, crossed_bootstrap
 
 RESPONSE_WORDS = 8  # about one sentence of content besides the question
 CONTROL = "recite"  # the positive control's Roleplayer, in its namespace's name
+NO_QUESTIONS = "answer-at-once"  # the no-question arm: Q_0 answering at once, no Roleplayer (its namespace's name)
 DETECTABLE_SE = 2.8  # z(0.975) + z(0.80): the gain a two-sided 5% test finds 80% of the time, in standard errors
 PROBE_SEED = 104_729  # added to the run's seed: conversations apart from training's and evaluation's
 _SENTENCE = re.compile(r"[^.!?]*[.!?]+|[^.!?]+$")
@@ -123,14 +124,16 @@ def check_q0_source(store: Store, run_id: str, recipe: Recipe, q0_from: str) -> 
 def probe(home: Path | str | None = None, run_id: str | None = None, iterations: list[int] | None = None,
           tasks: dict[str, int] | None = None, personas: dict[str, int] | None = None, conversations: int = 3,
           roleplayer: str | None = None, control: bool = False, q0_from: str | None = None,
-          progress: Progress | None = None) -> dict:
+          progress: Progress | None = None, no_questions: bool = False) -> dict:
     """Run (or resume) the probe for a run's policies and return its summary (`summarize_probe`).
 
     tasks / personas: per split, how many of the split's first tasks and personas make the probe's pairs
     (default: A and B 6 x 4, test 6 x 2: 48 training pairs and 12 test pairs). Missing personas and golds are
     written by the run's Oracle, as the data stage writes them. q0_from: another run of the home whose recipe
     differs only after simulation; Q_0's conversations (and the control's) are read from its probe, or made
-    there."""
+    there. no_questions: also the no-question arm, each pair's conversation with no turn at all (Q_0 made to
+    answer at once; its reward is log p_base(gold | task), one conversation per pair since nothing is sampled):
+    the reward of not asking, below which asking has lost and up to the control's the room to learn lies."""
     store = Store(home, create=False)
     run = pick_run(store, run_id)
     run_id, recipe = run["id"], recipe_of_run(run)
@@ -147,6 +150,7 @@ def probe(home: Path | str | None = None, run_id: str | None = None, iterations:
     # (split, answering Roleplayer, policy): the control is Q_0 with the persona reciter.
     runs = [(split, roleplayer, it) for split in SPLITS for it in wanted]
     runs += [(split, CONTROL, 0) for split in SPLITS] if control else []
+    runs += [(split, NO_QUESTIONS, 0) for split in SPLITS] if no_questions else []
     namespace = functools.partial(_policy_namespace, run_id, q0_run)
     todo = [(split, rp, it) for split, rp, it in runs if not store.stage_done(namespace(rp, split, it), 0, "probe")]
     progress = progress or Progress()
@@ -171,6 +175,14 @@ def probe(home: Path | str | None = None, run_id: str | None = None, iterations:
                 get = {CONTROL: PersonaReciter([p["persona"] for p in store.pairs(ns, 0)])}.__getitem__
             adapter = store.training(run_id, it)["adapter"] if it else None
             with models().policy(adapter) as policy:
+                if rp == NO_QUESTIONS:
+                    store.save_conversations([
+                        {"id": f"{p['id']}#000", "run_id": ns, "iteration": 0, "pair_id": p["id"], "sample": 0,
+                         "turns": 0, "policy": "base", "answer": None, "answer_cut": None, "roleplayer": None,
+                         "messages": []} for p in store.pairs(ns, 0)])
+                    score_stage(store, ns, 0, policy, models().questioner, recipe.score, progress)
+                    store.mark_stage(ns, 0, "probe")
+                    continue
                 simulate(store, ns, 0, policy, f"iteration-{it}" if it else "base", models().questioner,
                          Roleplayers({rp: 1.0}, get, recipe.seed, None if rp == CONTROL else gate()),
                          sized.simulate, recipe.seed + PROBE_SEED,
@@ -178,7 +190,7 @@ def probe(home: Path | str | None = None, run_id: str | None = None, iterations:
                 score_stage(store, ns, 0, policy, models().questioner, recipe.score, progress)
             store.mark_stage(ns, 0, "probe")
     return summarize_probe(store, run_id, roleplayer, wanted, recipe.reward.question_cost, control, q0_run,
-                           gate() or recipe_gate(sized.simulate, store.home))
+                           gate() or recipe_gate(sized.simulate, store.home), no_questions)
 
 
 def _policy_split(store: Store, ns: str, question_cost: float,
@@ -205,12 +217,15 @@ def _policy_split(store: Store, ns: str, question_cost: float,
 
 
 def summarize_probe(store: Store, run_id: str, roleplayer: str, iterations: list[int], question_cost: float = 0.0,
-                    control: bool = False, q0_run: str | None = None, gate: Gate | None = None) -> dict:
+                    control: bool = False, q0_run: str | None = None, gate: Gate | None = None,
+                    no_questions: bool = False) -> dict:
     """The probe as stored: per policy (and the control) and split, the mean reward, the gain over Q_0 paired per
     pair with its crossed-bootstrap interval and the smallest gain detectable at that size, the asking and
     response-text shares, elicitation (elicitation.py: facts told asked, told unasked and never, per conversation;
     None without a gate), and how many probe pairs the run trained on. A and B are also taken together ("A+B"):
-    the training distribution's pairs, twice as many as either split's."""
+    the training distribution's pairs, twice as many as either split's. With the no-question arm, "room": per
+    group, the control's reward less the no-question arm's, paired per pair with its interval: how far a perfect
+    interview lifts the reward above not asking at all, the most that learning to ask could gain."""
     trained_on = {f"{p['task_id']}|{p['persona_id']}" for it in trained_iterations(store, run_id)
                   for p in store.pairs(run_id, it)}
     q0_run = q0_run or run_id
@@ -242,9 +257,20 @@ def summarize_probe(store: Store, run_id: str, roleplayer: str, iterations: list
             }
         return out
 
+    room = None
+    if control and no_questions:
+        room = {}
+        arms = [{split: _policy_split(store, namespace(rp, split, 0), question_cost)[0] for split in SPLITS}
+                for rp in (CONTROL, NO_QUESTIONS)]
+        for name, members in {**{split: (split,) for split in SPLITS}, "A+B": ("A", "B")}.items():
+            recite, answer = ({k: v for m in members for k, v in arm[m].items()} for arm in arms)
+            keys = sorted(recite.keys() & answer.keys())
+            room[name] = crossed_bootstrap([recite[k][2] - answer[k][2] for k in keys], [recite[k][0] for k in keys],
+                                           [recite[k][1] for k in keys]) if keys else None
     return {"run": run_id, "q0_run": q0_run, "roleplayer": roleplayer, "question_cost": question_cost,
             "policies": [{"iteration": it, "splits": splits_of(roleplayer, it, it != 0)} for it in iterations],
-            "control": splits_of(CONTROL, 0, True) if control else None}
+            "control": splits_of(CONTROL, 0, True) if control else None,
+            "no_questions": splits_of(NO_QUESTIONS, 0, True) if no_questions else None, "room": room}
 
 
 def policy_difference(store: Store, policy: tuple[str, int], other: tuple[str, int], roleplayer: str,
