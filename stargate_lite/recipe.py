@@ -155,6 +155,16 @@ class ChatModelConfig(_Strict):
     fold_system: bool = Field(
         False, description="Fold system text into the first user turn, for templates without a system role."
     )
+    chat_format: Literal["gemma", "transcript"] | None = Field(
+        None, description="The turn format that messages are written in, for a GGUF without a chat template of "
+        "its own (a base model); null: the file's template. gemma (llamacpp, llama-server): Gemma's "
+        "<start_of_turn>user/model turns, which have no system role, so system text is folded into the first "
+        "user turn whatever fold_system says; llama-cpp-python's format and llama-server's built-in template of "
+        "that name give the same prompt (tests/test_gemma.py). transcript (llamacpp; the Roleplayer only): plain "
+        "text without control tokens, each system text a paragraph and each turn a line, the questions as "
+        "'Assistant: ...' and the model's answers as 'Me: ...', its turn ending with the line "
+        "(chat_models.transcript_prompt): a base model knows transcripts from its pretraining, not control tokens.",
+    )
     prompt_cache: bool | None = Field(
         None, description="llamacpp: keep the previous call's tokens and read only the part of the next prompt "
         "that differs (llama-cpp-python's prefix reuse) instead of every prompt from the start. Default: on when "
@@ -162,6 +172,22 @@ class ChatModelConfig(_Strict):
         "bit as one read whole (tested), so results and resumes are unchanged; off on a GPU, whose kernels can "
         "change with the number of tokens read at once.",
     )
+
+    @model_validator(mode="after")
+    def _format_applies(self) -> ChatModelConfig:
+        backends = ("llamacpp",) if self.chat_format == "transcript" else ("llamacpp", "llama-server")
+        if self.chat_format and self.backend not in backends:
+            applies = {"openai": "an OpenAI-compatible endpoint applies its own template",
+                       "transformers": "transformers applies the tokenizer's template",
+                       "llama-server": "the server writes its prompts from a chat template"}[self.backend]
+            raise ValueError(f"chat_format {self.chat_format} needs backend {' or '.join(backends)} ({applies})")
+        return self
+
+
+    @property
+    def folds_system(self) -> bool:
+        """Whether system text goes into the first user turn: asked for, or the turn format has no system role."""
+        return self.fold_system or self.chat_format == "gemma"
 
 
 class RolesConfig(_Strict):
@@ -480,6 +506,11 @@ class Recipe(_Strict):
         if self.questioner.engine == "vllm" and self.train.lora_r > self.questioner.vllm.max_lora_rank:
             raise ValueError(f"train.lora_r {self.train.lora_r} is above questioner.vllm.max_lora_rank "
                              f"{self.questioner.vllm.max_lora_rank}: raise the latter, or vLLM refuses the adapters")
+        for role in ("oracle", "judge"):
+            name = getattr(self.roles, role)
+            if self.chat_models[name].chat_format == "transcript":
+                raise ValueError(f"roles.{role}: chat model {name} labels its turns as the Roleplayer's (chat_format "
+                                 "transcript): name another")
         for name, chat in self.chat_models.items():
             if chat.backend == "openai" and chat.model.startswith("builtin:"):
                 raise ValueError(f"chat_models.{name}: a builtin model needs backend llamacpp, llama-server or "

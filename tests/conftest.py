@@ -33,7 +33,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # set in each test process of `pytest -n N` (xdist)
 # llama.cpp threads for the tests' own chat models and servers: one per test process under xdist (below).
 THREADS = 1 if WORKER else 2
-THREAD_OVERRIDES = [f"chat_models.{name}.n_threads={THREADS}" for name in ("smollm2", "smollm2-plain")]
+THREAD_OVERRIDES = [f"chat_models.{name}.n_threads={THREADS}" for name in ("smollm2", "smollm2-plain", "gemma")]
 # A 2-iteration run small enough for CI: 2 pairs per iteration, 2 conversations each, short generations. The tests
 # check what each stage does with the texts, which a question cut at 6 tokens goes through as a whole one does;
 # what these lengths take off every run test is in docs/tests.md ("Times").

@@ -252,8 +252,8 @@ def test_another_roleplayer_adds_rows_and_keeps_the_old(evaluated, eval_home, tm
 
 
 def test_eval_errors_are_one_line(finished):
-    result = cli("eval", "--roleplayer", "gemma", home=finished, check=False)
-    assert result.returncode == 2 and "gemma" in result.stderr and "Traceback" not in result.stderr
+    result = cli("eval", "--roleplayer", "mixtral", home=finished, check=False)
+    assert result.returncode == 2 and "mixtral" in result.stderr and "Traceback" not in result.stderr
     for settings, says in [(["simulate.max_turns=3"], "evaluation can change only"),  # changes conversations
                            (["judge.template=compare", "judge.read=last_line"], "judge.max_tokens 64 would cut")]:
         result = cli("eval", *[a for s in settings for a in ("--set", s)], home=finished, check=False)

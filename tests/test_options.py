@@ -37,8 +37,8 @@ def test_chat_with_max_questions_0_answers_at_once_and_a_negative_count_is_refus
 def test_report_refuses_a_roleplayer_judge_or_responder_the_run_lacks_naming_the_valid_ones(home):
     open_run(Store(home), load_recipe("tiny"))  # a run with no evaluation
     before = sorted(p.relative_to(home) for p in home.rglob("*"))
-    for option, name, valid in (("--roleplayer", "nope", "smollm2, smollm2-hf, smollm2-plain"),
-                                ("--judge", "nope", "smollm2, smollm2-hf, smollm2-plain"),
+    for option, name, valid in (("--roleplayer", "nope", "gemma, smollm2, smollm2-hf, smollm2-plain"),
+                                ("--judge", "nope", "gemma, smollm2, smollm2-hf, smollm2-plain"),
                                 ("--responder", "nope", "policy, base")):
         line = one_line(cli("report", option, name, home=home, check=False))
         assert f"{option} 'nope'" in line and valid in line, line

@@ -34,8 +34,8 @@ def test_overrides_apply_and_parse_yaml_values():
         ("simulate.max_turns=0", "simulate.max_turns"),
         ("simulate.conversations_per_pair=0", "simulate.conversations_per_pair"),
         ("train.target=everything", "train.target"),
-        ("roles.roleplayer=gemma", "roles.roleplayer: no chat model named 'gemma'"),
-        ("roles.roleplayer=[smollm2, gemma]", "roles.roleplayer: no chat model named 'gemma'"),
+        ("roles.roleplayer=mixtral", "roles.roleplayer: no chat model named 'mixtral'"),
+        ("roles.roleplayer=[smollm2, mixtral]", "roles.roleplayer: no chat model named 'mixtral'"),
         ("roles.roleplayer=[]", "roles.roleplayer: name at least one"),
         ("roles.roleplayer=[smollm2, smollm2]", "roles.roleplayer: a chat model is named twice"),
         ("roles.roleplayer={smollm2: 1, smollm2-plain: 0}", "roles.roleplayer: every weight must be above 0"),
@@ -225,7 +225,7 @@ RESULT_FIELDS = {
     "questioner.device", "questioner.memory_budget_gib", "questioner.decoder", "questioner.engine",
     "questioner.vllm.server_args", "questioner.vllm.max_lora_rank",
     *(f"chat_models.*.{key}" for key in ("backend", "model", "gguf_file", "n_ctx", "n_gpu_layers", "repeat_penalty",
-                                         "base_url", "fold_system")),
+                                         "base_url", "fold_system", "chat_format")),
     "roles.roleplayer", "roles.oracle", "roles.judge",
     "data.dataset", *(f"data.{what}.{split}" for what in ("tasks", "personas") for split in ("A", "B", "test")),
     "data.persona_max_tokens", "data.gold_max_tokens", "data.gold_temperature",
@@ -292,3 +292,4 @@ def test_a_run_resumes_after_an_execution_change_and_refuses_a_result_change(hom
             open_run(store, load_recipe("tiny", [sequence_masks, "train.processes=3", "chat_models.smollm2.n_threads=1",
                                                  "chat_models.smollm2-plain.max_retries=0",
                                                  "questioner.vllm.max_concurrency=8", change]))
+

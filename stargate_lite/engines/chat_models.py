@@ -91,6 +91,40 @@ def _choice_token_ids(encode, choices: tuple[str, ...]) -> dict[str, list[int]]:
     return out
 
 
+def as_sent(config: ChatModelConfig, messages: list[dict]) -> list[dict]:
+    """A conversation's messages as the model is given them: the system text folded into the first user turn where
+    the recipe asks for it or the turn format has no system role."""
+    return fold_system(messages) if config.folds_system else messages
+
+
+# chat_format transcript: who says each line. The asking side is the AI assistant (the Questioner); the model's
+# own lines are the person it plays.
+TRANSCRIPT_LABELS = {"user": "Assistant", "assistant": "Me"}
+
+
+def transcript_prompt(messages: list[dict]) -> str:
+    """chat_format transcript: messages as plain text for a base model, which has read transcripts but learnt no
+    chat's control tokens. Each system text is a paragraph, each turn one line ("Assistant: ...", "Me: ...", its
+    text's line breaks made spaces), and the prompt ends with "Me:" for the model to go on; its turn ends with
+    the line (the stop is a newline)."""
+    parts = []
+    for message in messages:
+        text = " ".join(message["content"].split())
+        if message["role"] == "system":
+            parts.append(("\n\n" if parts else "") + text + "\n")
+        else:
+            parts.append(f"\n{TRANSCRIPT_LABELS[message['role']]}: {text}")
+    return "".join(parts) + f"\n{TRANSCRIPT_LABELS['assistant']}:"
+
+
+def _transcript_handler():
+    """llama-cpp-python's chat handler for chat_format transcript: the prompt above, stopping at a newline."""
+    from llama_cpp.llama_chat_format import ChatFormatterResponse, chat_formatter_to_chat_completion_handler
+
+    return chat_formatter_to_chat_completion_handler(
+        lambda messages, **_: ChatFormatterResponse(prompt=transcript_prompt(messages), stop=["\n"]))
+
+
 def complete_all(model: ChatModel, conversations: list[list[dict]], sampling: Sampling) -> list[str]:
     """Every completion, or ChatFailure for the first item that failed (for work that needs all of them)."""
     results = model.complete_each(conversations, sampling)
@@ -119,6 +153,9 @@ class LlamaCppChat:
             # n_threads says (the server gets --threads and --threads-batch alike). Logits are the same bit for bit.
             n_threads=config.n_threads,
             n_threads_batch=config.n_threads,
+            # None: the file's template; transcript is written here, not by llama-cpp-python.
+            chat_format=config.chat_format if config.chat_format != "transcript" else None,
+            chat_handler=_transcript_handler() if config.chat_format == "transcript" else None,
             verbose=False,
         )
         # Reading only where a prompt differs from the last one's tokens gives the same logits on the CPU, bit for
@@ -158,8 +195,7 @@ class LlamaCppChat:
                 seen.append(np.array(logits, dtype=np.float64))
                 return logits
 
-            if self.config.fold_system:
-                messages = fold_system(messages)
+            messages = as_sent(self.config, messages)
             self._start()
             failure = self._fitting(lambda m=messages: self.llm.create_chat_completion(
                 messages=m, max_tokens=1, temperature=0.0, logits_processor=LogitsProcessorList([capture])))
@@ -174,8 +210,7 @@ class LlamaCppChat:
         return results
 
     def _one(self, messages: list[dict], sampling: Sampling) -> str:
-        if self.config.fold_system:
-            messages = fold_system(messages)
+        messages = as_sent(self.config, messages)
         self._start()
         out = self.llm.create_chat_completion(
             messages=messages,
@@ -246,8 +281,7 @@ class OpenAIChat:
             return list(pool.map(lambda m: self._with_retries(lambda: self._first_token(m, choices)), conversations))
 
     def _first_token(self, messages: list[dict], choices: tuple[str, ...]) -> dict:
-        if self.config.fold_system:
-            messages = fold_system(messages)
+        messages = as_sent(self.config, messages)
         response = self.client.chat.completions.create(
             model=self.config.model, messages=messages, max_tokens=1, temperature=0.0, logprobs=True,
             top_logprobs=20, extra_body=self._extra_body(),
@@ -287,8 +321,7 @@ class OpenAIChat:
         return ChatFailure(f"{reason} (after {attempts} attempts)")
 
     def _one(self, messages: list[dict], sampling: Sampling) -> str:
-        if self.config.fold_system:
-            messages = fold_system(messages)
+        messages = as_sent(self.config, messages)
         response = self.client.chat.completions.create(
             model=self.config.model,
             messages=messages,
@@ -355,8 +388,7 @@ class TransformersChat:
         self.model = self.runner.load_base()
 
     def complete_each(self, conversations: list[list[dict]], sampling: Sampling) -> list[str | ChatFailure]:
-        if self.config.fold_system:
-            conversations = [fold_system(m) for m in conversations]
+        conversations = [as_sent(self.config, m) for m in conversations]
         return self.runner.generate(self.model, conversations, max_new_tokens=sampling.max_tokens,
                                     temperature=sampling.temperature, top_p=sampling.top_p, batch_size=8,
                                     seed=sampling.seed)
@@ -369,8 +401,7 @@ class TransformersChat:
         token_ids = _choice_token_ids(lambda t: tokenizer(t, add_special_tokens=False)["input_ids"], choices)
         results: list[dict | ChatFailure] = []
         for messages in conversations:
-            if self.config.fold_system:
-                messages = fold_system(messages)
+            messages = as_sent(self.config, messages)
             ids = tokenizer(self.runner.render(messages, add_generation_prompt=True), add_special_tokens=False,
                             return_tensors="pt")["input_ids"].to(self.runner.device)
             with torch.no_grad():

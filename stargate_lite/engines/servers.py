@@ -144,6 +144,10 @@ class LlamaServer(ManagedServer):
                 str(c.n_gpu_layers), "--cont-batching", "--cache-prompt", "--no-webui", "--fit", "off"]
         if c.n_threads:
             args += ["--threads", str(c.n_threads), "--threads-batch", str(c.n_threads)]
+        if c.chat_format:
+            # A built-in template's name is a template only without Jinja: with it (the default), the server
+            # renders the name itself as the template and every prompt becomes the word "gemma".
+            args += ["--no-jinja", "--chat-template", c.chat_format]
         return args
 
 
