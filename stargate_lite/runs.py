@@ -168,9 +168,12 @@ def open_run(store: Store, recipe: Recipe, run_id: str | None = None) -> str:
         _write_recipe_file(path, stored)
         return run_id
     # Fill in fields added since the run was made, so only real changes count as a different recipe.
-    changed = recipe_changes(recipe_of_run(existing), recipe)
-    if changed:
+    before = recipe_of_run(existing)
+    spare = spare_chat_models(before, recipe)
+    changed = [k for k in recipe_changes(before, recipe) if _chat_model_of(k) not in spare]
+    if changed or spare:
         different = [k for k in changed if not execution_only(k)]
+        changed += [f"chat_models.{name} (named by no role)" for name in sorted(spare)]
         if different:
             raise StargateError(
                 f"run {run_id!r} was made with a different recipe (changed: {', '.join(different[:5])}): "
@@ -192,6 +195,19 @@ def recipe_changes(before: Recipe, after: Recipe) -> list[str]:
     """The flattened keys ("simulate.max_turns") whose values differ between two recipes, as stored."""
     old, new = _flatten(json.loads(_stored_form(before))), _flatten(json.loads(_stored_form(after)))
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def spare_chat_models(before: Recipe, after: Recipe) -> set[str]:
+    """Chat models that one recipe has and the other lacks, named by no role of either: adding one (a Roleplayer
+    for `eval --roleplayer`, as a shipped recipe may gain) or taking one away changes nothing a run computes."""
+    named = {name for r in (before, after) for name in (*r.roles.roleplayer_weights, r.roles.oracle, r.roles.judge)}
+    return (before.chat_models.keys() ^ after.chat_models.keys()) - named
+
+
+def _chat_model_of(key: str) -> str | None:
+    """The chat model a flattened recipe key belongs to ("chat_models.gemma.backend": gemma), if any."""
+    section, _, rest = key.partition(".")
+    return rest.partition(".")[0] if section == "chat_models" else None
 
 
 def execution_only(key: str) -> bool:

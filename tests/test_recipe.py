@@ -293,3 +293,28 @@ def test_a_run_resumes_after_an_execution_change_and_refuses_a_result_change(hom
                                                  "chat_models.smollm2-plain.max_retries=0",
                                                  "questioner.vllm.max_concurrency=8", change]))
 
+
+def test_a_run_resumes_after_its_recipe_gains_or_loses_a_chat_model_that_no_role_names(home):
+    """As a run of the tiny recipe made before the recipe shipped `gemma` does: adding a Roleplayer for `eval
+    --roleplayer` changes nothing the run computed. Its settings count from then on, and a role's chat model never
+    comes or goes unnoticed."""
+    import yaml
+
+    from stargate_lite.errors import FallbackNotice
+    from stargate_lite.recipe import recipes_dir, validate_recipe
+    from stargate_lite.runs import open_run, recipe_of_run
+    from stargate_lite.store import Store
+
+    store = Store(home)
+    data = yaml.safe_load((recipes_dir() / "tiny.yaml").read_text())
+    del data["chat_models"]["gemma"]
+    open_run(store, validate_recipe(data))
+    with pytest.warns(FallbackNotice, match=r"new execution settings \(chat_models.gemma \(named by no role\)\)"):
+        open_run(store, load_recipe("tiny"))
+    assert "gemma" in recipe_of_run(store.get_run("tiny")).chat_models  # so `eval --roleplayer gemma` may use it
+    with pytest.raises(StargateError, match=r"different recipe \(changed: chat_models.gemma.repeat_penalty\)"):
+        open_run(store, load_recipe("tiny", ["chat_models.gemma.repeat_penalty=1.0"]))
+    with pytest.raises(StargateError, match=r"different recipe \(changed: chat_models.plain.backend, "):
+        open_run(store, validate_recipe({**data, "roles": {**data["roles"], "roleplayer": "plain"},
+                                         "chat_models": {**data["chat_models"], "plain": {"backend": "llamacpp",
+                                                         "model": "builtin:smollm2-135m-instruct"}}}))
