@@ -17,7 +17,7 @@ from stargate_lite.engines import models
 from stargate_lite.engines.chat_models import ChatModels, LlamaServerChat, Sampling, as_sent, transcript_prompt
 from stargate_lite.errors import StargateError
 from stargate_lite.evaluation.audit import breaks_role, content_words
-from stargate_lite.prompts import is_question, roleplayer_messages
+from stargate_lite.prompts import gated_roleplayer_messages, is_question, roleplayer_messages
 from stargate_lite.recipe import load_recipe
 from stargate_lite.stages.builtin_data import SEED_PERSONAS
 
@@ -147,3 +147,15 @@ def test_eval_with_the_gemma_roleplayer_on_a_finished_run(finished, tmp_path):
     audits = summary["audit"]["gemma"]  # per iteration, per Roleplayer that answered
     assert set(audits) == {"0", "2"} and all(set(a) == {"gemma"} and a["gemma"]["answers"] > 0
                                              and a["gemma"]["role_breaks"] is not None for a in audits.values())
+
+
+def test_gemma_as_a_gated_user_answers_from_the_facts_it_was_given(home):
+    """The transcript is written from whatever messages the Roleplayer is given: here a gated user's
+    (simulate.reveal asked), whose system text holds only the facts the question asks for."""
+    recipe = load_recipe("tiny", [f"chat_models.gemma.n_threads={THREADS}"])
+    messages = gated_roleplayer_messages("Odette", TASK, ["I have lived alone in a small village outside Lyon, France."],
+                                         [{"role": "questioner", "text": "Where do you live?"}])
+    with ChatModels(recipe.chat_models, home) as chat:
+        (answer,) = chat.get("gemma").complete_each([messages], Sampling(recipe.simulate.answer_max_tokens))
+    assert answer.startswith("I") and "\n" not in answer and not is_question(answer), answer
+    assert {"village", "france"} & content_words(answer), answer
