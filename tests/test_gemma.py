@@ -17,7 +17,7 @@ from stargate_lite.engines import models
 from stargate_lite.engines.chat_models import ChatModels, LlamaServerChat, Sampling, as_sent, transcript_prompt
 from stargate_lite.errors import StargateError
 from stargate_lite.evaluation.audit import breaks_role, content_words
-from stargate_lite.prompts import gated_roleplayer_messages, is_question, roleplayer_messages
+from stargate_lite.prompts import fold_system, gated_roleplayer_messages, is_question, roleplayer_messages
 from stargate_lite.recipe import load_recipe
 from stargate_lite.stages.builtin_data import SEED_PERSONAS
 
@@ -107,7 +107,9 @@ def test_the_gemma_turns_keep_the_system_text_in_the_first_user_turn():
     assert prompt == (f"<start_of_turn>user\n{MESSAGES[0]['content']}\n\nWhere do you live?<end_of_turn>\n"
                       "<start_of_turn>model\n")
     plain = load_recipe("tiny").chat_models["smollm2"]
-    assert as_sent(plain, MESSAGES) == MESSAGES  # other chat models get the messages as built
+    assert as_sent(plain, MESSAGES) == MESSAGES  # other chat models get the messages as built, or folded if asked
+    folding = load_recipe("tiny", ["chat_models.smollm2.fold_system=true"]).chat_models["smollm2"]
+    assert as_sent(folding, MESSAGES) == fold_system(MESSAGES) != MESSAGES
 
 
 def test_gemma_answers_a_question_in_character_through_llamacpp(home):
