@@ -100,7 +100,7 @@ def test_status_reports_each_iterations_efficiency(finished, questioner):
 
     report = json.loads(cli("status", "--json", home=finished).stdout)
     table = cli("status", home=finished).stdout
-    assert "questions/conv" in table and "user" in table and "response" in table  # every figure: test_cli.py
+    assert "questions" in table and "user" in table and "response" in table  # every figure: test_cli.py
     with sqlite3.connect(finished / "stargate.db") as db:
         for it in report["runs"][0]["iterations"]:
             eff, n = it["efficiency"], it["iteration"]
