@@ -29,11 +29,10 @@ QUESTIONS = (
 
 
 def turns() -> list[tuple[dict, str]]:
-    from stargate_lite.facts import persona_facts
     from stargate_lite.stages.builtin_data import TASKS, WRITTEN_PERSONAS
 
-    pairs = [{"persona": text, "persona_name": name, "task": TASKS[i], "persona_facts": None,
-              "facts": persona_facts(text)} for i, (name, text) in enumerate(WRITTEN_PERSONAS["A"])]
+    pairs = [{"persona": text, "persona_name": name, "task": TASKS[i]}
+             for i, (name, text) in enumerate(WRITTEN_PERSONAS["A"])]
     return [(pair, question) for pair in pairs for question in QUESTIONS]
 
 

