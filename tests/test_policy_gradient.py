@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import cli, copy_home, run_args
+from pinned import assert_pinned
 
 from stargate_lite.engines.training import group_advantages, policy_terms, train_lora
 from stargate_lite.recipe import TrainConfig
@@ -310,6 +311,11 @@ def _trained(home: Path) -> dict:
     adapters = [hashlib.sha256((home / "runs" / "tiny" / f"iteration-{i}" / "adapter" /
                                 "adapter_model.safetensors").read_bytes()).hexdigest() for i in (1, 2)]
     return {"trainings": trainings, "adapters": adapters}
+
+
+def test_an_rloo_run_gives_the_pinned_records(rloo_run):
+    """Its samples, advantages' effect (the losses) and records, token for token as pinned (tests/pinned.py)."""
+    assert_pinned(rloo_run, "rloo")
 
 
 def test_a_run_learns_from_every_conversation_and_each_iteration_starts_on_policy(rloo_run):

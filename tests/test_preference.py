@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import cli, copy_home, run_args
+from pinned import assert_pinned
 
 DPO = ["train.method=dpo", "simulate.conversations_per_pair=3", "train.epochs=2"]
 
@@ -86,6 +87,11 @@ def test_one_dpo_iteration_raises_the_chosen_minus_rejected_margin_on_its_own_pa
     n = len(pairs)
     margins = (tuned[:n] - base[:n]) - (tuned[n:] - base[n:])
     assert bool((margins > 0).all()), margins.tolist()
+
+
+def test_a_dpo_run_gives_the_pinned_records(preferred):
+    """Its pairs' records and losses, token for token as pinned (tests/pinned.py)."""
+    assert_pinned(preferred, "dpo")
 
 
 def test_the_method_is_recorded_with_the_training(preferred):
