@@ -18,9 +18,9 @@ from urllib.parse import quote
 
 import sqlite_utils
 
-from .errors import FallbackNotice, StargateError
-from .facts import persona_facts
-from .prompts import is_question
+from ..errors import FallbackNotice, StargateError
+from ..facts import persona_facts
+from ..prompts import is_question
 
 DB_NAME = "stargate.db"
 BUSY_TIMEOUT_S = 30  # how long a write waits for another program's lock on the store ($STARGATE_LOCK_TIMEOUT)
