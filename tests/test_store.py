@@ -126,6 +126,25 @@ def test_a_question_cost_makes_selection_prefer_the_shorter_of_two_equally_good_
     assert [(s["conversation_id"], s["reward"]) for s in store.selections("r", 1)] == [("p#000", -7.0)]
 
 
+def test_the_reward_sqlite_reckons_from_reward_sql_is_the_one_python_reckons_to_the_last_bit():
+    """Selection ranks in SQL, the probe and training reckon in Python: one formula, two spellings, same floats
+    (costs with no exact binary form, many questions, no cost at all)."""
+    import random
+
+    from stargate_lite.store.reward import reward, reward_sql
+
+    rng = random.Random(0)
+    rows = [(-rng.uniform(0, 500), rng.randrange(0, 12)) for _ in range(200)] + [(-7.25, 0), (-1e-12, 3)]
+    db = sqlite3.connect(":memory:")
+    db.execute("create table c (logprob real, questions integer)")
+    db.executemany("insert into c values (?, ?)", rows)
+    for cost in (0.0, 0, 0.1, 1 / 3, 0.25, 2.7e-5, 17.0):
+        sql = f"select logprob, questions, {reward_sql('logprob', 'questions', '?')} from c order by rowid"
+        computed = db.execute(sql, [cost]).fetchall()
+        assert [r for _, _, r in computed] == [reward(logprob, questions, cost) for logprob, questions in rows]
+    assert reward(-7.25, 4, 0.0) == -7.25 and reward(-7.25, 2, 0.5) == -8.25
+
+
 def test_exports_and_browse_show_q0s_response_beside_every_verdict_of_either_responder(home, tmp_path):
     """An evaluation judged with `--responder policy` and with `--responder base`: Q_0's own responses are stored
     once, at iteration 0 under responder `policy` (evaluate._respond, whichever responder is judged), and every

@@ -53,6 +53,7 @@ from ..stages.data import make_pairs, prepare_data
 from ..stages.score import score_stage
 from ..stages.simulate import Roleplayers, pair_facts, recipe_gate, simulate, user_gate
 from ..store import Store
+from ..store.reward import reward
 from .elicitation import conversation_elicitation, elicitation
 from .evaluate import closing_questioner
 from .intervals import Interval, crossed_bootstrap
@@ -202,7 +203,7 @@ def _policy_split(store: Store, ns: str, question_cost: float,
     rewards: dict[str, list[float]] = {}
     for s in store.scores(ns, 0):
         questions = conversations[s["conversation_id"]]["questions"] or 0
-        rewards.setdefault(s["pair_id"], []).append(s["logprob"] - question_cost * questions)
+        rewards.setdefault(s["pair_id"], []).append(reward(s["logprob"], questions, question_cost))
     by_key = {}
     for pair_id, values in rewards.items():
         p = pairs[pair_id]

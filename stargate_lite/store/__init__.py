@@ -21,6 +21,7 @@ import sqlite_utils
 from ..errors import FallbackNotice, StargateError
 from ..facts import persona_facts
 from ..prompts import is_question
+from .reward import reward_sql
 
 DB_NAME = "stargate.db"
 BUSY_TIMEOUT_S = 30  # how long a write waits for another program's lock on the store ($STARGATE_LOCK_TIMEOUT)
@@ -383,8 +384,8 @@ BROWSE_QUERIES = {
         "description": "reward: the gold's log-prob less reward.question_cost per question (selection's).",
         "sql": f"""
             select c.sample, case when k.conversation_id is not null then 'kept' else '' end as kept,
-              coalesce(s.logprob, e.logprob) - coalesce(json_extract(r.recipe, '$.reward.question_cost'), 0)
-                * coalesce(c.questions, 0) as reward,
+              {reward_sql("coalesce(s.logprob, e.logprob)", "coalesce(c.questions, 0)",
+                          "coalesce(json_extract(r.recipe, '$.reward.question_cost'), 0)")} as reward,
               coalesce(s.logprob, e.logprob) as gold_logprob, c.questions, c.roleplayer,
               {_TURNS_TEXT} as conversation, c.id as conversation_id
             from conversations c left join runs r on r.id = c.run_id
@@ -905,12 +906,12 @@ class Store:
         can hold a million scores). With no cost the reward is the log-prob itself (x - 0.0 is x, exactly).
         `worst`: each pair's worst instead (ties to the lowest sample too), for preference training."""
         order = "asc" if worst else "desc"
+        reward = reward_sql("s.logprob", "c.questions", "?")
         return self.rows(
             f"""
             select pair_id, conversation_id, logprob, reward from (
-              select c.pair_id, s.conversation_id, s.logprob, s.logprob - ? * c.questions as reward,
-                row_number() over (partition by c.pair_id order by s.logprob - ? * c.questions {order}, c.sample)
-                  as place
+              select c.pair_id, s.conversation_id, s.logprob, {reward} as reward,
+                row_number() over (partition by c.pair_id order by {reward} {order}, c.sample) as place
               from conversations c join scores s on s.conversation_id = c.id
               where c.run_id = ? and c.iteration = ?
             ) where place = 1 order by pair_id
@@ -922,9 +923,9 @@ class Store:
         """Every scored conversation of an iteration {pair_id, conversation_id, answer, answer_cut, logprob, reward}, its reward as
         selection reckons it (best_scores), in (pair, sample) order: the samples of rloo and grpo."""
         return self.rows(
-            """
+            f"""
             select c.pair_id, c.id as conversation_id, c.answer, c.answer_cut, s.logprob,
-              s.logprob - ? * c.questions as reward
+              {reward_sql("s.logprob", "c.questions", "?")} as reward
             from conversations c join scores s on s.conversation_id = c.id
             where c.run_id = ? and c.iteration = ? order by c.pair_id, c.sample
             """,
@@ -1121,7 +1122,7 @@ class Store:
             f"""
             select c.id, c.run_id as namespace, c.iteration, c.pair_id, c.sample, c.policy, c.roleplayer,
               c.turns as turn_count, c.questions, c.answer, coalesce(s.logprob, e.logprob) as logprob,
-              coalesce(s.logprob, e.logprob) - ? * coalesce(c.questions, 0) as reward,
+              {reward_sql("coalesce(s.logprob, e.logprob)", "coalesce(c.questions, 0)", "?")} as reward,
               k.conversation_id is not null as kept, pe.text as persona, pe.facts as persona_facts
             from conversations c join pairs p on p.id = c.pair_id join personas pe on pe.id = p.persona_id
             left join scores s on s.conversation_id = c.id
