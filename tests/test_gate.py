@@ -81,16 +81,16 @@ def test_a_missing_gate_model_is_one_line_naming_how_to_install_it(monkeypatch):
 
 def test_a_store_from_before_facts_derives_each_personas_facts(home):
     """m022 gives the personas a store already holds their facts; the text stays as it was."""
-    from stargate_lite import store as store_module
+    from stargate_lite.store import migrations
 
-    all_migrations = store_module.MIGRATIONS
-    store_module.MIGRATIONS = [m for m in all_migrations if m[0] != "m022_persona_facts"]
+    all_migrations = migrations.MIGRATIONS
+    migrations.MIGRATIONS = [m for m in all_migrations if m[0] != "m022_persona_facts"]
     try:
         old = Store(home)
         old.db["personas"].insert({"id": "d/A/persona-0000", "dataset": "d", "split": "A", "idx": 0, "name": "Mei",
                                    "text": MEI, "source": "import:x"})
     finally:
-        store_module.MIGRATIONS = all_migrations
+        migrations.MIGRATIONS = all_migrations
     store = Store(home)
     (row,) = store.personas("d", "A")
     assert row["text"] == MEI

@@ -85,10 +85,10 @@ def test_selection_keeps_each_pairs_best_conversation_ties_to_the_lowest_sample(
 
 def test_a_store_from_before_efficiency_gets_each_conversations_question_count(home):
     """m012 counts the questions of conversations stored before it, from their turns' flags."""
-    from stargate_lite import store as store_module
+    from stargate_lite.store import migrations
 
-    all_migrations = store_module.MIGRATIONS
-    store_module.MIGRATIONS = [m for m in all_migrations if m[0] != "m012_efficiency"]
+    all_migrations = migrations.MIGRATIONS
+    migrations.MIGRATIONS = [m for m in all_migrations if m[0] != "m012_efficiency"]
     try:
         old = Store(home)
         old.db["conversations"].insert({"id": "c", "run_id": "r", "iteration": 1, "pair_id": "p", "sample": 0,
@@ -97,7 +97,7 @@ def test_a_store_from_before_efficiency_gets_each_conversations_question_count(h
         old.db["turns"].insert_all([{"conversation_id": "c", "idx": i, "role": role, "text": text,
                                      "is_question": int("?" in text)} for i, (role, text) in enumerate(turns)])
     finally:
-        store_module.MIGRATIONS = all_migrations
+        migrations.MIGRATIONS = all_migrations
     store = Store(home)
     assert store.value("select questions from conversations where id = 'c'") == 1
     (row,) = store.conversation_efficiency("r", 1)
