@@ -1,5 +1,5 @@
 """`stargate-lite browse`: the store in Datasette, read-only, with what each table holds and the queries a
-researcher asks of a run (their SQL lives with the store's: store.BROWSE_QUERIES)."""
+researcher asks of a run (their SQL lives with the store's: store/browse.py)."""
 
 from __future__ import annotations
 
