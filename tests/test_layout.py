@@ -1,9 +1,11 @@
 """The layout is the map: a module's folder names its layer, imports point down the layers, no stage imports
-another, and the package has no import cycle, counting the imports made inside functions."""
+another, the package has no import cycle, counting the imports made inside functions, and no SQL is written outside
+the store."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "stargate_lite"
@@ -16,6 +18,13 @@ FOUNDATION_PACKAGES = {"store"}
 TOP = {"loop": "loop", "cli": "cli", "__main__": "cli", "": "cli"}  # "": the package's face, __init__.py
 # Modules of a stage beside the stage's own module: they may import each other, and nothing else in stages/.
 STAGE_OF = {"builtin_data": "data", "train_processes": "train"}
+# SQL in a string: a statement's opening words as queries write them, which prose does not put side by side.
+SQL = re.compile(r"\bselect\s+(distinct\s+)?(\*|\w+\s*\(|[\w.]+\s*(,|\bas\b|\bfrom\b))"
+                 r"|\binsert\s+(or\s+\w+\s+)?into\s+\w+|\bcreate\s+(unique\s+)?(table|index|view|trigger)\b"
+                 r"|\bupdate\s+\w+\s+set\s+\w+\s*=|\bdelete\s+from\s+\w+|\bdrop\s+(table|index|view)\b"
+                 r"|\bpragma\s+\w+|\bbegin\s+(immediate|exclusive|deferred|transaction)\b"
+                 r"|\bwhere\s+[\w.]+\s*(=|!=|<|>|\bin\b|\blike\b|\bis\b)\s*(\?|:\w+|'|\d|\()", re.IGNORECASE)
+TRANSACTION_END = re.compile(r"(COMMIT|ROLLBACK)\b")  # upper case only: a run session's "commit" is no SQL
 
 
 def module_of(path: Path) -> str:
@@ -53,6 +62,52 @@ def imports(module: str, path: Path, known: set[str]) -> list[tuple[str, bool]]:
             continue
         found += [(target, id(node) in nested) for target in targets if target != module and target in known]
     return found
+
+
+def is_sql(text: str) -> bool:
+    flat = " ".join(text.split())
+    return bool(SQL.search(flat) or TRANSACTION_END.match(flat))
+
+
+def literal(node: ast.AST) -> str | None:
+    """A string literal's text; an f-string's with ? for each value it puts in."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(part.value if isinstance(part, ast.Constant) else "?" for part in node.values)
+    return None
+
+
+def strings(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of each string literal of a module but its docstrings, which are prose."""
+    tree = ast.parse(path.read_text())
+    skip = {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body
+            and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    skip |= {id(part) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for part in node.values}
+    return [(node.lineno, text) for node in ast.walk(tree)
+            if id(node) not in skip and (text := literal(node)) is not None]
+
+
+def store_statements() -> list[tuple[str, str]]:
+    """(where, text) of each statement the store hands SQLite: the literal (or the local variable holding one) that
+    a call of rows, value, execute or query is given, and each of browse's canned queries."""
+    found: dict[int, tuple[str, str]] = {}  # by the literal's node: a nested function's calls are walked twice
+    for path in sorted((PACKAGE / "store").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        given = [value for node in ast.walk(tree) if isinstance(node, ast.Dict)
+                 for key, value in zip(node.keys, node.values) if isinstance(key, ast.Constant) and key.value == "sql"]
+        for fn in ast.walk(tree):
+            if isinstance(fn, ast.FunctionDef):
+                local = {target.id: node.value for node in ast.walk(fn) if isinstance(node, ast.Assign)
+                         for target in node.targets if isinstance(target, ast.Name)}
+                given += [local.get(node.args[0].id) if isinstance(node.args[0], ast.Name) else node.args[0]
+                          for node in ast.walk(fn) if isinstance(node, ast.Call) and node.args
+                          and isinstance(node.func, ast.Attribute) and node.func.attr in ("rows", "value", "execute",
+                                                                                         "query")]
+        found |= {id(query): (f"store/{path.name}:{query.lineno}", text) for query in given
+                  if query is not None and (text := literal(query)) is not None}
+    return list(found.values())
 
 
 def graph() -> dict[str, set[str]]:
@@ -123,3 +178,18 @@ def test_no_import_cycle():
         if module not in state:
             found = cycle_from(module, [module])
             assert found is None, "import cycle: " + " -> ".join(found)
+
+
+def test_no_module_outside_the_store_holds_sql():
+    wrong = [f"stargate_lite/{path.relative_to(PACKAGE)}:{line}: {' '.join(text.split())[:70]!r}"
+             for module, path in modules().items() if module.split(".")[0] != "store"
+             for line, text in strings(path) if is_sql(text)]
+    assert not wrong, "SQL outside stargate_lite/store/ (give the store a method for it):\n" + "\n".join(wrong)
+
+
+def test_the_sql_check_knows_every_statement_the_store_runs():
+    """The check above would pass vacuously on a scan blind to SQL: each statement the store runs reads as SQL."""
+    statements = store_statements()
+    assert len(statements) > 60
+    missed = [f"{where}: {' '.join(text.split())[:70]!r}" for where, text in statements if not is_sql(text)]
+    assert not missed, "statements the SQL check does not recognise:\n" + "\n".join(missed)
