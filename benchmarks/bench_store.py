@@ -39,7 +39,7 @@ def queries(store: Store) -> dict:
     from stargate_lite.commands.status import run_status
     from stargate_lite.evaluation.evaluate import namespace, summarize
     from stargate_lite.evaluation.judge import judge_protocol
-    from stargate_lite.loop import training_examples
+    from stargate_lite.methods.sft import training_examples
     from stargate_lite.runs import recipe_of_run
     from stargate_lite.stages.data import split_pairs
 

@@ -74,17 +74,19 @@ def _plain(args: dict, source: str, cuda: bool, on_step) -> None:
 def _ours(args: dict, source: str, cuda: bool, backend: str, on_step) -> list[str]:
     from stargate_lite.engines.questioner import Questioner
     from stargate_lite.engines.training import load_for_training, train_lora
+    from stargate_lite.methods.sft import METHOD as SFT
     from stargate_lite.recipe import QuestionerConfig, TrainConfig
 
     questioner = Questioner(QuestionerConfig(model=source, load_in_4bit=cuda, device="cuda" if cuda else "cpu"),
                             Path(tempfile.mkdtemp()))
     config = TrainConfig(lora_r=16, lora_alpha=32, lora_dropout=0.0, batch_size=args["batch"],
                          max_length=args["length"], warmup_ratio=0.0, gradient_checkpointing=cuda, backend=backend)
-    model, used = load_for_training(questioner, config, seed=0)
+    model, used = load_for_training(questioner, config, seed=0, method=SFT)
     assert used == backend, f"asked for {backend}, got {used}"
     examples = _examples(args["batch"] * args["steps"], args["length"], questioner.tokenizer.vocab_size)
     out = Path(tempfile.mkdtemp()) / "adapter"
-    train_lora(model, examples, config, seed=0, out_dir=out, pad_token_id=0, backend=backend, on_step=on_step)
+    train_lora(model, examples, config, method=SFT, seed=0, out_dir=out, pad_token_id=0, backend=backend,
+               on_step=on_step)
     from safetensors import safe_open
 
     with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:

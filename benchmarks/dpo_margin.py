@@ -15,7 +15,7 @@ import torch
 
 from stargate_lite.engines.questioner import Questioner
 from stargate_lite.engines.training import sequence_logprobs
-from stargate_lite.loop import preference_examples
+from stargate_lite.methods.dpo import preference_examples
 from stargate_lite.runs import pick_run, recipe_of_run
 from stargate_lite.store import Store
 

@@ -32,6 +32,7 @@ def main() -> int:
     from stargate_lite.engines import training
     from stargate_lite.engines.encoded import Encoded
     from stargate_lite.recipe import TrainConfig
+    from stargate_lite.training_methods import training_method
 
     cuda = torch.cuda.is_available() and not args.cpu_bf16
     if args.cpu_bf16:
@@ -43,8 +44,9 @@ def main() -> int:
     samples = [(Encoded(torch.randint(3, 32000, (192,), generator=generator).tolist(), list(range(128, 192))),
                 advantage) for advantage in (1.0, -1.0, 0.5, -0.5)]
     with tempfile.TemporaryDirectory() as out:
-        record = training.train_lora(training.attach_lora(model, config, seed=0), samples, config, seed=0,
-                                     out_dir=Path(out) / "adapter", pad_token_id=0, sampling=(0.9, 0.9))
+        record = training.train_lora(training.attach_lora(model, config, seed=0), samples, config,
+                                     method=training_method("rloo"), seed=0, out_dir=Path(out) / "adapter",
+                                     pad_token_id=0, sampling=(0.9, 0.9))
     first = record["policy_steps"][0]
     device = torch.cuda.get_device_name() if cuda else "cpu, bf16 autocast" if args.cpu_bf16 else "cpu, fp32"
     print(json.dumps({"device": device, **first}))

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from .errors import StargateError
 from .prompts import JUDGE_TEMPLATES
+from .training_methods import method_names, training_method, unknown_method
 
 SPLITS = ("A", "B", "test")
 TRAIN_SPLITS = ("A", "B")
@@ -344,14 +345,16 @@ class RespondConfig(_Strict):
 class TrainConfig(_Strict):
     """LoRA fine-tuning of the base Questioner on the kept conversations."""
 
-    method: Literal["sft", "dpo", "rloo", "grpo"] = Field(
-        "sft", description="sft (the paper): fine-tune on each pair's best conversation and what follows it; dpo: "
-        "prefer, per pair, the best conversation by reward to the worst, each followed by the same `target` "
-        "(Direct Preference Optimization; the reference is the base, the adapter switched off); rloo, grpo: a "
-        "clipped policy gradient on every conversation of a pair, its advantage its reward less the mean of the "
-        "pair's others (rloo), or less the pair's mean over their standard deviation (grpo), with a KL penalty to "
-        "the base (needs init previous, lora_dropout 0, target none; docs/beyond-the-paper.md). The same turns "
-        "count in each: the Questioner's, never the prompt or the Roleplayer's. peft backend only.",
+    method: str = Field(
+        "sft", description="The training method, by name: one of the modules of stargate_lite/methods/ (registered: "
+        f"{', '.join(method_names())}). sft (the paper): fine-tune on each pair's best conversation and what follows "
+        "it; dpo: prefer, per pair, the best conversation by reward to the worst, each followed by the same `target` "
+        "(Direct Preference Optimization; the reference is the base, the adapter switched off); rloo, grpo: a clipped "
+        "policy gradient on every conversation of a pair, its advantage its reward less the mean of the pair's "
+        "others (rloo), or less the pair's mean over their standard deviation (grpo), with a KL penalty to the base "
+        "(needs init previous, lora_dropout 0, target none). The same turns count in each: the Questioner's, never "
+        "the prompt or the Roleplayer's. All but sft train with the peft backend only. docs/beyond-the-paper.md "
+        "describes each.",
     )
     dpo_beta: float = Field(0.1, gt=0, description="dpo: the strength beta of the preference (DPO's usual 0.1).")
     clip_epsilon: float = Field(0.2, gt=0, lt=1, description="rloo, grpo: the importance ratio's clip range "
@@ -408,6 +411,13 @@ class TrainConfig(_Strict):
         "the effective batch (batch_size x gradient_accumulation) and the result are those of one process. peft "
         "backend only.",
     )
+
+    @field_validator("method")
+    @classmethod
+    def _method_is_registered(cls, method: str) -> str:
+        if method not in method_names():
+            raise ValueError(unknown_method(method))
+        return method
 
     @property
     def seeds_dropout_per_sequence(self) -> bool:
@@ -612,40 +622,15 @@ def check_new_work(recipe: Recipe, source: str) -> None:
                             "conversation of a pair has the same turns, so the cost only charges the turns that ask")
     check_judge_budget(recipe.judge, source)
     check_dropout_masks(recipe.train, source)
-    check_policy_gradient(recipe, source)
+    method = training_method(recipe.train.method)  # its module, imported by the registry (training_methods.py)
+    method.check(recipe, source)
     peft_only = [f"train.{key} {value}" for key, value, needs_peft in (
-        ("method", recipe.train.method, recipe.train.method != "sft"),
+        ("method", recipe.train.method, method.peft_only is not None),
         ("init", recipe.train.init, recipe.train.init == "previous")) if needs_peft]
     if recipe.train.backend == "unsloth" and peft_only:  # refused here, before any work, not at the train stage
         trains = "trains" if len(peft_only) == 1 else "train"
         raise StargateError(f"{source}: {' and '.join(peft_only)} {trains} with peft, not Unsloth: set "
                             "train.backend=peft (or auto)")
-
-
-POLICY_GRADIENT_METHODS = ("rloo", "grpo")
-
-
-def check_policy_gradient(recipe: Recipe, source: str) -> None:
-    """rloo and grpo weigh each sampled token by how much likelier the policy in training makes it than the policy
-    that sampled it: that is only so if training starts from that policy, without dropout noise, on its own turns
-    alone, and if they were sampled."""
-    train = recipe.train
-    if train.method not in POLICY_GRADIENT_METHODS:
-        if recipe.reward.per_turn:
-            raise StargateError(f"{source}: reward.per_turn credits the turns of a policy gradient: set "
-                                "train.method rloo or grpo, or reward.per_turn false")
-        return
-    needs = [setting for setting, missing in (
-        ("train.init previous (a fresh LoRA is the base, not the policy that sampled)", train.init != "previous"),
-        ("train.lora_dropout 0 (dropout would make the importance ratio noise)", train.lora_dropout > 0),
-        ("train.target none (the Questioner's own turns are trained, not a response it did not sample)",
-         train.target != "none"),
-        ("simulate.conversations_per_pair of at least 2 (a pair's conversations are each other's baseline)",
-         recipe.simulate.conversations_per_pair < 2),
-        ("simulate.temperature above 0 (greedy questions have no sampling distribution to weigh)",
-         recipe.simulate.temperature <= 0)) if missing]
-    if needs:
-        raise StargateError(f"{source}: train.method {train.method} needs " + "; ".join(needs))
 
 
 def check_dropout_masks(train: TrainConfig, source: str) -> None:

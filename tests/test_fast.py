@@ -133,16 +133,17 @@ def test_training_backend_is_chosen_from_what_is_there():
 
     from stargate_lite.engines.training import resolve_backend
     from stargate_lite.errors import StargateError
+    from stargate_lite.methods.sft import METHOD as SFT
     from stargate_lite.recipe import TrainConfig
 
-    assert resolve_backend(TrainConfig(), "cpu") == "peft"
-    assert resolve_backend(TrainConfig(backend="peft"), "cuda") == "peft"
+    assert resolve_backend(TrainConfig(), "cpu", SFT) == "peft"
+    assert resolve_backend(TrainConfig(backend="peft"), "cuda", SFT) == "peft"
     with pytest.raises(StargateError, match="not on a CUDA GPU"):
-        resolve_backend(TrainConfig(backend="unsloth"), "cpu")
+        resolve_backend(TrainConfig(backend="unsloth"), "cpu", SFT)
     if importlib.util.find_spec("unsloth") is None:
-        assert resolve_backend(TrainConfig(), "cuda") == "peft"
+        assert resolve_backend(TrainConfig(), "cuda", SFT) == "peft"
         with pytest.raises(StargateError, match=r"\[gpu\]"):
-            resolve_backend(TrainConfig(backend="unsloth"), "cuda")
+            resolve_backend(TrainConfig(backend="unsloth"), "cuda", SFT)
 
 
 def test_training_in_a_child_process_reports_steps_and_saves_the_adapter(questioner, tmp_path):

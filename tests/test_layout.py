@@ -10,9 +10,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "stargate_lite"
 # Bottom to top: a module imports from its own layer and the layers below it, never above.
-LAYERS = ("foundations", "engines", "stages", "evaluation", "commands", "loop", "cli")
-FOLDERS = ("engines", "stages", "evaluation", "commands")
-FOUNDATIONS = {"facts", "errors", "prompts", "progress", "recipe", "runs", "tracking"}
+LAYERS = ("foundations", "engines", "methods", "stages", "evaluation", "commands", "loop", "cli")
+FOLDERS = ("engines", "methods", "stages", "evaluation", "commands")
+FOUNDATIONS = {"facts", "errors", "prompts", "progress", "recipe", "runs", "tracking", "training_methods"}
 # Foundations that are packages: the package and every module in it are foundations (the store, split by table).
 FOUNDATION_PACKAGES = {"store"}
 TOP = {"loop": "loop", "cli": "cli", "__main__": "cli", "": "cli"}  # "": the package's face, __init__.py

@@ -16,8 +16,10 @@ import pytest
 from conftest import cli, copy_home, run_args
 from pinned import assert_pinned
 
-from stargate_lite.engines.training import group_advantages, policy_terms, train_lora
+from stargate_lite.engines.training import train_lora
+from stargate_lite.methods._policy_gradient import policy_terms
 from stargate_lite.recipe import TrainConfig
+from stargate_lite.training_methods import training_method
 
 TEMPERATURE, TOP_P = 0.9, 0.9  # the recipe's simulate.temperature and top_p
 RLOO = ["train.method=rloo", "train.init=previous", "train.lora_dropout=0", "train.target=none",
@@ -40,18 +42,18 @@ def _samples(questioner, advantages: list[float]) -> list:
 
 def test_group_advantages_are_leave_one_out_or_normalised_within_the_group():
     rewards = [-10.0, -12.0, -11.0, -7.0]
-    rloo = group_advantages(rewards, "rloo")
+    rloo = training_method("rloo").group_advantages(rewards)
     for i, r in enumerate(rewards):
         others = [x for j, x in enumerate(rewards) if j != i]
         assert rloo[i] == pytest.approx(r - sum(others) / len(others), abs=1e-12)
-    grpo = group_advantages(rewards, "grpo")
+    grpo = training_method("grpo").group_advantages(rewards)
     mean = sum(rewards) / 4
     std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / 3)
     assert grpo == pytest.approx([(r - mean) / (std + 1e-4) for r in rewards], abs=1e-12)
-    assert group_advantages([-3.0, -3.0, -3.0], "rloo") == [0.0, 0.0, 0.0]
-    assert group_advantages([-3.0, -3.0], "grpo") == [0.0, 0.0]
+    assert training_method("rloo").group_advantages([-3.0, -3.0, -3.0]) == [0.0, 0.0, 0.0]
+    assert training_method("grpo").group_advantages([-3.0, -3.0]) == [0.0, 0.0]
     with pytest.raises(ValueError, match="at least two"):
-        group_advantages([-1.0], "rloo")
+        training_method("rloo").group_advantages([-1.0])
 
 
 def test_the_sampling_logprob_is_the_log_of_what_the_decoder_draws_from():
@@ -134,7 +136,8 @@ def test_the_loss_equals_a_direct_computation_with_ratios_away_from_one(question
     them clipped, each token's term as written in policy_terms' docstring."""
     import torch
 
-    from stargate_lite.engines.training import _behaviour, precision
+    from stargate_lite.engines.training import precision
+    from stargate_lite.methods._policy_gradient import behaviour_logprobs
 
     config = TrainConfig(method="rloo", init="previous", lora_dropout=0.0, target="none", lora_r=4, lora_alpha=8,
                          kl_beta=0.5, clip_epsilon=0.05)
@@ -144,8 +147,8 @@ def test_the_loss_equals_a_direct_computation_with_ratios_away_from_one(question
     decoder = model.get_base_model()
     pad = questioner.tokenizer.pad_token_id
     with model.disable_adapter():  # an old policy that is not the current one
-        behaviour = _behaviour(model, decoder, samples, [[0, 1], [2, 3]], config, (TEMPERATURE, TOP_P), pad, True,
-                               precision("cpu"))
+        behaviour = behaviour_logprobs(model, decoder, samples, [[0, 1], [2, 3]], config, (TEMPERATURE, TOP_P),
+                                       pad, True, precision("cpu"))
     behaviour = {i: (old, old + 0.3) for i, (old, _) in behaviour.items()}  # a reference apart from both
     batch = [0, 1, 2, 3]
     with torch.no_grad():
@@ -163,7 +166,8 @@ def test_the_losss_gradient_matches_finite_differences(questioner, monkeypatch):
     import torch
     from transformers.models.llama import modeling_llama
 
-    from stargate_lite.engines.training import _behaviour, precision
+    from stargate_lite.engines.training import precision
+    from stargate_lite.methods._policy_gradient import behaviour_logprobs
 
     def rms_norm_in_the_inputs_precision(self, hidden):
         return self.weight * hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
@@ -176,8 +180,8 @@ def test_the_losss_gradient_matches_finite_differences(questioner, monkeypatch):
     decoder = model.get_base_model()
     pad = questioner.tokenizer.pad_token_id
     with model.disable_adapter():
-        behaviour = _behaviour(model, decoder, samples, [[0, 1, 2]], config, (TEMPERATURE, TOP_P), pad, True,
-                               precision("cpu"))
+        behaviour = behaviour_logprobs(model, decoder, samples, [[0, 1, 2]], config, (TEMPERATURE, TOP_P), pad,
+                                       True, precision("cpu"))
     behaviour = {i: (old, old - 0.02) for i, (old, _) in behaviour.items()}
 
     def loss() -> torch.Tensor:
@@ -213,7 +217,7 @@ def test_one_step_starts_at_ratio_one_and_favours_the_better_conversations(quest
     config = TrainConfig(method=method, init="previous", lora_dropout=0.0, target="none", lora_r=4, lora_alpha=8,
                          learning_rate=2e-3, batch_size=4, warmup_ratio=0.0)
     rewards = [-20.0, -26.0, -23.0, -21.0]
-    advantages = group_advantages(rewards, method)
+    advantages = training_method(method).group_advantages(rewards)
     samples = [(e, a[0]) for e, a in _samples(questioner, advantages)]  # one advantage a sequence, as sft's loop
     pad = questioner.tokenizer.pad_token_id
     model = attach_lora(questioner.load_base(), config, seed=0)
@@ -224,8 +228,8 @@ def test_one_step_starts_at_ratio_one_and_favours_the_better_conversations(quest
             return sequence_logprobs(model, model.get_base_model(), sequences, pad, True)
 
     before = logprobs()
-    record = train_lora(model, samples, config, seed=0, out_dir=tmp_path / "adapter", pad_token_id=pad,
-                        sampling=(TEMPERATURE, TOP_P))
+    record = train_lora(model, samples, config, method=training_method(method), seed=0,
+                        out_dir=tmp_path / "adapter", pad_token_id=pad, sampling=(TEMPERATURE, TOP_P))
     assert record["steps"] == 1 and record["method"] == method
     (first,) = record["policy_steps"]
     assert first["ratio_drift"] < 1e-6 and first["clipped"] == 0 and abs(first["kl"]) < 1e-6
@@ -239,7 +243,7 @@ def test_one_step_starts_at_ratio_one_and_favours_the_better_conversations(quest
 def test_each_turn_gets_its_reward_to_go_against_the_pairs_other_conversations_at_that_turn():
     """Three conversations of one pair, gold log-probs after each turn given: reward-to-go per turn (question
     cost 1, one turn without a question mark), and the last conversation's answer with its 0."""
-    from stargate_lite.loop import _rewards_to_go
+    from stargate_lite.methods._policy_gradient import rewards_to_go
 
     def turns(*asked: bool) -> list[dict]:
         return [t for a in asked for t in ({"role": "questioner", "text": "Why?" if a else "Fine."},
@@ -248,16 +252,16 @@ def test_each_turn_gets_its_reward_to_go_against_the_pairs_other_conversations_a
     rows = [({"conversation_id": "a", "logprob": -10.0, "answer": None}, turns(True, True, True), {1: -30.0, 2: -20.0}),
             ({"conversation_id": "b", "logprob": -16.0, "answer": None}, turns(True, False, True), {1: -25.0, 2: -15.0}),
             ({"conversation_id": "c", "logprob": -40.0, "answer": "Here is a plan."}, turns(True), {})]
-    to_go = [_rewards_to_go(row, t, after, cost=1.0) for row, t, after in rows]
+    to_go = [rewards_to_go(row, t, after, cost=1.0) for row, t, after in rows]
     assert to_go[0] == [-10.0 - 3, -10.0 + 30 - 2, -10.0 + 20 - 1]
     assert to_go[1] == [-16.0 - 2, -16.0 + 25 - 1, -16.0 + 15 - 1]
     assert to_go[2] == [-40.0 - 1, 0.0]  # its answer ends it: nothing to go
     with pytest.raises(Exception, match="no per-turn scores"):
-        _rewards_to_go(rows[0][0], rows[0][1], {}, cost=1.0)
+        rewards_to_go(rows[0][0], rows[0][1], {}, cost=1.0)
 
 
 def test_a_turns_advantage_covers_exactly_that_turns_tokens(questioner):
-    from stargate_lite.loop import token_advantages
+    from stargate_lite.methods._policy_gradient import token_advantages
     from stargate_lite.prompts import questioner_messages
 
     messages = questioner_messages("Mei", "Plan a trip.", [
@@ -294,7 +298,8 @@ def test_policy_gradient_methods_refuse_what_breaks_their_ratio():
     with pytest.raises(StargateError, match="per_turn credits the turns of a policy gradient"):
         check_new_work(per_turn, "r")
     with pytest.raises(ValueError, match="temperature and top-p"):
-        train_lora(None, [1], TrainConfig(**sound), seed=0, out_dir=None, pad_token_id=0)
+        train_lora(None, [1], TrainConfig(**sound), method=training_method("rloo"), seed=0, out_dir=None,
+                   pad_token_id=0)
 
 
 @pytest.fixture(scope="module")
@@ -359,7 +364,6 @@ def test_grpo_with_per_turn_credit_runs_and_scores_the_gold_after_each_turn(data
     turn but the last, as scoring that prefix directly gives; each turn's advantage over its tokens, the first
     turn's equal to its conversation's (what comes before turn 1 is the pair's, and cancels); on policy at the
     first step."""
-    from stargate_lite.loop import policy_samples
     from stargate_lite.runs import pick_run, recipe_of_run
     from stargate_lite.stages.score import encode_gold, score_sums
     from stargate_lite.store import Store
@@ -381,8 +385,9 @@ def test_grpo_with_per_turn_credit_runs_and_scores_the_gold_after_each_turn(data
         vocab_chunk_tokens=512)
     assert [after[c][k] for c, k in some] == pytest.approx([lp for lp, _ in direct], abs=1e-3)
 
-    samples = policy_samples(store, recipe, "tiny", 1)
-    whole = policy_samples(store, recipe.model_copy(update={"reward": recipe.reward.model_copy(
+    grpo = training_method("grpo")
+    samples = grpo.samples(store, recipe, "tiny", 1)
+    whole = grpo.samples(store, recipe.model_copy(update={"reward": recipe.reward.model_copy(
         update={"per_turn": False})}), "tiny", 1)
     by_turns = [a for _, a in samples]
     assert len(samples) >= len(whole) and any(len(set(a)) > 1 for a in by_turns)  # turns credited apart

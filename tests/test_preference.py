@@ -43,7 +43,8 @@ def result(home: Path) -> dict:
 
 
 def test_each_pair_prefers_its_best_conversation_to_its_worst_with_the_same_final_turn(preferred):
-    from stargate_lite.loop import preference_examples, training_examples
+    from stargate_lite.methods.dpo import preference_examples
+    from stargate_lite.methods.sft import training_examples
     from stargate_lite.runs import pick_run, recipe_of_run
     from stargate_lite.store import Store
 
@@ -68,7 +69,7 @@ def test_one_dpo_iteration_raises_the_chosen_minus_rejected_margin_on_its_own_pa
 
     from stargate_lite.engines.questioner import Questioner
     from stargate_lite.engines.training import sequence_logprobs
-    from stargate_lite.loop import preference_examples
+    from stargate_lite.methods.dpo import preference_examples
     from stargate_lite.runs import pick_run, recipe_of_run
     from stargate_lite.store import Store
 
@@ -125,7 +126,9 @@ def test_dpo_refuses_unsloth():
     from stargate_lite.engines.training import resolve_backend
     from stargate_lite.errors import StargateError
     from stargate_lite.recipe import TrainConfig
+    from stargate_lite.training_methods import training_method
 
+    dpo = training_method("dpo")
     with pytest.raises(StargateError, match="dpo trains with the peft backend"):
-        resolve_backend(TrainConfig(method="dpo", backend="unsloth"), "cuda")
-    assert resolve_backend(TrainConfig(method="dpo", backend="auto"), "cuda") == "peft"
+        resolve_backend(TrainConfig(method="dpo", backend="unsloth"), "cuda", dpo)
+    assert resolve_backend(TrainConfig(method="dpo", backend="auto"), "cuda", dpo) == "peft"

@@ -5,6 +5,7 @@ import torch
 from conftest import GOLD, TASK, TURNS
 
 from stargate_lite.engines.training import attach_lora, train_lora
+from stargate_lite.methods.sft import METHOD as SFT
 from stargate_lite.prompts import QUESTION_INSTRUCTION, questioner_messages
 from stargate_lite.recipe import TrainConfig
 from stargate_lite.stages.score import encode_gold, score_sums, token_logprobs
@@ -78,8 +79,8 @@ def test_lora_changes_the_adapter_and_not_the_base(questioner, tmp_path):
     messages = [*questioner_messages("Mei", TASK, TURNS, final=True), {"role": "assistant", "content": GOLD}]
     examples = [questioner.encode_for_training(messages)] * 2
     config = TrainConfig(lora_r=4, lora_alpha=8, learning_rate=1e-3, batch_size=1, epochs=2, warmup_ratio=0.0)
-    record = train_lora(attach_lora(base, config, seed=0), examples, config, seed=0, out_dir=tmp_path / "adapter",
-                        pad_token_id=questioner.tokenizer.pad_token_id)
+    record = train_lora(attach_lora(base, config, seed=0), examples, config, method=SFT, seed=0,
+                        out_dir=tmp_path / "adapter", pad_token_id=questioner.tokenizer.pad_token_id)
     assert record["steps"] == 4 and len(record["losses"]) == 4
     assert record["losses"][-1] < record["losses"][0]
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
@@ -221,7 +222,7 @@ def test_the_transformers_chat_backend_answers_in_role(home):
 
 def test_empty_questions_and_responses_are_left_out_of_training(home):
     from stargate_lite.errors import StargateError
-    from stargate_lite.loop import training_examples
+    from stargate_lite.methods.sft import training_examples
     from stargate_lite.recipe import load_recipe
     from stargate_lite.store import Store
 
@@ -288,8 +289,8 @@ def test_gradient_accumulation_trains_as_the_larger_batch_does(questioner, tmp_p
         config = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-3, batch_size=batch,
                              gradient_accumulation=accumulate, epochs=2, warmup_ratio=0.0)
         out = tmp_path / f"batch-{batch}"
-        records.append(train_lora(attach_lora(questioner.load_base(), config, seed=0), examples, config, seed=0,
-                                  out_dir=out, pad_token_id=questioner.tokenizer.pad_token_id))
+        records.append(train_lora(attach_lora(questioner.load_base(), config, seed=0), examples, config, method=SFT,
+                                  seed=0, out_dir=out, pad_token_id=questioner.tokenizer.pad_token_id))
         adapters.append(load_file(out / "adapter_model.safetensors"))
     assert records[0]["steps"] == records[1]["steps"] == 2
     assert records[0]["losses"] == pytest.approx(records[1]["losses"], abs=1e-5)  # the second after one update

@@ -177,24 +177,26 @@ def test_dropout_in_several_processes_needs_masks_seeded_per_sequence():
     assert load_recipe("tiny", ["train.processes=2", "train.dropout_masks=sequence"]).train.processes == 2
     assert load_recipe("tiny", ["train.processes=2", "train.lora_dropout=0"]).train.processes == 2
     from stargate_lite.engines.training import resolve_backend
+    from stargate_lite.methods.sft import METHOD as SFT
 
     with pytest.raises(StargateError, match="needs train.dropout_masks: sequence"):  # the Python API refuses it too
-        resolve_backend(TrainConfig(processes=2), "cpu")
+        resolve_backend(TrainConfig(processes=2), "cpu", SFT)
     with pytest.raises(StargateError, match="set train.backend=peft"):
-        resolve_backend(TrainConfig(dropout_masks="sequence", backend="unsloth"), "cuda")
-    assert resolve_backend(TrainConfig(dropout_masks="sequence"), "cuda") == "peft"
+        resolve_backend(TrainConfig(dropout_masks="sequence", backend="unsloth"), "cuda", SFT)
+    assert resolve_backend(TrainConfig(dropout_masks="sequence"), "cuda", SFT) == "peft"
 
 
 def test_continuing_the_last_adapter_or_dpo_with_unsloth_is_refused_before_any_work():
     from stargate_lite.engines.training import resolve_backend
+    from stargate_lite.methods.sft import METHOD as SFT
 
     for setting in ("train.init=previous", "train.method=dpo"):
         with pytest.raises(StargateError, match=f"{setting.replace('=', ' ')} trains with peft, not Unsloth"):
             load_recipe("tiny", [setting, "train.backend=unsloth"])
         assert load_recipe("tiny", [setting]).train.backend == "auto"
     with pytest.raises(StargateError, match="train.init previous continues the last adapter with peft"):
-        resolve_backend(TrainConfig(init="previous", backend="unsloth"), "cuda")  # the Python API refuses it too
-    assert resolve_backend(TrainConfig(init="previous"), "cuda") == "peft"
+        resolve_backend(TrainConfig(init="previous", backend="unsloth"), "cuda", SFT)  # the Python API refuses it too
+    assert resolve_backend(TrainConfig(init="previous"), "cuda", SFT) == "peft"
 
 
 def test_a_compare_judge_needs_a_budget_for_its_comparison():

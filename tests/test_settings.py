@@ -7,8 +7,11 @@ import itertools
 
 import pytest
 
-from stargate_lite.engines.training import attach_lora, group_advantages, train_lora
-from stargate_lite.recipe import POLICY_GRADIENT_METHODS, TrainConfig
+from stargate_lite.engines.training import attach_lora, train_lora
+from stargate_lite.recipe import TrainConfig
+from stargate_lite.training_methods import training_method
+
+POLICY_GRADIENT_METHODS = ("rloo", "grpo")
 
 TEMPERATURE, TOP_P = 0.9, 0.9  # the tiny recipe's simulate.temperature and top_p
 SOUND_POLICY_GRADIENT = ["train.init=previous", "train.lora_dropout=0", "train.target=none"]
@@ -111,10 +114,10 @@ def test_the_accepted_combinations_are_the_expected_twelve():
 def test_item1_a_conversation_that_answers_at_once_has_one_reward_to_go_its_conversations_reward():
     """Issue 45, item 1: its one Questioner turn is the answer, and what it leaves to go is the whole reward (the
     first turn of every conversation carries its conversation's reward, up to the pair's constant)."""
-    from stargate_lite.loop import _rewards_to_go
+    from stargate_lite.methods._policy_gradient import rewards_to_go
 
     row = {"conversation_id": "d", "logprob": -50.0, "answer": "Here is a plan."}
-    assert _rewards_to_go(row, [], {}, cost=1.0) == [-50.0]
+    assert rewards_to_go(row, [], {}, cost=1.0) == [-50.0]
 
 
 def _sequences(questioner, questions: list[str]):
@@ -147,10 +150,10 @@ def test_item2_behaviour_reference_and_policy_logprobs_share_one_precision(quest
 
     monkeypatch.setattr(training, "precision", lambda device_type: torch.autocast("cpu", dtype=torch.bfloat16))
     config = TrainConfig(method="rloo", batch_size=4, kl_beta=0.04, **POLICY_GRADIENT_CONFIG)
-    advantages = group_advantages([-20.0, -26.0], "rloo")
+    advantages = training_method("rloo").group_advantages([-20.0, -26.0])
     samples = list(zip(_sequences(questioner, LONG_QUESTIONS), advantages, strict=True))
     model = attach_lora(questioner.load_base(), config, seed=0)
-    record = train_lora(model, samples, config, seed=0, out_dir=tmp_path / "adapter",
+    record = train_lora(model, samples, config, method=training_method("rloo"), seed=0, out_dir=tmp_path / "adapter",
                         pad_token_id=questioner.tokenizer.pad_token_id, sampling=(TEMPERATURE, TOP_P))
     (first,) = record["policy_steps"]
     assert first["ratio_drift"] == 0 and first["kl"] == 0 and first["clipped"] == 0
@@ -163,7 +166,8 @@ def test_item3_clipped_counts_only_the_clips_that_bind(questioner):
     import torch
 
     from stargate_lite.engines.logits import sampling_logprobs
-    from stargate_lite.engines.training import policy_terms, target_logits
+    from stargate_lite.engines.training import target_logits
+    from stargate_lite.methods._policy_gradient import policy_terms
 
     config = TrainConfig(method="rloo", batch_size=4, kl_beta=0.0, **POLICY_GRADIENT_CONFIG)
     advantages = [1.0, -1.0, -1.0, 1.0]
@@ -207,7 +211,7 @@ def test_item4_an_example_cut_to_max_length_trains_every_target_it_keeps_in_cont
     else:
         examples = [(first, 1.0), (second, -1.0)]
     model = attach_lora(questioner.load_base(), config, seed=0)
-    record = train_lora(model, examples, config, seed=0, out_dir=tmp_path / "adapter",
+    record = train_lora(model, examples, config, method=training_method(method), seed=0, out_dir=tmp_path / "adapter",
                         pad_token_id=questioner.tokenizer.pad_token_id, sampling=(TEMPERATURE, TOP_P))
     kept = _kept_targets(first, max_length) + _kept_targets(second, max_length)
     assert kept == len(first.target_positions) - 1 + _kept_targets(second, max_length)
@@ -226,7 +230,7 @@ def test_item9_a_turn_cut_at_its_token_limit_is_recorded_and_a_policy_gradient_n
     """Issue 45, item 9: a Questioner turn that stopped at simulate.question_max_tokens (no end-of-turn sampled)
     is recorded as cut, a question and an answer alike; rloo and grpo train its sampled tokens and not the
     end-of-turn marker the chat template appends, while sft keeps the paper's format (every turn ends with it)."""
-    from stargate_lite.loop import policy_samples, training_examples
+    from stargate_lite.methods.sft import training_examples
     from stargate_lite.prompts import questioner_messages
     from stargate_lite.recipe import SimulateConfig, load_recipe
     from stargate_lite.stages.simulate import Roleplayers, simulate_chunk
@@ -255,7 +259,7 @@ def test_item9_a_turn_cut_at_its_token_limit_is_recorded_and_a_policy_gradient_n
                                   "n_tokens": 20} for k, c in enumerate(store.conversations("r", 1))],
                       pk="conversation_id")
     end_of_turn = questioner.tokenizer.eos_token
-    for messages, _ in policy_samples(store, recipe, "r", 1):
+    for messages, _ in training_method("rloo").samples(store, recipe, "r", 1):
         encoded = questioner.encode_for_training(messages)
         trained = questioner.tokenizer.decode([encoded.input_ids[p] for p in encoded.target_positions])
         assistant = [m["content"] for m in messages if m["role"] == "assistant"]

@@ -59,7 +59,7 @@ def test_conversations_end_where_the_questioner_answers_or_at_the_turn_limit(sto
 
 
 def test_selection_charges_each_question_and_training_answers_after_the_conversation_as_it_ended(stopped):
-    from stargate_lite.loop import training_examples
+    from stargate_lite.methods.sft import training_examples
     from stargate_lite.runs import pick_run, recipe_of_run
     from stargate_lite.store import Store
 

@@ -17,8 +17,9 @@ from ..engines.chat_models import ChatModels, Sampling, complete_all
 from ..engines.encoded import Encoded
 from ..engines.questioner import Questioner
 from ..prompts import questioner_messages, roleplayer_messages
-from ..recipe import POLICY_GRADIENT_METHODS, SPLITS, Recipe
+from ..recipe import SPLITS, Recipe
 from ..stages.score import token_logprobs
+from ..training_methods import training_method
 
 PROBE_TOKENS = 16
 TRAIN_FORWARD_COST = 3  # a training step does about three forwards' work per token (forward + backward)
@@ -75,15 +76,12 @@ def estimate(recipe: Recipe, home: Path, measure: bool = True) -> list[dict]:
                         conversations * prefix_tokens / len(ks), scoring_rate))
     if recipe.train.target == "response":
         rows.append(row("respond", qname, pairs, pairs * recipe.respond.max_tokens, generation_rate))
-    # Sequences a training epoch reads: a pair's kept one (sft), its best and worst (dpo, which also reads each
-    # once more without grad for its reference), all of its n (rloo and grpo, which also read each once more
-    # without grad, or twice with the KL, before training).
-    sequences = {"sft": pairs, "dpo": 2 * pairs}.get(recipe.train.method, conversations)
-    passes = recipe.train.epochs
-    if recipe.train.method == "dpo":
-        passes += 1 / TRAIN_FORWARD_COST
-    if recipe.train.method in POLICY_GRADIENT_METHODS:
-        passes += (1 + (recipe.train.kl_beta > 0)) / TRAIN_FORWARD_COST
+    # Sequences a training epoch reads, as the method says (sft: a pair's kept one; dpo: its best and worst; rloo,
+    # grpo: all of its n), and the passes without grad it reads each with once (dpo's reference, the sampler's
+    # and the base's log-probs of rloo and grpo).
+    method = training_method(recipe.train.method)
+    sequences = pairs * method.sequences_per_pair(sim.conversations_per_pair)
+    passes = recipe.train.epochs + method.passes_without_grad(recipe.train) / TRAIN_FORWARD_COST
     rows.append(row("train", qname, sequences * recipe.train.epochs, sequences * passes * min(scored_len,
                     recipe.train.max_length), scoring_rate / TRAIN_FORWARD_COST if scoring_rate else None))
     return rows

@@ -1,7 +1,11 @@
 """The LoRA trainer the train stage drives: a fresh adapter on the base model (or the last one, train.init
-previous), the optimisation loop (SFT's masked loss, DPO's against the base with the adapter off, or RLOO's and
-GRPO's clipped policy gradient), gradients summed across processes, and the adapter written atomically. Shared by
-the in-process, isolated (Unsloth) and multi-process paths of stages/train.py."""
+previous), the optimisation loop, gradients summed across processes, and the adapter written atomically. Shared by
+the in-process, isolated (Unsloth) and multi-process paths of stages/train.py.
+
+The loop is the same for every training method: batching by length, accumulation, the schedule, sequence-seeded
+dropout, several processes. What differs, the examples' form and the loss, is the method's (stargate_lite/methods/,
+one module each): the trainer is given the method object and calls its hooks (`TrainingMethod`), and never names a
+method."""
 
 from __future__ import annotations
 
@@ -11,35 +15,81 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from ..errors import StargateError
-from ..recipe import POLICY_GRADIENT_METHODS, TrainConfig, check_dropout_masks
+from ..recipe import TrainConfig, check_dropout_masks
 from .encoded import Encoded
-from .logits import at_least_fp32, fast_scoring_refusal, head_logits, sampling_logprobs
+from .logits import at_least_fp32, fast_scoring_refusal, head_logits
 from .memory import trim_heap
 from .questioner import Questioner, checked_adapter
 
 IGNORE = -100
-GRPO_STD_EPSILON = 1e-4  # added to a group's standard deviation, as TRL's GRPOTrainer does
 
 
-def group_advantages(rewards: list[float], method: str) -> list[float]:
-    """Each sample's advantage within its group (a pair's conversations): rloo, its reward less the mean of the
-    others' (REINFORCE leave-one-out); grpo, its reward less the group's mean, over the group's standard deviation
-    (the sample's, n - 1) plus GRPO_STD_EPSILON. A group of equal rewards gets 0 everywhere."""
-    n = len(rewards)
-    if n < 2:
-        raise ValueError("a group needs at least two samples to be its own baseline")
-    if len(set(rewards)) == 1:
-        return [0.0] * n  # exactly, where the mean's rounding would leave a few ulps
-    mean = sum(rewards) / n
-    if method == "rloo":
-        return [(r - mean) * n / (n - 1) for r in rewards]  # r - (sum - r) / (n - 1), exactly rearranged
-    if method == "grpo":
-        std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / (n - 1))
-        return [(r - mean) / (std + GRPO_STD_EPSILON) for r in rewards]
-    raise ValueError(f"no group advantage for train.method {method}")
+@dataclass(frozen=True)
+class Trainee:
+    """The model in training as a method's hooks see it: the peft model and its decoder, the settings, and how
+    its logits are made (the lean head at target positions, or the model's own forward), in the precision context
+    (`autocast`) every forward of training runs in. `sampling` is the (temperature, top_p) a policy gradient's
+    samples were drawn at, None for methods that need none."""
+
+    model: Any
+    decoder: Any
+    config: TrainConfig
+    pad_token_id: int
+    target_logits_only: bool
+    sampling: tuple[float, float] | None
+    autocast: Any
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def target_logits(self, sequences: list[Encoded]):
+        return target_logits(self.model, self.decoder, sequences, self.pad_token_id, self.target_logits_only)
+
+    def sequence_logprobs(self, sequences: list[Encoded]):
+        return sequence_logprobs(self.model, self.decoder, sequences, self.pad_token_id, self.target_logits_only)
+
+
+@dataclass(frozen=True)
+class Step:
+    """The optimizer step a micro-batch belongs to, whole (every micro-batch and process): its target tokens and
+    its examples. A method's loss divides by one of them, so that each token (or example) weighs the same however
+    the step is split."""
+
+    tokens: int
+    examples: int
+
+
+class TrainingMethod(Protocol):
+    """What the trainer asks of a training method (stargate_lite/methods/ implements it: methods.Method)."""
+
+    name: str
+    # Why the method trains with peft only (its loss needs log-probs that Unsloth's fused loss does not give), or
+    # None where Unsloth may train it.
+    peft_only: str | None
+    needs_sampling: bool  # its examples were sampled, and `sampling` says how
+    # Sums a step's micro-batches return beside the loss, each over the step's target tokens, recorded per step as
+    # the mean per token (the record's policy_steps); () for none.
+    step_terms: tuple[str, ...]
+
+    def cut(self, example, max_length: int):
+        """The example cut to max_length tokens a sequence (`_keep_last`)."""
+
+    def sequences(self, example) -> tuple[Encoded, ...]:
+        """The example's sequences, in the order its loss lays them out: a micro-batch's rows are every example's
+        first sequence, then every example's second (where there is one), and so on."""
+
+    def before_steps(self, trainee: Trainee, examples: list, batches: list[list[int]]):
+        """What the loss needs before any step (e.g. the sampler's log-probs), given the micro-batches of the first
+        epoch as this process sees them (the same in every epoch); passed to every `loss` as `state`."""
+
+    def loss(self, trainee: Trainee, examples: list, batch: list[int], state, step: Step):
+        """The micro-batch's loss (its share of the step's mean) and its `step_terms` sums."""
 
 
 def _batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -58,15 +108,6 @@ def _keep_last(example: Encoded, max_length: int) -> Encoded:
     return Encoded(example.input_ids[cut:], [p - cut for p in example.target_positions if p > cut])
 
 
-def _keep_last_advantages(example: Encoded, advantage, max_length: int) -> tuple[Encoded, list[float]]:
-    """`_keep_last`, with the sample's advantage as one value per target token that is kept."""
-    per_token = advantage if isinstance(advantage, list) else [advantage] * len(example.target_positions)
-    if len(per_token) != len(example.target_positions):
-        raise ValueError(f"{len(per_token)} advantages for {len(example.target_positions)} target tokens")
-    cut = _keep_last(example, max_length)
-    return cut, per_token[len(per_token) - len(cut.target_positions) :]
-
-
 def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     """Learning-rate factor for optimizer step s (0-based): linear warm-up, then cosine decay towards zero.
 
@@ -82,8 +123,9 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
-def resolve_backend(config: TrainConfig, device_type: str) -> str:
-    """The trainer to use: Unsloth where asked or (auto) where it is installed and the Questioner is on CUDA."""
+def resolve_backend(config: TrainConfig, device_type: str, method: TrainingMethod) -> str:
+    """The trainer to use: Unsloth where asked or (auto) where it is installed and the Questioner is on CUDA, and
+    the settings and `method` (config.method's) allow it."""
     import importlib.util
 
     check_dropout_masks(config, "train")
@@ -92,10 +134,10 @@ def resolve_backend(config: TrainConfig, device_type: str) -> str:
             raise StargateError("train.backend unsloth trains in one process: set train.processes=1, or "
                                 "train.backend=peft (or auto) to train in several")
         return "peft"
-    if config.method != "sft":
+    if method.peft_only:
         if config.backend == "unsloth":
-            raise StargateError(f"train.method {config.method} trains with the peft backend (its loss needs each "
-                                "sequence's log-probs, with and without the adapter): set train.backend=peft (or auto)")
+            raise StargateError(f"train.method {method.name} trains with the peft backend ({method.peft_only}): set "
+                                "train.backend=peft (or auto)")
         return "peft"
     if config.init == "previous":
         if config.backend == "unsloth":
@@ -147,10 +189,11 @@ def attach_lora(model, config: TrainConfig, seed: int, start_from: str | None = 
     return get_peft_model(model, lora)
 
 
-def load_for_training(questioner: Questioner, config: TrainConfig, seed: int, start_from: str | None = None):
+def load_for_training(questioner: Questioner, config: TrainConfig, seed: int, start_from: str | None = None, *,
+                      method: TrainingMethod):
     """A freshly loaded base Questioner with a fresh LoRA adapter, or the adapter `start_from`, ready for
-    `train_lora` (peft, or Unsloth's model and LoRA). Returns (model, backend name)."""
-    backend = resolve_backend(config, questioner.device.type)
+    `train_lora` (peft, or Unsloth's model and LoRA) to train with `method`. Returns (model, backend name)."""
+    backend = resolve_backend(config, questioner.device.type, method)
     if backend == "peft":
         return attach_lora(questioner.load_base(), config, seed, start_from), backend
     from unsloth import FastLanguageModel
@@ -196,6 +239,7 @@ def train_lora(
     examples: list,
     config: TrainConfig,
     *,
+    method: TrainingMethod,
     seed: int,
     out_dir: Path,
     pad_token_id: int,
@@ -204,25 +248,23 @@ def train_lora(
     accelerator=None,
     sampling: tuple[float, float] | None = None,
 ) -> dict:
-    """Train `model`'s LoRA adapter (from `load_for_training`, or `attach_lora`) and save it to out_dir.
-    Returns the training record.
+    """Train `model`'s LoRA adapter (from `load_for_training`, or `attach_lora`) with `method` (config.method's:
+    the examples are of its form, its hooks give the loss) and save it to out_dir. Returns the training record.
 
-    `examples` are Encoded sequences (train.method sft), (chosen, rejected) pairs of them (dpo, `_dpo_loss`), or
-    (sequence, advantage) samples (rloo and grpo, `policy_terms`: one advantage for the sequence, or one per
-    target token with reward.per_turn; `sampling` is the (temperature, top_p) they were sampled at).
+    `sampling` is the (temperature, top_p) a policy gradient's samples were drawn at (method.needs_sampling).
     With an `accelerator` of N processes (train_processes.py), each micro-batch's examples are shared out
     among them (per-process batch ceil(batch_size / N)), so an optimizer step sees the same examples as in one
     process; the summed gradients make the same step, and the main process saves the adapter.
 
     `on_step` gets each optimizer step as it ends: {step, total, loss, lr (the rate the step used), tokens (its
-    target tokens)}, and rloo's and grpo's ratio_drift, clipped and kl."""
+    target tokens)}, and the method's step_terms (rloo's and grpo's ratio_drift, clipped and kl)."""
     import torch
 
     if not examples:
         raise ValueError("no training examples")
-    preference = config.method == "dpo"
-    policy_gradient = config.method in POLICY_GRADIENT_METHODS
-    if policy_gradient and sampling is None:
+    if method.name != config.method:
+        raise ValueError(f"train.method is {config.method}, but the trainer was given the method {method.name}")
+    if method.needs_sampling and sampling is None:
         raise ValueError(f"train.method {config.method} needs the temperature and top-p its samples were drawn at")
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -233,18 +275,10 @@ def train_lora(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    if preference:
-        examples = [(_keep_last(c, config.max_length), _keep_last(r, config.max_length)) for c, r in examples]
-        lengths = [max(len(c.input_ids), len(r.input_ids)) for c, r in examples]
-        targets = [len(c.target_positions) + len(r.target_positions) for c, r in examples]
-    elif policy_gradient:
-        examples = [_keep_last_advantages(e, advantage, config.max_length) for e, advantage in examples]
-        lengths = [len(e.input_ids) for e, _ in examples]
-        targets = [len(e.target_positions) for e, _ in examples]
-    else:
-        examples = [_keep_last(e, config.max_length) for e in examples]
-        lengths = [len(e.input_ids) for e in examples]
-        targets = [len(e.target_positions) for e in examples]
+    examples = [method.cut(e, config.max_length) for e in examples]
+    sequences = [method.sequences(e) for e in examples]
+    lengths = [max(len(s.input_ids) for s in seqs) for seqs in sequences]
+    targets = [sum(len(s.target_positions) for s in seqs) for seqs in sequences]
     epochs = [_batches(lengths, config.batch_size, rng) for _ in range(config.epochs)]
     micro = [b for epoch in epochs for b in epoch]
     micro_epoch = [e for e, epoch in enumerate(epochs) for _ in epoch]
@@ -254,10 +288,11 @@ def train_lora(
     autocast = precision(device.type)
 
     decoder = model.get_base_model() if hasattr(model, "get_base_model") else model
-    target_logits_only = backend == "peft" and fast_scoring_refusal(decoder) is None
-    reference: dict[int, tuple[float, float]] = {}  # dpo: each pair's log-probs under the base, once computed
+    trainee = Trainee(model, decoder, config, pad_token_id,
+                      target_logits_only=backend == "peft" and fast_scoring_refusal(decoder) is None,
+                      sampling=sampling, autocast=autocast)
     losses: list[float] = []
-    policy_steps: list[dict] = []  # rloo, grpo: per optimizer step, how far the policy has moved from the sampler
+    step_records: list[dict] = []  # the method's step_terms, per optimizer step
     trained_tokens = 0
     started = time.time()
     processes, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
@@ -268,66 +303,44 @@ def train_lora(
         masks = SequenceMasks(seed)
         if not masks.install(model):
             raise StargateError("train.dropout_masks sequence found no LoRA dropout module to seed in this model")
-    behaviour = None
-    if policy_gradient:  # before any step, with the batches the steps will use (the same in every epoch)
-        behaviour = _behaviour(model, decoder, examples, [b[rank::processes] for b in epochs[0]], config, sampling,
-                               pad_token_id, target_logits_only, autocast)
+    # Before any step, with the batches the steps will use (the same in every epoch).
+    state = method.before_steps(trainee, examples, [b[rank::processes] for b in epochs[0]])
     for step in range(total_steps):
         first = step * config.gradient_accumulation
         group = micro[first : first + config.gradient_accumulation]
-        step_tokens = sum(targets[i] for b in group for i in b)
-        step_pairs = sum(len(b) for b in group)
+        whole_step = Step(tokens=sum(targets[i] for b in group for i in b), examples=sum(len(b) for b in group))
         step_loss = 0.0
-        step_terms = [0.0, 0.0, 0.0]  # rloo, grpo: the step's summed |ratio - 1|, clipped tokens and KL
+        step_terms = [0.0] * len(method.step_terms)
         for j, whole in enumerate(group):
             batch = whole[rank::processes]
             if not batch:  # fewer examples than processes: this one has none of them
                 continue
-            if masks:  # each row's key: its epoch and index (and, in dpo, chosen 0 or rejected 1)
+            if masks:  # each row's key: its epoch and index (and which of the example's sequences, if several)
                 epoch = micro_epoch[first + j]
-                if preference:
-                    masks.rows = [((epoch, i, k), len(examples[i][k].input_ids)) for k in (0, 1) for i in batch]
-                else:
-                    masks.rows = [((epoch, i), len(examples[i].input_ids)) for i in batch]
-            if preference:
-                with autocast:  # the mean over the step's pairs, however the step is split
-                    loss = _dpo_loss(model, decoder, examples, batch, reference, config.dpo_beta, pad_token_id,
-                                     target_logits_only) / step_pairs
-            elif policy_gradient:
-                with autocast:  # like SFT's, the mean over the step's target tokens, however the step is split
-                    loss, terms = policy_terms(model, decoder, examples, batch, behaviour, config, sampling,
-                                               pad_token_id, target_logits_only)
-                    loss = loss / max(step_tokens, 1)
-                step_terms = [a + b for a, b in zip(step_terms, terms, strict=True)]
-            else:
-                ids, labels, mask = _padded([examples[i] for i in batch], pad_token_id, device)
-                with autocast:
-                    # Summed over target tokens and divided by the step's target count, so every token weighs the
-                    # same however the step is split.
-                    if target_logits_only:
-                        loss = _loss_at_targets(decoder, ids, labels) / max(step_tokens, 1)
-                    else:  # the model's own loss (Unsloth's fused one)
-                        loss = model(input_ids=ids, attention_mask=mask, labels=labels,
-                                     num_items_in_batch=max(step_tokens, 1)).loss
+                masks.rows = [((epoch, i) if len(sequences[i]) == 1 else (epoch, i, k), len(sequences[i][k].input_ids))
+                              for k in range(len(sequences[batch[0]])) for i in batch]
+            with autocast:
+                loss, terms = method.loss(trainee, examples, batch, state, whole_step)
+            step_terms = [a + b for a, b in zip(step_terms, terms, strict=True)]
             loss.backward()
             step_loss += loss.item()
             if device.type == "cpu":
                 trim_heap()  # give back each micro-batch's freed activations (memory.py)
         if processes > 1:
             step_loss, *step_terms = sum_gradients(params, [step_loss, *step_terms], accelerator)
-        if policy_gradient:
-            drift, clipped, kl = (value / max(step_tokens, 1) for value in step_terms)
-            policy_steps.append({"ratio_drift": drift, "clipped": clipped, "kl": kl})
+        if method.step_terms:
+            step_records.append({name: value / max(whole_step.tokens, 1)
+                                 for name, value in zip(method.step_terms, step_terms, strict=True)})
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         rate = scheduler.get_last_lr()[0]  # the rate this step uses: the scheduler moves on after it
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss)
-        trained_tokens += step_tokens
+        trained_tokens += whole_step.tokens
         if on_step:
-            on_step({"step": step + 1, "total": total_steps, "loss": step_loss, "lr": rate, "tokens": step_tokens,
-                     **(policy_steps[-1] if policy_gradient else {})})
+            on_step({"step": step + 1, "total": total_steps, "loss": step_loss, "lr": rate,
+                     "tokens": whole_step.tokens, **(step_records[-1] if step_records else {})})
 
     if rank == 0:
         save_adapter(model, out_dir)
@@ -342,7 +355,7 @@ def train_lora(
         "backend": backend,
         "processes": processes,
         "method": config.method,
-        "policy_steps": policy_steps or None,
+        "policy_steps": step_records or None,
         "peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
     }
 
@@ -387,96 +400,6 @@ def sequence_logprobs(model, decoder, sequences: list[Encoded], pad_token_id: in
     logits, tokens, rows = target_logits(model, decoder, sequences, pad_token_id, target_logits_only)
     token = torch.log_softmax(logits, dim=-1).gather(1, tokens.unsqueeze(1)).squeeze(1)
     return torch.zeros(len(sequences), device=logits.device, dtype=token.dtype).index_add(0, rows, token)
-
-
-def _behaviour(model, decoder, samples, batches: list[list[int]], config: TrainConfig, sampling, pad_token_id: int,
-               target_logits_only: bool, autocast) -> dict[int, tuple]:
-    """Each sample's per-token log-probs under the policy that sampled it (the model as training starts: train.init
-    previous) and under the base (its adapter off; only with a KL penalty), at the temperature and top-p it was
-    sampled at, without grad, in the micro-batches training will use and in the precision context (`autocast`)
-    the policy's own log-probs are computed in, so that the first step's importance ratios are 1 and its KL 0 to
-    the last bit where the kernels are deterministic (outside bf16 autocast, the ratios drifted by 0.03).
-
-    Recomputed rather than stored at simulation time: the stored turns are text, and re-encoding it need not
-    give the sampled token ids back, so only log-probs of the re-encoded tokens make a ratio of the same tokens.
-    The cost is one forward pass without grad per sample (two with the KL), next to the epochs' passes with it."""
-    import torch
-
-    out: dict[int, tuple] = {}
-    model.eval()
-    with torch.no_grad(), autocast:
-        for batch in batches:
-            if not batch:
-                continue
-            sequences = [samples[i][0] for i in batch]
-            logits, tokens, rows = target_logits(model, decoder, sequences, pad_token_id, target_logits_only)
-            old = sampling_logprobs(logits, tokens, *sampling)
-            ref = old
-            if config.kl_beta:
-                with model.disable_adapter():
-                    logits, _, _ = target_logits(model, decoder, sequences, pad_token_id, target_logits_only)
-                ref = sampling_logprobs(logits, tokens, *sampling)
-            counts = rows.bincount(minlength=len(batch)).tolist()
-            for i, o, r in zip(batch, old.split(counts), ref.split(counts), strict=True):
-                out[i] = (o, r)
-    model.train()
-    return out
-
-
-def policy_terms(model, decoder, samples, batch: list[int], behaviour: dict, config: TrainConfig, sampling,
-                 pad_token_id: int, target_logits_only: bool):
-    """The summed clipped policy-gradient loss of these samples' target tokens (rloo, grpo), and the sums of
-    |ratio - 1|, of clipped tokens and of the KL estimate, for the training record.
-
-    Per token: ratio = pi(a) / pi_old(a), both at the sampling temperature and top-p; the PPO-style surrogate
-    min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) with A the sample's advantage; less kl_beta times the k3
-    estimate of KL(pi || pi_base), exp(d) - d - 1 with d = log pi_base(a) - log pi(a) (as GRPO). The loss is
-    summed over tokens; the caller divides by the step's target tokens, so every token weighs the same (as
-    DAPO's, not GRPO's paper, which averages each sequence's tokens first)."""
-    import torch
-
-    logits, tokens, _ = target_logits(model, decoder, [samples[i][0] for i in batch], pad_token_id,
-                                         target_logits_only)
-    new = sampling_logprobs(logits, tokens, *sampling)
-    old = torch.cat([behaviour[i][0] for i in batch]).to(new.device)
-    ref = torch.cat([behaviour[i][1] for i in batch]).to(new.device)
-    advantage = torch.tensor([a for i in batch for a in samples[i][1]], device=new.device, dtype=new.dtype)
-    ratio = torch.exp(new - old)
-    eps = config.clip_epsilon
-    surrogate = torch.minimum(ratio * advantage, ratio.clamp(1 - eps, 1 + eps) * advantage)
-    gap = ref - new
-    kl = torch.exp(gap) - gap - 1
-    loss = -(surrogate - config.kl_beta * kl).sum()
-    with torch.no_grad():
-        # Only where the clip binds, as TRL counts: the clipped term is the smaller one (and so the one taken)
-        # above 1 + eps for a positive advantage and below 1 - eps for a negative one; elsewhere it changes nothing.
-        clipped = (((ratio > 1 + eps) & (advantage > 0)) | ((ratio < 1 - eps) & (advantage < 0))).sum()
-        terms = [float((ratio - 1).abs().sum()), float(clipped), float(kl.sum())]
-    return loss, terms
-
-
-def _dpo_loss(model, decoder, pairs, batch: list[int], reference: dict, beta: float, pad_token_id: int,
-              target_logits_only: bool):
-    """Summed DPO loss of these (chosen, rejected) pairs: -log sigmoid(beta * (chosen's log-ratio - rejected's)),
-    a log-ratio being log pi(y) - log pi_ref(y) over the trained tokens. pi_ref is the base: the same model with its
-    adapter switched off, so no second copy is held; its log-probs are computed once per pair, without grad."""
-    import torch
-
-    missing = [i for i in batch if i not in reference]
-    if missing:
-        model.eval()
-        with torch.no_grad(), model.disable_adapter():
-            base = sequence_logprobs(model, decoder, [pairs[i][0] for i in missing] + [pairs[i][1] for i in missing],
-                                     pad_token_id, target_logits_only)
-        model.train()
-        for k, i in enumerate(missing):
-            reference[i] = (float(base[k]), float(base[k + len(missing)]))
-    ours = sequence_logprobs(model, decoder, [pairs[i][0] for i in batch] + [pairs[i][1] for i in batch],
-                             pad_token_id, target_logits_only)
-    chosen, rejected = ours[: len(batch)], ours[len(batch) :]
-    base = torch.tensor([reference[i] for i in batch], device=ours.device, dtype=ours.dtype)
-    margin = (chosen - base[:, 0]) - (rejected - base[:, 1])
-    return -torch.nn.functional.logsigmoid(beta * margin).sum()
 
 
 def save_adapter(model, out_dir: Path) -> None:

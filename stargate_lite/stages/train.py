@@ -1,4 +1,6 @@
-"""Train stage: LoRA fine-tuning of the *base* Questioner on the kept conversations.
+"""Train stage: LoRA fine-tuning of the *base* Questioner on the iteration's examples, with the method that
+train.method names (stargate_lite/methods/): the recipe's name is the one source of it, in this process and in
+the child processes that train (Unsloth's, accelerate's), which look the method up by that name.
 
 The questions and the final response are trained (each with its end-of-turn marker); the prompt and the
 roleplayer's answers are masked. The adapter is written to a temporary folder and renamed into place, so a
@@ -10,16 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..engines.encoded import Encoded
 from ..engines.questioner import Questioner
 from ..engines.training import load_for_training, resolve_backend, train_lora
 from ..errors import StargateError
 from ..recipe import TrainConfig
+from ..training_methods import training_method
 
 
 def train_adapter(
     questioner: Questioner,
-    examples: list[Encoded],
+    examples: list,
     config: TrainConfig,
     *,
     seed: int,
@@ -29,13 +31,14 @@ def train_adapter(
     sampling: tuple[float, float] | None = None,
 ) -> dict:
     """The train stage: a fresh LoRA adapter on the base Questioner, or the adapter `start_from` trained further
-    (train.init previous, peft only), with the backend the recipe resolves to. `sampling`: the (temperature,
-    top_p) the examples were sampled at, which rloo and grpo need.
+    (train.init previous, peft only), with the backend the recipe resolves to. `examples` are of config.method's
+    form (its `examples`); `sampling`: the (temperature, top_p) they were sampled at, which a policy gradient needs.
 
     Unsloth trains in a child process: it patches transformers' model classes when it loads a model, and
     those patches must not reach the generation and scoring this process does in later iterations.
     """
-    backend = resolve_backend(config, questioner.device.type)
+    method = training_method(config.method)
+    backend = resolve_backend(config, questioner.device.type, method)
     if config.processes > 1:
         from .train_processes import train_in_processes
 
@@ -43,15 +46,15 @@ def train_adapter(
                                   start_from=start_from, sampling=sampling)
     if backend == "unsloth":
         return train_isolated(questioner, examples, config, seed=seed, out_dir=out_dir, on_step=on_step)
-    model, _ = load_for_training(questioner, config, seed, start_from)
-    return train_lora(model, examples, config, seed=seed, out_dir=out_dir,
+    model, _ = load_for_training(questioner, config, seed, start_from, method=method)
+    return train_lora(model, examples, config, method=method, seed=seed, out_dir=out_dir,
                       pad_token_id=questioner.tokenizer.pad_token_id, backend=backend, on_step=on_step,
                       sampling=sampling)
 
 
 def train_isolated(
     questioner: Questioner,
-    examples: list[Encoded],
+    examples: list,
     config: TrainConfig,
     *,
     seed: int,
@@ -102,8 +105,9 @@ def _train_child(questioner_config, home: str, examples, config: TrainConfig, se
         import unsloth  # noqa: F401 -- before transformers, so that all of its patches apply
     try:
         questioner = Questioner(questioner_config, Path(home))
-        model, backend = load_for_training(questioner, config, seed)
-        record = train_lora(model, examples, config, seed=seed, out_dir=Path(out_dir),
+        method = training_method(config.method)
+        model, backend = load_for_training(questioner, config, seed, method=method)
+        record = train_lora(model, examples, config, method=method, seed=seed, out_dir=Path(out_dir),
                             pad_token_id=questioner.tokenizer.pad_token_id, backend=backend,
                             on_step=lambda step: messages.put(("step", step)))
         messages.put(("done", record))

@@ -20,12 +20,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..engines.encoded import Encoded
 from ..engines.processes import EXEC_WITH_PID, die_with_parent, free_port, log_cause, spawn_tied, stop
 from ..engines.questioner import Questioner
 from ..errors import StargateError
 from ..recipe import TrainConfig
 from ..runs import stop_point
+from ..training_methods import training_method
 
 LAUNCHER_PID_ENV = "STARGATE_LAUNCHER_PID"
 STEPS_FILE = "steps.jsonl"  # one line per optimizer step, written by the main worker
@@ -47,7 +47,7 @@ def launch_command(processes: int, job_dir: Path, device_type: str) -> list[str]
 
 def train_in_processes(
     questioner: Questioner,
-    examples: list[Encoded],
+    examples: list,
     config: TrainConfig,
     *,
     seed: int,
@@ -122,7 +122,8 @@ def _worker(job_dir: Path) -> None:
         steps.flush()
 
     model = attach_lora(questioner.load_base(), config, job["seed"], job["start_from"])
-    record = train_lora(model, job["examples"], config, seed=job["seed"], out_dir=Path(job["out_dir"]),
+    record = train_lora(model, job["examples"], config, method=training_method(config.method), seed=job["seed"],
+                        out_dir=Path(job["out_dir"]),
                         pad_token_id=questioner.tokenizer.pad_token_id, backend="peft",
                         on_step=on_step if main else None, accelerator=accelerator, sampling=job["sampling"])
     if main:
