@@ -117,6 +117,8 @@ CASES = [
     case("run-set-not-key-value", r"expected section\.key=value", "run", "--set", "simulate.max_turns"),
     case("run-set-bad-yaml", r"is not valid YAML: line 1", "run", "--set", "data.tasks={A: 1"),
     case("run-set-wrong-type", r"simulate\.temperature: Input should be a valid number", "run", "--set", "simulate.temperature=hot"),
+    case("run-unknown-method", r"train\.method: no training method 'nosuch': the registered ones are dpo, ",
+         "run", "--set", "train.method=nosuch"),
     case("run-rloo-without-its-settings", r"train\.method rloo needs", "run", "--set", "train.method=rloo"),
     case("run-per-turn-without-policy-gradient", r"reward\.per_turn", "run", "--set", "reward.per_turn=true"),
     case("run-question-cost-without-policy-turns", r"question_cost needs simulate\.turns",

@@ -1,6 +1,6 @@
 """The layout is the map: a module's folder names its layer, imports point down the layers, no stage imports
-another, the package has no import cycle, counting the imports made inside functions, and no SQL is written outside
-the store."""
+another, the package has no import cycle, counting the imports made inside functions, no SQL is written outside
+the store, and only the training methods' own modules and their registry tell one method from another by name."""
 
 from __future__ import annotations
 
@@ -193,3 +193,32 @@ def test_the_sql_check_knows_every_statement_the_store_runs():
     assert len(statements) > 60
     missed = [f"{where}: {' '.join(text.split())[:70]!r}" for where, text in statements if not is_sql(text)]
     assert not missed, "statements the SQL check does not recognise:\n" + "\n".join(missed)
+
+
+def test_only_the_methods_and_their_registry_tell_methods_apart_by_name():
+    """A training method's behaviour is its module's (stargate_lite/methods/): elsewhere no comparison, dictionary
+    key or list of names names one, so that adding a method is adding its module."""
+    from stargate_lite.training_methods import method_names
+
+    names = set(method_names())
+    assert {"sft", "dpo", "rloo", "grpo"} <= names
+
+    def a_name(node) -> bool:
+        return isinstance(node, ast.Constant) and node.value in names
+
+    wrong = []
+    for module, path in modules().items():
+        if layer(module) == "methods" or module == "training_methods":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                operands = [node.left, *node.comparators]
+            elif isinstance(node, ast.Dict):
+                operands = [key for key in node.keys if key is not None]
+            elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                operands = node.elts
+            else:
+                continue
+            if any(a_name(operand) for operand in operands):
+                wrong.append(f"stargate_lite/{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert not wrong, "a training method named outside stargate_lite/methods/: " + ", ".join(wrong)

@@ -49,6 +49,27 @@ def test_bad_values_are_errors_naming_the_key(override, named):
     assert named in str(info.value)
 
 
+def test_train_method_is_one_of_the_registered_methods_and_an_unknown_one_is_one_line_naming_them():
+    """The registry's names are the modules of stargate_lite/methods/ (those not beginning with "_"), each
+    registering itself under its own name; the recipe and the registry refuse any other name alike."""
+    from stargate_lite.training_methods import METHODS_DIR, method_names, training_method
+
+    names = method_names()
+    assert {"sft", "dpo", "rloo", "grpo"} <= set(names)
+    assert set(names) == {p.stem for p in METHODS_DIR.glob("*.py") if not p.stem.startswith("_")}
+    for name in names:
+        assert load_recipe("tiny", [f"train.method={name}"]
+                           + (["train.init=previous", "train.lora_dropout=0", "train.target=none"]
+                              if training_method(name).needs_sampling else [])).train.method == name
+        assert training_method(name).name == name and training_method(name).sequences_per_pair(3) >= 1
+    listed = f"no training method 'nosuch': the registered ones are {', '.join(names)}"
+    with pytest.raises(StargateError) as info:
+        load_recipe("tiny", ["train.method=nosuch"])
+    assert str(info.value) == f"recipe tiny.yaml is invalid: train.method: {listed}"
+    with pytest.raises(StargateError, match=f"^train.method: {listed}$"):
+        training_method("nosuch")
+
+
 def test_several_roleplayers_with_or_without_weights():
     plain = load_recipe("tiny")
     assert plain.roles.roleplayer_weights == {"smollm2": 1.0} and plain.roles.main_roleplayer == "smollm2"
