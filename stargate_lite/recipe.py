@@ -349,14 +349,17 @@ class TrainConfig(_Strict):
         "sft", description="The training method, by name: one of the modules of stargate_lite/methods/ (registered: "
         f"{', '.join(method_names())}). sft (the paper): fine-tune on each pair's best conversation and what follows "
         "it; dpo: prefer, per pair, the best conversation by reward to the worst, each followed by the same `target` "
-        "(Direct Preference Optimization; the reference is the base, the adapter switched off); rloo, grpo: a clipped "
-        "policy gradient on every conversation of a pair, its advantage its reward less the mean of the pair's "
-        "others (rloo), or less the pair's mean over their standard deviation (grpo), with a KL penalty to the base "
-        "(needs init previous, lora_dropout 0, target none). The same turns count in each: the Questioner's, never "
-        "the prompt or the Roleplayer's. All but sft train with the peft backend only. docs/beyond-the-paper.md "
-        "describes each.",
+        "(Direct Preference Optimization; the reference is the base, the adapter switched off); kto: the same two "
+        "conversations, the best desirable and the worst undesirable, each scored on its own against the base and a "
+        "reference point (Kahneman-Tversky Optimization); rloo, grpo: a clipped policy gradient on every "
+        "conversation of a pair, its advantage its reward less the mean of the pair's others (rloo), or less the "
+        "pair's mean over their standard deviation (grpo), with a KL penalty to the base (needs init previous, "
+        "lora_dropout 0, target none). The same turns count in each: the Questioner's, never the prompt or the "
+        "Roleplayer's. All but sft train with the peft backend only. docs/beyond-the-paper.md describes each, and "
+        "how to add one.",
     )
-    dpo_beta: float = Field(0.1, gt=0, description="dpo: the strength beta of the preference (DPO's usual 0.1).")
+    dpo_beta: float = Field(0.1, gt=0, description="dpo, kto: the strength beta of the preference (DPO's and KTO's "
+                            "usual 0.1).")
     clip_epsilon: float = Field(0.2, gt=0, lt=1, description="rloo, grpo: the importance ratio's clip range "
                                 "1 +- epsilon (PPO's 0.2).")
     kl_beta: float = Field(0.04, ge=0, description="rloo, grpo: the weight of the per-token KL penalty to the base "

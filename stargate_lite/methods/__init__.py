@@ -1,6 +1,6 @@
-"""The training methods (train.method), one module each, named as the method: sft.py, dpo.py, rloo.py, grpo.py;
-modules beginning with "_" hold what several share. stargate_lite/training_methods.py finds them by file name and
-imports one when it is asked for by name.
+"""The training methods (train.method), one module each, named as the method: sft.py, dpo.py, kto.py, rloo.py,
+grpo.py; modules beginning with "_" hold what several share. stargate_lite/training_methods.py finds them by file
+name and imports one when it is asked for by name.
 
 A method owns its examples (what the store's records of an iteration become: `examples`), its loss (the
 trainer's hooks, engines/training.py's `TrainingMethod`), the sequences it trains per pair (for `run --dry-run`),
