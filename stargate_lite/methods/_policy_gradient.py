@@ -15,6 +15,7 @@ from ..errors import StargateError
 from ..prompts import is_question, questioner_messages
 from ..recipe import Recipe, TrainConfig
 from ..store import Store
+from ..store.reward import reward
 from . import Method, at_least_one
 
 
@@ -97,7 +98,7 @@ def rewards_to_go(row: dict, turns: list[dict], after: dict[int, float], cost: f
     # the questions from it on; an answer after n turns leaves final - phi(h_n): 0 after a question turn, the whole
     # reward where it is the conversation's first turn.
     before = [0.0, *(after[k] for k in range(1, len(questions)))][: len(questions)]
-    to_go = [final - b - cost * sum(questions[k:]) for k, b in enumerate(before)]
+    to_go = [reward(final - b, sum(questions[k:]), cost) for k, b in enumerate(before)]
     if row["answer"] is None:
         return to_go
     return [*to_go, 0.0 if questions else final]

@@ -3,8 +3,8 @@ reward.question_cost nats per question the Questioner asked.
 
 `reward` reckons it in Python and `reward_sql` writes it for the store's queries, side by side so the two cannot
 drift apart (tests/test_store.py checks that SQLite's arithmetic gives what Python's does, to the last bit).
-A turn's reward-to-go under reward.per_turn charges only the questions from that turn on: the training samples
-reckon it, not this module."""
+A turn's reward-to-go under reward.per_turn (methods/_policy_gradient.py) is `reward` of the log-prob the gold gained
+from that turn on and of the questions from that turn on."""
 
 from __future__ import annotations
 
