@@ -6,7 +6,7 @@ run: its Q_eta's gain over Q_0 on the training distribution (A+B) and on the tes
 the same way, and the share of Questioner turns that ask. Not a timing.
 
     for m in sft dpo; do stargate-lite run -n 1 --run $m --set train.method=$m; done   # and rloo, grpo: see docs
-    python benchmarks/methods.py --home H --runs sft dpo rloo grpo --reference sft --q0-from sft \\
+    python -m benchmarks.methods --home H --runs sft dpo rloo grpo --reference sft --q0-from sft \\
         --conversations 1 --plot methods.png
 
 Each run's probe is stored in the home under its namespaces, so a rerun reads what is there (Q_0's conversations
@@ -18,12 +18,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from learning import split_sizes  # benchmarks/ is on the path when this file runs
+from stargate_lite.evaluation.probe import split_sizes
 
 
 def _shown(interval) -> str:
@@ -105,8 +102,10 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", required=True, help="run ids, the reference among them")
     parser.add_argument("--reference", required=True, help="the run every other is paired against (e.g. sft)")
     parser.add_argument("--iteration", type=int, default=1, help="the policy Q_eta compared [default: 1]")
-    parser.add_argument("--tasks", nargs="*", default=[], metavar="SPLIT=N", help="first N tasks per split")
-    parser.add_argument("--personas", nargs="*", default=[], metavar="SPLIT=N", help="first N personas per split")
+    parser.add_argument("--tasks", nargs="*", default=[], metavar="SPLIT=N",
+                        help="first N tasks per split [default: A=6 B=6 test=6]")
+    parser.add_argument("--personas", nargs="*", default=[], metavar="SPLIT=N",
+                        help="first N personas per split [default: A=4 B=4 test=2]")
     parser.add_argument("--conversations", type=int, default=3, help="fresh conversations per pair and policy")
     parser.add_argument("--q0-from", default=None, metavar="RUN", help="take Q_0's probe from this run")
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
@@ -115,8 +114,8 @@ def main() -> None:
     if a.reference not in a.runs:
         raise SystemExit(f"--reference {a.reference} is not one of --runs")
 
-    rows = compare(a.home, a.runs, a.reference, a.iteration, split_sizes(a.tasks, {"A": 6, "B": 6, "test": 6}),
-                   split_sizes(a.personas, {"A": 4, "B": 4, "test": 2}), a.conversations, a.q0_from)
+    rows = compare(a.home, a.runs, a.reference, a.iteration, split_sizes(a.tasks, "--tasks"),
+                   split_sizes(a.personas, "--personas"), a.conversations, a.q0_from)
     print(table(rows, a.reference, a.iteration))
     if a.json:
         a.json.write_text(json.dumps(rows, indent=2, default=dataclasses.asdict) + "\n")

@@ -1,7 +1,7 @@
 """Collect the tiny judge's own replies for tests/data/judge_replies.json: the reading rules are checked on what a
 real judge writes, not only on phrasings written for the test.
 
-For 20 pairs of a run's learning probe (benchmarks/learning.py), the judge (the tiny recipe's SmolLM2-135M through llama.cpp, greedy) compares the
+For 20 pairs of a run's learning probe (`stargate-lite probe`), the judge (the tiny recipe's SmolLM2-135M through llama.cpp, greedy) compares the
 gold written for the pair's persona with the gold of the same task written for another persona, in the
 `compare` (256 tokens) and `letter` (64 tokens) templates, the tailored one shown first in every other pair.
 Each reply is written out with `label: null`; a person fills in the verdict they read (A, B or null when the

@@ -32,7 +32,7 @@ _API = {
     "evaluate": "evaluation.evaluate",  # stargate-lite eval
     "summarize": "evaluation.evaluate",  # stargate-lite report's tables
     "report": "evaluation.report",  # stargate-lite report: tables, plots and report.md
-    "probe": "evaluation.probe",  # benchmarks/learning.py: does the loop teach?
+    "probe": "evaluation.probe",  # stargate-lite probe: does the loop teach?
     "asked_facts": "engines.gate",  # the facts of a persona a Questioner turn asks for (simulate.reveal asked)
 }
 __all__ = ["Recipe", "StargateError", "Store", "asked_facts", "browse", "estimate", "evaluate", "export", "export_dataset",

@@ -279,6 +279,59 @@ def report(
 
 
 @app.command()
+@user_errors
+def probe(
+    run_id: Annotated[str | None, typer.Option("--run", help="Run to probe.", show_default="the latest")] = None,
+    iterations: Annotated[
+        list[int] | None,
+        typer.Option("--iteration", "-i", help="Policies besides Q_0 (repeatable).", show_default="every trained one"),
+    ] = None,
+    tasks: Annotated[list[str] | None, typer.Option(
+        "--tasks", metavar="SPLIT=N", help="The split's first N tasks make the probe's pairs (repeatable).",
+        show_default="A=6 B=6 test=6")] = None,
+    personas: Annotated[list[str] | None, typer.Option(
+        "--personas", metavar="SPLIT=N", help="The split's first N personas make the probe's pairs (repeatable).",
+        show_default="A=4 B=4 test=2")] = None,
+    conversations: Annotated[int, typer.Option(help="Fresh conversations per pair and policy.")] = 3,
+    roleplayer: Annotated[
+        str | None, typer.Option(help="Chat model (from the run's recipe) that plays the personas.",
+                                 show_default="the run's main one")
+    ] = None,
+    control: Annotated[bool, typer.Option(
+        "--control", help="Also the positive control: Q_0 with a Roleplayer that recites its persona.")] = False,
+    no_questions: Annotated[bool, typer.Option(
+        "--no-questions", help="Also Q_0 answering at once, no question (with --control: the room to learn).")] = False,
+    q0_from: Annotated[str | None, typer.Option(
+        "--q0-from", metavar="RUN", help="Take Q_0's conversations from this run's probe (a run of the home whose "
+        "recipe differs only after simulation).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Also draw the gains per iteration to this PNG.")] = None,
+    home: HomeOption = None,
+) -> None:
+    """Does the loop teach? Each policy's fresh conversations on fixed A, B and test pairs, under the seeds Q_0's
+    had: its reward's gain over Q_0 per pair with a 95% interval, and the share of turns that ask. Stored: a rerun
+    resumes."""
+    import dataclasses
+
+    from .evaluation.probe import plot_probe, probe_table, split_sizes
+    from .evaluation.probe import probe as run_probe
+
+    if plot is not None and not plot.parent.is_dir():
+        raise StargateError(f"--plot {plot}: there is no folder {plot.parent} to write it in")
+    summary = run_probe(home, run_id, iterations, split_sizes(tasks or [], "--tasks"),
+                        split_sizes(personas or [], "--personas"), conversations, roleplayer, control, q0_from,
+                        no_questions=no_questions)
+    if plot is not None:
+        plot_probe(summary, plot)
+    if as_json:
+        print(json.dumps(summary, indent=2, default=dataclasses.asdict))
+        return
+    out.print(probe_table(summary), markup=False, highlight=False, soft_wrap=True)
+    if plot is not None:
+        out.print(f"Plot: {plot}")
+
+
+@app.command()
 @user_errors(interrupted="Interrupted. Every message so far is saved in the store (table chats).")
 def chat(
     run_id: Annotated[

@@ -73,6 +73,17 @@ def test_help_shows_each_options_default():
     assert "[default: (./.stargate)]" in result.output
 
 
+def test_probe_help_shows_the_learning_probes_options():
+    """`stargate-lite probe` is the learning probe's command: its help loads no model and names every option."""
+    result = runner.invoke(app, ["probe", "--help"], env={"COLUMNS": "200"}, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for option in ("--run", "--iteration", "--tasks", "--personas", "--conversations", "--roleplayer", "--control",
+                   "--no-questions", "--q0-from", "--json", "--plot", "--home"):
+        assert f" {option} " in result.output, option
+    (line,) = [line for line in result.output.splitlines() if " --tasks " in line]
+    assert "[default: (A=6 B=6 test=6)]" in line, line
+
+
 def test_eval_and_the_probe_refuse_an_unknown_chat_model_or_an_untrained_iteration(tmp_path):
     import pytest
 

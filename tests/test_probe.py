@@ -4,9 +4,12 @@ the Questioner takes."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sqlite3
 
 import pytest
+from conftest import cli
 
 from stargate_lite.errors import StargateError
 from stargate_lite.evaluation.probe import (
@@ -129,6 +132,24 @@ def test_the_probe_pairs_each_policy_with_q0_under_the_same_seeds_and_makes_q0_o
     open_run(store, recipe.model_copy(update={"simulate": hotter}), "hotter")
     with pytest.raises(StargateError, match="simulate.temperature"):
         probe(finished, "hotter", iterations=[], tasks=TASKS, personas=PERSONAS, conversations=1, q0_from="tiny")
+
+
+def test_the_probe_command_prints_what_the_library_returns(finished, tmp_path):
+    """`stargate-lite probe` is a thin shell over `probe`: its --json is the function's summary for the same
+    arguments (the function's call finds the command's conversations stored), its table is that summary's, and
+    --plot draws it."""
+    sizes = {"A": 1, "B": 1, "test": 1}
+    args = ["probe", "--iteration", "1", "--conversations", "1", "--plot", str(tmp_path / "gains.png"),
+            *(a for split, n in sizes.items() for a in ("--tasks", f"{split}={n}", "--personas", f"{split}={n}"))]
+    shown = json.loads(cli(*args, "--json", home=finished).stdout)
+    summary = probe(finished, iterations=[1], tasks=sizes, personas=sizes, conversations=1)
+    assert shown == json.loads(json.dumps(summary, default=dataclasses.asdict))
+    assert [p["iteration"] for p in shown["policies"]] == [0, 1] and shown["policies"][1]["splits"]["A"]["pairs"] == 1
+    assert (tmp_path / "gains.png").read_bytes().startswith(b"\x89PNG")
+    table = cli(*args, home=finished).stdout.splitlines()
+    assert table[0] == "learning probe: run tiny, roleplayer smollm2, reward = log p_base(gold) - 0.0 x questions"
+    assert [line.split()[:2] for line in table[2:10]] == [[policy, group] for policy in ("Q_0", "Q_1")
+                                                          for group in ("A", "B", "A+B", "test")]
 
 
 def test_the_selection_anatomy_reads_what_an_iteration_kept_and_trained_on(finished):

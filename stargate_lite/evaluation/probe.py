@@ -66,6 +66,10 @@ PROBE_SEED = 104_729  # added to the run's seed: conversations apart from traini
 _SENTENCE = re.compile(r"[^.!?]*[.!?]+|[^.!?]+$")
 # Recipe sections that act only after simulation: runs that differ in nothing else make the same Q_0 conversations.
 AFTER_SIMULATION = ("name", "description", "reward", "respond", "train", "eval", "judge")
+# The probe set: per split, its first tasks and personas (48 training-distribution pairs and 12 test pairs).
+PROBE_TASKS = {"A": 6, "B": 6, "test": 6}
+PROBE_PERSONAS = {"A": 4, "B": 4, "test": 2}
+GROUPS = ("A", "B", "A+B", "test")  # the splits, and A and B taken together: the training distribution
 
 
 def probe_namespace(run_id: str, roleplayer: str, split: str, iteration: int) -> str:
@@ -104,6 +108,29 @@ class PersonaReciter:
         raise NotImplementedError("the persona reciter only answers questions")
 
 
+def split_sizes(items: list[str], option: str = "--tasks") -> dict[str, int]:
+    """Per split, a count written SPLIT=N (`--tasks A=8 --tasks test=4`), as the command line gives it."""
+    sizes = {}
+    for item in items:
+        split, _, n = item.partition("=")
+        if not n.isdigit():
+            raise StargateError(f"{option} {item}: expected SPLIT=N with N a whole number, e.g. {option} A=6")
+        sizes[split] = int(n)
+    return sizes
+
+
+def probe_sizes(tasks: dict[str, int] | None, personas: dict[str, int] | None) -> tuple[dict, dict]:
+    """The probe set's tasks and personas per split: the defaults (PROBE_TASKS, PROBE_PERSONAS) with the given
+    splits' counts instead; a split that is not one, or a count under 1, is refused."""
+    for option, given in (("--tasks", tasks or {}), ("--personas", personas or {})):
+        for split, n in given.items():
+            if split not in SPLITS:
+                raise StargateError(f"{option} {split}={n}: unknown split {split!r} (choose {', '.join(SPLITS)})")
+            if n < 1:
+                raise StargateError(f"{option} {split}={n}: the probe needs at least one per split")
+    return {**PROBE_TASKS, **(tasks or {})}, {**PROBE_PERSONAS, **(personas or {})}
+
+
 def probe_recipe(recipe: Recipe, tasks: dict[str, int], personas: dict[str, int], conversations: int) -> Recipe:
     """The run's recipe with the probe's data sizes and conversations per pair; everything else as trained."""
     data = recipe.data.model_copy(update={"tasks": recipe.data.tasks.model_copy(update=tasks),
@@ -129,12 +156,14 @@ def probe(home: Path | str | None = None, run_id: str | None = None, iterations:
     """Run (or resume) the probe for a run's policies and return its summary (`summarize_probe`).
 
     tasks / personas: per split, how many of the split's first tasks and personas make the probe's pairs
-    (default: A and B 6 x 4, test 6 x 2: 48 training pairs and 12 test pairs). Missing personas and golds are
-    written by the run's Oracle, as the data stage writes them. q0_from: another run of the home whose recipe
+    (PROBE_TASKS and PROBE_PERSONAS for the splits not given: A and B 6 x 4, test 6 x 2, so 48 training pairs
+    and 12 test pairs). Missing personas and golds are written by the run's Oracle, as the data stage writes
+    them. q0_from: another run of the home whose recipe
     differs only after simulation; Q_0's conversations (and the control's) are read from its probe, or made
     there. no_questions: also the no-question arm, each pair's conversation with no turn at all (Q_0 made to
     answer at once; its reward is log p_base(gold | task), one conversation per pair since nothing is sampled):
     the reward of not asking, below which asking has lost and up to the control's the room to learn lies."""
+    tasks, personas = probe_sizes(tasks, personas)
     store = Store(home, create=False)
     run = pick_run(store, run_id)
     run_id, recipe = run["id"], recipe_of_run(run)
@@ -146,8 +175,7 @@ def probe(home: Path | str | None = None, run_id: str | None = None, iterations:
     if conversations < 1:
         raise StargateError("the probe needs at least one conversation per pair")
     wanted = policies(store, run_id, iterations)
-    sized = probe_recipe(recipe, tasks or {"A": 6, "B": 6, "test": 6}, personas or {"A": 4, "B": 4, "test": 2},
-                         conversations)
+    sized = probe_recipe(recipe, tasks, personas, conversations)
     # (split, answering Roleplayer, policy): the control is Q_0 with the persona reciter.
     runs = [(split, roleplayer, it) for split in SPLITS for it in wanted]
     runs += [(split, CONTROL, 0) for split in SPLITS] if control else []
@@ -297,3 +325,65 @@ def detectable(gain: Interval) -> float:
 
     z = NormalDist().inv_cdf(1 - (1 - gain.confidence) / 2)
     return DETECTABLE_SE * (gain.high - gain.low) / (2 * z)
+
+
+def probe_table(summary: dict) -> str:
+    """The probe's summary as the text table `stargate-lite probe` prints: one row per policy (and arm) and group."""
+    q0 = f" (Q_0 from run {summary['q0_run']})" if summary.get("q0_run", summary["run"]) != summary["run"] else ""
+    title = (f"learning probe: run {summary['run']}{q0}, roleplayer {summary['roleplayer']}, "
+             f"reward = log p_base(gold) - {summary['question_cost']} x questions")
+    header = (f"{'policy':<8} {'split':<5} {'pairs':>5} {'trained':>7} {'reward':>9}  "
+              f"{'gain over Q_0 [95% interval]':<32} {'detects':>7} {'asks':>6} {'resp.':>6} {'active':>6} "
+              f"{'passive':>7}")
+    rows = [(f"Q_{p['iteration']}", p["splits"]) for p in summary["policies"]]
+    rows += [("control", summary["control"])] if summary.get("control") else []
+    rows += [("no-q", summary["no_questions"])] if summary.get("no_questions") else []
+    lines = [title, header]
+    for label, splits in rows:
+        for group in GROUPS:
+            s = splits[group]
+            gain = s["gain"]
+            shown = (f"{gain.mean:+.2f} [{gain.low:+.2f}, {gain.high:+.2f}]{' *' if gain.excludes_zero() else ''}"
+                     if gain else "-")
+            detects = f"{s['detectable']:.2f}" if s["detectable"] is not None else "-"
+            reward = f"{s['reward']:.2f}" if s["reward"] is not None else "-"
+            share = [f"{s[k]:.2f}" if s[k] is not None else "-" for k in ("asking_share", "response_text_share")]
+            elicited = s.get("elicitation")
+            facts = [f"{elicited[k]['mean']:.2f}" if elicited and elicited[k]["mean"] is not None else "-"
+                     for k in ("active", "passive")]
+            lines.append(f"{label:<8} {group:<5} {s['pairs']:>5} {s['trained_on']:>7} {reward:>9}  "
+                         f"{shown:<32} {detects:>7} {share[0]:>6} {share[1]:>6} {facts[0]:>6} {facts[1]:>7}")
+    lines.append("trained: probe pairs the run trained on; * interval excludes 0; detects: the smallest gain found "
+                 "80% of the time (5% two-sided); asks: Questioner turns that ask; resp.: turns with response text; "
+                 "active, passive: the persona's facts per conversation told when asked, told unasked; "
+                 "control: Q_0 with a Roleplayer that recites its persona; no-q: Q_0 answering at once, no question")
+    for group, room in (summary.get("room") or {}).items():
+        if room:
+            lines.append(f"room to learn, {group}: control less no-q {room.mean:+.2f} [{room.low:+.2f}, {room.high:+.2f}]")
+    return "\n".join(lines)
+
+
+def plot_probe(summary: dict, path: Path) -> Path:
+    """Each trained policy's gain over Q_0 per iteration, A+B and test, with its interval, as a PNG at `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for group in ("A+B", "test"):
+        points = [(p["iteration"], p["splits"][group]["gain"]) for p in summary["policies"] if p["iteration"]]
+        xs = [0, *(i for i, _ in points)]
+        means = [0.0, *(g.mean for _, g in points)]
+        errors = [[0.0, *(g.mean - g.low for _, g in points)], [0.0, *(g.high - g.mean for _, g in points)]]
+        ax.errorbar(xs, means, yerr=errors, marker="o", capsize=4, label=f"{group} pairs")
+    ax.set_xticks(sorted({0, *(p["iteration"] for p in summary["policies"])}))
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("iteration (policy Q_eta)")
+    ax.set_ylabel("gain in log p(gold) over Q_0, per pair")
+    ax.set_title(f"learning probe: run {summary['run']} (95% crossed bootstrap)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
