@@ -1,8 +1,8 @@
 """Requests in flight, 1 against 8, through our OpenAI-compatible client, side by side.
 
-    python benchmarks/bench_endpoint.py                                  # a local server that serves in parallel
-    python benchmarks/bench_endpoint.py --base-url http://127.0.0.1:8080/v1 --model NAME   # your server
-    python benchmarks/bench_endpoint.py --managed             # the managed llama-server, tiny model, 8 slots
+    python -m benchmarks.bench_endpoint                                  # a local server that serves in parallel
+    python -m benchmarks.bench_endpoint --base-url http://127.0.0.1:8080/v1 --model NAME   # your server
+    python -m benchmarks.bench_endpoint --managed             # the managed llama-server, tiny model, 8 slots
 
 Without --base-url, a local HTTP server on 127.0.0.1 answers every request after a fixed latency, in parallel,
 like a vLLM or `llama-server --parallel N` fleet whose batch is not full: the ratio then measures our client's
@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def parallel_server(latency: float) -> tuple[ThreadingHTTPServer, str]:

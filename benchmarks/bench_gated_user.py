@@ -1,7 +1,7 @@
 """What a gated user's turn costs beside a free user's (issue 47: goal no slower), side by side in one run.
 
-    python benchmarks/bench_gated_user.py                  # the tiny recipe's Roleplayer, 8 personas x 6 questions
-    python benchmarks/bench_gated_user.py --rounds 5 --roleplayer smollm2
+    python -m benchmarks.bench_gated_user                  # the tiny recipe's Roleplayer, 8 personas x 6 questions
+    python -m benchmarks.bench_gated_user --rounds 5 --roleplayer smollm2
 
 The same turns for both users: the hand-written personas of split A with a built-in task each, and a fixed list
 of questions (half ask for something a persona says, half do not). A free user's turn is its reply to the whole

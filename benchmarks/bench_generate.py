@@ -1,8 +1,8 @@
 """Questioner generation, side by side in one run.
 
-    python benchmarks/bench_generate.py                     # CPU, tiny model: batched vs one at a time
-    python benchmarks/bench_generate.py --vllm              # ... and the vLLM engine (bash install.sh --vllm)
-    python benchmarks/bench_generate.py --shape mistral-7b  # CUDA: our static-cache decoder vs generate
+    python -m benchmarks.bench_generate                     # CPU, tiny model: batched vs one at a time
+    python -m benchmarks.bench_generate --vllm              # ... and the vLLM engine (bash install.sh --vllm)
+    python -m benchmarks.bench_generate --shape mistral-7b  # CUDA: our static-cache decoder vs generate
 
 CPU: length-sorted left-padded batches against one sequence at a time, greedy, through Questioner.generate
 (texts must match); with --vllm also the same prompts through the vLLM engine (questioner.engine vllm, a managed
@@ -26,9 +26,7 @@ import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shapes import gpu_name, mistral_checkpoint, random_mistral
+from benchmarks.shapes import gpu_name, mistral_checkpoint, random_mistral
 
 
 def tiny(a) -> dict:

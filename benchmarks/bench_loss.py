@@ -1,7 +1,7 @@
 """Training's loss at the target positions against the model's own loss, side by side on the same batches.
 
-    python benchmarks/bench_loss.py                       # CPU, the tiny model (fp32), batch 4 x 512
-    python benchmarks/bench_loss.py --shape mistral-7b    # CUDA, random Mistral-7B-shaped weights (bf16)
+    python -m benchmarks.bench_loss                       # CPU, the tiny model (fp32), batch 4 x 512
+    python -m benchmarks.bench_loss --shape mistral-7b    # CUDA, random Mistral-7B-shaped weights (bf16)
 
 own: `model(..., labels=...).loss`, whose forward builds [batch x length x vocab] logits and keeps them for
 backward; targets: `stargate_lite.engines.training._loss_at_targets`, what the peft backend trains with. One LoRA adapter
@@ -15,15 +15,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shapes import gpu_name, random_mistral, tiny_source  # noqa: E402
+from benchmarks.shapes import gpu_name, random_mistral, tiny_source
 
 
 def _batches(count: int, batch: int, length: int, vocab: int, device):
@@ -53,10 +48,10 @@ def main() -> None:
     a = parser.parse_args()
 
     import torch
-    from memtrack import PeakMemory
 
     from stargate_lite.engines.training import _loss_at_targets, attach_lora
     from stargate_lite.recipe import TrainConfig
+    from tests.memtrack import PeakMemory
 
     cuda = a.shape == "mistral-7b"
     if cuda:

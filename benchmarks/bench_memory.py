@@ -1,7 +1,7 @@
 """Peak resident memory per stage of a real `stargate-lite run`, for recipe variants side by side.
 
-    python benchmarks/bench_memory.py                                   # tiny recipe, one iteration
-    python benchmarks/bench_memory.py --iterations 2 --variant "--set train.batch_size=4"
+    python -m benchmarks.bench_memory                                   # tiny recipe, one iteration
+    python -m benchmarks.bench_memory --iterations 2 --variant "--set train.batch_size=4"
 
 Without --variant, the recipe as shipped is compared with its training settings before issue 13 (batch 4, no
 accumulation, no gradient checkpointing).
@@ -82,7 +82,6 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="stargate-bench-memory-"))
     cache = work / "models"
     os.environ["STARGATE_MODEL_CACHE"] = str(cache)  # convert the tiny model's GGUF once, outside the timings
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from stargate_lite.engines.models import questioner_source
     from stargate_lite.recipe import load_recipe
 

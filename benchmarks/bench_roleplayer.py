@@ -1,8 +1,8 @@
 """The simulate stage's Roleplayer workload: in-process llama-cpp-python against the managed llama-server at several
 slot counts, side by side in one run (one job at a time on the machine: they share its cores).
 
-    python benchmarks/bench_roleplayer.py                        # the tiny recipe's Roleplayer, 8 pairs
-    python benchmarks/bench_roleplayer.py --pairs 12 --slots 1 4 16 --set simulate.pairs_per_chunk=8
+    python -m benchmarks.bench_roleplayer                        # the tiny recipe's Roleplayer, 8 pairs
+    python -m benchmarks.bench_roleplayer --pairs 12 --slots 1 4 16 --set simulate.pairs_per_chunk=8
 
 The workload is simulate's, turn by turn and chunk by chunk: the built-in personas and tasks, n conversations per
 pair, k ~ uniform(1..K) turns, the Roleplayer's prompt rebuilt from the whole conversation at every turn, answers
@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 QUESTIONS = (
     "What does a typical day look like for you?",

@@ -1,7 +1,7 @@
 """Our scorer against a plain forward + full-vocabulary log_softmax, on the same inputs, side by side.
 
-    python benchmarks/bench_scorer.py                          # CPU, the tiny built-in model
-    python benchmarks/bench_scorer.py --shape mistral-7b       # CUDA, random weights of Mistral-7B's shape
+    python -m benchmarks.bench_scorer                          # CPU, the tiny built-in model
+    python -m benchmarks.bench_scorer --shape mistral-7b       # CUDA, random weights of Mistral-7B's shape
 
 Each variant runs in its own process so its peak memory is its own (CPU: peak RSS; CUDA: peak allocated).
 On CUDA our scorer runs under a memory budget (--budget-gib, default 2), and a third row scores with the
@@ -18,13 +18,9 @@ import json
 import multiprocessing as mp
 import resource
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shapes import H100_BF16_PEAK, gpu_name, mistral_checkpoint, random_mistral, tiny_source
+from benchmarks.shapes import H100_BF16_PEAK, gpu_name, mistral_checkpoint, random_mistral, tiny_source
 
 
 def _model(shape: str, four_bit: bool = False):

@@ -1,7 +1,7 @@
 """Our LoRA trainer against the standard transformers + peft recipe on the same data, side by side.
 
-    python benchmarks/bench_train.py                       # CPU, tiny model (fp32): plain vs ours
-    python benchmarks/bench_train.py --shape mistral-7b    # CUDA, 4-bit random Mistral-7B-shaped checkpoint
+    python -m benchmarks.bench_train                       # CPU, tiny model (fp32): plain vs ours
+    python -m benchmarks.bench_train --shape mistral-7b    # CUDA, 4-bit random Mistral-7B-shaped checkpoint
 
 plain: the usual QLoRA recipe -- from_pretrained with BitsAndBytesConfig nf4 (CUDA),
 prepare_model_for_kbit_training, get_peft_model, the model's own loss, gradient checkpointing on CUDA.
@@ -19,14 +19,11 @@ import multiprocessing as mp
 import os
 import resource
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shapes import gpu_name, mistral_checkpoint, tiny_source
+from benchmarks.shapes import gpu_name, mistral_checkpoint, tiny_source
 
 
 def _examples(n: int, length: int, vocab: int):

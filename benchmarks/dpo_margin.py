@@ -3,7 +3,7 @@
 For each (chosen, rejected) pair the iteration trained on: (log pi(chosen) - log pi_base(chosen)) - (log pi(rejected)
 - log pi_base(rejected)), over the trained tokens, with the adapter on and off. Before training every margin is 0.
 
-    python benchmarks/dpo_margin.py HOME RUN ITERATION
+    python -m benchmarks.dpo_margin HOME RUN ITERATION
 """
 
 from __future__ import annotations

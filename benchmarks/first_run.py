@@ -2,8 +2,8 @@
 read from the start (the code before chat_models.*.prompt_cache), side by side in one run, and whether both made
 the same records.
 
-    python benchmarks/first_run.py                   # run --iterations 2, each variant in a fresh home
-    python benchmarks/first_run.py --iterations 1
+    python -m benchmarks.first_run                   # run --iterations 2, each variant in a fresh home
+    python -m benchmarks.first_run --iterations 1
 
 The work is the recipe's as shipped in both (pairs, conversations, turns, tokens, steps): only how llama.cpp
 reads its prompts differs. Each variant starts from nothing (data stage included) with the converted model cache
@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import os
 import sqlite3
-import sys
 import tempfile
 from pathlib import Path
 
-from bench_memory import measure
+from benchmarks.bench_memory import measure
 
 VARIANTS = {
     "every prompt read whole (before)": ["--set", "chat_models.smollm2.prompt_cache=false"],
@@ -50,7 +49,6 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="stargate-bench-first-run-"))
     cache = work / "models"
     os.environ["STARGATE_MODEL_CACHE"] = str(cache)  # convert the tiny model's GGUF once, outside the timings
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from stargate_lite.engines.models import questioner_source
     from stargate_lite.recipe import load_recipe
 

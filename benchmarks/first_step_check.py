@@ -1,7 +1,7 @@
 """rloo's first optimizer step is on policy in the precision training runs in: ratios of exactly 1, a KL of 0.
 
-    python benchmarks/first_step_check.py            # CUDA where there is one (bf16 weights, bf16 autocast)
-    python benchmarks/first_step_check.py --cpu-bf16 # the CPU in bf16 autocast, as tests/test_settings.py checks
+    python -m benchmarks.first_step_check            # CUDA where there is one (bf16 weights, bf16 autocast)
+    python -m benchmarks.first_step_check --cpu-bf16 # the CPU in bf16 autocast, as tests/test_settings.py checks
 
 A random model of Mistral-7B's layer shape (2 layers, so it builds in seconds), a fresh LoRA adapter (the base,
 exactly), and one rloo step with a KL penalty on random token sequences: the sampler's and the base's log-probs
@@ -18,9 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shapes import random_mistral
+from benchmarks.shapes import random_mistral
 
 
 def main() -> int:

@@ -7,7 +7,8 @@
 # Makes a random Mistral-7B-shaped checkpoint once (14.5 GB, $STARGATE_BENCH_CHECKPOINT, default
 # /tmp/stargate-mistral-7b-shape), runs bench_scorer, bench_generate and bench_train at that shape (each
 # writes OUT_DIR/NAME.json and NAME.log), checks that rloo's first step is on policy in bf16 (first_step_check.py),
-# then prints one summary table against the performance targets.
+# then prints one summary table against the performance targets. Each script runs as `python -m benchmarks.NAME`
+# from the repository's root.
 # BENCHES="scorer generate" runs some of them; BENCH_LIMIT (seconds, default 300) bounds each.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,14 +20,14 @@ start=$(date +%s)
 
 benches=${BENCHES:-scorer generate train}
 if [[ " $benches " == *" scorer "* || " $benches " == *" train "* ]]; then  # generate builds its model in memory
-  "$py" -c "import sys; sys.path.insert(0, 'benchmarks'); from _shapes import mistral_checkpoint; mistral_checkpoint()" \
+  "$py" -c "from benchmarks.shapes import mistral_checkpoint; mistral_checkpoint()" \
     || { echo "could not make the random checkpoint"; exit 1; }
   echo "checkpoint ready after $(( $(date +%s) - start )) s"
 fi
 
 bench() {
   local name=$1; shift
-  timeout "${BENCH_LIMIT:-300}" "$py" "benchmarks/bench_$name.py" --shape mistral-7b --json "$@" \
+  timeout "${BENCH_LIMIT:-300}" "$py" -m "benchmarks.bench_$name" --shape mistral-7b --json "$@" \
     >"$out/$name.json" 2>"$out/$name.log" || echo "bench_$name failed (exit $?): see $out/$name.log"
   echo "bench_$name done after $(( $(date +%s) - start )) s"
 }
@@ -35,9 +36,9 @@ for name in $benches; do
 done
 
 # Not a timing: rloo's first step on policy in bf16 autocast (ratios 1, KL 0); exit 1 and its figures if not.
-"$py" benchmarks/first_step_check.py >"$out/first_step.json" 2>"$out/first_step.log" \
+"$py" -m benchmarks.first_step_check >"$out/first_step.json" 2>"$out/first_step.log" \
   && echo "first_step_check passed: $(cat "$out/first_step.json")" \
   || echo "first_step_check FAILED: $(cat "$out/first_step.json") (see $out/first_step.log)"
 
-"$py" benchmarks/gpu_summary.py "$out"
+"$py" -m benchmarks.gpu_summary "$out"
 echo "total $(( $(date +%s) - start )) s"

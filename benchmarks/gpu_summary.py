@@ -1,6 +1,6 @@
 """One table from gpu_check.sh's JSON files: each measured figure next to its target from the performance issue.
 
-    python benchmarks/gpu_summary.py OUT_DIR
+    python -m benchmarks.gpu_summary OUT_DIR
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ Nothing can be downloaded, so random weights of the real shapes stand in for the
 Random weights never stop by themselves, so every generation runs to the lengths DESIGN.md section 7 assumes:
 questions 30 tokens, answers 60, gold responses and regulariser responses 300.
 
-    python benchmarks/paper_path.py                      # CUDA: the real shapes, 16 pairs x 10 conversations
-    python benchmarks/paper_path.py --shape tiny         # CPU: tiny shapes, the same code path (tests run this)
+    python -m benchmarks.paper_path                      # CUDA: the real shapes, 16 pairs x 10 conversations
+    python -m benchmarks.paper_path --shape tiny         # CPU: tiny shapes, the same code path (tests run this)
 
 Per stage it prints the measured time, the dry-run's estimate, their ratio, the peak memory (summed over the
 processes of the run: this one, the llama-server and training children; GPU memory from nvidia-smi on CUDA, RSS
@@ -28,13 +28,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ITERATION_STAGES = ("simulate", "score", "select", "respond", "train")
 PER_CONVERSATION = {"simulate", "score"}  # the others scale with pairs
@@ -83,7 +80,7 @@ def questioner_checkpoint(path: Path, shape: Shape, cuda: bool) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig
 
-    from benchmarks._shapes import tiny_source
+    from benchmarks.shapes import tiny_source
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_source())
     config = MistralConfig(hidden_size=shape.q_hidden, intermediate_size=shape.q_ffn, num_hidden_layers=shape.q_layers,
@@ -110,7 +107,7 @@ def _spm_vocab(size: int) -> tuple[list[str], list[float], list[int]]:
     from gguf import TokenType
     from transformers import AutoTokenizer
 
-    from benchmarks._shapes import tiny_source
+    from benchmarks.shapes import tiny_source
 
     tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256))]
     types = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL, *[TokenType.BYTE] * 256]

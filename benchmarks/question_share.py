@@ -1,7 +1,7 @@
 """Does Q_1 ask by itself? The share of its first turns that are questions when it is greeted bare (the
 greeting alone, no instruction to ask), for a Q_1 trained in each prompt format (train.format), tiny recipe.
 
-    python benchmarks/question_share.py [--home DIR] [--prompts 100]
+    python -m benchmarks.question_share [--home DIR] [--prompts 100]
 
 Trains one iteration of the tiny recipe per format in DIR (data made once, shared by both runs), then greets
 Q_0 and each Q_1 with the same (name, task) pairs, "My name is NAME.\n\nTASK" and nothing else, and generates

@@ -1,8 +1,8 @@
 """Scores of a run resumed after a crash against an uninterrupted run's, on the same model and conversations:
 with score's chunks at fixed indices, and with batches formed from the work left (how score worked before).
 
-    python benchmarks/score_resume.py                       # CPU, the tiny model (fp32)
-    python benchmarks/score_resume.py --shape mistral-7b    # CUDA, random Mistral-7B-shaped weights (bf16)
+    python -m benchmarks.score_resume                       # CPU, the tiny model (fp32)
+    python -m benchmarks.score_resume --shape mistral-7b    # CUDA, random Mistral-7B-shaped weights (bf16)
 
 Not a timing: it prints the largest difference of a summed log-prob between the two runs, and how many of the
 items differ at all. The crash falls after the first chunk and 10 items of the second were stored.
@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shapes import gpu_name, random_mistral, tiny_source  # noqa: E402
+from benchmarks.shapes import gpu_name, random_mistral, tiny_source
 
 
 def main() -> None:

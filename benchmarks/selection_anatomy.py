@@ -11,7 +11,7 @@ For one iteration of a run:
   Questioner turns that ask for any persona fact, and the facts elicited actively and passively per conversation,
   kept against the rest (evaluation/elicitation.py): how much selection raises asking that draws facts out.
 
-    python benchmarks/selection_anatomy.py --home H [--run RUN] [--iteration 1] [--json OUT]
+    python -m benchmarks.selection_anatomy --home H [--run RUN] [--iteration 1] [--json OUT]
 """
 
 from __future__ import annotations
@@ -20,10 +20,7 @@ import argparse
 import json
 import re
 import statistics
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 WORD = re.compile(r"[a-z]{5,}")
 
@@ -39,8 +36,8 @@ def elicited(persona: set[str], turns: list[dict]) -> float:
 
 
 def anatomy(home: Path, run_id: str | None, iteration: int) -> dict:
-    from stargate_lite.engines.questioner import Questioner
     from stargate_lite.engines.gate import question_sentences
+    from stargate_lite.engines.questioner import Questioner
     from stargate_lite.evaluation.elicitation import conversation_elicitation
     from stargate_lite.prompts import is_question
     from stargate_lite.runs import pick_run, recipe_of_run

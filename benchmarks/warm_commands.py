@@ -2,8 +2,11 @@
 imported torch, transformers and the rest once (tests/prewarmed.py, conftest.cli), side by side in one run, with
 the output of each compared.
 
-    python benchmarks/warm_commands.py             # 3 rounds of each command both ways
-    python benchmarks/warm_commands.py --rounds 5
+    PYTHONPATH=tests python -m benchmarks.warm_commands              # 3 rounds of each command both ways
+    PYTHONPATH=tests python -m benchmarks.warm_commands --rounds 5
+
+It times the tests' own harness, so it imports tests/conftest.py as pytest does: as a top-level module beside its
+siblings (PYTHONPATH=tests).
 
 The commands: `--help`, `status` of an empty home, and the tests' tiny run (TINY_CI_OVERRIDES) made again on a
 copy of a finished one, which finds its work done (what a test's resume or "adds nothing" check pays on top of
@@ -18,7 +21,6 @@ import argparse
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,11 +37,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="stargate-bench-warm-"))
     os.environ["STARGATE_MODEL_CACHE"] = str(work / "models")
     os.chdir(ROOT)
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import _WARM, cli, copy_home, run_args
+    try:
+        from conftest import WARM, cli, copy_home, run_args
+    except ModuleNotFoundError as missing:
+        raise SystemExit(f"{missing}: run it as `PYTHONPATH=tests python -m benchmarks.warm_commands`") from None
 
     started = time.perf_counter()
-    assert _WARM.usable(dict(os.environ)), f"the warm interpreter holds {_WARM.threads} threads after its imports"
+    assert WARM.usable(dict(os.environ)), f"the warm interpreter holds {WARM.threads} threads after its imports"
     print(f"warm interpreter started in {time.perf_counter() - started:.1f} s (once per test process)")
     finished = work / "finished"
     cli(*run_args(), home=finished)

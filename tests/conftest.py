@@ -228,8 +228,8 @@ def cli(*args: str, home: Path, check: bool = True, stop_at: str | None = None, 
     env = {**os.environ, "STARGATE_HOME": str(home), "COLUMNS": str(columns)}
     if stop_at:
         env[STOP_AT_ENV] = stop_at
-    if warm and _WARM.usable(env):
-        result = _WARM.run(list(args), env, sigint_ignored, stdin)
+    if warm and WARM.usable(env):
+        result = WARM.run(list(args), env, sigint_ignored, stdin)
     else:
         result = subprocess.run([sys.executable, "-m", "stargate_lite", *args], env=env, capture_output=True,
                                 text=True, timeout=COMMAND_TIMEOUT, check=False, input=stdin,
@@ -313,7 +313,8 @@ class Warm:
             shutil.rmtree(out)
 
 
-_WARM = Warm(dict(os.environ))
+# This test process's warm interpreter, which `cli` forks commands from (benchmarks/warm_commands.py times it).
+WARM = Warm(dict(os.environ))
 
 
 def _ignore_sigint() -> None:

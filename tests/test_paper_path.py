@@ -1,6 +1,7 @@
-"""benchmarks/paper_path.py at tiny shape on CPU: the paper recipe's whole path (a Mixtral-shaped Q4_K GGUF
-written with the `gguf` package, on a managed llama-server with 16 slots as Roleplayer, Oracle and Judge; a
-Mistral-shaped Questioner; training), each stage timed and set beside the dry-run's estimate."""
+"""benchmarks/paper_path.py at tiny shape on CPU, run as a user runs it (`python -m benchmarks.paper_path`): the
+paper recipe's whole path (a Mixtral-shaped Q4_K GGUF written with the `gguf` package, on a managed llama-server
+with 16 slots as Roleplayer, Oracle and Judge; a Mistral-shaped Questioner; training), each stage timed and set
+beside the dry-run's estimate."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_path(binary, tmp_path_factory, model_cache) -> tuple[dict, Path]:
     workdir = tmp_path_factory.mktemp("paper-path")
     out = workdir / "result.json"
-    done = subprocess.run([sys.executable, "benchmarks/paper_path.py", "--shape", "tiny", "--workdir", str(workdir),
+    done = subprocess.run([sys.executable, "-m", "benchmarks.paper_path", "--shape", "tiny", "--workdir", str(workdir),
                            "--json", str(out)], check=False, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(out.read_text()), workdir

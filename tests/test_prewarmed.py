@@ -5,7 +5,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import _WARM, WORKER, cli
+from conftest import WARM, WORKER, cli
 from prewarmed import same_environment
 
 
@@ -38,7 +38,7 @@ def test_the_tests_commands_run_warm_in_two_test_processes():
     imports starts a thread, so forking it is safe."""
     if not WORKER:
         pytest.skip("runs under `pytest -n N`")
-    assert _WARM.usable(dict(os.environ)), f"the warm interpreter holds {_WARM.threads} threads"
+    assert WARM.usable(dict(os.environ)), f"the warm interpreter holds {WARM.threads} threads"
 
 
 def test_a_command_that_times_out_is_killed_and_the_next_one_runs(home):
@@ -47,10 +47,10 @@ def test_a_command_that_times_out_is_killed_and_the_next_one_runs(home):
     if not WORKER:
         pytest.skip("runs under `pytest -n N`")
     env = {**os.environ, "STARGATE_HOME": str(home)}
-    assert _WARM.usable(env)
-    before = _WARM.process
+    assert WARM.usable(env)
+    before = WARM.process
     with pytest.raises(subprocess.TimeoutExpired):
-        _WARM.run(["--help"], env, sigint_ignored=False, timeout=0.001)
+        WARM.run(["--help"], env, sigint_ignored=False, timeout=0.001)
     assert before.poll() is not None
     _same("--help", home=home)
-    assert _WARM.process is not before and _WARM.process.poll() is None
+    assert WARM.process is not before and WARM.process.poll() is None

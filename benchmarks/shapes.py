@@ -1,4 +1,4 @@
-"""Models for the benchmarks: the tiny built-in model on CPU, or random weights of Mistral-7B's shape on CUDA.
+"""Models the benchmarks share (a helper, not a script): the tiny built-in model on CPU, or random weights of Mistral-7B's shape on CUDA.
 
 Nothing is downloaded: the Mistral-shaped checkpoint (bf16, ~14.5 GB) is made once from random weights and
 saved with a stand-in tokenizer (32,000 words, a chat template) so that every loader, Unsloth's included, can
