@@ -194,7 +194,7 @@ def test_the_base_responder_answers_greedily_after_each_policys_own_conversation
     conversations, and that is what is judged against Q_0's own."""
     from safetensors.torch import load_file, save_file
 
-    from stargate_lite.evaluation.evaluate import _pair_key, namespace
+    from stargate_lite.evaluation.evaluate import namespace, pair_key
     from stargate_lite.prompts import questioner_messages
     from stargate_lite.recipe import load_recipe
     from stargate_lite.store import Store
@@ -230,7 +230,7 @@ def test_the_base_responder_answers_greedily_after_each_policys_own_conversation
     prompts = {}
     for (it, key), (conversation, text) in base_rows.items():
         assert rows[(it, "policy", key)][0] == conversation  # after the policy's own conversation
-        (pair,) = [p for p in store.pairs(ns, it) if _pair_key(p) == key]
+        (pair,) = [p for p in store.pairs(ns, it) if pair_key(p) == key]
         prompts[it, key] = questioner_messages(pair["persona_name"], pair["task"],
                                                store.turns([conversation])[conversation], final=True, instruction=True)
         assert text == greedy(base_model, prompts[it, key])  # Q_0's greedy response

@@ -153,16 +153,10 @@ def test_the_probe_command_prints_what_the_library_returns(finished, tmp_path):
 
 
 def test_the_selection_anatomy_reads_what_an_iteration_kept_and_trained_on(finished):
-    import sys
-    from pathlib import Path
+    from stargate_lite.evaluation.anatomy import anatomy_table, selection_anatomy
+    from stargate_lite.evaluation.audit import leakage
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from selection_anatomy import anatomy, elicited, persona_words
-
-    assert persona_words("I'm Dana, a nurse who runs marathons.") == {"nurse", "marathons"}
-    assert elicited({"nurse", "marathons"}, [{"role": "questioner", "text": "Are you a nurse?"},
-                                              {"role": "roleplayer", "text": "Yes, I run marathons."}]) == 0.5
-    a = anatomy(finished, "tiny", 1)
+    a = selection_anatomy(finished, "tiny", 1)
     assert (a["pairs"], a["conversations"]) == (2, 4)
     store = Store(finished, create=False)
     trained = store.training("tiny", 1)["trained_tokens"]  # target tokens: these plus each turn's end marker
@@ -170,4 +164,11 @@ def test_the_selection_anatomy_reads_what_an_iteration_kept_and_trained_on(finis
     assert a["trained_tokens"]["responses"] > 0
     # Each pair keeps its best conversation: never below the pair's mean, and the kept ones score higher.
     assert a["kept_minus_pair_mean"]["mean"] >= 0 and a["kept"]["logprob"] >= a["rest"]["logprob"]
-    assert 0 <= a["kept"]["elicited"] <= 1 and 0 <= a["asking_share_of_trained"] <= 1
+    assert 0 <= a["kept"]["leakage"] <= 1 and 0 <= a["asking_share_of_trained"] <= 1
+    # Leakage is the audit's: persona words the answers say that the question did not name.
+    personas = {p["id"]: p["persona"] for p in store.pairs("tiny", 1)}
+    kept = {s["conversation_id"]: personas[s["pair_id"]] for s in store.selections("tiny", 1)}
+    turns = store.turns(list(kept))
+    shares = [share for cid, persona in kept.items() if (share := leakage(persona, turns[cid])) is not None]
+    assert a["kept"]["leakage"] == pytest.approx(sum(shares) / len(shares))
+    assert anatomy_table(a).startswith("run tiny, iteration 1: 2 pairs, 4 conversations")

@@ -1,13 +1,7 @@
 """Every real query of the store works with SQLite's variable limit at 999, on a store large enough that one
 variable per pair (or two, as pairing once bound) passes it. Timings at a million rows: benchmarks/bench_store.py."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from _synthetic_store import RUN_ID, fill  # noqa: E402
-from bench_store import VARIABLE_LIMIT, limited_store, queries  # noqa: E402
+from synthetic_store import RUN_ID, VARIABLE_LIMIT, fill, limited_store, queries
 
 
 def test_every_query_works_under_a_999_variable_limit(tmp_path):

@@ -56,7 +56,8 @@ def namespace(run_id: str, roleplayer: str) -> str:
     return f"{run_id}#eval:{roleplayer}"
 
 
-def _pair_key(pair: dict) -> str:
+def pair_key(pair: dict) -> str:
+    """A test pair's key in an evaluation's rows (task and persona): the same pair under every iteration."""
     return f"{pair['task_id']}|{pair['persona_id']}"
 
 
@@ -79,7 +80,7 @@ def _score_conditions(store: Store, ns: str, iteration: int, model, questioner: 
         if others:
             items += [(p, "random", cid) for cid in by_pair.get(others[p["idx"] % len(others)]["id"], [])]
     have = store.eval_score_ids(ns, iteration)
-    todo = [item for item in items if _score_id(ns, iteration, *item) not in have]
+    todo = [item for item in items if score_id(ns, iteration, *item) not in have]
     if not todo:
         return
     turns = store.turns([cid for _, cond, cid in todo if cond == "random"])
@@ -98,15 +99,17 @@ def _score_conditions(store: Store, ns: str, iteration: int, model, questioner: 
             sums = score_sums(model, [encode(*item) for item in chunk], batch_size=recipe.score.batch_size,
                               vocab_chunk_tokens=recipe.score.vocab_chunk_tokens,
                               memory_budget_bytes=questioner.memory_budget_bytes)
-            rows = [{"id": _score_id(ns, iteration, p, cond, cid), "ns": ns, "iteration": iteration,
-                     "condition": cond, "pair_key": _pair_key(p), "conversation_id": cid, "logprob": lp,
+            rows = [{"id": score_id(ns, iteration, p, cond, cid), "ns": ns, "iteration": iteration,
+                     "condition": cond, "pair_key": pair_key(p), "conversation_id": cid, "logprob": lp,
                      "n_tokens": n} for (p, cond, cid), (lp, n) in zip(chunk, sums)]
             store.insert_rows("eval_scores", rows, pk="id")
             bar(len(chunk))
 
 
-def _score_id(ns: str, iteration: int, pair: dict, condition: str, conversation_id: str) -> str:
-    return f"{ns}/{iteration}/{condition}/{_pair_key(pair)}/{conversation_id}"
+def score_id(ns: str, iteration: int, pair: dict, condition: str, conversation_id: str) -> str:
+    """An eval_scores row's id: what produced it (namespace, iteration, condition, pair, conversation), so a
+    rerun finds the scores it already has."""
+    return f"{ns}/{iteration}/{condition}/{pair_key(pair)}/{conversation_id}"
 
 
 def win_rate_pairs(pairs: list[dict], per_turn: int | None, seed: int) -> list[dict]:
@@ -115,13 +118,13 @@ def win_rate_pairs(pairs: list[dict], per_turn: int | None, seed: int) -> list[d
         return pairs
     chosen = []
     for k in sorted({p["turns"] for p in pairs}):
-        group = sorted((p for p in pairs if p["turns"] == k), key=_pair_key)
+        group = sorted((p for p in pairs if p["turns"] == k), key=pair_key)
         chosen += random.Random(f"{seed}/win-pairs/{k}").sample(group, min(per_turn, len(group)))
     return sorted(chosen, key=lambda p: p["idx"])
 
 
 def _sample_for(seed: int, pair: dict, n: int) -> int:
-    return random.Random(f"{seed}/win-sample/{_pair_key(pair)}").randrange(n)
+    return random.Random(f"{seed}/win-sample/{pair_key(pair)}").randrange(n)
 
 
 def _respond(store: Store, ns: str, iteration: int, responder: str, pairs: list[dict], models: Callable[[], SharedBase],
@@ -130,10 +133,10 @@ def _respond(store: Store, ns: str, iteration: int, responder: str, pairs: list[
     (conversations of conv_iteration), in the run's prompt format (train.format). Loads no model when all exist."""
     n = recipe.eval.conversations_per_pair
     have = store.eval_response_keys(ns, iteration, responder)
-    todo = [p for p in pairs if _pair_key(p) not in have]
+    todo = [p for p in pairs if pair_key(p) not in have]
     if not todo:
         return
-    conv_ids = [f"{ns}/{conv_iteration}/{_pair_key(p)}#{_sample_for(recipe.seed, p, n):03d}" for p in todo]
+    conv_ids = [f"{ns}/{conv_iteration}/{pair_key(p)}#{_sample_for(recipe.seed, p, n):03d}" for p in todo]
     turns = store.turns(conv_ids)
     instruction = recipe.train.format == "instructed"
     decide = recipe.simulate.turns == "policy"
@@ -146,8 +149,8 @@ def _respond(store: Store, ns: str, iteration: int, responder: str, pairs: list[
             sl = slice(start, start + recipe.respond.batch_size)
             texts = questioner.generate(model, prompts[sl], max_new_tokens=recipe.respond.max_tokens, temperature=0.0,
                                         top_p=1.0, batch_size=recipe.respond.batch_size, seed=0)
-            rows = [{"id": f"{ns}/{iteration}/{responder}/{_pair_key(p)}", "ns": ns, "iteration": iteration,
-                     "responder": responder, "pair_key": _pair_key(p), "conversation_id": c, "text": t,
+            rows = [{"id": f"{ns}/{iteration}/{responder}/{pair_key(p)}", "ns": ns, "iteration": iteration,
+                     "responder": responder, "pair_key": pair_key(p), "conversation_id": c, "text": t,
                      "n_tokens": n}
                     for p, c, t, n in zip(todo[sl], conv_ids[sl], texts, questioner.count_tokens(texts))]
             store.insert_rows("eval_responses", rows, pk="id")
@@ -157,7 +160,9 @@ def _respond(store: Store, ns: str, iteration: int, responder: str, pairs: list[
 ORDERS = ("seeded", "swapped")  # the order drawn from the item's seed, and the other one
 
 
-def _judgment_id(ns: str, iteration: int, responder: str, judge: str, protocol: str, key: str, swapped: int) -> str:
+def judgment_id(ns: str, iteration: int, responder: str, judge: str, protocol: str, key: str, swapped: int) -> str:
+    """A judgments row's id: everything that produced the verdict, down to the order the two responses were shown
+    in, so each judge and protocol keeps its verdicts beside the others'."""
     return f"{ns}/{iteration}/{responder}/{judge}/{protocol}/{key}/{ORDERS[swapped]}"
 
 
@@ -171,7 +176,7 @@ def _judge(store: Store, ns: str, iteration: int, responder: str, pairs: list[di
     turns = {r["pair_key"]: r["turns"] for r in store.eval_response_lengths(ns, iteration, responder)}
     have = {r["id"] for r in store.judgments(ns, iteration, responder, judge.name, protocol)}
     todo = [(p, swapped) for p in pairs for swapped in range(recipe.eval.judge_orders)
-            if _judgment_id(ns, iteration, responder, judge.name, protocol, _pair_key(p), swapped) not in have]
+            if judgment_id(ns, iteration, responder, judge.name, protocol, pair_key(p), swapped) not in have]
     if not todo:
         return
     sampling = Sampling(config.max_tokens, temperature=0.0, seed=recipe.seed)
@@ -182,7 +187,7 @@ def _judge(store: Store, ns: str, iteration: int, responder: str, pairs: list[di
             chunk = todo[start : start + 8]
             prompts, shown = [], []
             for p, swapped in chunk:
-                key = _pair_key(p)
+                key = pair_key(p)
                 ours, base = responses[(iteration, responder, key)], responses[(0, "policy", key)]
                 first = policy_is_a(recipe.seed, f"{ns}/{iteration}/{responder}/{key}") != bool(swapped)
                 shown.append(first)
@@ -194,7 +199,7 @@ def _judge(store: Store, ns: str, iteration: int, responder: str, pairs: list[di
                 results = judge.complete_each(prompts, sampling)
             rows = []
             for (p, swapped), first, result in zip(chunk, shown, results):
-                key = _pair_key(p)
+                key = pair_key(p)
                 if isinstance(result, ChatFailure) and not result.refused:  # retried on the next eval
                     record_failure(f"{key}/{ORDERS[swapped]}", str(result))
                     continue
@@ -204,7 +209,7 @@ def _judge(store: Store, ns: str, iteration: int, responder: str, pairs: list[di
                     verdict, margin, raw = read_verdict(config, result)
                     cut = getattr(result, "truncated", False)  # a Reply that hit judge.max_tokens
                     status = "valid" if verdict else "truncated" if cut else "unparsable"
-                rows.append({"id": _judgment_id(ns, iteration, responder, judge.name, protocol, key, swapped),
+                rows.append({"id": judgment_id(ns, iteration, responder, judge.name, protocol, key, swapped),
                              "ns": ns, "iteration": iteration, "responder": responder, "judge": judge.name,
                              "protocol": protocol, "pair_key": key, "turns": turns[key], "swapped": swapped,
                              "policy_is_a": int(first), "verdict": verdict, "winner": winner_of(verdict, first),
@@ -384,7 +389,7 @@ def _with_elicitation(figures: dict, conversations: list[dict], counts: list[dic
 
 def _experimental_by_pair(store: Store, ns: str, iteration: int) -> dict[str, list[float]]:
     """{pair key: gold log-probs of its conversations} for Q_eta's conversations."""
-    keys = {p["id"]: _pair_key(p) for p in store.pairs(ns, iteration)}
+    keys = {p["id"]: pair_key(p) for p in store.pairs(ns, iteration)}
     by_pair: dict[str, list[float]] = {}
     for s in store.scores(ns, iteration):
         by_pair.setdefault(keys[s["pair_id"]], []).append(s["logprob"])

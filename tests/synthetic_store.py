@@ -1,4 +1,7 @@
-"""A store filled with synthetic records at any scale, no model needed (bench_store.py, tests/test_store_scale.py).
+"""A store filled with synthetic records at any scale, no model needed, and the store's real queries over it:
+tests/test_store_scale.py checks that each query works under a 999-variable limit, and
+benchmarks/bench_store.py times them at a million rows (`from tests.synthetic_store import ...`, run from the
+repository's root).
 
 The rows have the ids and shapes the stages write, and they are written through the store's own methods and
 the loop's own pairing and selection: one training iteration that crashed after `respond` (its training is
@@ -8,9 +11,11 @@ left to do), and an evaluation of iterations 0 and 1 under one roleplayer, judge
 from __future__ import annotations
 
 import random
+import sqlite3
 import time
+from pathlib import Path
 
-from stargate_lite.evaluation.evaluate import _judgment_id, _pair_key, _score_id, namespace
+from stargate_lite.evaluation.evaluate import judgment_id, namespace, pair_key, score_id
 from stargate_lite.evaluation.judge import judge_protocol
 from stargate_lite.recipe import Recipe, load_recipe
 from stargate_lite.runs import open_run
@@ -23,6 +28,7 @@ DATASET = "synthetic"
 RUN_ID = "synthetic"
 ROLEPLAYER = "smollm2"
 CHUNK = 5000  # conversations per transaction, as a stage's chunk (larger, so filling takes minutes)
+VARIABLE_LIMIT = 999  # what SQLite builds before 3.32 allow; Python's own sqlite3 allows 32,766 or more
 
 
 def synthetic_recipe(tasks: int, personas: int, conversations: int, eval_tasks: int, eval_personas: int,
@@ -109,25 +115,64 @@ def fill(store: Store, tasks: int, personas: int, conversations: int, eval_tasks
         make_pairs(store, recipe, ns, iteration, "test", f"{seed}/eval")
         _conversations(store, ns, iteration, eval_conversations, rng)
         pairs = store.pairs(ns, iteration)
-        scores = [{"id": _score_id(ns, iteration, p, "random", conversation_id(p["id"], s)), "ns": ns,
-                   "iteration": iteration, "condition": "random", "pair_key": _pair_key(p),
+        scores = [{"id": score_id(ns, iteration, p, "random", conversation_id(p["id"], s)), "ns": ns,
+                   "iteration": iteration, "condition": "random", "pair_key": pair_key(p),
                    "conversation_id": conversation_id(p["id"], s), "logprob": -rng.uniform(100, 500),
                    "n_tokens": 150} for p in pairs for s in range(eval_conversations)]
         if iteration == 0:
-            scores += [{"id": _score_id(ns, 0, p, condition, ""), "ns": ns, "iteration": 0, "condition": condition,
-                        "pair_key": _pair_key(p), "conversation_id": "", "logprob": -rng.uniform(100, 500),
+            scores += [{"id": score_id(ns, 0, p, condition, ""), "ns": ns, "iteration": 0, "condition": condition,
+                        "pair_key": pair_key(p), "conversation_id": "", "logprob": -rng.uniform(100, 500),
                         "n_tokens": 150} for p in pairs for condition in ("negative", "positive")]
         store.insert_rows("eval_scores", scores, pk="id")
         store.mark_stage(ns, iteration, "eval")
         store.insert_rows("eval_responses", [
-            {"id": f"{ns}/{iteration}/policy/{_pair_key(p)}", "ns": ns, "iteration": iteration, "responder": "policy",
-             "pair_key": _pair_key(p), "conversation_id": conversation_id(p["id"], 0), "text": _text(rng, 80)}
+            {"id": f"{ns}/{iteration}/policy/{pair_key(p)}", "ns": ns, "iteration": iteration, "responder": "policy",
+             "pair_key": pair_key(p), "conversation_id": conversation_id(p["id"], 0), "text": _text(rng, 80)}
             for p in pairs], pk="id")
     store.insert_rows("judgments", [
-        {"id": _judgment_id(ns, 1, "policy", judge, protocol, _pair_key(p), swapped), "ns": ns, "iteration": 1,
-         "responder": "policy", "judge": judge, "pair_key": _pair_key(p), "turns": p["turns"],
+        {"id": judgment_id(ns, 1, "policy", judge, protocol, pair_key(p), swapped), "ns": ns, "iteration": 1,
+         "responder": "policy", "judge": judge, "pair_key": pair_key(p), "turns": p["turns"],
          "policy_is_a": int(rng.random() < 0.5), "verdict": "A", "winner": rng.choice(("policy", "base")),
          "status": "valid", "raw": "A", "protocol": protocol, "swapped": swapped, "margin": rng.uniform(-3, 3)}
         for p in store.pairs(ns, 1) for swapped in (0, 1)], pk="id")
     store.mark_stage(ns, 1, f"judge:policy:{judge}:{protocol}:2")
     return timings
+
+
+def limited_store(home: Path) -> Store:
+    """The store with at most VARIABLE_LIMIT bound variables per statement."""
+    store = Store(home)
+    store.db.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, VARIABLE_LIMIT)
+    return store
+
+
+def queries(store: Store) -> dict:
+    """name -> call of each read that a stage, a resume, `status` or `eval` makes (as the library makes it), on a
+    store `fill` filled."""
+    from stargate_lite.commands.status import run_status
+    from stargate_lite.evaluation.evaluate import summarize
+    from stargate_lite.evaluation.judge import judge_protocol
+    from stargate_lite.methods.sft import training_examples
+    from stargate_lite.runs import recipe_of_run
+    from stargate_lite.stages.data import split_pairs
+
+    recipe = recipe_of_run(store.get_run(RUN_ID))
+    ns = namespace(RUN_ID, ROLEPLAYER)
+    first_chunk = [c["id"] for c in store.conversations_to_score(RUN_ID, 1)[:64]]
+    return {
+        "pairing: golds of the split's pairs": lambda: store.golds_for(
+            (t["id"], p["id"]) for t, p in split_pairs(store, recipe, "A")),
+        "pairs of an iteration (joined)": lambda: store.pairs(RUN_ID, 1),
+        "simulate resume: conversation ids": lambda: store.conversation_ids(RUN_ID, 1),
+        "score resume: conversations to score": lambda: store.conversations_to_score(RUN_ID, 1),
+        "turns of one 64-conversation chunk": lambda: store.turns(first_chunk),
+        "select: each pair's best conversation": lambda: store.best_scores(RUN_ID, 1),
+        "respond resume: selections, responses": lambda: (store.selections(RUN_ID, 1), store.responses(RUN_ID, 1)),
+        "train: selected conversations' turns": lambda: store.selected_turns(RUN_ID, 1),
+        "train: training examples (reads + assembly)": lambda: training_examples(store, recipe, RUN_ID, 1),
+        "status": lambda: run_status(store),
+        "eval: summary (every eval read)": lambda: summarize(store, RUN_ID, ROLEPLAYER, recipe.roles.judge,
+                                                             judge_protocol(recipe.judge)),
+        "eval resume: score ids, response keys": lambda: (store.eval_score_ids(ns, 1),
+                                                          store.eval_response_keys(ns, 1, "policy")),
+    }
