@@ -5,9 +5,10 @@ slot counts, side by side in one run (one job at a time on the machine: they sha
     python -m benchmarks.bench_roleplayer --pairs 12 --slots 1 4 16 --set simulate.pairs_per_chunk=8
 
 The workload is simulate's, turn by turn and chunk by chunk: the built-in personas and tasks, n conversations per
-pair, k ~ uniform(1..K) turns, the Roleplayer's prompt rebuilt from the whole conversation at every turn, answers
-of the recipe's length trimmed as simulate trims them. Each turn's answers for a chunk are requested together, as
-simulate requests them. The Questioner's questions come from a fixed list (its own time is not measured here).
+pair, k ~ uniform(1..K) turns. Each turn's Roleplayer side is the stage's own (simulate.roleplayer_turn): the
+prompt rebuilt from the whole conversation (or, for a gated user, from the facts asked for), the turn's sampling
+seed, every answer of a chunk requested together, answers trimmed as simulate trims them. The Questioner's
+questions come from a fixed list (its own time is not measured here).
 Besides speed it prints how many greedy answers each server run shares with the 1-slot server run (llama.cpp's
 batched kernels and prompt cache are not bit-for-bit identical to one sequence decoded alone).
 """
@@ -31,34 +32,40 @@ QUESTIONS = (
 )
 
 
+ROLEPLAYER = "roleplayer"  # the one chat model each row runs, under this name
+
+
 def workload(pairs: int, conversations: int, max_turns: int, seed: int) -> list[dict]:
+    """Conversation records as simulate_chunk keeps them (pair, messages, roleplayer, failed), for the built-in
+    personas and tasks, each with its own k ~ uniform(1..max_turns) turns."""
     from stargate_lite.stages.builtin_data import SEED_PERSONAS, TASKS
 
     rng = random.Random(seed)
-    return [{"persona": SEED_PERSONAS[i % len(SEED_PERSONAS)][1], "task": TASKS[(7 * i) % len(TASKS)],
-             "turns": rng.randint(1, max_turns), "sample": s, "pair": i, "messages": []}
-            for i in range(pairs) for s in range(conversations)]
+    convs = []
+    for i in range(pairs):
+        name, persona = SEED_PERSONAS[i % len(SEED_PERSONAS)]
+        pair = {"id": f"bench/{i}", "persona": persona, "persona_name": name, "task": TASKS[(7 * i) % len(TASKS)]}
+        convs += [{"pair": pair, "index": i, "sample": s, "turns": rng.randint(1, max_turns), "messages": [],
+                   "roleplayer": ROLEPLAYER, "failed": None} for s in range(conversations)]
+    return convs
 
 
-def run_workload(model, convs: list[dict], sim, chunk_conversations: int, seed: int) -> list[str]:
-    """simulate_chunk's Roleplayer side: per chunk, per turn, every active conversation's answer at once."""
-    from stargate_lite.engines.chat_models import Sampling, complete_all
-    from stargate_lite.prompts import roleplayer_messages
-    from stargate_lite.stages.simulate import first_sentences
+def run_workload(roleplayers, convs: list[dict], sim, chunk_conversations: int, seed: int) -> list[str]:
+    """simulate_chunk's Roleplayer side, through the stage's own roleplayer_turn: per chunk and turn, a fixed
+    question in every active conversation, then all their replies requested at once under the seeds iteration 1
+    of a run with this seed would use. Returns the replies as the Roleplayer wrote them."""
+    from stargate_lite.stages.simulate import chunk_seed, roleplayer_turn
 
     raw: list[str] = []
-    for start in range(0, len(convs), chunk_conversations):
+    for index, start in enumerate(range(0, len(convs), chunk_conversations)):
         chunk = convs[start:start + chunk_conversations]
         for turn in range(max(c["turns"] for c in chunk)):
-            active = [c for c in chunk if c["turns"] > turn]
+            active = [c for c in chunk if c["turns"] > turn and not c["failed"]]
             for c in active:
                 c["messages"].append({"role": "questioner",
-                                      "text": QUESTIONS[(c["pair"] * 3 + c["sample"] * 5 + turn) % len(QUESTIONS)]})
-            answers = complete_all(model, [roleplayer_messages(c["persona"], c["task"], c["messages"]) for c in active],
-                                   Sampling(sim.answer_max_tokens, temperature=sim.answer_temperature, seed=seed))
-            for c, answer in zip(active, answers):
-                c["messages"].append({"role": "roleplayer", "text": first_sentences(answer, sim.max_answer_sentences)})
-            raw += answers
+                                      "text": QUESTIONS[(c["index"] * 3 + c["sample"] * 5 + turn) % len(QUESTIONS)]})
+            replies = roleplayer_turn(active, roleplayers, sim, chunk_seed(seed, 1, index, 0), turn)
+            raw += [reply for reply in replies if reply is not None]
     return raw
 
 
@@ -76,10 +83,12 @@ def main() -> None:
     from stargate_lite.engines.chat_models import ChatModels
     from stargate_lite.engines.models import resolve_gguf
     from stargate_lite.recipe import load_recipe
+    from stargate_lite.stages.simulate import Roleplayers, user_gate
 
     recipe = load_recipe(a.recipe, a.set)
     sim = recipe.simulate
-    base = recipe.chat_models[recipe.roles.roleplayer].model_copy(update={"backend": "llamacpp"})
+    gate = user_gate(sim, Path(a.home))  # None for the free user (simulate.reveal all, as shipped)
+    base = recipe.chat_models[recipe.roles.main_roleplayer].model_copy(update={"backend": "llamacpp"})
     vocab = Llama(model_path=str(resolve_gguf(base.model, base.gguf_file)), vocab_only=True, verbose=False)
 
     def tokens(texts: list[str]) -> int:
@@ -98,12 +107,12 @@ def main() -> None:
              for n in a.slots]
     baseline, one_slot = None, None
     for label, config in rows:
-        with ChatModels({"roleplayer": config}, Path(a.home), Path(a.home) / "logs") as chat:
-            model = chat.get("roleplayer")
-            run_workload(model, workload(1, 1, 1, recipe.seed), sim, 1, recipe.seed)  # warm-up
+        with ChatModels({ROLEPLAYER: config}, Path(a.home), Path(a.home) / "logs") as chat:
+            roleplayers = Roleplayers({ROLEPLAYER: 1.0}, chat.get, recipe.seed, gate)
+            run_workload(roleplayers, workload(1, 1, 1, recipe.seed), sim, 1, recipe.seed)  # warm-up
             convs = workload(a.pairs, sim.conversations_per_pair, sim.max_turns, recipe.seed)
             started = time.perf_counter()
-            answers = run_workload(model, convs, sim, chunk, recipe.seed)
+            answers = run_workload(roleplayers, convs, sim, chunk, recipe.seed)
             seconds = time.perf_counter() - started
         rate = tokens(answers) / seconds
         baseline = baseline or rate

@@ -105,6 +105,38 @@ def first_sentences(text: str, limit: int | None) -> str:
     return " ".join(parts[:limit]) if len(parts) > limit else text
 
 
+def roleplayer_turn(conversations: list[dict], roleplayers: Roleplayers, config: SimulateConfig, seed: int,
+                    turn: int) -> list[str | None]:
+    """The Roleplayer side of one turn of a chunk, as simulate_chunk takes it (and benchmarks/bench_roleplayer.py
+    times it): each conversation ({pair, messages, roleplayer, failed}, its last message the Questioner's) gets
+    its Roleplayer's reply to what user_view shows it (the whole persona, or for a gated user the facts the turn
+    asks for), every reply of one Roleplayer requested at once and sampled with the turn's seed (seed + 2 * turn
+    + 1 from the chunk's seed; the Questioner's turn has seed + 2 * turn). The reply is kept as its first
+    simulate.max_answer_sentences sentences (first_sentences: "trimmed" says whether that cut it), with the facts
+    a gated user was given. A conversation whose Roleplayer refused it for good (a prompt over its context) is
+    marked "failed" and gets no message; a failure that a retry may mend is raised before any reply is kept.
+    Returns each conversation's reply as the Roleplayer wrote it, None where it failed."""
+    sampling = Sampling(config.answer_max_tokens, temperature=config.answer_temperature, seed=seed + 2 * turn + 1)
+    replies: list[str | None] = [None] * len(conversations)
+    views = [user_view(c["pair"], c["messages"], roleplayers.gate) for c in conversations]
+    for name in roleplayers.weights:  # each Roleplayer's answers requested at once
+        theirs = [i for i, c in enumerate(conversations) if c["roleplayer"] == name]
+        if theirs:
+            answers = roleplayers.get(name).complete_each([views[i][0] for i in theirs], sampling)
+            for i, answer in zip(theirs, answers, strict=True):
+                if isinstance(answer, ChatFailure) and not answer.refused:
+                    raise answer
+                if isinstance(answer, ChatFailure):
+                    conversations[i]["failed"] = f"roleplayer {name}: {answer}"
+                else:
+                    replies[i] = answer
+    for c, reply, (_, facts) in zip(conversations, replies, views, strict=True):
+        if reply is not None:
+            kept = first_sentences(reply, config.max_answer_sentences)
+            c["messages"].append({"role": "roleplayer", "text": kept, "trimmed": int(kept != reply), "facts": facts})
+    return replies
+
+
 def simulate_chunk(
     pairs: list[dict],
     policy,
@@ -151,30 +183,12 @@ def simulate_chunk(
             else:
                 c["messages"].append({"role": "questioner", "text": q, "cut": int(cut)})
                 asking.append(c)
-        sampling = Sampling(config.answer_max_tokens, temperature=config.answer_temperature, seed=seed + 2 * turn + 1)
-        replies: dict[int, str] = {}  # by place in `asking`
-        views = [user_view(c["pair"], c["messages"], roleplayers.gate) for c in asking]
-        for name in roleplayers.weights:  # each Roleplayer's answers requested at once
-            theirs = [i for i, c in enumerate(asking) if c["roleplayer"] == name]
-            if theirs:
-                answers = roleplayers.get(name).complete_each([views[i][0] for i in theirs], sampling)
-                for i, answer in zip(theirs, answers, strict=True):
-                    if isinstance(answer, ChatFailure) and not answer.refused:
-                        raise answer
-                    if isinstance(answer, ChatFailure):
-                        asking[i]["failed"] = f"roleplayer {name}: {answer}"
-                    else:
-                        replies[i] = answer
-        for i, c in enumerate(asking):
-            if c["failed"]:  # its answer and the turns it will not take
-                if on_message:
-                    on_message(1 + 2 * (c["pair"]["turns"] - 1 - turn))
-                continue
-            a = replies[i]
-            kept = first_sentences(a, config.max_answer_sentences)
-            c["messages"].append({"role": "roleplayer", "text": kept, "trimmed": int(kept != a), "facts": views[i][1]})
+        replies = roleplayer_turn(asking, roleplayers, config, seed, turn)
         if on_message:
-            on_message(len(replies))
+            for c in asking:
+                if c["failed"]:  # its answer and the turns it will not take
+                    on_message(1 + 2 * (c["pair"]["turns"] - 1 - turn))
+            on_message(sum(reply is not None for reply in replies))
     messages = [m for c in convs for m in c["messages"]]
     for m, n in zip(messages, questioner.count_tokens([m["text"] for m in messages])):
         m["n_tokens"] = n
