@@ -105,6 +105,29 @@ def encode_gold(questioner: Questioner, name: str, task: str, turns: list[dict],
     return questioner.encode_for_scoring(prefix, gold)
 
 
+def score_golds(model, questioner: Questioner, config: ScoreConfig, conversations: list[tuple[dict, list[dict]]],
+                per_turn: bool = False) -> list[tuple[tuple[float, int], dict[int, tuple[float, int]]]]:
+    """Each conversation's (pair, turns) gold log-prob under `model` as it is (score_stage and the environment run
+    it as the base: base_weights), summed, with its number of tokens; with `per_turn` (reward.per_turn) also the
+    gold's after each of its first k question-and-answer turns but the last, {k: (log-prob, tokens)}. One call of
+    score_sums: the whole conversations first, then each one's prefixes."""
+    # (conversation, k): the gold after its first k question-and-answer turns; k None: after all
+    scored = [(i, None) for i in range(len(conversations))]
+    if per_turn:
+        scored += [(i, k) for i, (_, turns) in enumerate(conversations) for k in range(1, len(turns) // 2)]
+    encoded = [
+        encode_gold(questioner, conversations[i][0]["persona_name"], conversations[i][0]["task"],
+                    conversations[i][1] if k is None else conversations[i][1][: 2 * k], conversations[i][0]["gold"])
+        for i, k in scored
+    ]
+    sums = score_sums(model, encoded, batch_size=config.batch_size, vocab_chunk_tokens=config.vocab_chunk_tokens,
+                      memory_budget_bytes=questioner.memory_budget_bytes)
+    out: list[tuple[tuple[float, int], dict[int, tuple[float, int]]]] = [(s, {}) for s in sums[: len(conversations)]]
+    for (i, k), s in zip(scored[len(conversations):], sums[len(conversations):], strict=True):
+        out[i][1][k] = s
+    return out
+
+
 SCORE_CHUNK = 64  # conversations scored and stored per transaction
 
 
@@ -122,27 +145,17 @@ def score_stage(
         with base_weights(model):
             for chunk in chunks:
                 turns = store.turns([c["id"] for c in chunk])
-                # (conversation, k): the gold after its first k question-and-answer turns; k None: after all
-                scored = [(c, None) for c in chunk]
-                if per_turn:
-                    scored += [(c, k) for c in chunk for k in range(1, len(turns[c["id"]]) // 2)]
-                encoded = [
-                    encode_gold(questioner, pairs[c["pair_id"]]["persona_name"], pairs[c["pair_id"]]["task"],
-                                turns[c["id"]] if k is None else turns[c["id"]][: 2 * k], pairs[c["pair_id"]]["gold"])
-                    for c, k in scored
-                ]
-                sums = score_sums(model, encoded, batch_size=config.batch_size,
-                                  vocab_chunk_tokens=config.vocab_chunk_tokens,
-                                  memory_budget_bytes=questioner.memory_budget_bytes)
+                scored = score_golds(model, questioner, config,
+                                     [(pairs[c["pair_id"]], turns[c["id"]]) for c in chunk], per_turn)
                 store.insert_rows("turn_scores", [
                     {"conversation_id": c["id"], "turns": k, "run_id": run_id, "iteration": iteration,
                      "logprob": lp, "n_tokens": n}
-                    for (c, k), (lp, n) in zip(scored, sums, strict=True) if k is not None
+                    for c, (_, after) in zip(chunk, scored, strict=True) for k, (lp, n) in after.items()
                 ], pk=("conversation_id", "turns"))
                 rows = [
                     {"conversation_id": c["id"], "run_id": run_id, "iteration": iteration, "logprob": lp,
                      "n_tokens": n}
-                    for c, (lp, n) in zip(chunk, sums[: len(chunk)], strict=True)
+                    for c, ((lp, n), _) in zip(chunk, scored, strict=True)
                 ]
                 store.insert_rows("scores", rows, pk="conversation_id")
                 advance(len(chunk))
