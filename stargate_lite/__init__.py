@@ -34,9 +34,11 @@ _API = {
     "report": "evaluation.report",  # stargate-lite report: tables, plots and report.md
     "probe": "evaluation.probe",  # stargate-lite probe: does the loop teach?
     "asked_facts": "engines.gate",  # the facts of a persona a Questioner turn asks for (simulate.reveal asked)
+    "UserEnvironment": "environment",  # the simulated user and the reward, for a trainer to drive (reset, step)
 }
-__all__ = ["Recipe", "StargateError", "Store", "asked_facts", "browse", "estimate", "evaluate", "export", "export_dataset",
-           "import_data", "load_recipe", "probe", "report", "run", "run_status", "summarize"]
+__all__ = ["Recipe", "StargateError", "Store", "UserEnvironment", "asked_facts", "browse", "estimate", "evaluate",
+           "export", "export_dataset", "import_data", "load_recipe", "probe", "report", "run", "run_status",
+           "summarize"]
 
 
 def __getattr__(name: str):

@@ -10,12 +10,13 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "stargate_lite"
 # Bottom to top: a module imports from its own layer and the layers below it, never above.
-LAYERS = ("foundations", "engines", "methods", "stages", "evaluation", "commands", "loop", "cli")
+LAYERS = ("foundations", "engines", "methods", "stages", "evaluation", "commands", "environment", "loop", "cli")
 FOLDERS = ("engines", "methods", "stages", "evaluation", "commands")
 FOUNDATIONS = {"facts", "errors", "prompts", "progress", "recipe", "runs", "tracking", "training_methods"}
 # Foundations that are packages: the package and every module in it are foundations (the store, split by table).
 FOUNDATION_PACKAGES = {"store"}
-TOP = {"loop": "loop", "cli": "cli", "__main__": "cli", "": "cli"}  # "": the package's face, __init__.py
+# Modules at the package's root above the foundations, by layer; "": the package's face, __init__.py.
+TOP = {"environment": "environment", "loop": "loop", "cli": "cli", "__main__": "cli", "": "cli"}
 # Modules of a stage beside the stage's own module: they may import each other, and nothing else in stages/.
 STAGE_OF = {"builtin_data": "data", "train_processes": "train"}
 # SQL in a string: a statement's opening words as queries write them, which prose does not put side by side.
