@@ -65,6 +65,12 @@ def test_an_episode_gets_the_reward_the_score_stage_gives_its_conversation_and_i
     assert [s.info["turn_logprobs"] for s in last] == [pytest.approx(after["check-0"], abs=1e-4), {}]
     assert [s.info["questions"] for s in last] == [2, 1]
     assert last[0].reward == pytest.approx(last[0].info["logprob"] - 2 * 0.5, abs=1e-12)
+    # Finished conversations scored in one batch give the same.
+    rescored = env.score_many([(e.pair, turns[e.id]) for e in episodes])
+    assert [r["reward"] for r in rescored] == pytest.approx([s.reward for s in last], abs=1e-4)
+    with pytest.raises(StargateError, match="must alternate questioner and roleplayer") as unfinished:
+        env.score_many([(0, turns[episodes[0].id][:3])])
+    _one_line(unfinished)
 
     # The user's tokens and the Questioner's counted apart, its final response among the Questioner's.
     count = env.questioner.count_tokens
