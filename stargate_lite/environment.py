@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Self
 
 from .engines.chat_models import ChatFailure, ChatModels, preflight
-from .engines.gate import Gate
+from .engines.gate import Gate, embedder_source
 from .engines.questioner import Questioner
 from .errors import StargateError
 from .evaluation.elicitation import conversation_elicitation
@@ -47,7 +47,6 @@ from .stages.data import make_pairs, prepare_data
 from .stages.score import base_weights, score_golds
 from .stages.simulate import (
     Roleplayers,
-    check_gate,
     conversation_id,
     pair_facts,
     recipe_gate,
@@ -128,7 +127,7 @@ class UserEnvironment:
         self.namespace = environment_namespace(self.name, split)
         self.decide = recipe.simulate.turns == "policy"
         weights = {roleplayer: 1.0} if roleplayer else recipe.roles.roleplayer_weights
-        check_gate(recipe.simulate)
+        embedder_source(recipe.simulate.gate.model)  # the gate counts elicitation for a free user too
         preflight(recipe.chat_models, {*weights, recipe.roles.oracle})
         has_run = self.store.get_run(self.name) is not None
         self.chat = ChatModels(recipe.chat_models, self.store.home, run_dir(self.store, self.name) if has_run else None)
