@@ -4,7 +4,7 @@
     python -m benchmarks.bench_loss --shape mistral-7b    # CUDA, random Mistral-7B-shaped weights (bf16)
 
 own: `model(..., labels=...).loss`, whose forward builds [batch x length x vocab] logits and keeps them for
-backward; targets: `stargate_lite.engines.training._loss_at_targets`, what the peft backend trains with. One LoRA adapter
+backward; targets: `stargate_lite.engines.training.loss_at_targets`, what the peft backend trains with. One LoRA adapter
 (r 16, all linear layers, gradient checkpointing, B made non-zero so every LoRA weight has a gradient) serves
 both, on the same micro-batches, alternately; 40% of each sequence is target, in turns, as in a conversation.
 Prints the median step (forward + backward) time, the peak memory of a step beyond the model (CUDA: the
@@ -49,7 +49,7 @@ def main() -> None:
 
     import torch
 
-    from stargate_lite.engines.training import _loss_at_targets, attach_lora
+    from stargate_lite.engines.training import attach_lora, loss_at_targets
     from stargate_lite.recipe import TrainConfig
     from tests.memtrack import PeakMemory
 
@@ -77,7 +77,7 @@ def main() -> None:
     losses = {
         "own": lambda ids, mask, labels, n: model(input_ids=ids, attention_mask=mask, labels=labels,
                                                   num_items_in_batch=n).loss,
-        "targets": lambda ids, mask, labels, n: _loss_at_targets(decoder, ids, labels) / n,
+        "targets": lambda ids, mask, labels, n: loss_at_targets(decoder, ids, labels) / n,
     }
     times = {k: [] for k in losses}
     peaks = {k: [] for k in losses}

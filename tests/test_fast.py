@@ -177,7 +177,7 @@ def test_a_failing_training_process_is_one_clear_error(questioner, tmp_path):
 
 def test_the_loss_at_target_positions_is_the_models_own_loss(questioner, base_model):
     """Training's lean loss (logits only where a target is predicted) gives the model's loss and gradients."""
-    from stargate_lite.engines.training import IGNORE, _loss_at_targets, attach_lora
+    from stargate_lite.engines.training import IGNORE, attach_lora, loss_at_targets
     from stargate_lite.recipe import TrainConfig
 
     model = attach_lora(questioner.load_base(), TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0), seed=0)
@@ -201,7 +201,7 @@ def test_the_loss_at_target_positions_is_the_models_own_loss(questioner, base_mo
         loss.backward()
         return loss.item(), [p.grad.clone() for p in params]
 
-    ours, our_grads = loss_and_grads(lambda: _loss_at_targets(model.get_base_model(), ids, labels) / 20)
+    ours, our_grads = loss_and_grads(lambda: loss_at_targets(model.get_base_model(), ids, labels) / 20)
     theirs, their_grads = loss_and_grads(
         lambda: model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=20).loss)
     assert abs(ours - theirs) < 1e-5

@@ -226,8 +226,6 @@ def test_only_the_methods_and_their_registry_tell_methods_apart_by_name():
 
 
 ROOT = PACKAGE.parent
-# Private names a benchmark may still import, each with the reason it has not been made public yet.
-PRIVATE_FOR_NOW = {("bench_loss", "_loss_at_targets"): "engines/training.py is being split by method (issue 48)"}
 
 
 def _sys_path_edits(tree: ast.AST) -> int:
@@ -260,7 +258,6 @@ def test_benchmarks_import_the_package_as_a_user_does():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "stargate_lite":
                 private = [part for part in node.module.split(".") if part.startswith("_")]
-                private += [alias.name for alias in node.names if alias.name.startswith("_")
-                            and (path.stem, alias.name) not in PRIVATE_FOR_NOW]
+                private += [alias.name for alias in node.names if alias.name.startswith("_")]
                 wrong += [f"{path.name} imports {node.module}.{name}" for name in private]
     assert not wrong, "\n".join(wrong)

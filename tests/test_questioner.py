@@ -269,11 +269,11 @@ def test_empty_questions_and_responses_are_left_out_of_training(home):
 
 def test_long_examples_keep_their_end():
     from stargate_lite.engines.encoded import Encoded
-    from stargate_lite.engines.training import _keep_last
+    from stargate_lite.engines.training import keep_last
 
-    cut = _keep_last(Encoded(list(range(10)), [1, 7, 8]), 4)
+    cut = keep_last(Encoded(list(range(10)), [1, 7, 8]), 4)
     assert cut.input_ids == [6, 7, 8, 9] and cut.target_positions == [1, 2]
-    assert _keep_last(Encoded([1, 2], [1]), 4) == Encoded([1, 2], [1])
+    assert keep_last(Encoded([1, 2], [1]), 4) == Encoded([1, 2], [1])
 
 
 def test_gradient_accumulation_trains_as_the_larger_batch_does(questioner, tmp_path):
@@ -308,7 +308,7 @@ def test_sequence_dropout_masks_follow_the_sequence_not_its_batch(questioner):
     from peft import LoraConfig, get_peft_model
 
     from stargate_lite.engines.sequence_dropout import SequenceMasks
-    from stargate_lite.engines.training import _loss_at_targets, _padded
+    from stargate_lite.engines.training import _padded, loss_at_targets
 
     examples = [questioner.encode_for_training([*questioner_messages(n, TASK, [], final=True),
                                                 {"role": "assistant", "content": GOLD[: 10 + 25 * i]}])
@@ -328,7 +328,7 @@ def test_sequence_dropout_masks_follow_the_sequence_not_its_batch(questioner):
             if masks:
                 masks.rows = [(("epoch 0", i), len(examples[i].input_ids)) for i in batch]
             ids, labels, _ = _padded([examples[i] for i in batch], pad, "cpu")
-            _loss_at_targets(decoder, ids, labels).backward()
+            loss_at_targets(decoder, ids, labels).backward()
         return torch.cat([p.grad.reshape(-1) for n, p in model.named_parameters() if p.requires_grad])
 
     def gap(a, b):

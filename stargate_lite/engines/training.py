@@ -78,7 +78,7 @@ class TrainingMethod(Protocol):
     step_terms: tuple[str, ...]
 
     def cut(self, example, max_length: int):
-        """The example cut to max_length tokens a sequence (`_keep_last`)."""
+        """The example cut to max_length tokens a sequence (`keep_last`)."""
 
     def sequences(self, example) -> tuple[Encoded, ...]:
         """The example's sequences, in the order its loss lays them out: a micro-batch's rows are every example's
@@ -100,7 +100,7 @@ def _batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[li
     return batches
 
 
-def _keep_last(example: Encoded, max_length: int) -> Encoded:
+def keep_last(example: Encoded, max_length: int) -> Encoded:
     """Cut a long example from the left: the trained turns are at the end of a conversation. A target the cut
     leaves first has nothing before it to predict it from, so it goes with the cut: every kept target is one the
     loss trains, and the counts (trained tokens, one advantage per target) are of those."""
@@ -439,7 +439,7 @@ def sum_gradients(params, step_values: list[float], accelerator) -> list[float]:
     return flat[offset:].tolist()
 
 
-def _loss_at_targets(decoder, ids, labels):
+def loss_at_targets(decoder, ids, labels):
     """Summed cross-entropy of the target tokens, with logits made only where a target is predicted.
 
     The model's own loss builds [batch x length x vocab] logits and keeps them, their log-softmax and its

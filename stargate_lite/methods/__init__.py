@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..engines.encoded import Encoded
-from ..engines.training import Step, Trainee, _keep_last
+from ..engines.training import Step, Trainee, keep_last
 from ..errors import StargateError
 from ..recipe import Recipe, TrainConfig
 from ..store import Store
@@ -69,7 +69,7 @@ class Method:
         return (example,)
 
     def cut(self, example, max_length: int):
-        return _keep_last(example, max_length)
+        return keep_last(example, max_length)
 
     def before_steps(self, trainee: Trainee, examples: list, batches: list[list[int]]):
         return None

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from ..engines.encoded import Encoded
 from ..engines.logits import sampling_logprobs
-from ..engines.training import Step, Trainee, _keep_last, target_logits
+from ..engines.training import Step, Trainee, keep_last, target_logits
 from ..errors import StargateError
 from ..prompts import is_question, questioner_messages
 from ..recipe import Recipe, TrainConfig
@@ -118,11 +118,11 @@ def token_advantages(encoded: Encoded, advantages: list[float]) -> list[float]:
 
 
 def keep_last_advantages(example: Encoded, advantage, max_length: int) -> tuple[Encoded, list[float]]:
-    """`_keep_last`, with the sample's advantage as one value per target token that is kept."""
+    """`keep_last`, with the sample's advantage as one value per target token that is kept."""
     per_token = advantage if isinstance(advantage, list) else [advantage] * len(example.target_positions)
     if len(per_token) != len(example.target_positions):
         raise ValueError(f"{len(per_token)} advantages for {len(example.target_positions)} target tokens")
-    cut = _keep_last(example, max_length)
+    cut = keep_last(example, max_length)
     return cut, per_token[len(per_token) - len(cut.target_positions) :]
 
 

@@ -3,7 +3,7 @@ worst, each followed by the same final turn, against the base (the adapter switc
 
 from __future__ import annotations
 
-from ..engines.training import Step, Trainee, _keep_last
+from ..engines.training import Step, Trainee, keep_last
 from ..recipe import Recipe
 from ..store import Store
 from . import Method, at_least_one
@@ -75,7 +75,7 @@ class DPO(Method):
         return example
 
     def cut(self, example, max_length):
-        return tuple(_keep_last(sequence, max_length) for sequence in example)
+        return tuple(keep_last(sequence, max_length) for sequence in example)
 
     def before_steps(self, trainee, examples, batches):
         return {}  # the reference log-probs (`log_ratios`), filled as each pair is first met

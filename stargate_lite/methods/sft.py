@@ -3,7 +3,7 @@ response, the gold, or nothing: train.target), the masked cross-entropy of the Q
 
 from __future__ import annotations
 
-from ..engines.training import Step, Trainee, _loss_at_targets, _padded
+from ..engines.training import Step, Trainee, _padded, loss_at_targets
 from ..prompts import questioner_messages
 from ..recipe import Recipe
 from ..store import Store
@@ -66,7 +66,7 @@ class SFT(Method):
         weighs the same however the step is split."""
         ids, labels, mask = _padded([examples[i] for i in batch], trainee.pad_token_id, trainee.device)
         if trainee.target_logits_only:
-            return _loss_at_targets(trainee.decoder, ids, labels) / max(step.tokens, 1), []
+            return loss_at_targets(trainee.decoder, ids, labels) / max(step.tokens, 1), []
         # the model's own loss (Unsloth's fused one)
         return trainee.model(input_ids=ids, attention_mask=mask, labels=labels,
                              num_items_in_batch=max(step.tokens, 1)).loss, []
