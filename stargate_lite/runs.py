@@ -31,6 +31,9 @@ _STOP_SIGNALS = {"": signal.SIGKILL, "KILL": signal.SIGKILL, "INT": signal.SIGIN
 _SECRET_KEY = re.compile(r"(?:^|_)(?:key|token|secret|password)$", re.IGNORECASE)
 # An iteration's stages in order; each is marked done in the store when its rows are all written.
 STAGES = ("pairs", "simulate", "score", "select", "respond", "train")
+# The namespace an environment's pairs and episodes are stored under, NAME#env:SPLIT (NAME a run's id or a recipe's
+# name; environment/user.py), which `status` lists.
+ENVIRONMENT_MARK = "#env:"
 # Recipe keys that moved since a run was stored: old path -> new path (section.key).
 _MOVED_KEYS = {("eval", "judge_max_tokens"): ("judge", "max_tokens")}
 # Recipe fields that say how a run executes, not what it computes: a run resumes after a change to them (and
@@ -129,6 +132,10 @@ def start_session(store: Store, run_id: str) -> str:
                          "commit": commit, "dirty": None if dirty is None else int(dirty),
                          "versions": json.dumps(versions), "hardware": json.dumps(machine())})
     return session
+
+
+def environment_namespace(name: str, split: str) -> str:
+    return f"{name}{ENVIRONMENT_MARK}{split}"
 
 
 def split_for(iteration: int) -> str:

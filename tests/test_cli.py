@@ -155,9 +155,10 @@ def _figures(iteration: dict, gated: bool = False) -> dict[str, str]:
                if gated else {})}
 
 
-def _shown(text: str, width: int) -> dict[str, dict[str, str]]:
-    """What `status`'s tables say of each iteration, by column: a cell or header wrapped over several lines is
-    read whole (its lines joined with spaces). Every line fits `width`, and nothing is cut short ("…")."""
+def _shown(text: str, width: int, key: str = "iteration") -> dict[str, dict[str, str]]:
+    """What `status`'s tables whose first column is `key` (each iteration's, or each environment's "name") say of
+    each row, by column: a cell or header wrapped over several lines is read whole (its lines joined with spaces).
+    Every line fits `width`, and nothing is cut short ("…")."""
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= width, text
     tables, last = [], None
     for line in text.splitlines():
@@ -174,7 +175,9 @@ def _shown(text: str, width: int) -> dict[str, dict[str, str]]:
         last = kind
     shown: dict[str, dict[str, str]] = {}
     for header, rows in tables:
-        assert header[0] == "iteration" and rows, tables
+        assert rows, tables
+        if header[0] != key:
+            continue
         for row in rows:
             shown.setdefault(row[0], {}).update(zip(header, row, strict=True))
     return shown
@@ -199,11 +202,17 @@ def _synthetic_status() -> dict:
     return {"home": "/home/someone/projects/stargate", "runs": [{
         "id": "paper", "recipe": "paper", "dataset": "assistant-gate", "created_at": 0.0, "iterations": [
             iteration(1, "A", 1.2345, (2.3456, 118.4, 152.6), {"0": 1200, "1": 30000, "2": 50000, "3": 43800}),
-            iteration(2, "B", None, (None, None, None), {})]}]}
+            iteration(2, "B", None, (None, None, None), {})]}],
+        "environments": [{"namespace": "paper#env:test", "name": "paper", "split": "test", "episodes": 125000,
+                          "scored": 124999, "logprob": stat(-123.4567),
+                          "efficiency": {"questions": stat(2.3456), "question_share": stat(None),
+                                         "user_tokens": stat(118.4), "response_tokens": stat(None),
+                                         "turns": stat(2.0), "by_turns": {}, "question_counts": {"2": 125000}}}]}
 
 
 def test_status_tables_show_every_figure_at_80_columns():
-    """In an 80-column terminal or a pipe (Rich's width there), each iteration's every figure, whole."""
+    """In an 80-column terminal or a pipe (Rich's width there), each iteration's every figure, whole, and each
+    environment namespace's."""
     from io import StringIO
 
     from rich.console import Console
@@ -220,6 +229,9 @@ def test_status_tables_show_every_figure_at_80_columns():
                 console.print(table)
             shown = _shown(console.file.getvalue(), width)
             assert shown == {str(it["iteration"]): _figures(it, facts) for it in shape["runs"][0]["iterations"]}
+            assert _shown(console.file.getvalue(), width, key="name") == {"paper": {
+                "name": "paper", "split": "test", "episodes": "125000", "scored": "124999", "gold logprob": "-123.46",
+                "questions per conv": "2.35", "user tokens": "118"}}
 
 
 def test_status_through_a_pipe_shows_every_figure_of_a_two_iteration_run_at_80_columns(finished):

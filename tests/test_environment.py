@@ -1,5 +1,6 @@
-"""The STaR-GATE user as an environment (stargate_lite/environment.py), on the tiny models: the reward the project's
-scorer gives, the gated user's facts, the records under the environment's namespace, and bad input in one line."""
+"""The STaR-GATE user as an environment (stargate_lite/environment/user.py), on the tiny models: the reward the
+project's scorer gives, the gated user's facts, the records under the environment's namespace, and bad input in one
+line."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def test_an_episode_gets_the_reward_the_score_stage_gives_its_conversation_and_i
     """Two episodes played with fixed turns, at once: one to its turn limit, one ending on the Questioner's final
     response. Each reward, and each turn score, is what score_stage gives the same conversation written through the
     store in a namespace of its own, less 0.5 nats per question; the recorded episodes are what the store's readers
-    (its conversations, export --data's, the audit) read under the environment's namespace."""
+    (its conversations, export --data's, the audit, status) read under the environment's namespace."""
+    from stargate_lite.commands.status import run_status
     from stargate_lite.evaluation.audit import audit
     from stargate_lite.runs import open_run
     from stargate_lite.stages.data import make_pairs
@@ -91,6 +93,10 @@ def test_an_episode_gets_the_reward_the_score_stage_gives_its_conversation_and_i
     exported = {c["id"]: c for c in store.export_conversations("tiny", 0.5) if c["namespace"] == "tiny#env:A"}
     assert [exported[e.id]["reward"] for e in episodes] == pytest.approx([s.reward for s in last], abs=1e-9)
     assert audit(store.audit_conversations("tiny#env:A", 0))["smollm2"]["conversations"] == 2
+    (played,) = run_status(store)["environments"]
+    assert (played["name"], played["split"], played["episodes"], played["scored"]) == ("tiny", "A", 2, 2)
+    assert played["logprob"]["mean"] == pytest.approx(sum(s.info["logprob"] for s in last) / 2, abs=1e-9)
+    assert played["efficiency"]["question_counts"] == {"1": 1, "2": 1}
 
 
 def test_a_gated_users_info_shows_the_facts_it_was_given(with_data):

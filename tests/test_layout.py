@@ -15,7 +15,7 @@ FOLDERS = ("engines", "methods", "stages", "evaluation", "commands")
 FOUNDATIONS = {"facts", "errors", "prompts", "progress", "recipe", "runs", "tracking", "training_methods"}
 # Foundations that are packages: the package and every module in it are foundations (the store, split by table).
 FOUNDATION_PACKAGES = {"store"}
-# Modules at the package's root above the foundations, by layer; "": the package's face, __init__.py.
+# Modules (or folders) at the package's root above the foundations, by layer; "": the package's face, __init__.py.
 TOP = {"environment": "environment", "loop": "loop", "cli": "cli", "__main__": "cli", "": "cli"}
 # Modules of a stage beside the stage's own module: they may import each other, and nothing else in stages/.
 STAGE_OF = {"builtin_data": "data", "train_processes": "train"}
@@ -122,6 +122,8 @@ def layer(module: str) -> str:
         return folder
     if module in FOUNDATIONS or folder in FOUNDATION_PACKAGES:
         return "foundations"
+    if folder in TOP:  # a top layer that is a folder: the environment and its trainers' adapters
+        return TOP[folder]
     assert module in TOP, f"stargate_lite/{module}.py is in no layer: move it into one (or add it to this test)"
     return TOP[module]
 

@@ -9,12 +9,14 @@ from rich.table import Table
 from ..errors import StargateError
 from ..evaluation.audit import STATUS_SAMPLE, audit
 from ..evaluation.efficiency import efficiency, mean_sem
-from ..runs import STAGES, recipe_of_run, split_for, training_format
+from ..runs import ENVIRONMENT_MARK, STAGES, recipe_of_run, split_for, training_format
 from ..store import Store
 
 
 def run_status(store: Store, run_id: str | None = None) -> dict:
-    """{"runs": [{"id", "recipe", "created_at", "iterations": [{iteration, split, pairs, ...}]}]}"""
+    """{"runs": [{"id", "recipe", "created_at", "iterations": [{iteration, split, pairs, ...}]}], "environments":
+    [{namespace, episodes, scored, logprob, efficiency}]}: the environments' namespaces (NAME#env:SPLIT), those of
+    the run alone with run_id, hold the episodes a UserEnvironment recorded."""
     runs = store.list_runs()
     if run_id is not None:
         runs = [r for r in runs if r["id"] == run_id]
@@ -56,7 +58,24 @@ def run_status(store: Store, run_id: str | None = None) -> dict:
             )
         out.append({"id": run["id"], "recipe": run["recipe_name"], "dataset": run["dataset"],
                     "created_at": run["created_at"], "iterations": iterations})
-    return {"home": str(store.home), "runs": out}
+    return {"home": str(store.home), "runs": out, "environments": environments(store, run_id)}
+
+
+def environments(store: Store, run_id: str | None = None) -> list[dict]:
+    """Per environment namespace (of the run alone, given run_id), its name (a run's id or a recipe's) and split:
+    the episodes recorded, how many were scored,
+    their gold log-prob (mean and standard error) and their efficiency, as for an iteration's conversations."""
+    out = []
+    for namespace in store.namespaces_holding(ENVIRONMENT_MARK):
+        if run_id is not None and not namespace.startswith(f"{run_id}{ENVIRONMENT_MARK}"):
+            continue
+        scores = [s["logprob"] for s in store.scores(namespace, 0)]
+        name, _, split = namespace.rpartition(ENVIRONMENT_MARK)
+        out.append({"namespace": namespace, "name": name, "split": split,
+                    "episodes": store.iteration_counts(namespace, 0)["conversations"], "scored": len(scores),
+                    "logprob": mean_sem(scores),
+                    "efficiency": efficiency(store.conversation_efficiency(namespace, 0), [])})
+    return out
 
 
 def _mean(stat: dict, digits: int = 0) -> str:
@@ -94,4 +113,14 @@ def status_tables(report: dict) -> list[Table]:
                             _mean(eff["user_tokens"]), *given, _mean(eff["response_tokens"]),
                             "yes" if it["complete"] else "no")
         tables += [records, trained]
+    if report["environments"]:
+        played = Table(title="episodes environments recorded (NAME#env:SPLIT), and their means")
+        for column in ("name", "split", "episodes", "scored", "gold logprob", "questions per conv", "user tokens"):
+            played.add_column(column.replace(" ", "\n"), justify="left" if column in ("name", "split") else "right",
+                              no_wrap=column != "name")
+        for env in report["environments"]:
+            eff = env["efficiency"]
+            played.add_row(env["name"], env["split"], str(env["episodes"]), str(env["scored"]),
+                           _mean(env["logprob"], 2), _mean(eff["questions"], 2), _mean(eff["user_tokens"]))
+        tables.append(played)
     return tables

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..prompts import is_question
-from .core import VARIABLES_PER_QUERY, StoreCore
+from .core import VARIABLES_PER_QUERY, StoreCore, like_prefix
 from .reward import reward_sql
 
 
@@ -91,6 +91,11 @@ class ConversationRecords(StoreCore):
             """,
             [run_id, iteration],
         )
+
+    def namespaces_holding(self, marker: str) -> list[str]:
+        """The namespaces whose name holds `marker` (say "#env:", the environment's) and that hold conversations."""
+        sql = "select distinct run_id from conversations where run_id like ? escape '\\' order by run_id"
+        return [r["run_id"] for r in self.rows(sql, ["%" + like_prefix(marker)])]
 
     def facts_given(self, run_id: str, iteration: int) -> list[int]:
         """Per conversation of an iteration whose user was gated (simulate.reveal asked), how many of its persona's

@@ -1,5 +1,5 @@
-"""The STaR-GATE user as an environment that a trainer drives (TRL, verifiers, a loop of one's own): the
-simulated user and the reward, without the project's trainer.
+"""The STaR-GATE user as an environment that a trainer drives (TRL through environment/trl.py, a loop of one's
+own): the simulated user and the reward, without the project's trainer.
 
 An episode is one conversation on one of a split's (task, persona) pairs, played as the simulate stage plays it
 but with the Questioner's turns given from outside. `reset` draws a pair and returns the Questioner's opening
@@ -34,18 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-from .engines.chat_models import ChatFailure, ChatModels, preflight
-from .engines.gate import Gate, embedder_source
-from .engines.questioner import Questioner
-from .errors import StargateError
-from .evaluation.elicitation import conversation_elicitation
-from .progress import Progress
-from .prompts import is_question, questioner_messages
-from .recipe import SPLITS, Recipe
-from .runs import pick_run, recipe_of_run, run_dir
-from .stages.data import make_pairs, prepare_data
-from .stages.score import base_weights, score_golds
-from .stages.simulate import (
+from ..engines.chat_models import ChatFailure, ChatModels, preflight
+from ..engines.gate import Gate, embedder_source
+from ..engines.questioner import Questioner
+from ..errors import StargateError
+from ..evaluation.elicitation import conversation_elicitation
+from ..progress import Progress
+from ..prompts import is_question, questioner_messages
+from ..recipe import SPLITS, Recipe
+from ..runs import environment_namespace, pick_run, recipe_of_run, run_dir
+from ..stages.data import make_pairs, prepare_data
+from ..stages.score import base_weights, score_golds
+from ..stages.simulate import (
     Roleplayers,
     conversation_id,
     pair_facts,
@@ -53,12 +53,8 @@ from .stages.simulate import (
     roleplayer_turn,
     user_gate,
 )
-from .store import Store
-from .store.reward import reward
-
-
-def environment_namespace(name: str, split: str) -> str:
-    return f"{name}#env:{split}"
+from ..store import Store
+from ..store.reward import reward
 
 
 @dataclass
@@ -201,6 +197,11 @@ class UserEnvironment:
         self._samples[chosen["id"]] += 1
         cid = conversation_id(chosen["id"], sample)
         return Episode(cid, chosen, sample, seed, self.roleplayers.name_for(cid))
+
+    def opening(self, pair: int) -> list[dict]:
+        """The Questioner's opening messages on pair number `pair`: the first observation of its episodes."""
+        p = self.pairs[pair]
+        return questioner_messages(p["persona_name"], p["task"], [], final=False, decide=self.decide)
 
     def observation(self, episode: Episode) -> dict:
         """What the Questioner reads for its next turn: its messages as the policy sees them in simulation, the
