@@ -67,6 +67,11 @@ def test_an_episode_gets_the_reward_the_score_stage_gives_its_conversation_and_i
     assert [s.info["turn_logprobs"] for s in last] == [pytest.approx(after["check-0"], abs=1e-4), {}]
     assert [s.info["questions"] for s in last] == [2, 1]
     assert last[0].reward == pytest.approx(last[0].info["logprob"] - 2 * 0.5, abs=1e-12)
+    # Each turn's reward-to-go, as rloo and grpo reckon it: the gold's gain from that turn on less the cost of the
+    # questions from it on; a final response's is 0 after a question.
+    final, after_first = last[0].info["logprob"], last[0].info["turn_logprobs"][1]
+    assert last[0].info["rewards_to_go"] == pytest.approx([final - 2 * 0.5, final - after_first - 0.5], abs=1e-12)
+    assert last[1].info["rewards_to_go"] == pytest.approx([last[1].info["logprob"] - 0.5, 0.0], abs=1e-12)
     # Finished conversations scored in one batch give the same.
     rescored = env.score_many([(e.pair, turns[e.id]) for e in episodes])
     assert [r["reward"] for r in rescored] == pytest.approx([s.reward for s in last], abs=1e-4)

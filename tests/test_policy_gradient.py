@@ -243,7 +243,7 @@ def test_one_step_starts_at_ratio_one_and_favours_the_better_conversations(quest
 def test_each_turn_gets_its_reward_to_go_against_the_pairs_other_conversations_at_that_turn():
     """Three conversations of one pair, gold log-probs after each turn given: reward-to-go per turn (question
     cost 1, one turn without a question mark), and the last conversation's answer with its 0."""
-    from stargate_lite.methods._policy_gradient import rewards_to_go
+    from stargate_lite.store.reward import rewards_to_go
 
     def turns(*asked: bool) -> list[dict]:
         return [t for a in asked for t in ({"role": "questioner", "text": "Why?" if a else "Fine."},

@@ -54,7 +54,7 @@ from ..stages.simulate import (
     user_gate,
 )
 from ..store import Store
-from ..store.reward import reward
+from ..store.reward import reward, rewards_to_go
 
 
 @dataclass
@@ -230,8 +230,10 @@ class UserEnvironment:
         is answered by the episode's Roleplayer, every episode's answer of one seed and turn requested at once. An
         episode ends there or at its pair's turn limit, and is scored: its Step's reward, and info {conversation_id,
         pair_id, turns, turn_limit, questions, answer, logprob, gold_tokens, turn_logprobs (reward.per_turn: the
-        gold's log-prob after each turn k but the last, else None), roleplayer, facts_given (a gated user's facts
-        per reply, else None), elicitation ({facts, active, passive, never}), questioner_tokens, user_tokens}.
+        gold's log-prob after each turn k but the last, else None), rewards_to_go (reward.per_turn: each Questioner
+        turn's reward-to-go as rloo and grpo reckon it, the final response's last, else None), roleplayer,
+        facts_given (a gated user's facts per reply, else None), elicitation ({facts, active, passive, never}),
+        questioner_tokens, user_tokens}.
         A step that goes on has info {turn, roleplayer, facts_given (this reply's), trimmed}.
 
         All or nothing: a turn longer than the Questioner's context, one the Roleplayer refuses for good (over its
@@ -322,11 +324,14 @@ class UserEnvironment:
             replies = [m for m in episode.messages if m["role"] == "roleplayer"]
             episode.done = True
             episode.reward = reward(logprob, questions, self.recipe.reward.question_cost)
+            per_turn = {k: lp for k, (lp, _) in after.items()} if self.recipe.reward.per_turn else None
             episode.info = {
                 "conversation_id": episode.id, "pair_id": episode.pair["id"], "turns": episode.turns,
                 "turn_limit": episode.pair["turns"], "questions": questions, "answer": episode.answer,
-                "logprob": logprob, "gold_tokens": n,
-                "turn_logprobs": {k: lp for k, (lp, _) in after.items()} if self.recipe.reward.per_turn else None,
+                "logprob": logprob, "gold_tokens": n, "turn_logprobs": per_turn,
+                "rewards_to_go": None if per_turn is None else rewards_to_go(
+                    {"conversation_id": episode.id, "logprob": logprob, "answer": episode.answer},
+                    episode.messages, per_turn, self.recipe.reward.question_cost),
                 "roleplayer": episode.roleplayer,
                 "facts_given": [[facts[i] for i in m["facts"]] for m in replies] if self.gate else None,
                 "elicitation": conversation_elicitation(_read_back(episode.messages), facts, self.elicitation_gate),

@@ -12,10 +12,10 @@ from ..engines.encoded import Encoded
 from ..engines.logits import sampling_logprobs
 from ..engines.training import Step, Trainee, keep_last, target_logits
 from ..errors import StargateError
-from ..prompts import is_question, questioner_messages
+from ..prompts import questioner_messages
 from ..recipe import Recipe, TrainConfig
 from ..store import Store
-from ..store.reward import reward
+from ..store.reward import rewards_to_go
 from . import Method, at_least_one
 
 
@@ -84,24 +84,6 @@ def policy_samples(store: Store, recipe: Recipe, run_id: str, iteration: int,
             asked = sum(m["role"] == "assistant" for m in messages)
             samples.append((messages, advantage * asked if len(advantage) == 1 else advantage))
     return at_least_one(samples, run_id, iteration)
-
-
-def rewards_to_go(row: dict, turns: list[dict], after: dict[int, float], cost: float) -> list[float]:
-    """Each Questioner turn's reward-to-go (policy_samples), the answer's (0) last where there is one."""
-    questions = [is_question(t["text"]) for t in turns if t["role"] == "questioner"]
-    final = row["logprob"]  # the gold's, after the whole conversation
-    if any(k not in after for k in range(1, len(questions))):
-        raise StargateError(f"conversation {row['conversation_id']} has no per-turn scores: was it scored with "
-                            "reward.per_turn?")
-    # phi(h_k), the gold's log-prob after the first k turns: 0 before any (the pair's constant), the per-turn
-    # scores between, `final` after the last turn. Turn k + 1's reward-to-go is final - phi(h_k), less the cost of
-    # the questions from it on; an answer after n turns leaves final - phi(h_n): 0 after a question turn, the whole
-    # reward where it is the conversation's first turn.
-    before = [0.0, *(after[k] for k in range(1, len(questions)))][: len(questions)]
-    to_go = [reward(final - b, sum(questions[k:]), cost) for k, b in enumerate(before)]
-    if row["answer"] is None:
-        return to_go
-    return [*to_go, 0.0 if questions else final]
 
 
 def token_advantages(encoded: Encoded, advantages: list[float]) -> list[float]:

@@ -3,10 +3,13 @@ reward.question_cost nats per question the Questioner asked.
 
 `reward` reckons it in Python and `reward_sql` writes it for the store's queries, side by side so the two cannot
 drift apart (tests/test_store.py checks that SQLite's arithmetic gives what Python's does, to the last bit).
-A turn's reward-to-go under reward.per_turn (methods/_policy_gradient.py) is `reward` of the log-prob the gold gained
-from that turn on and of the questions from that turn on."""
+A turn's reward-to-go under reward.per_turn (`rewards_to_go`, which rloo and grpo train on and the environment
+reports) is `reward` of the log-prob the gold gained from that turn on and of the questions from that turn on."""
 
 from __future__ import annotations
+
+from ..errors import StargateError
+from ..prompts import is_question
 
 
 def reward(logprob: float, questions: int, cost: float) -> float:
@@ -19,3 +22,23 @@ def reward_sql(logprob: str, questions: str, cost: str) -> str:
     """The reward as an SQL expression of three SQL expressions (columns, a bound `?`, a coalesce(...)), bracketed
     so it stands anywhere an expression can (a window's ORDER BY, a product)."""
     return f"({logprob} - {cost} * {questions})"
+
+
+def rewards_to_go(row: dict, turns: list[dict], after: dict[int, float], cost: float) -> list[float]:
+    """Each Questioner turn's reward-to-go, the answer's (0) last where there is one. row: {conversation_id,
+    logprob (the gold's after the whole conversation), answer}; turns: its {role, text}; after: the gold's
+    log-prob after each turn k but the last (the turn scores)."""
+    questions = [is_question(t["text"]) for t in turns if t["role"] == "questioner"]
+    final = row["logprob"]  # the gold's, after the whole conversation
+    if any(k not in after for k in range(1, len(questions))):
+        raise StargateError(f"conversation {row['conversation_id']} has no per-turn scores: was it scored with "
+                            "reward.per_turn?")
+    # phi(h_k), the gold's log-prob after the first k turns: 0 before any (the pair's constant), the per-turn
+    # scores between, `final` after the last turn. Turn k + 1's reward-to-go is final - phi(h_k), less the cost of
+    # the questions from it on; an answer after n turns leaves final - phi(h_n): 0 after a question turn, the whole
+    # reward where it is the conversation's first turn.
+    before = [0.0, *(after[k] for k in range(1, len(questions)))][: len(questions)]
+    to_go = [reward(final - b, sum(questions[k:]), cost) for k, b in enumerate(before)]
+    if row["answer"] is None:
+        return to_go
+    return [*to_go, 0.0 if questions else final]
