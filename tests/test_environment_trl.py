@@ -67,8 +67,10 @@ def test_grpo_trains_smollm2_through_the_environment_on_its_reward_with_the_user
     import torch
 
     from stargate_lite.environment.trl import GRPORollouts
+    from stargate_lite.prompts import questioner_messages
 
-    recipe = load_recipe("tiny", TINY_CI_OVERRIDES)
+    # Questions of up to 24 tokens: some turns stop on their end-of-turn marker, some are cut at the limit.
+    recipe = load_recipe("tiny", [*TINY_CI_OVERRIDES, "simulate.question_max_tokens=24"])
     played = []
     with UserEnvironment(recipe, with_data, record=True, progress=QUIET) as env:
         rollouts = GRPORollouts(env)
@@ -86,6 +88,7 @@ def test_grpo_trains_smollm2_through_the_environment_on_its_reward_with_the_user
         assert moved, "no LoRA weight changed in two GRPO steps"
 
         tokenizer = env.questioner.tokenizer
+        stopped = cut = 0
         assert len(played) == 2 and all(len(out["completion_ids"]) == 4 for out, _ in played)
         for out, episodes in played:
             for k, episode in enumerate(episodes):
@@ -103,6 +106,17 @@ def test_grpo_trains_smollm2_through_the_environment_on_its_reward_with_the_user
                 assert final or episode.turns == episode.pair["turns"]
                 assert all(reply in gap for reply, gap in zip(replies, between, strict=True)), (replies, between)
                 assert len(out["logprobs"][k]) == len(ids)
+                # The whole sequence is the conversation as the Questioner's template renders it, marker for
+                # marker, whether a turn stopped on its end-of-turn or was cut (whitespace aside: a stored turn
+                # is its sampled text stripped, and a turn may be sampled with a newline before its marker).
+                whole = tokenizer.decode(out["prompt_ids"][k] + ids)
+                rendered = env.questioner.render(questioner_messages(
+                    episode.pair["persona_name"], episode.pair["task"], turns, final=False, decide=env.decide))
+                assert "".join(whole.split()) == "".join(rendered.split()), (whole, rendered)
+                stopped += sum(m.get("cut") == 0 for m in turns if m["role"] == "questioner")
+                cut += sum(m.get("cut") == 1 for m in turns if m["role"] == "questioner")
+
+        assert stopped and cut, (stopped, cut)  # both ends of a turn were met
 
         # The first call's turns were sampled from the policy before any step: their log-probs are its log-probs given
         # the ids before them (at the trainer's temperature), so the trainer scores what was sampled.
@@ -121,7 +135,8 @@ def test_grpo_trains_smollm2_through_the_environment_on_its_reward_with_the_user
         # The reward the trainer got, beside the score stage's on the same conversations.
         episodes = [e for _, call in played for e in call]
         given = [r for out, _ in played for r in out["stargate_reward"]]
-        assert given == pytest.approx(score_stage_rewards(env, [e.id for e in episodes], 0.0), abs=1e-4)
+        assert given == pytest.approx(score_stage_rewards(env, [e.id for e in episodes],
+                                                                      recipe.reward.question_cost), abs=1e-4)
         assert {c["id"] for c in Store(with_data).conversations("tiny#env:A", 0)} == {e.id for e in episodes}
 
     logged = [entry for entry in trainer.state.log_history if "rewards/stargate_reward/mean" in entry]

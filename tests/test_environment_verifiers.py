@@ -57,7 +57,13 @@ def test_vf_eval_plays_the_user_and_rewards_each_rollout_as_the_score_stage(with
         ids = [trace["info"]["stargate"]["conversation_id"] for trace in traces]
         assert set(ids) == set(stored) and {stored[i]["policy"] for i in ids} == {"verifiers"}
         turns = env.store.turns(ids)
+        cut = env.store.cut_turns("tiny#env:A", 0)
         for trace, cid in zip(traces, ids, strict=True):
+            # A turn is stored cut when its model call stopped at the token limit (6 tokens: most do).
+            reasons = [call.get("finish_reason") for call in trace["calls"] if call.get("error") is None]
+            asked = [idx for idx, t in enumerate(turns[cid]) if t["role"] == "questioner"]
+            assert {(cid, idx) for idx, reason in zip(asked, reasons, strict=True) if reason == "length"} == {
+                (c, idx) for c, idx in cut if c == cid}
             said = [(n["message"]["role"], n["message"]["content"].strip()) for n in trace["nodes"]][1:]
             # The Questioner's side: every turn but the user's last reply, which ends the episode unsent; the
             # conversation the reward scores, whole, in the trace's info.
@@ -68,8 +74,9 @@ def test_vf_eval_plays_the_user_and_rewards_each_rollout_as_the_score_stage(with
             assert trace["rewards"]["stargate_reward"]["weight"] == 1.0
             assert trace["metrics"]["questions_asked"] == trace["info"]["stargate"]["questions"]
             assert "facts_elicited_actively" in trace["metrics"]
+        assert cut, "no turn was cut at 6 tokens"
         given = [trace["rewards"]["stargate_reward"]["score"] for trace in traces]
-        assert given == pytest.approx(score_stage_rewards(env, ids, 0.0), abs=1e-4)
+        assert given == pytest.approx(score_stage_rewards(env, ids, recipe.reward.question_cost), abs=1e-4)
 
 
 def test_without_verifiers_the_module_names_the_install_command(monkeypatch):

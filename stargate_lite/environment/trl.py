@@ -10,8 +10,9 @@ The completion handed to the trainer is the whole conversation after the opening
 each Questioner turn as it was sampled (env_mask 1, trained), and between turns the chat template's text that
 closes the turn and the user's reply (env_mask 0, never trained). Each turn is sampled from exactly the ids that
 come before it in that completion, so the log-probs the trainer recomputes are those of what was sampled. The
-sampling temperature and top-p are the trainer's (GRPOConfig temperature and top_p, at which TRL reckons its
-log-probs): set them to the recipe's simulate.temperature and simulate.top_p to play as the simulate stage plays.
+sampling temperature and top-p are the trainer's (GRPOConfig temperature and top_p; TRL reckons its log-probs at
+that temperature), with no top-k, min-p or repetition penalty unless GRPOConfig sets them, as the simulate stage
+samples: set them to the recipe's simulate.temperature and simulate.top_p to play as the simulate stage plays.
 A question's token limit is the recipe's simulate.question_max_tokens; GRPOConfig's max_completion_length does not
 bound a rollout, the pair's turn limit does. The reward is the episode's (UserEnvironment.step): the base model's
 log-prob of the gold given the conversation, less reward.question_cost per question, sequence-level (TRL's GRPO
@@ -21,8 +22,10 @@ has no per-turn reward).
 from __future__ import annotations
 
 import json
+import random
 from importlib.metadata import PackageNotFoundError, version
 
+from ..engines.encoded import PLAIN_SAMPLING
 from ..errors import StargateError
 from ..prompts import questioner_messages
 from .user import Episode, UserEnvironment
@@ -96,6 +99,7 @@ class GRPORollouts:
                                     "name and task), so a prompt cannot say which of them to play: use a split "
                                     "whose pairs differ in task or persona name")
         self.episodes: list[Episode] = []  # the last call's, finished
+        self._calls = 0
 
     @staticmethod
     def _key(messages: list[dict]) -> str:
@@ -118,17 +122,20 @@ class GRPORollouts:
                 raise StargateError(f"a prompt that opens none of split {self.env.split}'s pairs: give GRPOTrainer "
                                     "the rollouts' own dataset (GRPORollouts.dataset())")
             pairs.append(self._pair_of[self._key(prompt)])
-        model = trainer.accelerator.unwrap_model(trainer.model)
+        sampling = self._sampling(trainer.args)
+        # One seed for the call's episodes: the user's replies of one turn are then one request (UserEnvironment
+        # groups them by seed and turn), whatever the batch.
+        seed = random.Random(f"{self.env.recipe.seed}/trl/{self._calls}").randrange(2**31)
+        self._calls += 1
         render = self.env.questioner.render
-        episodes = [self.env.start(pair=n) for n in pairs]
+        episodes = [self.env.start(pair=n, seed=seed) for n in pairs]
         prompt_ids = [self._ids(render(self.env.opening(n), add_generation_prompt=True)) for n in pairs]
         completion_ids: list[list[int]] = [[] for _ in episodes]
         logprobs: list[list[float]] = [[] for _ in episodes]
         env_mask: list[list[int]] = [[] for _ in episodes]
         active = list(range(len(episodes)))
         while active:
-            sampled = self._sample(model, [prompt_ids[i] + completion_ids[i] for i in active],
-                                   trainer.args.temperature, trainer.args.top_p)
+            sampled = self._sample(trainer, [prompt_ids[i] + completion_ids[i] for i in active], sampling)
             texts = [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids, _, _ in sampled]
             before = [list(episodes[i].messages) for i in active]
             self.env.step_many([episodes[i] for i in active], texts, [not stopped for _, _, stopped in sampled])
@@ -160,26 +167,40 @@ class GRPORollouts:
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _sample(self, model, contexts: list[list[int]], temperature: float, top_p: float) -> list:
-        """One Questioner turn per context, sampled at the trainer's temperature and top-p up to the recipe's
-        question_max_tokens: (its ids up to and with the stop token, each id's log-prob at that temperature,
-        whether it stopped)."""
+    @staticmethod
+    def _sampling(args) -> dict:
+        """The trainer's sampling settings (GRPOConfig), the rest plain as the simulate stage samples (no top-k,
+        min-p or repetition penalty a model's generation config may carry). generation_kwargs would set what TRL's
+        log-probs do not follow, so they are refused."""
+        if args.generation_kwargs:
+            raise StargateError(f"GRPOConfig generation_kwargs {args.generation_kwargs!r}: the rollouts sample with "
+                                "temperature, top_p, top_k, min_p and repetition_penalty alone; set those instead")
+        return {**PLAIN_SAMPLING, "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k or 0,
+                "min_p": args.min_p or 0.0, "repetition_penalty": args.repetition_penalty}
+
+    def _sample(self, trainer, contexts: list[list[int]], sampling: dict) -> list:
+        """One Questioner turn per context, sampled by the trainer's model (unwrapped as TRL's own generation
+        unwraps it) up to the recipe's question_max_tokens: (its ids up to and with the stop token, each id's
+        log-prob at the sampling temperature, whether it stopped)."""
         import torch
+        from trl.models.utils import unwrap_model_for_generation
 
         pad = self.tokenizer.pad_token_id
         width = max(len(c) for c in contexts)
-        device = next(model.parameters()).device
-        ids = torch.tensor([[pad] * (width - len(c)) + c for c in contexts], device=device)
-        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=device)
-        stop_ids = self.env.questioner.stop_token_ids(model)
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature,
-                                 top_p=top_p, max_new_tokens=self.env.recipe.simulate.question_max_tokens,
-                                 pad_token_id=pad, eos_token_id=stop_ids, output_logits=True,
-                                 return_dict_in_generate=True)
+        with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
+                                         gather_deepspeed3_params=trainer.args.ds3_gather_for_generation) as model:
+            device = next(model.parameters()).device
+            ids = torch.tensor([[pad] * (width - len(c)) + c for c in contexts], device=device)
+            mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=device)
+            stop_ids = self.env.questioner.stop_token_ids(model)
+            with torch.no_grad():
+                out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, **sampling,
+                                     max_new_tokens=self.env.recipe.simulate.question_max_tokens, pad_token_id=pad,
+                                     eos_token_id=stop_ids, output_logits=True, return_dict_in_generate=True)
         new = out.sequences[:, width:]
-        logps = torch.log_softmax(torch.stack(out.logits, dim=1).float() / temperature, dim=-1)
-        logps = logps.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        # One step's full-vocabulary log-probs at a time: all of them at once would be batch x tokens x vocabulary.
+        logps = torch.stack([torch.log_softmax(step.float() / sampling["temperature"], dim=-1)
+                             .gather(-1, new[:, k : k + 1]).squeeze(-1) for k, step in enumerate(out.logits)], dim=1)
         turns = []
         for row in range(len(contexts)):
             tokens = new[row].tolist()
@@ -196,14 +217,14 @@ class GRPORollouts:
         def view(messages):
             return questioner_messages(p["persona_name"], p["task"], messages, final=False, decide=env.decide)
 
-        asked = view(episode.messages[:-1])
         before = render(view(earlier), add_generation_prompt=True)
-        after = render(asked)
+        after = render(view(episode.messages[:-1]))
         text = episode.messages[-2]["text"]
-        if not after.startswith(before) or text not in after[len(before):]:
+        found = after.find(text, len(before)) if after.startswith(before) else -1
+        if found < 0:
             raise StargateError("the Questioner's chat template does not render a conversation as an extension of "
                                 "its prefix: use a model with a standard chat template")
-        close = after[after.rindex(text) + len(text):] if text else after[len(before):]
+        close = after[found + len(text):]  # the first place the turn's text is after its prefix: the turn itself
         if stop_id is not None:
             close = close.removeprefix(self.tokenizer.decode([stop_id]))
         following = render(view(episode.messages), add_generation_prompt=not episode.done)

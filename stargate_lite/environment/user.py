@@ -9,10 +9,10 @@ stage's own roleplayer_turn: what the user sees, the seed, the trim). The episod
 response (simulate.turns policy: a turn that is not a question, prompts.is_question) or at the pair's turn limit.
 
 Its reward is the project's, computed as the score stage computes it: log p_base(gold | task, conversation) under
-the base Questioner (stages/score.py, score_golds), less reward.question_cost per question (store/reward.py).
-With reward.per_turn the gold's log-prob after each turn but the last comes too: the turn scores the score stage
-stores, from which rloo and grpo reckon each turn's reward-to-go (methods/_policy_gradient.py). Beside it, `info`
-holds what a trainer logs: the questions asked, what the conversation drew out of the persona
+the base Questioner (stages/score.py, score_golds), less reward.question_cost per question (store/reward.py). With
+reward.per_turn the gold's log-prob after each turn but the last comes too: the turn scores the score stage stores,
+from which rloo and grpo reckon each turn's reward-to-go (store/reward.py's rewards_to_go, in info too). Beside it,
+`info` holds what a trainer logs: the questions asked, what the conversation drew out of the persona
 (evaluation/elicitation.py, counted with the recipe's gate for a free user too, as eval counts), the user's tokens
 and the Questioner's counted apart (in the Questioner's tokenizer, the efficiency metrics' unit), which Roleplayer
 answered and, for a gated user, the facts it was given for each reply.

@@ -17,9 +17,10 @@ simulate.turns policy, or the pair's turn limit). Its reward (weight 1) is the e
 log-prob of the gold given the conversation, less reward.question_cost per question; the questions asked and the
 share of the persona's facts told when asked for are metrics (weight 0). The model's sampling is the run's
 (`--sampling.temperature`, `--sampling.max-tokens`: give the recipe's simulate settings to play as the simulate
-stage plays); verifiers does not say whether a reply was cut at its token limit, so every turn is stored uncut.
+stage plays); a reply whose model call stopped at the token limit is stored cut, as the simulate stage stores it.
 
-The episodes are played one at a time against the one UserEnvironment, made and stepped on a thread of its own
+The episodes are played one at a time against the one UserEnvironment (an episode's wait for its turn counts
+towards verifiers' --env.timeout.episode), made and stepped on a thread of its own
 (its store's SQLite connection serves only the thread that opened it; its Roleplayer and base model serve one
 episode at a time); with `--env.taskset.record true` it stores each under the environment's namespace.
 """
@@ -156,7 +157,8 @@ class ClarifyEnv(vf.Env[ClarifyEnvConfig]):
                     raise StargateError(f"episode {episode.id}: the Questioner's run ended before the episode did "
                                         f"(after {episode.turns} turns of {episode.pair['turns']}): raise its "
                                         "--env.questioner.max-turns")
-                (step,) = await self.taskset.call(env.step_many, [episode], [segment.last_reply])
+                (step,) = await self.taskset.call(env.step_many, [episode], [segment.last_reply],
+                                                  [_cut(questioner.trace)])
                 if step.done:
                     break
                 segment = await questioner.turn(step.observation["messages"][-1]["content"])
@@ -164,6 +166,13 @@ class ClarifyEnv(vf.Env[ClarifyEnvConfig]):
             # the episode at the turn limit and is never sent to the Questioner.
             questioner.trace.info["stargate"] = {"reward": step.reward, **step.info, "conversation": [
                 {"role": m["role"], "text": m["text"]} for m in episode.messages]}
+
+
+def _cut(trace) -> bool:
+    """Whether the Questioner's last reply stopped at its token limit (its model call's finish reason), as the
+    simulate stage stores a turn's `cut`."""
+    last = next((call for call in reversed(trace.calls) if call.error is None), None)
+    return bool(last and last.finish_reason == "length")
 
 
 __all__ = ["ClarifyEnv", "ClarifyTaskset"]
