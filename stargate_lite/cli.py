@@ -304,6 +304,9 @@ def probe(
     q0_from: Annotated[str | None, typer.Option(
         "--q0-from", metavar="RUN", help="Take Q_0's conversations from this run's probe (a run of the home whose "
         "recipe differs only after simulation).")] = None,
+    adapters: Annotated[list[str] | None, typer.Option(
+        "--adapter", metavar="NAME=FOLDER", help="Also a LoRA adapter trained elsewhere on the run's base "
+        "Questioner (TRL on the environment, say), probed as a policy by that name (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Also draw the gains per iteration to this PNG.")] = None,
     home: HomeOption = None,
@@ -318,9 +321,17 @@ def probe(
 
     if plot is not None and not plot.parent.is_dir():
         raise StargateError(f"--plot {plot}: there is no folder {plot.parent} to write it in")
+    named = {}
+    for item in adapters or []:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise StargateError(f"--adapter {item}: write it NAME=FOLDER (--adapter trl=runs/trl/adapter)")
+        if name in named:
+            raise StargateError(f"--adapter {name} is given twice: give each adapter a name of its own")
+        named[name] = folder
     summary = run_probe(home, run_id, iterations, split_sizes(tasks or [], "--tasks"),
                         split_sizes(personas or [], "--personas"), conversations, roleplayer, control, q0_from,
-                        no_questions=no_questions)
+                        no_questions=no_questions, adapters=named)
     if plot is not None:
         plot_probe(summary, plot)
     if as_json:

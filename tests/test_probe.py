@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sqlite3
 
 import pytest
@@ -14,6 +15,7 @@ from conftest import cli
 from stargate_lite.errors import StargateError
 from stargate_lite.evaluation.probe import (
     CONTROL,
+    GROUPS,
     NO_QUESTIONS,
     policy_difference,
     probe,
@@ -128,10 +130,64 @@ def test_the_probe_pairs_each_policy_with_q0_under_the_same_seeds_and_makes_q0_o
 
     assert read(shared["policies"][0]["splits"]) == read(both["policies"][0]["splits"])
     assert read(shared["control"]) == read(both["control"]) and shared["q0_run"] == "tiny"
+    # A chat model the probe does not ask (added for another evaluation's Roleplayer) changes no Q_0 conversation.
+    spare = {**recipe.chat_models, "spare": recipe.chat_models["smollm2"].model_copy(update={"n_ctx": 1024})}
+    open_run(store, recipe.model_copy(update={"chat_models": spare}), "wider")
+    probe(finished, "wider", iterations=[], tasks=TASKS, personas=PERSONAS, conversations=1, q0_from="tiny")
+    assert _rows(finished) == {table: n * 2 + 6 for table, n in made.items()}
     hotter = recipe.simulate.model_copy(update={"temperature": 1.2})
     open_run(store, recipe.model_copy(update={"simulate": hotter}), "hotter")
     with pytest.raises(StargateError, match="simulate.temperature"):
         probe(finished, "hotter", iterations=[], tasks=TASKS, personas=PERSONAS, conversations=1, q0_from="tiny")
+
+
+def test_an_adapter_trained_elsewhere_is_probed_as_a_policy_on_the_same_pairs_and_seeds(finished, tmp_path):
+    """An adapter given by name (here a copy of the run's own Q_1, as one trained elsewhere would come) makes its
+    conversations under its own namespace on Q_1's pairs, seeds and Roleplayer: the copy's rewards are Q_1's pair for
+    pair, so its gain over Q_0 is Q_1's and the two differ by nothing, paired. A rerun makes nothing; the name given
+    to another folder, a name that reads as an iteration and a folder that is no adapter are refused, one line
+    each, and nothing is made."""
+    store = Store(finished)
+    copy = shutil.copytree(store.training("tiny", 1)["adapter"], tmp_path / "elsewhere")
+    summary = probe(finished, iterations=[1], tasks=TASKS, personas=PERSONAS, conversations=1,
+                    adapters={"copy": str(copy)})
+    (adapter,) = summary["adapters"]
+    assert adapter["name"] == "copy" and adapter["adapter"] == str(copy.resolve())
+    q1 = summary["policies"][1]["splits"]
+    for split in ("A", "B", "test"):
+        rewards = [{s["pair_id"].split("/", 2)[2]: s["logprob"] for s in store.scores(probe_namespace(
+            "tiny", "smollm2", split, policy), 0)} for policy in (1, "copy")]
+        assert rewards[0].keys() == rewards[1].keys() and len(rewards[0]) == 2
+        assert [rewards[1][k] for k in rewards[0]] == pytest.approx(list(rewards[0].values()), abs=1e-4)
+        made_by = {c["policy"] for c in store.conversations(probe_namespace("tiny", "smollm2", split, "copy"), 0)}
+        assert made_by == {f"adapter:{copy.resolve()}"}
+    for group in GROUPS:
+        assert adapter["splits"][group]["gain"].mean == pytest.approx(q1[group]["gain"].mean, abs=1e-4)
+        assert adapter["splits"][group]["trained_on"] is None  # trained elsewhere: not known here
+    assert policy_difference(store, ("tiny", "copy"), ("tiny", 1), "smollm2")["A+B"].mean == pytest.approx(0,
+                                                                                                         abs=1e-4)
+    made = _rows(finished)
+    assert made == {"pairs": 3 * 6, "conversations": 3 * 6, "scores": 3 * 6}
+    assert probe(finished, iterations=[1], tasks=TASKS, personas=PERSONAS, conversations=1,
+                 adapters={"copy": str(copy)}) == summary
+    other = shutil.copytree(copy, tmp_path / "other")
+    for adapters, refusal in (({"copy": str(other)}, "already holds copy made by .*elsewhere: give this"),
+                              ({"2": str(copy)}, "name an adapter with a letter"),
+                              ({"none": str(tmp_path)}, "is not a LoRA adapter folder")):
+        with pytest.raises(StargateError, match=refusal):
+            probe(finished, iterations=[1], tasks=TASKS, personas=PERSONAS, conversations=1, adapters=adapters)
+    assert _rows(finished) == made
+
+    # The command: the adapter's rows in the table, by name, after the run's policies.
+    args = ["probe", "-i", "1", "--conversations", "1",
+            *(a for split, n in TASKS.items() for a in ("--tasks", f"{split}={n}")),
+            *(a for split, n in PERSONAS.items() for a in ("--personas", f"{split}={n}"))]
+    table = cli(*args, "--adapter", f"copy={copy}", home=finished).stdout.splitlines()
+    assert [line.split()[:3] for line in table[10:14]] == [["copy", group, "2" if group != "A+B" else "4"]
+                                                          for group in GROUPS]
+    refused = cli(*args, "--adapter", str(copy), home=finished, check=False)
+    assert refused.returncode == 2 and "write it NAME=FOLDER" in refused.stderr
+    assert _rows(finished) == made
 
 
 def test_the_probe_command_prints_what_the_library_returns(finished, tmp_path):

@@ -19,7 +19,11 @@ its persona whenever it is asked anything (PersonaReciter), so the conversations
 would elicit. Each gain comes with the smallest gain the probe detects at its size: 2.8 standard errors (a
 two-sided 5% test with 80% power), the standard error read from the gain's own interval.
 
-Each (split, policy) is an evaluation namespace of its own ("RUN#probe:ROLEPLAYER:SPLIT:ETA", iteration 0), so
+A LoRA adapter trained elsewhere (TRL's GRPOTrainer on the environment, say) is probed beside the run's policies
+(`adapters`, by a name): the same pairs, seeds and Roleplayer, paired with Q_0 as they are.
+
+Each (split, policy) is an evaluation namespace of its own ("RUN#probe:ROLEPLAYER:SPLIT:ETA", ETA the iteration or
+an adapter's name; iteration 0), so
 every policy meets the same turn counts, the same sampling seeds and the same Roleplayer seeds, and a rerun
 reuses what is stored: Q_0's conversations are made once. A sweep's runs that differ only in what happens after
 simulation (training, responses, reward, evaluation) make the same Q_0 conversations, so one run's probe can use
@@ -40,6 +44,7 @@ from ..progress import Progress
 from ..prompts import is_question
 from ..recipe import SPLITS, Recipe
 from ..runs import (
+    check_adapter,
     check_chat_model,
     execution_only,
     pick_run,
@@ -64,6 +69,7 @@ NO_QUESTIONS = "answer-at-once"  # the no-question arm: Q_0 answering at once, n
 DETECTABLE_SE = 2.8  # z(0.975) + z(0.80): the gain a two-sided 5% test finds 80% of the time, in standard errors
 PROBE_SEED = 104_729  # added to the run's seed: conversations apart from training's and evaluation's
 _SENTENCE = re.compile(r"[^.!?]*[.!?]+|[^.!?]+$")
+_ADAPTER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 # Recipe sections that act only after simulation: runs that differ in nothing else make the same Q_0 conversations.
 AFTER_SIMULATION = ("name", "description", "reward", "respond", "train", "eval", "judge")
 # The probe set: per split, its first tasks and personas (48 training-distribution pairs and 12 test pairs).
@@ -72,13 +78,38 @@ PROBE_PERSONAS = {"A": 4, "B": 4, "test": 2}
 GROUPS = ("A", "B", "A+B", "test")  # the splits, and A and B taken together: the training distribution
 
 
-def probe_namespace(run_id: str, roleplayer: str, split: str, iteration: int) -> str:
-    return f"{run_id}#probe:{roleplayer}:{split}:{iteration}"
+def probe_namespace(run_id: str, roleplayer: str, split: str, policy: int | str) -> str:
+    """The namespace of one policy's probe on one split: `policy` is an iteration, or an adapter's name."""
+    return f"{run_id}#probe:{roleplayer}:{split}:{policy}"
 
 
-def _policy_namespace(run_id: str, q0_run: str, roleplayer: str, split: str, iteration: int) -> str:
-    """Q_0's probe (and the control's) lives under q0_run, each trained policy's under its own run."""
-    return probe_namespace(q0_run if iteration == 0 else run_id, roleplayer, split, iteration)
+def _policy_namespace(run_id: str, q0_run: str, roleplayer: str, split: str, policy: int | str) -> str:
+    """Q_0's probe (and the control's) lives under q0_run, each trained policy's (and adapter's) under its own run."""
+    return probe_namespace(q0_run if policy == 0 else run_id, roleplayer, split, policy)
+
+
+def check_probe_adapters(store: Store, run_id: str, roleplayer: str, adapters: dict[str, str]) -> dict[str, str]:
+    """Each adapter by name, its folder checked and made absolute. A name is a word that is not an iteration; one
+    probed before with another folder is refused (its conversations would be another policy's)."""
+    out = {}
+    for name, folder in adapters.items():
+        if not _ADAPTER_NAME.fullmatch(name):
+            raise StargateError(f"--adapter {name}={folder}: name an adapter with a letter, then letters, digits, "
+                                "'-', '_' or '.' (it names the adapter's probe in the store)")
+        check_adapter(folder)
+        out[name] = str(Path(folder).resolve())
+        for split in SPLITS:
+            made = {c["policy"] for c in store.conversations(probe_namespace(run_id, roleplayer, split, name), 0)}
+            other = made - {adapter_policy(out[name])}
+            if other:
+                raise StargateError(f"--adapter {name}: run {run_id}'s probe already holds {name} made by "
+                                    f"{min(other).removeprefix('adapter:')}: give this adapter another name")
+    return out
+
+
+def adapter_policy(folder: str) -> str:
+    """The policy name an adapter's probe conversations are stored with (as `chat --adapter` names it)."""
+    return f"adapter:{folder}"
 
 
 def response_words(text: str) -> int:
@@ -139,11 +170,18 @@ def probe_recipe(recipe: Recipe, tasks: dict[str, int], personas: dict[str, int]
     return recipe.model_copy(update={"data": data, "simulate": simulate_config})
 
 
-def check_q0_source(store: Store, run_id: str, recipe: Recipe, q0_from: str) -> None:
-    """Refuse to take Q_0's probe conversations from a run whose recipe would make other ones."""
+def check_q0_source(store: Store, run_id: str, recipe: Recipe, q0_from: str, roleplayer: str) -> None:
+    """Refuse to take Q_0's probe conversations from a run whose recipe would make other ones. Chat models the
+    probe does not ask (neither its Roleplayer nor the Oracle: one added for `eval --roleplayer`, say) make none."""
     source = recipe_of_run(pick_run(store, q0_from))
-    different = [k for k in recipe_changes(source, recipe)
-                 if k.partition(".")[0] not in AFTER_SIMULATION and not execution_only(k)]
+
+    def makes_other(key: str) -> bool:
+        section, _, rest = key.partition(".")
+        if section == "chat_models" and rest.partition(".")[0] not in {roleplayer, recipe.roles.oracle}:
+            return False
+        return section not in AFTER_SIMULATION and not execution_only(key)
+
+    different = [k for k in recipe_changes(source, recipe) if makes_other(k)]
     if different:
         raise StargateError(f"run {q0_from!r} makes other Q_0 conversations than run {run_id!r} (its recipe differs "
                             f"in {', '.join(different[:5])}): probe without taking Q_0 from it")
@@ -152,7 +190,8 @@ def check_q0_source(store: Store, run_id: str, recipe: Recipe, q0_from: str) -> 
 def probe(home: Path | str | None = None, run_id: str | None = None, iterations: list[int] | None = None,
           tasks: dict[str, int] | None = None, personas: dict[str, int] | None = None, conversations: int = 3,
           roleplayer: str | None = None, control: bool = False, q0_from: str | None = None,
-          progress: Progress | None = None, no_questions: bool = False) -> dict:
+          progress: Progress | None = None, no_questions: bool = False,
+          adapters: dict[str, str] | None = None) -> dict:
     """Run (or resume) the probe for a run's policies and return its summary (`summarize_probe`).
 
     tasks / personas: per split, how many of the split's first tasks and personas make the probe's pairs
@@ -162,22 +201,25 @@ def probe(home: Path | str | None = None, run_id: str | None = None, iterations:
     differs only after simulation; Q_0's conversations (and the control's) are read from its probe, or made
     there. no_questions: also the no-question arm, each pair's conversation with no turn at all (Q_0 made to
     answer at once; its reward is log p_base(gold | task), one conversation per pair since nothing is sampled):
-    the reward of not asking, below which asking has lost and up to the control's the room to learn lies."""
+    the reward of not asking, below which asking has lost and up to the control's the room to learn lies.
+    adapters: LoRA adapter folders by a name (trained on the run's base Questioner), each probed as a policy of the
+    run, its gain paired with Q_0's."""
     tasks, personas = probe_sizes(tasks, personas)
     store = Store(home, create=False)
     run = pick_run(store, run_id)
     run_id, recipe = run["id"], recipe_of_run(run)
     q0_run = q0_from or run_id
-    if q0_run != run_id:
-        check_q0_source(store, run_id, recipe, q0_run)
     roleplayer = roleplayer or recipe.roles.main_roleplayer
     check_chat_model(recipe, run_id, "--roleplayer", roleplayer)
+    if q0_run != run_id:
+        check_q0_source(store, run_id, recipe, q0_run, roleplayer)
     if conversations < 1:
         raise StargateError("the probe needs at least one conversation per pair")
     wanted = policies(store, run_id, iterations)
+    adapters = check_probe_adapters(store, run_id, roleplayer, adapters or {})
     sized = probe_recipe(recipe, tasks, personas, conversations)
     # (split, answering Roleplayer, policy): the control is Q_0 with the persona reciter.
-    runs = [(split, roleplayer, it) for split in SPLITS for it in wanted]
+    runs = [(split, roleplayer, it) for split in SPLITS for it in [*wanted, *adapters]]
     runs += [(split, CONTROL, 0) for split in SPLITS] if control else []
     runs += [(split, NO_QUESTIONS, 0) for split in SPLITS] if no_questions else []
     namespace = functools.partial(_policy_namespace, run_id, q0_run)
@@ -202,7 +244,11 @@ def probe(home: Path | str | None = None, run_id: str | None = None, iterations:
             get = chat.get
             if rp == CONTROL:
                 get = {CONTROL: PersonaReciter([p["persona"] for p in store.pairs(ns, 0)])}.__getitem__
-            adapter = store.training(run_id, it)["adapter"] if it else None
+            if isinstance(it, str):
+                adapter, label = adapters[it], adapter_policy(adapters[it])
+            else:
+                adapter = store.training(run_id, it)["adapter"] if it else None
+                label = f"iteration-{it}" if it else "base"
             with models().policy(adapter) as policy:
                 if rp == NO_QUESTIONS:
                     store.save_conversations([
@@ -212,14 +258,14 @@ def probe(home: Path | str | None = None, run_id: str | None = None, iterations:
                     score_stage(store, ns, 0, policy, models().questioner, recipe.score, progress)
                     store.mark_stage(ns, 0, "probe")
                     continue
-                simulate(store, ns, 0, policy, f"iteration-{it}" if it else "base", models().questioner,
+                simulate(store, ns, 0, policy, label, models().questioner,
                          Roleplayers({rp: 1.0}, get, recipe.seed, None if rp == CONTROL else gate()),
                          sized.simulate, recipe.seed + PROBE_SEED,
                          progress)
                 score_stage(store, ns, 0, policy, models().questioner, recipe.score, progress)
             store.mark_stage(ns, 0, "probe")
     return summarize_probe(store, run_id, roleplayer, wanted, recipe.reward.question_cost, control, q0_run,
-                           gate() or recipe_gate(sized.simulate, store.home), no_questions)
+                           gate() or recipe_gate(sized.simulate, store.home), no_questions, adapters)
 
 
 def _policy_split(store: Store, ns: str, question_cost: float,
@@ -247,8 +293,8 @@ def _policy_split(store: Store, ns: str, question_cost: float,
 
 def summarize_probe(store: Store, run_id: str, roleplayer: str, iterations: list[int], question_cost: float = 0.0,
                     control: bool = False, q0_run: str | None = None, gate: Gate | None = None,
-                    no_questions: bool = False) -> dict:
-    """The probe as stored: per policy (and the control) and split, the mean reward, the gain over Q_0 paired per
+                    no_questions: bool = False, adapters: dict[str, str] | None = None) -> dict:
+    """The probe as stored: per policy (each adapter and the control too) and split, the mean reward, the gain over Q_0 paired per
     pair with its crossed-bootstrap interval and the smallest gain detectable at that size, the asking and
     response-text shares, elicitation (elicitation.py: facts told asked, told unasked and never, per conversation;
     None without a gate), and how many probe pairs the run trained on. A and B are also taken together ("A+B"):
@@ -261,7 +307,7 @@ def summarize_probe(store: Store, run_id: str, roleplayer: str, iterations: list
     namespace = functools.partial(_policy_namespace, run_id, q0_run)
     base = {split: _policy_split(store, namespace(roleplayer, split, 0), question_cost)[0] for split in SPLITS}
 
-    def splits_of(rp: str, it: int, paired: bool) -> dict:
+    def splits_of(rp: str, it: int | str, paired: bool) -> dict:
         measured = {split: _policy_split(store, namespace(rp, split, it), question_cost, gate) for split in SPLITS}
         out = {}
         for name, members in {**{split: (split,) for split in SPLITS}, "A+B": ("A", "B")}.items():
@@ -276,7 +322,8 @@ def summarize_probe(store: Store, run_id: str, roleplayer: str, iterations: list
                 gain = crossed_bootstrap([rewards[k][2] - reference[k][2] for k in keys],
                                          [rewards[k][0] for k in keys], [rewards[k][1] for k in keys])
             out[name] = {
-                "pairs": len(rewards), "trained_on": len(rewards.keys() & trained_on),
+                # An adapter's training is not the run's: what it trained on is not known here.
+                "pairs": len(rewards), "trained_on": None if isinstance(it, str) else len(rewards.keys() & trained_on),
                 "reward": sum(r for *_, r in rewards.values()) / len(rewards) if rewards else None,
                 "gain": gain, "detectable": detectable(gain) if gain else None, "questioner_turns": turns,
                 "asking_share": counted["asking"] / turns if turns else None,
@@ -298,15 +345,18 @@ def summarize_probe(store: Store, run_id: str, roleplayer: str, iterations: list
                                            [recite[k][1] for k in keys]) if keys else None
     return {"run": run_id, "q0_run": q0_run, "roleplayer": roleplayer, "question_cost": question_cost,
             "policies": [{"iteration": it, "splits": splits_of(roleplayer, it, it != 0)} for it in iterations],
+            "adapters": [{"name": name, "adapter": folder, "splits": splits_of(roleplayer, name, True)}
+                         for name, folder in (adapters or {}).items()],
             "control": splits_of(CONTROL, 0, True) if control else None,
             "no_questions": splits_of(NO_QUESTIONS, 0, True) if no_questions else None, "room": room}
 
 
-def policy_difference(store: Store, policy: tuple[str, int], other: tuple[str, int], roleplayer: str,
+def policy_difference(store: Store, policy: tuple[str, int | str], other: tuple[str, int | str], roleplayer: str,
                       question_cost: float = 0.0) -> dict[str, Interval | None]:
-    """Per group (A, B, test, A+B), one probed policy (run, iteration) less another, paired per probe pair, with
-    the crossed-bootstrap interval: how two trained policies compare under the same seeds (a sweep's runs of one
-    home, or two iterations of a run). None where the two share no probed pair."""
+    """Per group (A, B, test, A+B), one probed policy (run, iteration or adapter name) less another, paired per
+    probe pair, with the crossed-bootstrap interval: how two trained policies compare under the same seeds (a
+    sweep's runs of one home, two iterations of a run, or an adapter against an iteration). None where the two
+    share no probed pair."""
     measured = [{split: _policy_split(store, probe_namespace(run, roleplayer, split, it), question_cost)[0]
                  for split in SPLITS} for run, it in (policy, other)]
     out = {}
@@ -336,6 +386,7 @@ def probe_table(summary: dict) -> str:
               f"{'gain over Q_0 [95% interval]':<32} {'detects':>7} {'asks':>6} {'resp.':>6} {'active':>6} "
               f"{'passive':>7}")
     rows = [(f"Q_{p['iteration']}", p["splits"]) for p in summary["policies"]]
+    rows += [(a["name"], a["splits"]) for a in summary.get("adapters") or []]
     rows += [("control", summary["control"])] if summary.get("control") else []
     rows += [("no-q", summary["no_questions"])] if summary.get("no_questions") else []
     lines = [title, header]
@@ -351,12 +402,14 @@ def probe_table(summary: dict) -> str:
             elicited = s.get("elicitation")
             facts = [f"{elicited[k]['mean']:.2f}" if elicited and elicited[k]["mean"] is not None else "-"
                      for k in ("active", "passive")]
-            lines.append(f"{label:<8} {group:<5} {s['pairs']:>5} {s['trained_on']:>7} {reward:>9}  "
+            trained = s["trained_on"] if s["trained_on"] is not None else "-"
+            lines.append(f"{label:<8} {group:<5} {s['pairs']:>5} {trained:>7} {reward:>9}  "
                          f"{shown:<32} {detects:>7} {share[0]:>6} {share[1]:>6} {facts[0]:>6} {facts[1]:>7}")
     lines.append("trained: probe pairs the run trained on; * interval excludes 0; detects: the smallest gain found "
                  "80% of the time (5% two-sided); asks: Questioner turns that ask; resp.: turns with response text; "
                  "active, passive: the persona's facts per conversation told when asked, told unasked; "
-                 "control: Q_0 with a Roleplayer that recites its persona; no-q: Q_0 answering at once, no question")
+                 "control: Q_0 with a Roleplayer that recites its persona; no-q: Q_0 answering at once, no question"
+                 + ("; other rows: the adapters given by name" if summary.get("adapters") else ""))
     for group, room in (summary.get("room") or {}).items():
         if room:
             lines.append(f"room to learn, {group}: control less no-q {room.mean:+.2f} [{room.low:+.2f}, {room.high:+.2f}]")
