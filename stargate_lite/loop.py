@@ -17,7 +17,7 @@ from .evaluation.curves import log_finished, log_iteration, log_stage, log_train
 from .progress import Progress
 from .recipe import Recipe
 from .runs import open_run, run_dir, run_lock, split_for, start_session, stop_point
-from .stages.data import make_pairs, prepare_data
+from .stages.data import make_pairs, prepare_data, training_turns_seed
 from .stages.respond import respond_stage
 from .stages.score import score_stage
 from .stages.select import select_best
@@ -67,7 +67,7 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
 
     if not store.stage_done(run_id, iteration, "pairs"):
         begin("pairs")
-        make_pairs(store, recipe, run_id, iteration, split, f"{recipe.seed}/{iteration}")
+        make_pairs(store, recipe, run_id, iteration, split, training_turns_seed(recipe, iteration))
         stop_point(f"pairs/{iteration}")
         done("pairs")
 

@@ -183,3 +183,22 @@ def test_a_split_without_pairs_or_golds_is_refused_in_one_line_before_any_model_
         UserEnvironment(recipe, home, progress=QUIET)
     _one_line(no_golds)
     assert store.pairs("tiny#env:A", 0) == []
+
+
+def test_an_environment_drawn_as_a_training_iteration_meets_its_pairs_and_turn_limits(finished):
+    """turns_of=1: the environment's pairs are the run's iteration-1 pairs with their turn limits, so its episodes
+    cost the Roleplayer calls that iteration's conversations did. A namespace whose stored pairs were drawn
+    otherwise is refused in one line, not played with the old draw."""
+    import sqlite3
+    from contextlib import closing
+
+    store = Store(finished)
+    trained = [(p["task_id"], p["persona_id"], p["turns"]) for p in store.pairs("tiny", 1)]
+    with UserEnvironment.of_run(finished, name="at-1", turns_of=1, progress=QUIET) as env:
+        assert env.namespace == "at-1#env:A"
+        assert [(p["task_id"], p["persona_id"], p["turns"]) for p in env.pairs] == trained
+    with closing(sqlite3.connect(finished / "stargate.db")) as db, db:
+        db.execute("update pairs set turns = turns + 1 where run_id = 'at-1#env:A' and idx = 0")
+    with pytest.raises(StargateError, match="holds pairs drawn with other data or turn limits") as refused:
+        UserEnvironment.of_run(finished, name="at-1", turns_of=1, progress=QUIET)
+    _one_line(refused)

@@ -43,7 +43,7 @@ from ..progress import Progress
 from ..prompts import is_question, questioner_messages
 from ..recipe import SPLITS, Recipe
 from ..runs import environment_namespace, pick_run, recipe_of_run, run_dir
-from ..stages.data import make_pairs, prepare_data
+from ..stages.data import make_pairs, prepare_data, training_turns_seed
 from ..stages.score import base_weights, score_golds
 from ..stages.simulate import (
     Roleplayers,
@@ -103,7 +103,11 @@ class UserEnvironment:
     finished episode under the environment's namespace. policy: the name its conversations are stored under (the
     Questioner is the caller's). name: the namespace's NAME (default: the recipe's name); a recipe with other data
     or turn settings than the one that first drew a namespace's pairs needs a name of its own, since pairs are
-    drawn once. Missing personas and golds are written by the recipe's Oracle first, with progress bars.
+    drawn once (one drawn otherwise is refused). turns_of: draw each pair's turn limit as training iteration
+    `turns_of` draws it, so the episodes meet the pairs and turn limits that iteration's simulate stage played, at
+    the same Roleplayer calls per conversation (to set a trainer beside the run's own iteration); by default the
+    environment draws its own. Missing personas and golds are written by the recipe's Oracle first, with progress
+    bars.
 
     Several episodes can be played at once (`start`, `step_many`: one Roleplayer request per turn for all of
     them), and finished conversations scored in one batch (`score_many`). One recording environment per home at a
@@ -111,7 +115,7 @@ class UserEnvironment:
 
     def __init__(self, recipe: Recipe, home: Path | str | None = None, split: str = "A", *, name: str | None = None,
                  roleplayer: str | None = None, record: bool = False, policy: str = "external",
-                 progress: Progress | None = None):
+                 turns_of: int | None = None, progress: Progress | None = None):
         if split not in SPLITS:
             raise StargateError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
         if roleplayer is not None and roleplayer not in recipe.chat_models:
@@ -130,8 +134,12 @@ class UserEnvironment:
         try:
             with progress or Progress() as bars:
                 prepare_data(self.store, recipe, lambda: self.chat.get(recipe.roles.oracle), bars)
-            make_pairs(self.store, recipe, self.namespace, 0, split, f"{recipe.seed}/env")
+            drawn = make_pairs(self.store, recipe, self.namespace, 0, split,
+                               training_turns_seed(recipe, turns_of) if turns_of else f"{recipe.seed}/env")
             self.pairs = self.store.pairs(self.namespace, 0)
+            if [(p["id"], p["turns"]) for p in self.pairs] != [(p["id"], p["turns"]) for p in drawn]:
+                raise StargateError(f"the store's {self.namespace} holds pairs drawn with other data or turn limits "
+                                    "than these: give the environment a name of its own (name=...)")
             self.questioner = Questioner(recipe.questioner, self.store.home)
         except BaseException:
             self.chat.close()
@@ -145,10 +153,11 @@ class UserEnvironment:
     @classmethod
     def of_run(cls, home: Path | str | None = None, run_id: str | None = None, split: str = "A",
                **options) -> UserEnvironment:
-        """The environment of a finished run (the latest by default): its recipe, its namespace "RUN#env:SPLIT"."""
+        """The environment of a finished run (the latest by default): its recipe, its namespace "RUN#env:SPLIT"
+        (unless options name another)."""
         store = Store(home, create=False)
         run = pick_run(store, run_id)
-        return cls(recipe_of_run(run), store.home, split, name=run["id"], **options)
+        return cls(recipe_of_run(run), store.home, split, **{"name": run["id"], **options})
 
     def close(self) -> None:
         """Stop the servers the Roleplayers and the Questioner started, if any."""

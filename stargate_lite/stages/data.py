@@ -146,10 +146,16 @@ def split_pairs(store: Store, recipe: Recipe, split: str) -> list[tuple[dict, di
     return [(t, p) for t in tasks for p in personas]
 
 
-def make_pairs(store: Store, recipe: Recipe, run_id: str, iteration: int, split: str, turns_seed: str) -> None:
+def training_turns_seed(recipe: Recipe, iteration: int) -> str:
+    """What a training iteration draws its pairs' turn counts from (make_pairs)."""
+    return f"{recipe.seed}/{iteration}"
+
+
+def make_pairs(store: Store, recipe: Recipe, run_id: str, iteration: int, split: str, turns_seed: str) -> list[dict]:
     """The split's pairs with a gold response, each with its turn count k ~ uniform(1..K) drawn from
     `turns_seed` and the pair: training uses one draw per iteration, evaluation the same draw for all. With
-    simulate.turns policy, k = K: the most turns the Questioner may take before it must answer."""
+    simulate.turns policy, k = K: the most turns the Questioner may take before it must answer. Pairs already
+    stored are kept as they are; the pairs as drawn now are returned."""
     pairs = split_pairs(store, recipe, split)
     golds = store.golds_for((t["id"], p["id"]) for t, p in pairs)
     usable = [(t, p) for t, p in pairs if golds[(t["id"], p["id"])]["status"] == "ok"]
@@ -165,6 +171,7 @@ def make_pairs(store: Store, recipe: Recipe, run_id: str, iteration: int, split:
         rows.append({"id": f"{run_id}/{iteration}/{key}", "run_id": run_id, "iteration": iteration,
                      "task_id": t["id"], "persona_id": p["id"], "turns": turns, "idx": idx})
     store.insert_rows("pairs", rows, pk="id")
+    return rows
 
 
 def generate_golds(store: Store, recipe: Recipe, get_oracle: Callable[[], ChatModel], progress: Progress) -> None:
