@@ -130,9 +130,11 @@ def test_the_probe_pairs_each_policy_with_q0_under_the_same_seeds_and_makes_q0_o
 
     assert read(shared["policies"][0]["splits"]) == read(both["policies"][0]["splits"])
     assert read(shared["control"]) == read(both["control"]) and shared["q0_run"] == "tiny"
-    # A chat model the probe does not ask (added for another evaluation's Roleplayer) changes no Q_0 conversation.
+    # A chat model the probe does not ask (added for another evaluation's Roleplayer) changes no Q_0 conversation,
+    # nor do more conversations per pair in training (the probe sets its own).
     spare = {**recipe.chat_models, "spare": recipe.chat_models["smollm2"].model_copy(update={"n_ctx": 1024})}
-    open_run(store, recipe.model_copy(update={"chat_models": spare}), "wider")
+    more = recipe.simulate.model_copy(update={"conversations_per_pair": 8})
+    open_run(store, recipe.model_copy(update={"chat_models": spare, "simulate": more}), "wider")
     probe(finished, "wider", iterations=[], tasks=TASKS, personas=PERSONAS, conversations=1, q0_from="tiny")
     assert _rows(finished) == {table: n * 2 + 6 for table, n in made.items()}
     hotter = recipe.simulate.model_copy(update={"temperature": 1.2})

@@ -172,10 +172,13 @@ def probe_recipe(recipe: Recipe, tasks: dict[str, int], personas: dict[str, int]
 
 def check_q0_source(store: Store, run_id: str, recipe: Recipe, q0_from: str, roleplayer: str) -> None:
     """Refuse to take Q_0's probe conversations from a run whose recipe would make other ones. Chat models the
-    probe does not ask (neither its Roleplayer nor the Oracle: one added for `eval --roleplayer`, say) make none."""
+    probe does not ask (neither its Roleplayer nor the Oracle: one added for `eval --roleplayer`, say) make none,
+    nor does simulate.conversations_per_pair (the probe sets its own)."""
     source = recipe_of_run(pick_run(store, q0_from))
 
     def makes_other(key: str) -> bool:
+        if key == "simulate.conversations_per_pair":
+            return False
         section, _, rest = key.partition(".")
         if section == "chat_models" and rest.partition(".")[0] not in {roleplayer, recipe.roles.oracle}:
             return False
