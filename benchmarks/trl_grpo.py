@@ -69,21 +69,16 @@ def train_with_trl(home: str, run_id: str, out: Path) -> dict:
                               processing_class=env.questioner.tokenizer, rollout_func=rollouts, peft_config=lora)
         trainer.train()
         trainer.model.save_pretrained(out / "adapter")
-        played = env.store.conversations(env.namespace, 0)
-        turns = env.store.turns([c["id"] for c in played])
-        done = {"episodes": len(played), "pairs": pairs, "conversations_per_pair": per_pair,
-                "roleplayer_calls": sum(t["role"] != "questioner" for ts in turns.values() for t in ts),
+        done = {"episodes": len(env.store.conversations(env.namespace, 0)), "pairs": pairs,
+                "conversations_per_pair": per_pair, "roleplayer_calls": roleplayer_calls(env.store, env.namespace, 0),
                 "optimizer_steps": trainer.state.global_step, "log": trainer.state.log_history}
     record.write_text(json.dumps(done, indent=2) + "\n")
     return done
 
 
-def run_roleplayer_calls(home: str, run_id: str) -> int:
-    """The Roleplayer's answers in the run's iteration: one per user turn of its conversations."""
-    from stargate_lite.store import Store
-
-    store = Store(home, create=False)
-    turns = store.turns([c["id"] for c in store.conversations(run_id, ITERATION)])
+def roleplayer_calls(store, namespace: str, iteration: int) -> int:
+    """The Roleplayer's answers in a namespace's conversations of an iteration: one per user turn."""
+    turns = store.turns([c["id"] for c in store.conversations(namespace, iteration)])
     return sum(t["role"] != "questioner" for ts in turns.values() for t in ts)
 
 
@@ -116,7 +111,7 @@ def main() -> None:
         raise SystemExit(f"run {a.run} trains with {recipe.train.method}: give a run of train.method grpo")
     a.out.mkdir(parents=True, exist_ok=True)
     trained = train_with_trl(a.home, a.run, a.out)
-    calls = run_roleplayer_calls(a.home, a.run)
+    calls = roleplayer_calls(Store(a.home, create=False), a.run, ITERATION)
     summary = probe(a.home, a.run, [ITERATION], split_sizes(a.tasks, "--tasks"), split_sizes(a.personas, "--personas"),
                     a.conversations, q0_from=a.q0_from, adapters={"trl": str(a.out / "adapter")})
     difference = policy_difference(Store(a.home, create=False), (a.run, "trl"), (a.run, ITERATION),

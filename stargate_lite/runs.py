@@ -334,6 +334,12 @@ def check_adapter(adapter: str) -> None:
                                 "again") from None
 
 
+def adapter_policy(folder: str) -> str:
+    """The policy name of an adapter given by its folder, not a run's: `chat --adapter`'s, and the probe's
+    conversations of an adapter are stored under it."""
+    return f"adapter:{folder}"
+
+
 def resolve_checkpoint(store: Store, run_id: str | None, iteration: int | None, adapter: str | None,
                        base: bool) -> tuple[Recipe, str | None, str, str]:
     """(recipe, adapter path or None, a name for the policy, its prompt format) for the chosen checkpoint."""
@@ -341,7 +347,7 @@ def resolve_checkpoint(store: Store, run_id: str | None, iteration: int | None, 
         check_adapter(adapter)
         run = store.get_run(run_id) if run_id else None
         recipe = recipe_of_run(run) if run else load_recipe("tiny")
-        return recipe, adapter, f"adapter:{adapter}", recipe.train.format
+        return recipe, adapter, adapter_policy(adapter), recipe.train.format
     if base and not store.list_runs():
         recipe = load_recipe("tiny")
         return recipe, None, "base", recipe.train.format

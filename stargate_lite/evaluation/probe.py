@@ -44,6 +44,7 @@ from ..progress import Progress
 from ..prompts import is_question
 from ..recipe import SPLITS, Recipe
 from ..runs import (
+    adapter_policy,
     check_adapter,
     check_chat_model,
     execution_only,
@@ -105,11 +106,6 @@ def check_probe_adapters(store: Store, run_id: str, roleplayer: str, adapters: d
                 raise StargateError(f"--adapter {name}: run {run_id}'s probe already holds {name} made by "
                                     f"{min(other).removeprefix('adapter:')}: give this adapter another name")
     return out
-
-
-def adapter_policy(folder: str) -> str:
-    """The policy name an adapter's probe conversations are stored with (as `chat --adapter` names it)."""
-    return f"adapter:{folder}"
 
 
 def response_words(text: str) -> int:
