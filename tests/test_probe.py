@@ -83,6 +83,13 @@ def test_the_probe_pairs_each_policy_with_q0_under_the_same_seeds_and_makes_q0_o
     # A rerun reuses everything; a later policy adds its own conversations and nothing for Q_0.
     assert probe(finished, iterations=[1], tasks=TASKS, personas=PERSONAS, conversations=1) == first
     assert _rows(finished) == made
+    # Another size is another probe (its pairs and chunk seeds belong to its size): refused, naming the size it
+    # was made at, rather than the stored one answering for it; nothing written.
+    for sizes, made_at in (({"tasks": {**TASKS, "A": 1}}, r"2 tasks x 1 personas of split A and 1 conversation"),
+                           ({"conversations": 2}, r"--tasks A=2 --personas A=1 --conversations 1\)")):
+        with pytest.raises(StargateError, match=made_at):
+            probe(finished, iterations=[1], **{"tasks": TASKS, "personas": PERSONAS, "conversations": 1, **sizes})
+    assert _rows(finished) == made
     both = probe(finished, iterations=[1, 2], tasks=TASKS, personas=PERSONAS, conversations=1, control=True)
     assert _rows(finished) == {table: n * 2 for table, n in made.items()}  # Q_2's and the control's
     assert both["policies"][:2] == first["policies"]

@@ -186,6 +186,31 @@ def check_q0_source(store: Store, run_id: str, recipe: Recipe, q0_from: str, rol
                             f"in {', '.join(different[:5])}): probe without taking Q_0 from it")
 
 
+def check_probe_size(store: Store, ns: str, sized: Recipe, split: str, conversations: int) -> None:
+    """Refuse to read or grow a probe made at other sizes as if it were this one. Its pairs, and where each falls
+    among the chunks whose seeds its conversations were drawn from, belong to the size it was made at, so it is
+    another probe, not the start of this one (and a finished one would silently stand in for it)."""
+    made_pairs = store.pairs(ns, 0)
+    if not made_pairs:
+        return
+    dataset = sized.data.dataset
+    tasks = [t["id"] for t in store.tasks(dataset, split, getattr(sized.data.tasks, split))]
+    personas = [p["id"] for p in store.personas(dataset, split, getattr(sized.data.personas, split))]
+    golds = store.golds_for((t, p) for t in tasks for p in personas)
+    asked = {f"{t}|{p}" for t in tasks for p in personas if golds.get((t, p), {}).get("status") == "ok"}
+    samples = [c["sample"] for c in store.conversations(ns, 0)]
+    made_conversations = max(samples) + 1 if samples else conversations
+    if {f"{p['task_id']}|{p['persona_id']}" for p in made_pairs} == asked and made_conversations == conversations:
+        return
+    n_tasks, n_personas = len({p["task_id"] for p in made_pairs}), len({p["persona_id"] for p in made_pairs})
+    raise StargateError(
+        f"the probe stored as {ns!r} was made with {n_tasks} tasks x {n_personas} personas of split {split} and "
+        f"{made_conversations} conversation(s) per pair, not the {getattr(sized.data.tasks, split)} x "
+        f"{getattr(sized.data.personas, split)} and {conversations} asked; its pairs and seeds belong to that "
+        f"size: ask with it (--tasks {split}={n_tasks} --personas {split}={n_personas} --conversations "
+        f"{made_conversations}), or probe the new size in a copy of the home")
+
+
 def probe(home: Path | str | None = None, run_id: str | None = None, iterations: list[int] | None = None,
           tasks: dict[str, int] | None = None, personas: dict[str, int] | None = None, conversations: int = 3,
           roleplayer: str | None = None, control: bool = False, q0_from: str | None = None,
@@ -222,6 +247,8 @@ def probe(home: Path | str | None = None, run_id: str | None = None, iterations:
     runs += [(split, CONTROL, 0) for split in SPLITS] if control else []
     runs += [(split, NO_QUESTIONS, 0) for split in SPLITS] if no_questions else []
     namespace = functools.partial(_policy_namespace, run_id, q0_run)
+    for split, rp, it in runs:
+        check_probe_size(store, namespace(rp, split, it), sized, split, 1 if rp == NO_QUESTIONS else conversations)
     todo = [(split, rp, it) for split, rp, it in runs if not store.stage_done(namespace(rp, split, it), 0, "probe")]
     progress = progress or Progress()
     if todo:
