@@ -55,7 +55,7 @@ from ..runs import (
     run_dir,
     trained_iterations,
 )
-from ..stages.data import make_pairs, prepare_data
+from ..stages.data import make_pairs, prepare_data, usable_pairs
 from ..stages.score import score_stage
 from ..stages.simulate import Roleplayers, pair_facts, recipe_gate, simulate, user_gate
 from ..store import Store
@@ -193,11 +193,10 @@ def check_probe_size(store: Store, ns: str, sized: Recipe, split: str, conversat
     made_pairs = store.pairs(ns, 0)
     if not made_pairs:
         return
-    dataset = sized.data.dataset
-    tasks = [t["id"] for t in store.tasks(dataset, split, getattr(sized.data.tasks, split))]
-    personas = [p["id"] for p in store.personas(dataset, split, getattr(sized.data.personas, split))]
-    golds = store.golds_for((t, p) for t in tasks for p in personas)
-    asked = {f"{t}|{p}" for t in tasks for p in personas if golds.get((t, p), {}).get("status") == "ok"}
+    try:
+        asked = {f"{t['id']}|{p['id']}" for t, p in usable_pairs(store, sized, split)}
+    except (StargateError, KeyError):  # the store holds less data or fewer golds than the size asked: not this one
+        asked = None
     samples = [c["sample"] for c in store.conversations(ns, 0)]
     made_conversations = max(samples) + 1 if samples else conversations
     if {f"{p['task_id']}|{p['persona_id']}" for p in made_pairs} == asked and made_conversations == conversations:

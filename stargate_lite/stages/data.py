@@ -146,6 +146,13 @@ def split_pairs(store: Store, recipe: Recipe, split: str) -> list[tuple[dict, di
     return [(t, p) for t in tasks for p in personas]
 
 
+def usable_pairs(store: Store, recipe: Recipe, split: str) -> list[tuple[dict, dict]]:
+    """The split's pairs (split_pairs) whose gold response was written: the pairs a run or probe is made of."""
+    pairs = split_pairs(store, recipe, split)
+    golds = store.golds_for((t["id"], p["id"]) for t, p in pairs)
+    return [(t, p) for t, p in pairs if golds[(t["id"], p["id"])]["status"] == "ok"]
+
+
 def training_turns_seed(recipe: Recipe, iteration: int) -> str:
     """What a training iteration draws its pairs' turn counts from (make_pairs)."""
     return f"{recipe.seed}/{iteration}"
@@ -156,9 +163,7 @@ def make_pairs(store: Store, recipe: Recipe, run_id: str, iteration: int, split:
     `turns_seed` and the pair: training uses one draw per iteration, evaluation the same draw for all. With
     simulate.turns policy, k = K: the most turns the Questioner may take before it must answer. Pairs already
     stored are kept as they are; the pairs as drawn now are returned."""
-    pairs = split_pairs(store, recipe, split)
-    golds = store.golds_for((t["id"], p["id"]) for t, p in pairs)
-    usable = [(t, p) for t, p in pairs if golds[(t["id"], p["id"])]["status"] == "ok"]
+    usable = usable_pairs(store, recipe, split)
     if not usable:
         raise StargateError(f"split {split} has no pair with a gold response: check the data (stargate-lite data show)")
     rows = []
