@@ -68,6 +68,12 @@ GOLD_PROMPT = (
 )
 
 
+def questioner_instruction(decide: bool, custom: str | None = None) -> str:
+    """The instruction the Questioner asks under: the recipe's own (simulate.instruction), else the shipped one
+    for its turns (DECIDE_INSTRUCTION where it decides when to answer, QUESTION_INSTRUCTION otherwise)."""
+    return custom or (DECIDE_INSTRUCTION if decide else QUESTION_INSTRUCTION)
+
+
 def is_question(text: str) -> bool:
     """Whether a Questioner turn asks something: it holds a question mark. Small models often answer or ramble
     instead of asking; the efficiency metrics count questions by this rule, and with simulate.turns policy a turn
@@ -81,7 +87,8 @@ def greeting(name: str, task: str) -> str:
 
 
 def questioner_messages(
-    name: str, task: str, turns: list[dict], *, final: bool, instruction: bool = True, decide: bool = False
+    name: str, task: str, turns: list[dict], *, final: bool, instruction: bool = True, decide: bool = False,
+    instruction_text: str | None = None,
 ) -> list[dict]:
     """The Questioner's view of a conversation.
 
@@ -90,8 +97,9 @@ def questioner_messages(
     which uses the paper's bare format so log-probs are comparable across iterations and conditions. `decide`
     (simulate.turns policy): the Questioner chooses when to answer, so the instruction says so
     (DECIDE_INSTRUCTION) and the final response follows the last answer as it is, the request not repeated.
+    `instruction_text` (simulate.instruction) replaces the shipped instruction, whichever it would be.
     """
-    instruction_text = DECIDE_INSTRUCTION if decide else QUESTION_INSTRUCTION
+    instruction_text = instruction_text or questioner_instruction(decide)
     first = greeting(name, task) + (f"\n\n{instruction_text}" if instruction else "")
     messages = [{"role": "user", "content": first}]
     for turn in turns:

@@ -300,6 +300,12 @@ class SimulateConfig(_Strict):
     )
     batch_size: int = Field(32, ge=1, description="Questioner generation batch (sequences at once).")
     pairs_per_chunk: int = Field(8, ge=1, description="Pairs simulated and stored together; the unit of resume.")
+    instruction: str | None = Field(
+        None, min_length=1, description="The instruction appended to the Questioner's first turn wherever it asks "
+        "(simulation, the regularizer's responses, training in the instructed format, eval, chat, the "
+        "environment), in place of the shipped one (prompts.py: QUESTION_INSTRUCTION, or DECIDE_INSTRUCTION with "
+        "turns policy). null: the shipped one.",
+    )
     reveal: Literal["all", "asked"] = Field(
         "all", description="all (the paper): the Roleplayer sees the whole persona and may say any of it; asked: "
         "a gated user, given for each reply only the persona's facts the Questioner's turn asks for (simulate.gate; "
@@ -316,6 +322,12 @@ class RewardConfig(_Strict):
         0.0, ge=0, description="Nats subtracted from a conversation's gold log-prob per question it asked (a "
         "Questioner turn with a question mark): selection then prefers, of two conversations that explain the "
         "gold equally well, the one that asked less. 0 (the paper): the log-prob alone.",
+    )
+    fact_credit: float = Field(
+        0.0, ge=0, description="Nats added to a conversation's reward per persona fact its gated user "
+        "(simulate.reveal asked) was told, each fact once: selection then prefers, of two conversations, the one "
+        "whose questions drew out more of the persona, and rloo and grpo credit the turns that did. The reward only: "
+        "the probe and eval still report the gold's log-prob. 0 (the paper): the log-prob alone.",
     )
     per_turn: bool = Field(
         False, description="rloo, grpo: credit each Questioner turn with its own reward-to-go (the gold's log-prob "
@@ -623,6 +635,9 @@ def check_new_work(recipe: Recipe, source: str) -> None:
     if recipe.reward.question_cost and recipe.simulate.turns != "policy":
         raise StargateError(f"{source}: reward.question_cost needs simulate.turns: policy; with uniform turns every "
                             "conversation of a pair has the same turns, so the cost only charges the turns that ask")
+    if recipe.reward.fact_credit and recipe.simulate.reveal != "asked":
+        raise StargateError(f"{source}: reward.fact_credit needs simulate.reveal: asked; a free user's replies "
+                            "record no facts given, so the credit would add nothing")
     check_judge_budget(recipe.judge, source)
     check_dropout_masks(recipe.train, source)
     method = training_method(recipe.train.method)  # its module, imported by the registry (training_methods.py)

@@ -104,13 +104,18 @@ def test_an_episode_gets_the_reward_the_score_stage_gives_its_conversation_and_i
     assert played["efficiency"]["question_counts"] == {"1": 1, "2": 1}
 
 
-def test_a_gated_users_info_shows_the_facts_it_was_given(with_data):
+def test_a_gated_users_info_shows_the_facts_it_was_given_and_its_reward_credits_them(with_data):
     """simulate.reveal asked: each reply's facts are those the gate picks for the turn (here one that names a fact
-    of the persona), shown in the step's info and in the episode's; nothing is recorded without `record`."""
+    of the persona), shown in the step's info and in the episode's, and credited reward.fact_credit nats each in
+    its reward; nothing is recorded without `record`. The Questioner's opening holds the recipe's own instruction
+    (simulate.instruction)."""
     from stargate_lite.stages.simulate import pair_facts
 
-    recipe = load_recipe("tiny", [*TINY_CI_OVERRIDES, "simulate.reveal=asked", "simulate.turns=policy"])
+    mine = "Ask me about my home, then help."
+    recipe = load_recipe("tiny", [*TINY_CI_OVERRIDES, "simulate.reveal=asked", "simulate.turns=policy",
+                                  "reward.fact_credit=3", f"simulate.instruction={mine}"])
     with UserEnvironment(recipe, with_data, progress=QUIET) as env:
+        assert env.opening(0)[0]["content"].endswith(f"\n\n{mine}")
         env.reset(pair=0)
         facts = pair_facts(env.episode.pair)
         question = f"Is it true that {facts[-1].rstrip('.')}?"
@@ -120,6 +125,7 @@ def test_a_gated_users_info_shows_the_facts_it_was_given(with_data):
         assert not step.done and step.info["facts_given"] == given
         end = env.step("Here is a plan for your week.")
         assert end.done and end.info["facts_given"] == [given] and end.info["questions"] == 1
+        assert end.reward == end.info["logprob"] + 3.0 * len(given)
         assert end.info["elicitation"]["facts"] == len(facts)
     assert Store(with_data).conversations("tiny#env:A", 0) == []
 

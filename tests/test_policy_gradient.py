@@ -260,6 +260,20 @@ def test_each_turn_gets_its_reward_to_go_against_the_pairs_other_conversations_a
         rewards_to_go(rows[0][0], rows[0][1], {}, cost=1.0)
 
 
+def test_a_fact_credit_goes_to_the_turn_whose_reply_told_the_fact_and_to_the_turns_before_it():
+    """reward.fact_credit under reward.per_turn: a turn's reward-to-go holds the credit of the facts first told
+    from its reply on (a fact told again later counts once, where it was first told), so the to-go of the first
+    turn holds the whole conversation's credit, as its reward does."""
+    from stargate_lite.store.reward import rewards_to_go
+
+    turns = [{"role": "questioner", "text": "Who?"}, {"role": "roleplayer", "text": "A.", "facts": [1]},
+             {"role": "questioner", "text": "What?"}, {"role": "roleplayer", "text": "B.", "facts": [1, 3]},
+             {"role": "questioner", "text": "Fine."}, {"role": "roleplayer", "text": "Nothing.", "facts": []}]
+    row = {"conversation_id": "a", "logprob": -10.0, "answer": None}
+    to_go = rewards_to_go(row, turns, {1: -30.0, 2: -20.0}, cost=1.0, credit=4.0)
+    assert to_go == [-10.0 - 2 + 2 * 4.0, -10.0 + 30 - 1 + 4.0, -10.0 + 20 - 0]
+
+
 def test_a_turns_advantage_covers_exactly_that_turns_tokens(questioner):
     from stargate_lite.methods._policy_gradient import token_advantages
     from stargate_lite.prompts import questioner_messages

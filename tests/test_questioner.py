@@ -248,6 +248,10 @@ def test_empty_questions_and_responses_are_left_out_of_training(home):
     (example,) = training_examples(store, load_recipe("tiny"), "r", 1)
     assert example[-1] == {"role": "assistant", "content": "A plan."} and "My name is Mei." in example[0]["content"]
     assert QUESTION_INSTRUCTION in example[0]["content"]  # instructed: the tiny recipe's format
+    # simulate.instruction: the recipe's own instruction, in place of the shipped one, wherever the policy reads it
+    mine = "Ask me who I live with."
+    (own,) = training_examples(store, load_recipe("tiny", [f"simulate.instruction={mine}"]), "r", 1)
+    assert own[0]["content"] == f"My name is Mei.\n\n{TASK}\n\n{mine}" and QUESTION_INSTRUCTION not in own[0]["content"]
     # The paper's bare format: the greeting, the conversation, "{answer}\n\n{task}", the response; no instruction.
     (bare,) = training_examples(store, load_recipe("tiny", ["train.format=bare"]), "r", 1)
     assert [m["content"] for m in bare] == [f"My name is Mei.\n\n{TASK}", "What do you like?",

@@ -190,6 +190,13 @@ def test_a_question_cost_needs_policy_turns():
     assert recipe_of_run({"id": "old", "recipe": json.dumps(stored)}).reward.question_cost == 0.5
 
 
+def test_a_fact_credit_needs_a_gated_user():
+    """A free user's replies record no facts given, so a credit per fact told would silently add nothing."""
+    with pytest.raises(StargateError, match="reward.fact_credit needs simulate.reveal: asked"):
+        load_recipe("tiny", ["reward.fact_credit=2"])
+    assert load_recipe("tiny", ["reward.fact_credit=2", "simulate.reveal=asked"]).reward.fact_credit == 2.0
+
+
 def test_dropout_in_several_processes_needs_masks_seeded_per_sequence():
     """Every process seeds torch's generator alike: with its masks, the processes would drop the same units of
     different sequences."""
@@ -254,10 +261,10 @@ RESULT_FIELDS = {
     "data.persona_max_tokens", "data.gold_max_tokens", "data.gold_temperature",
     *(f"simulate.{key}" for key in ("conversations_per_pair", "max_turns", "turns", "temperature", "top_p",
                                     "question_max_tokens", "answer_max_tokens", "answer_temperature",
-                                    "max_answer_sentences", "batch_size", "pairs_per_chunk", "reveal", "gate.model",
-                                    "gate.threshold", "gate.spread", "gate.stated_threshold")),
-    "reward.question_cost", "reward.per_turn", "score.batch_size", "score.vocab_chunk_tokens", "respond.max_tokens",
-    "respond.batch_size",
+                                    "max_answer_sentences", "batch_size", "pairs_per_chunk", "instruction", "reveal",
+                                    "gate.model", "gate.threshold", "gate.spread", "gate.stated_threshold")),
+    "reward.question_cost", "reward.fact_credit", "reward.per_turn", "score.batch_size", "score.vocab_chunk_tokens",
+    "respond.max_tokens", "respond.batch_size",
     *(f"train.{key}" for key in ("method", "dpo_beta", "clip_epsilon", "kl_beta", "init", "target", "lora_r",
                                  "lora_alpha", "lora_dropout",
                                  "target_modules", "learning_rate", "epochs", "batch_size", "gradient_accumulation",

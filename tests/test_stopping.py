@@ -186,3 +186,26 @@ def test_in_chat_a_turn_that_is_not_a_question_is_the_answer():
               read=lambda prompt: next(said), write=print, stream="".join)
     assert [t["text"] for t in transcript.turns] == ["Question 1?", "Pasta, please."]
     assert transcript.response == "Here is my answer."
+
+
+def test_the_questioner_asks_under_the_recipes_own_instruction_in_either_mode():
+    """simulate.instruction: every prompt simulation gives the Questioner opens with the greeting and the recipe's
+    instruction, in place of the shipped one for its turns."""
+    from stargate_lite.recipe import SimulateConfig
+    from stargate_lite.stages.simulate import Roleplayers, simulate_chunk
+
+    class Recording(ScriptedQuestioner):
+        def generate(self, policy, prompts, **kwargs):
+            self.prompts = [*getattr(self, "prompts", []), *prompts]
+            return super().generate(policy, prompts, **kwargs)
+
+    mine = "Ask me who I live with."
+    pairs = [{"id": "p", "task": "Cook dinner.", "persona": "I'm ANA.", "persona_name": "Ana", "turns": 2}]
+    for mode in ("uniform", "policy"):
+        questioner = Recording({"Cook dinner.": 2})
+        config = SimulateConfig(turns=mode, max_turns=2, conversations_per_pair=1, instruction=mine)
+        simulate_chunk(pairs, None, questioner, Roleplayers({"echo": 1.0}, lambda _: EchoRoleplayer(), 0), config,
+                       seed=0)
+        firsts = {messages[0]["content"] for messages in questioner.prompts}
+        assert firsts == {f"My name is Ana.\n\nCook dinner.\n\n{mine}"}, firsts
+        assert len(questioner.prompts) == 2  # both turns asked under it

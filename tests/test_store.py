@@ -126,6 +126,34 @@ def test_a_question_cost_makes_selection_prefer_the_shorter_of_two_equally_good_
     assert [(s["conversation_id"], s["reward"]) for s in store.selections("r", 1)] == [("p#000", -7.0)]
 
 
+def test_a_fact_credit_makes_selection_prefer_the_conversation_whose_gated_user_was_told_more(home):
+    """reward.fact_credit: each persona fact a gated user was given (turns.facts, counted once however often it
+    was given) adds its credit to the reward selection ranks by, and to the reward rloo and grpo read."""
+    from stargate_lite.stages.select import select_best
+
+    store = Store(home)
+
+    def asked(*given: list[int]) -> list[dict]:
+        return [t for facts in given for t in ({"role": "questioner", "text": "Who lives with you?"},
+                                               {"role": "roleplayer", "text": "Nobody else.", "facts": facts})]
+
+    told = {0: asked([], []), 1: asked([2], [2]), 2: asked([0, 1], [])}  # 0, 1 and 2 distinct facts told
+    store.save_conversations([{"id": f"p#{s:03d}", "run_id": "r", "iteration": 1, "pair_id": "p", "sample": s,
+                               "turns": 2, "policy": "base", "messages": m} for s, m in told.items()])
+    logprobs = {0: -10.0, 1: -12.0, 2: -13.0}
+    store.insert_rows("scores", [{"conversation_id": f"p#{s:03d}", "run_id": "r", "iteration": 1, "logprob": lp,
+                                  "n_tokens": 1} for s, lp in logprobs.items()], pk="conversation_id")
+    select_best(store, "r", 1)  # no credit: the log-prob alone
+    assert [s["conversation_id"] for s in store.selections("r", 1)] == ["p#000"]
+    store.db.execute("delete from selections")
+    select_best(store, "r", 1, fact_credit=2.5)  # -10, -12 + 2.5, -13 + 5
+    assert [(s["conversation_id"], s["logprob"], s["reward"]) for s in store.selections("r", 1)] == [
+        ("p#002", -13.0, -8.0)]
+    assert [r["reward"] for r in store.rewards("r", 1, fact_credit=2.5)] == [-10.0, -9.5, -8.0]
+    (worst,) = store.best_scores("r", 1, fact_credit=2.5, worst=True)
+    assert worst["conversation_id"] == "p#000"
+
+
 def test_the_reward_sqlite_reckons_from_reward_sql_is_the_one_python_reckons_to_the_last_bit():
     """Selection ranks in SQL, the probe and training reckon in Python: one formula, two spellings, same floats
     (costs with no exact binary form, many questions, no cost at all)."""
@@ -142,7 +170,14 @@ def test_the_reward_sqlite_reckons_from_reward_sql_is_the_one_python_reckons_to_
         sql = f"select logprob, questions, {reward_sql('logprob', 'questions', '?')} from c order by rowid"
         computed = db.execute(sql, [cost]).fetchall()
         assert [r for _, _, r in computed] == [reward(logprob, questions, cost) for logprob, questions in rows]
-    assert reward(-7.25, 4, 0.0) == -7.25 and reward(-7.25, 2, 0.5) == -8.25
+    facts = [rng.randrange(0, 7) for _ in rows]
+    db.execute("create table f (logprob real, questions integer, facts integer)")
+    db.executemany("insert into f values (?, ?, ?)", [(*row, n) for row, n in zip(rows, facts)])
+    for cost, credit in ((0.0, 0.0), (0.1, 1 / 3), (0.25, 2.7e-5), (0.0, 17.0)):
+        sql = f"select {reward_sql('logprob', 'questions', '?', 'facts', '?')} from f order by rowid"
+        computed = [r for (r,) in db.execute(sql, [cost, credit])]
+        assert computed == [reward(lp, q, cost, n, credit) for (lp, q), n in zip(rows, facts)]
+    assert reward(-7.25, 4, 0.0) == -7.25 and reward(-7.25, 2, 0.5) == -8.25 and reward(-7.25, 2, 0.5, 3, 1.0) == -5.25
 
 
 def test_exports_and_browse_show_q0s_response_beside_every_verdict_of_either_responder(home, tmp_path):

@@ -84,7 +84,8 @@ def chat_loop(
         answer_now = False
         while len([t for t in transcript.turns if t["role"] == "questioner"]) < limit and not answer_now:
             messages = questioner_messages(transcript.name, transcript.task, transcript.turns, final=False,
-                                           instruction=instruction, decide=decide)
+                                           instruction=instruction, decide=decide,
+                                           instruction_text=recipe.simulate.instruction)
             question = stream(questioner.stream(model, messages, max_new_tokens=recipe.simulate.question_max_tokens,
                                                 temperature=recipe.simulate.temperature, top_p=recipe.simulate.top_p))
             if decide and not is_question(question):  # it chose to answer
@@ -122,7 +123,8 @@ def chat_loop(
             continue  # /reset
         if transcript.response is None:
             messages = questioner_messages(transcript.name, transcript.task, transcript.turns, final=True,
-                                           instruction=instruction, decide=decide)
+                                           instruction=instruction, decide=decide,
+                                           instruction_text=recipe.simulate.instruction)
             transcript.response = stream(questioner.stream(model, messages, max_new_tokens=recipe.respond.max_tokens,
                                                            temperature=0.0, top_p=1.0))
         transcript.save()

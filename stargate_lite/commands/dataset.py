@@ -52,7 +52,8 @@ trained after it, and the judge's verdicts of the evaluation.
 How it was made: `stargate-lite run --recipe {recipe_name}` (the recipe below), then
 `stargate-lite export --data FOLDER --run {run}`. A row's `namespace` is `{run}` for the training loop and
 `{run}#eval:ROLEPLAYER` for an evaluation; a conversation's `reward` is its `logprob` less
-{question_cost} per question, and `kept` marks the one selection trained on.
+{question_cost} per question plus {fact_credit} per fact a gated user was told, and `kept` marks the one selection
+trained on.
 
 Elicitation, per conversation: of the persona's `facts` (its sentences), `facts_active` were told in reply to a
 turn that asked for them (or after one had), `facts_passive` were told unasked, `facts_never` were not told.
@@ -84,12 +85,13 @@ DESCRIBED = {
 }
 
 
-def dataset_tables(store: Store, run_id: str, question_cost: float, gate: Gate) -> dict[str, list[dict]]:
+def dataset_tables(store: Store, run_id: str, question_cost: float, gate: Gate,
+                   fact_credit: float = 0.0) -> dict[str, list[dict]]:
     """The run's rows per configuration, shaped for Parquet (turns as a list, flags as booleans). A conversation
     has its elicitation counts (facts, active, passive, never: evaluation/elicitation.py, by `gate`), and each
     turn the persona facts a gated user's reply was given, as texts (None for a Questioner turn or a free user's
     reply)."""
-    conversations = store.export_conversations(run_id, question_cost)
+    conversations = store.export_conversations(run_id, question_cost, fact_credit)
     turns = store.turns([c["id"] for c in conversations])
     for c in conversations:
         facts = pair_facts(c)
@@ -123,7 +125,8 @@ def export_dataset(home: Path | str | None, out_dir: Path, run_id: str | None = 
     store = Store(home, create=False)
     run = pick_run(store, run_id)
     recipe = recipe_of_run(run)
-    tables = dataset_tables(store, run["id"], recipe.reward.question_cost, recipe_gate(recipe.simulate, store.home))
+    tables = dataset_tables(store, run["id"], recipe.reward.question_cost, recipe_gate(recipe.simulate, store.home),
+                            recipe.reward.fact_credit)
     kept = {name: rows for name, rows in tables.items() if rows}  # an empty table has no columns to write
     configs = "\n".join(f"- config_name: {name}\n  data_files:\n  - split: train\n    path: {name}/{DATA_FILE}"
                         + ("\n  default: true" if name == "conversations" else "") for name in kept)
@@ -136,6 +139,7 @@ def export_dataset(home: Path | str | None, out_dir: Path, run_id: str | None = 
         questioner=recipe.questioner.model, roleplayers=roleplayers, oracle=recipe.chat_models[roles.oracle].model,
         judge=recipe.chat_models[roles.judge].model, dataset=run["dataset"], iterations=trained,
         recipe_name=run["recipe_name"], question_cost=recipe.reward.question_cost,
+        fact_credit=recipe.reward.fact_credit,
         recipe=json.dumps(json.loads(run["recipe"]), indent=2))
     with written_aside(out_dir, "--data") as tmp:
         for name, rows in kept.items():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..engines.questioner import Questioner
 from ..errors import StargateError
-from ..prompts import DECIDE_INSTRUCTION, QUESTION_INSTRUCTION
+from ..prompts import questioner_instruction
 from ..runs import pick_run, pick_training, recipe_of_run, training_format
 from ..store import Store
 
@@ -101,7 +101,7 @@ def export(home: Path | str | None, out_dir: Path, run_id: str | None = None, it
     recipe = recipe_of_run(run)
     prompt_format = training_format(training, recipe)
     decide = recipe.simulate.turns == "policy"
-    asked_to = DECIDE_INSTRUCTION if decide else QUESTION_INSTRUCTION
+    asked_to = questioner_instruction(decide, recipe.simulate.instruction)
     instruction = (f", followed by a blank line and this instruction: \"{asked_to}\""
                    if prompt_format == "instructed" else ", nothing else: it asks its questions by itself")
     ending = ("it asks until it knows enough, then answers in its own turn (a turn without a question is its answer)."

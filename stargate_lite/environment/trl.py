@@ -215,7 +215,8 @@ class GRPORollouts:
         p, env, render = episode.pair, self.env, self.env.questioner.render
 
         def view(messages):
-            return questioner_messages(p["persona_name"], p["task"], messages, final=False, decide=env.decide)
+            return questioner_messages(p["persona_name"], p["task"], messages, final=False, decide=env.decide,
+                                       instruction_text=env.recipe.simulate.instruction)
 
         before = render(view(earlier), add_generation_prompt=True)
         after = render(view(episode.messages[:-1]))

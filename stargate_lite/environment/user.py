@@ -9,7 +9,8 @@ stage's own roleplayer_turn: what the user sees, the seed, the trim). The episod
 response (simulate.turns policy: a turn that is not a question, prompts.is_question) or at the pair's turn limit.
 
 Its reward is the project's, computed as the score stage computes it: log p_base(gold | task, conversation) under
-the base Questioner (stages/score.py, score_golds), less reward.question_cost per question (store/reward.py). With
+the base Questioner (stages/score.py, score_golds), less reward.question_cost per question, plus
+reward.fact_credit per fact a gated user was told (store/reward.py). With
 reward.per_turn the gold's log-prob after each turn but the last comes too: the turn scores the score stage stores,
 from which rloo and grpo reckon each turn's reward-to-go (store/reward.py's rewards_to_go, in info too). Beside it,
 `info` holds what a trainer logs: the questions asked, what the conversation drew out of the persona
@@ -54,7 +55,7 @@ from ..stages.simulate import (
     user_gate,
 )
 from ..store import Store
-from ..store.reward import reward, rewards_to_go
+from ..store.reward import facts_told, reward, rewards_to_go
 
 
 @dataclass
@@ -210,14 +211,15 @@ class UserEnvironment:
     def opening(self, pair: int) -> list[dict]:
         """The Questioner's opening messages on pair number `pair`: the first observation of its episodes."""
         p = self.pairs[pair]
-        return questioner_messages(p["persona_name"], p["task"], [], final=False, decide=self.decide)
+        return questioner_messages(p["persona_name"], p["task"], [], final=False, decide=self.decide,
+                                   instruction_text=self.recipe.simulate.instruction)
 
     def observation(self, episode: Episode) -> dict:
         """What the Questioner reads for its next turn: its messages as the policy sees them in simulation, the
         turns taken and the pair's turn limit."""
         p = episode.pair
         return {"messages": questioner_messages(p["persona_name"], p["task"], episode.messages, final=False,
-                                                decide=self.decide),
+                                                decide=self.decide, instruction_text=self.recipe.simulate.instruction),
                 "turn": episode.turns, "turns": p["turns"]}
 
     def reset(self, pair: int | None = None, seed: int | None = None) -> dict:
@@ -288,7 +290,7 @@ class UserEnvironment:
         p = episode.pair
         view = questioner_messages(p["persona_name"], p["task"], [*episode.messages, {"role": "questioner",
                                                                                      "text": text}],
-                                   final=False, decide=self.decide)
+                                   final=False, decide=self.decide, instruction_text=self.recipe.simulate.instruction)
         tokens = self.questioner.count_tokens([self.questioner.render(view)])[0]
         if tokens > self.context:
             (own,) = self.questioner.count_tokens([text])
@@ -332,7 +334,8 @@ class UserEnvironment:
             questions = sum(m["role"] == "questioner" and is_question(m["text"]) for m in episode.messages)
             replies = [m for m in episode.messages if m["role"] == "roleplayer"]
             episode.done = True
-            episode.reward = reward(logprob, questions, self.recipe.reward.question_cost)
+            episode.reward = reward(logprob, questions, self.recipe.reward.question_cost, facts_told(replies),
+                                    self.recipe.reward.fact_credit)
             per_turn = {k: lp for k, (lp, _) in after.items()} if self.recipe.reward.per_turn else None
             episode.info = {
                 "conversation_id": episode.id, "pair_id": episode.pair["id"], "turns": episode.turns,
@@ -340,7 +343,7 @@ class UserEnvironment:
                 "logprob": logprob, "gold_tokens": n, "turn_logprobs": per_turn,
                 "rewards_to_go": None if per_turn is None else rewards_to_go(
                     {"conversation_id": episode.id, "logprob": logprob, "answer": episode.answer},
-                    episode.messages, per_turn, self.recipe.reward.question_cost),
+                    episode.messages, per_turn, self.recipe.reward.question_cost, self.recipe.reward.fact_credit),
                 "roleplayer": episode.roleplayer,
                 "facts_given": [[facts[i] for i in m["facts"]] for m in replies] if self.gate else None,
                 "elicitation": conversation_elicitation(_read_back(episode.messages), facts, self.elicitation_gate),
@@ -358,7 +361,8 @@ class UserEnvironment:
 
     def score_many(self, conversations: list[tuple[int | dict, list[dict]]]) -> list[dict]:
         """Score finished conversations in one batch: each (pair: its number in `pairs`, or a pair of them; turns:
-        [{role: questioner | roleplayer, text}], question and answer alternating), as the score stage scores.
+        [{role: questioner | roleplayer, text, facts: a gated reply's fact indices, credited by
+        reward.fact_credit}], question and answer alternating), as the score stage scores.
         Returns per conversation {logprob, gold_tokens, questions, reward, turn_logprobs (reward.per_turn, else
         None)}."""
         items = []
@@ -375,7 +379,8 @@ class UserEnvironment:
         for (_, turns), ((logprob, n), after) in zip(items, self._scores(items), strict=True):
             questions = sum(t["role"] == "questioner" and is_question(t["text"]) for t in turns)
             out.append({"logprob": logprob, "gold_tokens": n, "questions": questions,
-                        "reward": reward(logprob, questions, self.recipe.reward.question_cost),
+                        "reward": reward(logprob, questions, self.recipe.reward.question_cost, facts_told(turns),
+                                         self.recipe.reward.fact_credit),
                         "turn_logprobs": {k: lp for k, (lp, _) in after.items()} if self.recipe.reward.per_turn
                         else None})
         return out

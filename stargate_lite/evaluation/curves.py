@@ -54,11 +54,12 @@ def _log_stage_row(tracker: Tracker, store: Store, run_id: str, row: dict) -> No
         "gpu_seconds": seconds * row["gpus"] if row["gpus"] else None})
 
 
-def log_iteration(tracker: Tracker, store: Store, run_id: str, iteration: int, question_cost: float) -> None:
+def log_iteration(tracker: Tracker, store: Store, run_id: str, iteration: int, question_cost: float,
+                  fact_credit: float = 0.0) -> None:
     """A trained iteration: its rewards, efficiency and training."""
     if not tracker.active:
         return
-    rewards = [r["reward"] for r in store.rewards(run_id, iteration, question_cost)]
+    rewards = [r["reward"] for r in store.rewards(run_id, iteration, question_cost, fact_credit)]
     kept = [s["reward"] if s.get("reward") is not None else s["logprob"] for s in store.selections(run_id, iteration)]
     eff = efficiency(store.conversation_efficiency(run_id, iteration), store.response_lengths(run_id, iteration))
     training = store.training(run_id, iteration) or {}
@@ -70,7 +71,8 @@ def log_iteration(tracker: Tracker, store: Store, run_id: str, iteration: int, q
         "train_steps": training.get("steps")})
 
 
-def log_finished(tracker: Tracker, store: Store, run_id: str, question_cost: float) -> None:
+def log_finished(tracker: Tracker, store: Store, run_id: str, question_cost: float,
+                 fact_credit: float = 0.0) -> None:
     """What the store holds and the tracker has not been sent, when a run starts or resumes: the points of a
     process killed between its stage's mark and their writing, or of a run that turns tracking on late (its
     earlier train steps then with their loss only: the training record keeps no more)."""
@@ -86,7 +88,7 @@ def log_finished(tracker: Tracker, store: Store, run_id: str, question_cost: flo
         for step, loss in enumerate(json.loads(training["losses"]), start=1):
             tracker.log("train", offset + step, {"loss": loss})
         offset += training["steps"]
-        log_iteration(tracker, store, run_id, it["iteration"], question_cost)
+        log_iteration(tracker, store, run_id, it["iteration"], question_cost, fact_credit)
 
 
 def log_evaluation(tracker: Tracker, summary: dict) -> None:

@@ -141,7 +141,8 @@ def _respond(store: Store, ns: str, iteration: int, responder: str, pairs: list[
     instruction = recipe.train.format == "instructed"
     decide = recipe.simulate.turns == "policy"
     prompts = [questioner_messages(p["persona_name"], p["task"], turns[c], final=True, instruction=instruction,
-                                   decide=decide) for p, c in zip(todo, conv_ids)]
+                                   decide=decide, instruction_text=recipe.simulate.instruction)
+               for p, c in zip(todo, conv_ids)]
     questioner = models().questioner
     with progress.stage(f"eval {iteration}: responses ({responder})", len(todo)) as bar, \
             models().policy(adapter) as model:

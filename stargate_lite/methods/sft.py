@@ -19,11 +19,13 @@ def conversation_example(recipe: Recipe, pair: dict, conversation: list[dict], f
         return None
     if recipe.train.target == "none":
         return questioner_messages(pair["persona_name"], pair["task"], conversation, final=False,
-                                   instruction=instruction, decide=decide)
+                                   instruction=instruction, decide=decide,
+                                   instruction_text=recipe.simulate.instruction)
     if not (final and final.strip()):
         return None
     messages = questioner_messages(pair["persona_name"], pair["task"], conversation, final=True,
-                                   instruction=instruction, decide=decide)
+                                   instruction=instruction, decide=decide,
+                                   instruction_text=recipe.simulate.instruction)
     return [*messages, {"role": "assistant", "content": final}]
 
 

@@ -27,6 +27,7 @@ def respond_stage(
     prompt_format: str,
     progress: Progress,
     decide: bool = False,
+    instruction_text: str | None = None,
 ) -> None:
     """`prompt_format` (train.format): "instructed" keeps the instruction to ask in the prompt, "bare" leaves it
     out, as the policy will be trained on this response. `decide` (simulate.turns policy): the response follows
@@ -41,7 +42,8 @@ def respond_stage(
             prompts = [
                 questioner_messages(pairs[s["pair_id"]]["persona_name"], pairs[s["pair_id"]]["task"],
                                     turns[s["conversation_id"]], final=True,
-                                    instruction=prompt_format == "instructed", decide=decide)
+                                    instruction=prompt_format == "instructed", decide=decide,
+                                    instruction_text=instruction_text)
                 for s in chunk
             ]
             texts = questioner.generate(policy, prompts, max_new_tokens=config.max_tokens, temperature=0.0,

@@ -1,15 +1,17 @@
 """Select stage: keep each pair's best conversation by reward (top-1, ties to the lowest sample).
 
-The reward is the gold's log-prob under the base model less reward.question_cost nats per question asked."""
+The reward is the gold's log-prob under the base model less reward.question_cost nats per question asked, plus
+reward.fact_credit nats per persona fact a gated user was told (store/reward.py)."""
 
 from __future__ import annotations
 
 from ..store import Store
 
 
-def select_best(store: Store, run_id: str, iteration: int, question_cost: float = 0.0) -> int:
+def select_best(store: Store, run_id: str, iteration: int, question_cost: float = 0.0,
+                fact_credit: float = 0.0) -> int:
     """Store one selection per pair; returns how many pairs have one."""
     rows = [{**best, "run_id": run_id, "iteration": iteration}
-            for best in store.best_scores(run_id, iteration, question_cost)]
+            for best in store.best_scores(run_id, iteration, question_cost, fact_credit=fact_credit)]
     store.insert_rows("selections", rows, pk="pair_id")
     return len(rows)

@@ -165,7 +165,7 @@ def simulate_chunk(
         questions = questioner.generate(
             policy,
             [questioner_messages(c["pair"]["persona_name"], c["pair"]["task"], c["messages"], final=False,
-                                 decide=decide)
+                                 decide=decide, instruction_text=config.instruction)
              for c in active],
             max_new_tokens=config.question_max_tokens,
             temperature=config.temperature,

@@ -5,7 +5,7 @@ SQL does; browse only hands it to Datasette.
 
 from __future__ import annotations
 
-from .reward import reward_sql
+from .reward import facts_told_sql, reward_sql
 
 # Per table: (its description, {column: its description}), as Datasette shows them.
 TABLE_NOTES = {
@@ -70,11 +70,13 @@ BROWSE_QUERIES = {
     },
     "pair_conversations": {
         "title": "A pair's conversations, best reward first, the kept one marked",
-        "description": "reward: the gold's log-prob less reward.question_cost per question (selection's).",
+        "description": "reward: the gold's log-prob less reward.question_cost per question, plus "
+                       "reward.fact_credit per fact a gated user was told (selection's).",
         "sql": f"""
             select c.sample, case when k.conversation_id is not null then 'kept' else '' end as kept,
               {reward_sql("coalesce(s.logprob, e.logprob)", "coalesce(c.questions, 0)",
-                          "coalesce(json_extract(r.recipe, '$.reward.question_cost'), 0)")} as reward,
+                          "coalesce(json_extract(r.recipe, '$.reward.question_cost'), 0)", facts_told_sql("c.id"),
+                          "coalesce(json_extract(r.recipe, '$.reward.fact_credit'), 0)")} as reward,
               coalesce(s.logprob, e.logprob) as gold_logprob, c.questions, c.roleplayer,
               {_TURNS_TEXT} as conversation, c.id as conversation_id
             from conversations c left join runs r on r.id = c.run_id

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..prompts import is_question
 from .core import VARIABLES_PER_QUERY, StoreCore, like_prefix
-from .reward import reward_sql
+from .reward import facts_told_sql, reward_sql
 
 
 class ConversationRecords(StoreCore):
@@ -177,13 +177,15 @@ class ConversationRecords(StoreCore):
                     for end, row in (("best", group[0]), ("worst", group[-1]))}}
                 for group in by_pair.values()]
 
-    def best_scores(self, run_id: str, iteration: int, question_cost: float = 0.0, worst: bool = False) -> list[dict]:
+    def best_scores(self, run_id: str, iteration: int, question_cost: float = 0.0, worst: bool = False,
+                    fact_credit: float = 0.0) -> list[dict]:
         """Each pair's best conversation {pair_id, conversation_id, logprob, reward} by reward (its log-prob less
-        question_cost per question), ties to the lowest sample, by pair: the selection, chosen in SQL (an iteration
-        can hold a million scores). With no cost the reward is the log-prob itself (x - 0.0 is x, exactly).
+        question_cost per question, plus fact_credit per fact its gated user was told), ties to the lowest sample,
+        by pair: the selection, chosen in SQL (an iteration can hold a million scores). With neither the reward is
+        the log-prob itself (x - 0.0 is x, exactly), and the facts are not counted.
         `worst`: each pair's worst instead (ties to the lowest sample too), for preference training."""
         order = "asc" if worst else "desc"
-        reward = reward_sql("s.logprob", "c.questions", "?")
+        reward, params = _reward_of_conversation(question_cost, fact_credit)
         return self.rows(
             f"""
             select pair_id, conversation_id, logprob, reward from (
@@ -193,20 +195,20 @@ class ConversationRecords(StoreCore):
               where c.run_id = ? and c.iteration = ?
             ) where place = 1 order by pair_id
             """,
-            [question_cost, question_cost, run_id, iteration],
+            [*params, *params, run_id, iteration],
         )
 
-    def rewards(self, run_id: str, iteration: int, question_cost: float = 0.0) -> list[dict]:
+    def rewards(self, run_id: str, iteration: int, question_cost: float = 0.0, fact_credit: float = 0.0) -> list[dict]:
         """Every scored conversation of an iteration {pair_id, conversation_id, answer, answer_cut, logprob, reward}, its reward as
         selection reckons it (best_scores), in (pair, sample) order: the samples of rloo and grpo."""
+        reward, params = _reward_of_conversation(question_cost, fact_credit)
         return self.rows(
             f"""
-            select c.pair_id, c.id as conversation_id, c.answer, c.answer_cut, s.logprob,
-              {reward_sql("s.logprob", "c.questions", "?")} as reward
+            select c.pair_id, c.id as conversation_id, c.answer, c.answer_cut, s.logprob, {reward} as reward
             from conversations c join scores s on s.conversation_id = c.id
             where c.run_id = ? and c.iteration = ? order by c.pair_id, c.sample
             """,
-            [question_cost, run_id, iteration],
+            [*params, run_id, iteration],
         )
 
     def selections(self, run_id: str, iteration: int) -> list[dict]:
@@ -258,3 +260,11 @@ class ConversationRecords(StoreCore):
             self.db["stages"].insert({"run_id": row["run_id"], "iteration": row["iteration"], "stage": "train",
                                       "done_at": now}, pk=("run_id", "iteration", "stage"), replace=True)
             self.db["iterations"].update((row["run_id"], row["iteration"]), {"finished_at": now})
+
+
+def _reward_of_conversation(question_cost: float, fact_credit: float) -> tuple[str, list[float]]:
+    """The reward of conversation `c` scored in `s`, as SQL and its parameters; its facts are counted only where
+    they are credited (a subquery per conversation)."""
+    if not fact_credit:
+        return reward_sql("s.logprob", "c.questions", "?"), [question_cost]
+    return reward_sql("s.logprob", "c.questions", "?", facts_told_sql("c.id"), "?"), [question_cost, fact_credit]

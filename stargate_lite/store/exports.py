@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from .core import StoreCore, like_prefix
-from .reward import reward_sql
+from .reward import facts_told_sql, reward_sql
 
 
 class ExportReads(StoreCore):
@@ -29,7 +29,7 @@ class ExportReads(StoreCore):
             params,
         )
 
-    def export_conversations(self, run_id: str, question_cost: float) -> list[dict]:
+    def export_conversations(self, run_id: str, question_cost: float, fact_credit: float = 0.0) -> list[dict]:
         """Every conversation of a run's namespaces: its gold log-prob (the score stage's, or an evaluation's
         experimental one), its reward as selection reckons it, whether selection kept it, and its persona (text,
         facts) for the elicitation counts."""
@@ -38,7 +38,8 @@ class ExportReads(StoreCore):
             f"""
             select c.id, c.run_id as namespace, c.iteration, c.pair_id, c.sample, c.policy, c.roleplayer,
               c.turns as turn_count, c.questions, c.answer, coalesce(s.logprob, e.logprob) as logprob,
-              {reward_sql("coalesce(s.logprob, e.logprob)", "coalesce(c.questions, 0)", "?")} as reward,
+              {reward_sql("coalesce(s.logprob, e.logprob)", "coalesce(c.questions, 0)", "?", facts_told_sql("c.id"),
+                          "?")} as reward,
               k.conversation_id is not null as kept, pe.text as persona, pe.facts as persona_facts
             from conversations c join pairs p on p.id = c.pair_id join personas pe on pe.id = p.persona_id
             left join scores s on s.conversation_id = c.id
@@ -46,7 +47,7 @@ class ExportReads(StoreCore):
             left join selections k on k.conversation_id = c.id
             where {where} order by c.run_id, c.iteration, c.pair_id, c.sample
             """,
-            [question_cost, *params],
+            [question_cost, fact_credit, *params],
         )
 
     def export_selections(self, run_id: str) -> list[dict]:
