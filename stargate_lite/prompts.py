@@ -99,8 +99,7 @@ def questioner_messages(
     (DECIDE_INSTRUCTION) and the final response follows the last answer as it is, the request not repeated.
     `instruction_text` (simulate.instruction) replaces the shipped instruction, whichever it would be.
     """
-    instruction_text = instruction_text or questioner_instruction(decide)
-    first = greeting(name, task) + (f"\n\n{instruction_text}" if instruction else "")
+    first = greeting(name, task) + (f"\n\n{questioner_instruction(decide, instruction_text)}" if instruction else "")
     messages = [{"role": "user", "content": first}]
     for turn in turns:
         role = "assistant" if turn["role"] == "questioner" else "user"
