@@ -89,7 +89,7 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
         done("score")
     if not store.stage_done(run_id, iteration, "select"):
         begin("select")
-        select_best(store, run_id, iteration, recipe.reward.question_cost, recipe.reward.fact_credit)
+        select_best(store, run_id, iteration, recipe.reward.terms)
         stop_point(f"select/{iteration}")
         done("select")
     if not store.stage_done(run_id, iteration, "respond"):
@@ -123,7 +123,7 @@ def run_iteration(store: Store, recipe: Recipe, run_id: str, iteration: int, que
         stop_point(f"trained/{iteration}")
         store.finish_training({"run_id": run_id, "iteration": iteration, "format": recipe.train.format, **record})
         log_stage(tracker, store, run_id, iteration, "train")
-        log_iteration(tracker, store, run_id, iteration, recipe.reward.question_cost, recipe.reward.fact_credit)
+        log_iteration(tracker, store, run_id, iteration, recipe.reward.terms)
         release_memory()
 
 
@@ -142,7 +142,7 @@ def run(recipe: Recipe, iterations: int, home: Path | str | None = None, run_id:
           ChatModels(recipe.chat_models, store.home, run_dir(store, run_id)) as chat,
           open_tracker(store, run_id, recipe.track, run_dir(store, run_id)) as tracker):
         session = start_session(store, run_id)
-        log_finished(tracker, store, run_id, recipe.reward.question_cost, recipe.reward.fact_credit)
+        log_finished(tracker, store, run_id, recipe.reward.terms)
         if not store.stage_done(run_id, 0, "data"):  # the home's data is shared: a later run finds it made
             store.start_stage(run_id, 0, "data", session, 0)
             prepare_data(store, recipe, lambda: chat.get(recipe.roles.oracle), progress)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from .errors import StargateError
 from .prompts import JUDGE_TEMPLATES
 from .training_methods import method_names, training_method, unknown_method
+
+if TYPE_CHECKING:
+    from .store.reward import RewardTerms
 
 SPLITS = ("A", "B", "test")
 TRAIN_SPLITS = ("A", "B")
@@ -336,6 +339,14 @@ class RewardConfig(_Strict):
         "after every turn, K scorings of a conversation instead of one. false: each turn gets its conversation's "
         "advantage.",
     )
+
+    @property
+    def terms(self) -> RewardTerms:
+        """The two rates the reward adds to the log-prob, as the store and the methods take them (imported here:
+        reading a recipe should not load the store)."""
+        from .store.reward import RewardTerms
+
+        return RewardTerms(self.question_cost, self.fact_credit)
 
 
 class ScoreConfig(_Strict):

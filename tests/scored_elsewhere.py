@@ -9,10 +9,10 @@ from stargate_lite.stages.score import score_stage
 from stargate_lite.store import Store
 
 
-def score_stage_rewards(env, conversation_ids: list[str], question_cost: float) -> list[float]:
+def score_stage_rewards(env, conversation_ids: list[str]) -> list[float]:
     """Each stored conversation of the environment's namespace copied, turns as the store reads them back, into a
     namespace of its own ("check", its pairs drawn as the environment draws its own), scored there by score_stage
-    with the environment's base model, and rewarded as selection rewards it: the rewards, in the order given."""
+    with the environment's base model, and rewarded as selection rewards it, under the environment's recipe: the rewards, in the order given."""
     store: Store = env.store
     recipe = env.recipe
     make_pairs(store, recipe, "check", 0, env.split, f"{recipe.seed}/env")
@@ -24,5 +24,5 @@ def score_stage_rewards(env, conversation_ids: list[str], question_cost: float) 
          "policy": "base", "answer": stored[cid]["answer"], "messages": turns[cid]}
         for i, cid in enumerate(conversation_ids)])
     score_stage(store, "check", 0, env.model, env.questioner, recipe.score, Progress(enabled=False))
-    rewards = {r["conversation_id"]: r["reward"] for r in store.rewards("check", 0, question_cost)}
+    rewards = {r["conversation_id"]: r["reward"] for r in store.rewards("check", 0, recipe.reward.terms)}
     return [rewards[f"check-{i}"] for i in range(len(conversation_ids))]

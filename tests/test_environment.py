@@ -61,7 +61,7 @@ def test_an_episode_gets_the_reward_the_score_stage_gives_its_conversation_and_i
                                "pair_id": e.pair["id"].replace("tiny#env:A/", "check/"), "turns": e.turns,
                                "policy": "base", "messages": turns[e.id]} for i, e in enumerate(episodes)])
     score_stage(store, "check", 0, env.model, env.questioner, recipe.score, QUIET, per_turn=True)
-    rewards = {r["conversation_id"]: r["reward"] for r in store.rewards("check", 0, 0.5)}
+    rewards = {r["conversation_id"]: r["reward"] for r in store.rewards("check", 0, recipe.reward.terms)}
     after = store.turn_scores("check", 0)
     assert [s.reward for s in last] == pytest.approx([rewards["check-0"], rewards["check-1"]], abs=1e-4)
     assert [s.info["turn_logprobs"] for s in last] == [pytest.approx(after["check-0"], abs=1e-4), {}]
@@ -95,7 +95,7 @@ def test_an_episode_gets_the_reward_the_score_stage_gives_its_conversation_and_i
     assert {s["conversation_id"]: s["logprob"] for s in store.scores("tiny#env:A", 0)} == \
         {e.id: s.info["logprob"] for e, s in zip(episodes, last, strict=True)}
     assert store.turn_scores("tiny#env:A", 0) == {episodes[0].id: last[0].info["turn_logprobs"]}
-    exported = {c["id"]: c for c in store.export_conversations("tiny", 0.5) if c["namespace"] == "tiny#env:A"}
+    exported = {c["id"]: c for c in store.export_conversations("tiny", recipe.reward.terms) if c["namespace"] == "tiny#env:A"}
     assert [exported[e.id]["reward"] for e in episodes] == pytest.approx([s.reward for s in last], abs=1e-9)
     assert audit(store.audit_conversations("tiny#env:A", 0))["smollm2"]["conversations"] == 2
     (played,) = run_status(store)["environments"]

@@ -135,8 +135,7 @@ def test_grpo_trains_smollm2_through_the_environment_on_its_reward_with_the_user
         # The reward the trainer got, beside the score stage's on the same conversations.
         episodes = [e for _, call in played for e in call]
         given = [r for out, _ in played for r in out["stargate_reward"]]
-        assert given == pytest.approx(score_stage_rewards(env, [e.id for e in episodes],
-                                                                      recipe.reward.question_cost), abs=1e-4)
+        assert given == pytest.approx(score_stage_rewards(env, [e.id for e in episodes]), abs=1e-4)
         assert {c["id"] for c in Store(with_data).conversations("tiny#env:A", 0)} == {e.id for e in episodes}
 
     logged = [entry for entry in trainer.state.log_history if "rewards/stargate_reward/mean" in entry]

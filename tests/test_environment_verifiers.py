@@ -76,7 +76,7 @@ def test_vf_eval_plays_the_user_and_rewards_each_rollout_as_the_score_stage(with
             assert "facts_elicited_actively" in trace["metrics"]
         assert cut, "no turn was cut at 6 tokens"
         given = [trace["rewards"]["stargate_reward"]["score"] for trace in traces]
-        assert given == pytest.approx(score_stage_rewards(env, ids, recipe.reward.question_cost), abs=1e-4)
+        assert given == pytest.approx(score_stage_rewards(env, ids), abs=1e-4)
 
 
 def test_without_verifiers_the_module_names_the_install_command(monkeypatch):

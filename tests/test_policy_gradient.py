@@ -243,7 +243,7 @@ def test_one_step_starts_at_ratio_one_and_favours_the_better_conversations(quest
 def test_each_turn_gets_its_reward_to_go_against_the_pairs_other_conversations_at_that_turn():
     """Three conversations of one pair, gold log-probs after each turn given: reward-to-go per turn (question
     cost 1, one turn without a question mark), and the last conversation's answer with its 0."""
-    from stargate_lite.store.reward import rewards_to_go
+    from stargate_lite.store.reward import RewardTerms, rewards_to_go
 
     def turns(*asked: bool) -> list[dict]:
         return [t for a in asked for t in ({"role": "questioner", "text": "Why?" if a else "Fine."},
@@ -252,25 +252,25 @@ def test_each_turn_gets_its_reward_to_go_against_the_pairs_other_conversations_a
     rows = [({"conversation_id": "a", "logprob": -10.0, "answer": None}, turns(True, True, True), {1: -30.0, 2: -20.0}),
             ({"conversation_id": "b", "logprob": -16.0, "answer": None}, turns(True, False, True), {1: -25.0, 2: -15.0}),
             ({"conversation_id": "c", "logprob": -40.0, "answer": "Here is a plan."}, turns(True), {})]
-    to_go = [rewards_to_go(row, t, after, cost=1.0) for row, t, after in rows]
+    to_go = [rewards_to_go(row, t, after, RewardTerms(question_cost=1.0)) for row, t, after in rows]
     assert to_go[0] == [-10.0 - 3, -10.0 + 30 - 2, -10.0 + 20 - 1]
     assert to_go[1] == [-16.0 - 2, -16.0 + 25 - 1, -16.0 + 15 - 1]
     assert to_go[2] == [-40.0 - 1, 0.0]  # its answer ends it: nothing to go
     with pytest.raises(Exception, match="no per-turn scores"):
-        rewards_to_go(rows[0][0], rows[0][1], {}, cost=1.0)
+        rewards_to_go(rows[0][0], rows[0][1], {}, RewardTerms(question_cost=1.0))
 
 
 def test_a_fact_credit_goes_to_the_turn_whose_reply_told_the_fact_and_to_the_turns_before_it():
     """reward.fact_credit under reward.per_turn: a turn's reward-to-go holds the credit of the facts first told
     from its reply on (a fact told again later counts once, where it was first told), so the to-go of the first
     turn holds the whole conversation's credit, as its reward does."""
-    from stargate_lite.store.reward import rewards_to_go
+    from stargate_lite.store.reward import RewardTerms, rewards_to_go
 
     turns = [{"role": "questioner", "text": "Who?"}, {"role": "roleplayer", "text": "A.", "facts": [1]},
              {"role": "questioner", "text": "What?"}, {"role": "roleplayer", "text": "B.", "facts": [1, 3]},
              {"role": "questioner", "text": "Fine."}, {"role": "roleplayer", "text": "Nothing.", "facts": []}]
     row = {"conversation_id": "a", "logprob": -10.0, "answer": None}
-    to_go = rewards_to_go(row, turns, {1: -30.0, 2: -20.0}, cost=1.0, credit=4.0)
+    to_go = rewards_to_go(row, turns, {1: -30.0, 2: -20.0}, RewardTerms(question_cost=1.0, fact_credit=4.0))
     assert to_go == [-10.0 - 2 + 2 * 4.0, -10.0 + 30 - 1 + 4.0, -10.0 + 20 - 0]
 
 

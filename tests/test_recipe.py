@@ -2,6 +2,7 @@ import pytest
 
 from stargate_lite.errors import StargateError
 from stargate_lite.recipe import TrainConfig, load_recipe, shipped_recipes
+from stargate_lite.store.reward import RewardTerms
 
 
 @pytest.mark.parametrize("name", shipped_recipes())
@@ -194,7 +195,9 @@ def test_a_fact_credit_needs_a_gated_user():
     """A free user's replies record no facts given, so a credit per fact told would silently add nothing."""
     with pytest.raises(StargateError, match="reward.fact_credit needs simulate.reveal: asked"):
         load_recipe("tiny", ["reward.fact_credit=2"])
-    assert load_recipe("tiny", ["reward.fact_credit=2", "simulate.reveal=asked"]).reward.fact_credit == 2.0
+    credited = load_recipe("tiny", ["reward.fact_credit=2", "simulate.reveal=asked", "simulate.turns=policy",
+                                    "reward.question_cost=0.5"])
+    assert credited.reward.terms == RewardTerms(question_cost=0.5, fact_credit=2.0)  # what selection ranks by
 
 
 def test_dropout_in_several_processes_needs_masks_seeded_per_sequence():

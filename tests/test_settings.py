@@ -114,10 +114,10 @@ def test_the_accepted_combinations_are_the_expected_twelve():
 def test_item1_a_conversation_that_answers_at_once_has_one_reward_to_go_its_conversations_reward():
     """Issue 45, item 1: its one Questioner turn is the answer, and what it leaves to go is the whole reward (the
     first turn of every conversation carries its conversation's reward, up to the pair's constant)."""
-    from stargate_lite.store.reward import rewards_to_go
+    from stargate_lite.store.reward import RewardTerms, rewards_to_go
 
     row = {"conversation_id": "d", "logprob": -50.0, "answer": "Here is a plan."}
-    assert rewards_to_go(row, [], {}, cost=1.0) == [-50.0]
+    assert rewards_to_go(row, [], {}, RewardTerms(question_cost=1.0)) == [-50.0]
 
 
 def _sequences(questioner, questions: list[str]):

@@ -4,6 +4,7 @@ import pytest
 
 from stargate_lite.errors import StargateError
 from stargate_lite.store import Store
+from stargate_lite.store.reward import RewardTerms
 
 
 def test_migrations_create_the_schema_once(home):
@@ -117,12 +118,12 @@ def test_a_question_cost_makes_selection_prefer_the_shorter_of_two_equally_good_
     select_best(store, "r", 1)  # no cost: the log-prob alone, the tie to the lowest sample
     assert [(s["conversation_id"], s["reward"]) for s in store.selections("r", 1)] == [("p#000", -7.25)]
     store.db.execute("delete from selections")
-    select_best(store, "r", 1, question_cost=0.5)
+    select_best(store, "r", 1, RewardTerms(question_cost=0.5))
     assert [(s["conversation_id"], s["logprob"], s["reward"]) for s in store.selections("r", 1)] == [
         ("p#002", -7.25, -7.25)]
     store.db.execute("delete from selections")
     store.db.execute("update scores set logprob = -6.5 where conversation_id = 'p#000'")  # two questions, 0.75 better
-    select_best(store, "r", 1, question_cost=0.25)
+    select_best(store, "r", 1, RewardTerms(question_cost=0.25))
     assert [(s["conversation_id"], s["reward"]) for s in store.selections("r", 1)] == [("p#000", -7.0)]
 
 
@@ -146,11 +147,11 @@ def test_a_fact_credit_makes_selection_prefer_the_conversation_whose_gated_user_
     select_best(store, "r", 1)  # no credit: the log-prob alone
     assert [s["conversation_id"] for s in store.selections("r", 1)] == ["p#000"]
     store.db.execute("delete from selections")
-    select_best(store, "r", 1, fact_credit=2.5)  # -10, -12 + 2.5, -13 + 5
+    select_best(store, "r", 1, RewardTerms(fact_credit=2.5))  # -10, -12 + 2.5, -13 + 5
     assert [(s["conversation_id"], s["logprob"], s["reward"]) for s in store.selections("r", 1)] == [
         ("p#002", -13.0, -8.0)]
-    assert [r["reward"] for r in store.rewards("r", 1, fact_credit=2.5)] == [-10.0, -9.5, -8.0]
-    (worst,) = store.best_scores("r", 1, fact_credit=2.5, worst=True)
+    assert [r["reward"] for r in store.rewards("r", 1, RewardTerms(fact_credit=2.5))] == [-10.0, -9.5, -8.0]
+    (worst,) = store.best_scores("r", 1, RewardTerms(fact_credit=2.5), worst=True)
     assert worst["conversation_id"] == "p#000"
 
 
@@ -169,15 +170,16 @@ def test_the_reward_sqlite_reckons_from_reward_sql_is_the_one_python_reckons_to_
     for cost in (0.0, 0, 0.1, 1 / 3, 0.25, 2.7e-5, 17.0):
         sql = f"select logprob, questions, {reward_sql('logprob', 'questions', '?')} from c order by rowid"
         computed = db.execute(sql, [cost]).fetchall()
-        assert [r for _, _, r in computed] == [reward(logprob, questions, cost) for logprob, questions in rows]
+        assert [r for _, _, r in computed] == [reward(logprob, questions, RewardTerms(cost)) for logprob, questions in rows]
     facts = [rng.randrange(0, 7) for _ in rows]
     db.execute("create table f (logprob real, questions integer, facts integer)")
     db.executemany("insert into f values (?, ?, ?)", [(*row, n) for row, n in zip(rows, facts)])
     for cost, credit in ((0.0, 0.0), (0.1, 1 / 3), (0.25, 2.7e-5), (0.0, 17.0)):
         sql = f"select {reward_sql('logprob', 'questions', '?', 'facts', '?')} from f order by rowid"
         computed = [r for (r,) in db.execute(sql, [cost, credit])]
-        assert computed == [reward(lp, q, cost, n, credit) for (lp, q), n in zip(rows, facts)]
-    assert reward(-7.25, 4, 0.0) == -7.25 and reward(-7.25, 2, 0.5) == -8.25 and reward(-7.25, 2, 0.5, 3, 1.0) == -5.25
+        assert computed == [reward(lp, q, RewardTerms(cost, credit), n) for (lp, q), n in zip(rows, facts)]
+    assert reward(-7.25, 4, RewardTerms()) == -7.25 and reward(-7.25, 2, RewardTerms(0.5)) == -8.25
+    assert reward(-7.25, 2, RewardTerms(0.5, 1.0), 3) == -5.25
 
 
 def test_exports_and_browse_show_q0s_response_beside_every_verdict_of_either_responder(home, tmp_path):

@@ -19,6 +19,7 @@ from ..evaluation.elicitation import conversation_elicitation
 from ..runs import pick_run, recipe_of_run
 from ..stages.simulate import pair_facts, recipe_gate
 from ..store import Store
+from ..store.reward import RewardTerms
 from .export import check_new_folder, written_aside
 
 CONFIGS = ("conversations", "pairs", "selections", "responses", "judgments")
@@ -85,13 +86,12 @@ DESCRIBED = {
 }
 
 
-def dataset_tables(store: Store, run_id: str, question_cost: float, gate: Gate,
-                   fact_credit: float = 0.0) -> dict[str, list[dict]]:
+def dataset_tables(store: Store, run_id: str, terms: RewardTerms, gate: Gate) -> dict[str, list[dict]]:
     """The run's rows per configuration, shaped for Parquet (turns as a list, flags as booleans). A conversation
     has its elicitation counts (facts, active, passive, never: evaluation/elicitation.py, by `gate`), and each
     turn the persona facts a gated user's reply was given, as texts (None for a Questioner turn or a free user's
     reply)."""
-    conversations = store.export_conversations(run_id, question_cost, fact_credit)
+    conversations = store.export_conversations(run_id, terms)
     turns = store.turns([c["id"] for c in conversations])
     for c in conversations:
         facts = pair_facts(c)
@@ -125,8 +125,7 @@ def export_dataset(home: Path | str | None, out_dir: Path, run_id: str | None = 
     store = Store(home, create=False)
     run = pick_run(store, run_id)
     recipe = recipe_of_run(run)
-    tables = dataset_tables(store, run["id"], recipe.reward.question_cost, recipe_gate(recipe.simulate, store.home),
-                            recipe.reward.fact_credit)
+    tables = dataset_tables(store, run["id"], recipe.reward.terms, recipe_gate(recipe.simulate, store.home))
     kept = {name: rows for name, rows in tables.items() if rows}  # an empty table has no columns to write
     configs = "\n".join(f"- config_name: {name}\n  data_files:\n  - split: train\n    path: {name}/{DATA_FILE}"
                         + ("\n  default: true" if name == "conversations" else "") for name in kept)

@@ -334,8 +334,7 @@ class UserEnvironment:
             questions = sum(m["role"] == "questioner" and is_question(m["text"]) for m in episode.messages)
             replies = [m for m in episode.messages if m["role"] == "roleplayer"]
             episode.done = True
-            episode.reward = reward(logprob, questions, self.recipe.reward.question_cost, facts_told(replies),
-                                    self.recipe.reward.fact_credit)
+            episode.reward = reward(logprob, questions, self.recipe.reward.terms, facts_told(replies))
             per_turn = {k: lp for k, (lp, _) in after.items()} if self.recipe.reward.per_turn else None
             episode.info = {
                 "conversation_id": episode.id, "pair_id": episode.pair["id"], "turns": episode.turns,
@@ -343,7 +342,7 @@ class UserEnvironment:
                 "logprob": logprob, "gold_tokens": n, "turn_logprobs": per_turn,
                 "rewards_to_go": None if per_turn is None else rewards_to_go(
                     {"conversation_id": episode.id, "logprob": logprob, "answer": episode.answer},
-                    episode.messages, per_turn, self.recipe.reward.question_cost, self.recipe.reward.fact_credit),
+                    episode.messages, per_turn, self.recipe.reward.terms),
                 "roleplayer": episode.roleplayer,
                 "facts_given": [[facts[i] for i in m["facts"]] for m in replies] if self.gate else None,
                 "elicitation": conversation_elicitation(_read_back(episode.messages), facts, self.elicitation_gate),
@@ -379,8 +378,7 @@ class UserEnvironment:
         for (_, turns), ((logprob, n), after) in zip(items, self._scores(items), strict=True):
             questions = sum(t["role"] == "questioner" and is_question(t["text"]) for t in turns)
             out.append({"logprob": logprob, "gold_tokens": n, "questions": questions,
-                        "reward": reward(logprob, questions, self.recipe.reward.question_cost, facts_told(turns),
-                                         self.recipe.reward.fact_credit),
+                        "reward": reward(logprob, questions, self.recipe.reward.terms, facts_told(turns)),
                         "turn_logprobs": {k: lp for k, (lp, _) in after.items()} if self.recipe.reward.per_turn
                         else None})
         return out

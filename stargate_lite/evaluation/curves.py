@@ -19,6 +19,7 @@ import re
 import statistics
 
 from ..store import Store
+from ..store.reward import RewardTerms
 from ..tracking import Tracker
 from .efficiency import METRICS, efficiency
 
@@ -54,12 +55,11 @@ def _log_stage_row(tracker: Tracker, store: Store, run_id: str, row: dict) -> No
         "gpu_seconds": seconds * row["gpus"] if row["gpus"] else None})
 
 
-def log_iteration(tracker: Tracker, store: Store, run_id: str, iteration: int, question_cost: float,
-                  fact_credit: float = 0.0) -> None:
+def log_iteration(tracker: Tracker, store: Store, run_id: str, iteration: int, terms: RewardTerms) -> None:
     """A trained iteration: its rewards, efficiency and training."""
     if not tracker.active:
         return
-    rewards = [r["reward"] for r in store.rewards(run_id, iteration, question_cost, fact_credit)]
+    rewards = [r["reward"] for r in store.rewards(run_id, iteration, terms)]
     kept = [s["reward"] if s.get("reward") is not None else s["logprob"] for s in store.selections(run_id, iteration)]
     eff = efficiency(store.conversation_efficiency(run_id, iteration), store.response_lengths(run_id, iteration))
     training = store.training(run_id, iteration) or {}
@@ -71,8 +71,7 @@ def log_iteration(tracker: Tracker, store: Store, run_id: str, iteration: int, q
         "train_steps": training.get("steps")})
 
 
-def log_finished(tracker: Tracker, store: Store, run_id: str, question_cost: float,
-                 fact_credit: float = 0.0) -> None:
+def log_finished(tracker: Tracker, store: Store, run_id: str, terms: RewardTerms) -> None:
     """What the store holds and the tracker has not been sent, when a run starts or resumes: the points of a
     process killed between its stage's mark and their writing, or of a run that turns tracking on late (its
     earlier train steps then with their loss only: the training record keeps no more)."""
@@ -88,7 +87,7 @@ def log_finished(tracker: Tracker, store: Store, run_id: str, question_cost: flo
         for step, loss in enumerate(json.loads(training["losses"]), start=1):
             tracker.log("train", offset + step, {"loss": loss})
         offset += training["steps"]
-        log_iteration(tracker, store, run_id, it["iteration"], question_cost, fact_credit)
+        log_iteration(tracker, store, run_id, it["iteration"], terms)
 
 
 def log_evaluation(tracker: Tracker, summary: dict) -> None:

@@ -59,7 +59,7 @@ from ..stages.data import make_pairs, prepare_data, usable_pairs
 from ..stages.score import score_stage
 from ..stages.simulate import Roleplayers, pair_facts, recipe_gate, simulate, user_gate
 from ..store import Store
-from ..store.reward import reward
+from ..store.reward import RewardTerms, reward
 from .elicitation import conversation_elicitation, elicitation
 from .evaluate import closing_questioner
 from .intervals import Interval, crossed_bootstrap
@@ -302,7 +302,7 @@ def _policy_split(store: Store, ns: str, question_cost: float,
     rewards: dict[str, list[float]] = {}
     for s in store.scores(ns, 0):
         questions = conversations[s["conversation_id"]]["questions"] or 0
-        rewards.setdefault(s["pair_id"], []).append(reward(s["logprob"], questions, question_cost))
+        rewards.setdefault(s["pair_id"], []).append(reward(s["logprob"], questions, RewardTerms(question_cost)))
     by_key = {}
     for pair_id, values in rewards.items():
         p = pairs[pair_id]

@@ -51,7 +51,7 @@ def policy_samples(store: Store, recipe: Recipe, run_id: str, iteration: int,
     but the KL penalty, and are left out."""
     pairs = {p["id"]: p for p in store.pairs(run_id, iteration)}
     groups: dict[str, list[dict]] = {}
-    for row in store.rewards(run_id, iteration, recipe.reward.question_cost, recipe.reward.fact_credit):
+    for row in store.rewards(run_id, iteration, recipe.reward.terms):
         groups.setdefault(row["pair_id"], []).append(row)
     turns = store.turns([r["conversation_id"] for rows in groups.values() for r in rows])
     cut = store.cut_turns(run_id, iteration)
@@ -61,7 +61,7 @@ def policy_samples(store: Store, recipe: Recipe, run_id: str, iteration: int,
     for pair_id, rows in groups.items():
         if recipe.reward.per_turn:
             to_go = [rewards_to_go(r, turns[r["conversation_id"]], after.get(r["conversation_id"], {}),
-                                   recipe.reward.question_cost, recipe.reward.fact_credit) for r in rows]
+                                   recipe.reward.terms) for r in rows]
         else:
             to_go = [[r["reward"]] for r in rows]
         advantages = [[] for _ in rows]

@@ -18,9 +18,7 @@ def preference_examples(store: Store, recipe: Recipe, run_id: str, iteration: in
     single conversation per pair), and, by the rule for empty generations (sft.training_examples), pairs where
     either conversation has an empty question or the final turn is empty."""
     pairs = {p["id"]: p for p in store.pairs(run_id, iteration)}
-    cost = recipe.reward.question_cost
-    worst = {w["pair_id"]: w for w in store.best_scores(run_id, iteration, cost, worst=True,
-                                                        fact_credit=recipe.reward.fact_credit)}
+    worst = {w["pair_id"]: w for w in store.best_scores(run_id, iteration, recipe.reward.terms, worst=True)}
     selections = [s for s in store.selections(run_id, iteration)
                   if s["pair_id"] in worst and worst[s["pair_id"]]["reward"] < s["reward"]]
     turns = store.turns([c for s in selections for c in (s["conversation_id"], worst[s["pair_id"]]["conversation_id"])])

@@ -6,12 +6,12 @@ reward.fact_credit nats per persona fact a gated user was told (store/reward.py)
 from __future__ import annotations
 
 from ..store import Store
+from ..store.reward import LOGPROB_ONLY, RewardTerms
 
 
-def select_best(store: Store, run_id: str, iteration: int, question_cost: float = 0.0,
-                fact_credit: float = 0.0) -> int:
+def select_best(store: Store, run_id: str, iteration: int, terms: RewardTerms = LOGPROB_ONLY) -> int:
     """Store one selection per pair; returns how many pairs have one."""
     rows = [{**best, "run_id": run_id, "iteration": iteration}
-            for best in store.best_scores(run_id, iteration, question_cost, fact_credit=fact_credit)]
+            for best in store.best_scores(run_id, iteration, terms)]
     store.insert_rows("selections", rows, pk="pair_id")
     return len(rows)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..prompts import is_question
 from .core import VARIABLES_PER_QUERY, StoreCore, like_prefix
-from .reward import facts_told_sql, reward_sql
+from .reward import LOGPROB_ONLY, RewardTerms, facts_told_sql, reward_sql
 
 
 class ConversationRecords(StoreCore):
@@ -177,15 +177,15 @@ class ConversationRecords(StoreCore):
                     for end, row in (("best", group[0]), ("worst", group[-1]))}}
                 for group in by_pair.values()]
 
-    def best_scores(self, run_id: str, iteration: int, question_cost: float = 0.0, worst: bool = False,
-                    fact_credit: float = 0.0) -> list[dict]:
+    def best_scores(self, run_id: str, iteration: int, terms: RewardTerms = LOGPROB_ONLY,
+                    worst: bool = False) -> list[dict]:
         """Each pair's best conversation {pair_id, conversation_id, logprob, reward} by reward (its log-prob less
-        question_cost per question, plus fact_credit per fact its gated user was told), ties to the lowest sample,
-        by pair: the selection, chosen in SQL (an iteration can hold a million scores). With neither the reward is
-        the log-prob itself (x - 0.0 is x, exactly), and the facts are not counted.
+        terms.question_cost per question, plus terms.fact_credit per fact its gated user was told), ties to the
+        lowest sample, by pair: the selection, chosen in SQL (an iteration can hold a million scores). With neither
+        the reward is the log-prob itself (x - 0.0 is x, exactly), and the facts are not counted.
         `worst`: each pair's worst instead (ties to the lowest sample too), for preference training."""
         order = "asc" if worst else "desc"
-        reward, params = _reward_of_conversation(question_cost, fact_credit)
+        reward, params = _reward_of_conversation(terms)
         return self.rows(
             f"""
             select pair_id, conversation_id, logprob, reward from (
@@ -198,10 +198,10 @@ class ConversationRecords(StoreCore):
             [*params, *params, run_id, iteration],
         )
 
-    def rewards(self, run_id: str, iteration: int, question_cost: float = 0.0, fact_credit: float = 0.0) -> list[dict]:
-        """Every scored conversation of an iteration {pair_id, conversation_id, answer, answer_cut, logprob, reward}, its reward as
-        selection reckons it (best_scores), in (pair, sample) order: the samples of rloo and grpo."""
-        reward, params = _reward_of_conversation(question_cost, fact_credit)
+    def rewards(self, run_id: str, iteration: int, terms: RewardTerms = LOGPROB_ONLY) -> list[dict]:
+        """Every scored conversation of an iteration {pair_id, conversation_id, answer, answer_cut, logprob, reward},
+        its reward as selection reckons it (best_scores), in (pair, sample) order: the samples of rloo and grpo."""
+        reward, params = _reward_of_conversation(terms)
         return self.rows(
             f"""
             select c.pair_id, c.id as conversation_id, c.answer, c.answer_cut, s.logprob, {reward} as reward
@@ -262,9 +262,10 @@ class ConversationRecords(StoreCore):
             self.db["iterations"].update((row["run_id"], row["iteration"]), {"finished_at": now})
 
 
-def _reward_of_conversation(question_cost: float, fact_credit: float) -> tuple[str, list[float]]:
+def _reward_of_conversation(terms: RewardTerms) -> tuple[str, list[float]]:
     """The reward of conversation `c` scored in `s`, as SQL and its parameters; its facts are counted only where
     they are credited (a subquery per conversation)."""
-    if not fact_credit:
-        return reward_sql("s.logprob", "c.questions", "?"), [question_cost]
-    return reward_sql("s.logprob", "c.questions", "?", facts_told_sql("c.id"), "?"), [question_cost, fact_credit]
+    if not terms.fact_credit:
+        return reward_sql("s.logprob", "c.questions", "?"), [terms.question_cost]
+    return (reward_sql("s.logprob", "c.questions", "?", facts_told_sql("c.id"), "?"),
+            [terms.question_cost, terms.fact_credit])

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from .core import StoreCore, like_prefix
-from .reward import facts_told_sql, reward_sql
+from .reward import RewardTerms, facts_told_sql, reward_sql
 
 
 class ExportReads(StoreCore):
@@ -29,7 +29,7 @@ class ExportReads(StoreCore):
             params,
         )
 
-    def export_conversations(self, run_id: str, question_cost: float, fact_credit: float = 0.0) -> list[dict]:
+    def export_conversations(self, run_id: str, terms: RewardTerms) -> list[dict]:
         """Every conversation of a run's namespaces: its gold log-prob (the score stage's, or an evaluation's
         experimental one), its reward as selection reckons it, whether selection kept it, and its persona (text,
         facts) for the elicitation counts."""
@@ -47,7 +47,7 @@ class ExportReads(StoreCore):
             left join selections k on k.conversation_id = c.id
             where {where} order by c.run_id, c.iteration, c.pair_id, c.sample
             """,
-            [question_cost, fact_credit, *params],
+            [terms.question_cost, terms.fact_credit, *params],
         )
 
     def export_selections(self, run_id: str) -> list[dict]:
