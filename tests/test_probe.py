@@ -237,3 +237,25 @@ def test_the_selection_anatomy_reads_what_an_iteration_kept_and_trained_on(finis
     shares = [share for cid, persona in kept.items() if (share := leakage(persona, turns[cid])) is not None]
     assert a["kept"]["leakage"] == pytest.approx(sum(shares) / len(shares))
     assert anatomy_table(a).startswith("run tiny, iteration 1: 2 pairs, 4 conversations")
+    # What a told fact is worth is read from every pair's conversations, the kept and the rest.
+    assert [m["task"] for m in a["fact_moments"]] == sorted(p["task_id"] for p in store.pairs("tiny", 1))
+    assert "a fact told, within a pair: " in anatomy_table(a)
+
+
+def test_a_facts_worth_is_the_within_pair_slope_of_the_log_prob_on_the_facts_told():
+    """Each pair has its own level (an easy task scores high whatever is told), which the within-pair slope
+    ignores: log p(gold) = level + 2.5 x facts gives 2.5 exactly, every resample too; pairs whose conversations
+    were all told as much say nothing about it and are left out."""
+    from stargate_lite.evaluation.anatomy import fact_worth, pair_fact_moments
+
+    levels = {("t1", "p1"): -100.0, ("t1", "p2"): -300.0, ("t2", "p1"): -50.0, ("t2", "p2"): -400.0}
+    told = {("t1", "p1"): [0, 1, 3], ("t1", "p2"): [2, 0], ("t2", "p1"): [1, 1, 1], ("t2", "p2"): [4, 5, 6, 5]}
+    moments = [pair_fact_moments(task, persona, [levels[task, persona] + 2.5 * f for f in facts], facts)
+               for (task, persona), facts in told.items()]
+    worth = fact_worth(moments, resamples=200)
+    assert worth["mean"] == pytest.approx(2.5) and worth["low"] == pytest.approx(2.5)
+    assert worth["high"] == pytest.approx(2.5) and (worth["pairs"], worth["tasks"], worth["personas"]) == (3, 2, 2)
+    # Pooled levels would have said otherwise: across pairs, more facts went with lower log-probs here.
+    assert fact_worth([pair_fact_moments("t", "p", [levels[k] + 2.5 * f for k, fs in told.items() for f in fs],
+                                         [f for fs in told.values() for f in fs])])["mean"] < 0
+    assert fact_worth([pair_fact_moments("t", "p", [-1.0, -2.0], [1, 1])]) is None

@@ -10,7 +10,12 @@ For one iteration of a run:
 - the reward spread within a pair: the kept conversation's log-prob less the pair's mean, and max less min;
 - with the run's gate (simulate.gate, for a free user as for a gated one): the share of the iteration's sampled
   Questioner turns that ask for any persona fact, and the facts elicited actively and passively per conversation,
-  kept against the rest (elicitation.py): how much selection raises asking that draws facts out.
+  kept against the rest (elicitation.py): how much selection raises asking that draws facts out;
+- what a fact drawn out is worth to the reward: the gold's log-prob per persona fact told (actively or passively),
+  within a pair (each conversation against its pair's others, so a task or persona that is easy for every
+  conversation does not count), with an interval that resamples tasks and personas. A policy that learns to draw
+  out d more facts per conversation gains about d times this, which says how many more facts a probe needs
+  before it can see the gain.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from ..stages.simulate import pair_facts, recipe_gate
 from ..store import Store
 from .audit import leakage
 from .elicitation import conversation_elicitation
+from .intervals import crossed_resamples, percentile_interval
 
 COMPARED = ("questions", "leakage", "active", "passive", "logprob")  # kept against the rest, per conversation
 
@@ -34,10 +40,43 @@ def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def pair_fact_moments(task: str, persona: str, logprobs: list[float], facts: list[int]) -> dict:
+    """One pair's share of the within-pair slope of the log-prob on the facts told: the sums of products of each
+    conversation's deviations from the pair's means (`fact_worth` pools them over pairs)."""
+    mean_logprob, mean_facts = statistics.fmean(logprobs), statistics.fmean(facts)
+    return {"task": task, "persona": persona,
+            "xy": sum((f - mean_facts) * (lp - mean_logprob) for lp, f in zip(logprobs, facts, strict=True)),
+            "xx": sum((f - mean_facts) ** 2 for f in facts)}
+
+
+def fact_worth(moments: list[dict], resamples: int = 4000) -> dict | None:
+    """Nats of the gold's log-prob per persona fact told, within a pair, over the pairs' `pair_fact_moments`
+    (pairs of several runs may be pooled), with a 95% interval resampling tasks and personas (a resample whose
+    pairs never differ in facts told is left out). None where no pair's conversations differ in facts told."""
+    import numpy as np
+
+    varied = [m for m in moments if m["xx"] > 0]
+    if not varied:
+        return None
+    xy = np.array([m["xy"] for m in varied])
+    xx = np.array([m["xx"] for m in varied])
+
+    def slope(weight):
+        told = weight @ xx
+        return np.where(told > 0, (weight @ xy) / np.where(told > 0, told, 1), np.nan)
+
+    slopes = crossed_resamples([m["task"] for m in varied], [m["persona"] for m in varied], slope,
+                               resamples=resamples)
+    low, high = percentile_interval(slopes[~np.isnan(slopes)], 0.95)
+    return {"mean": float(xy.sum() / xx.sum()), "low": low, "high": high, "pairs": len(varied),
+            "tasks": len({m["task"] for m in varied}), "personas": len({m["persona"] for m in varied})}
+
+
 def selection_anatomy(home: Path | str | None, run_id: str | None, iteration: int) -> dict:
     """The iteration's anatomy: trained tokens by kind, kept conversations against the rest (means of COMPARED;
     leakage over the conversations it is defined for), the share of sampled Questioner turns asking for a fact,
-    and the reward's spread within a pair."""
+    the reward's spread within a pair, and what a fact told is worth to the log-prob (`fact_worth`; the pairs'
+    moments too, under "fact_moments", for pooling runs)."""
     store = Store(home, create=False)
     run = pick_run(store, run_id)
     recipe = recipe_of_run(run)
@@ -72,8 +111,10 @@ def selection_anatomy(home: Path | str | None, run_id: str | None, iteration: in
                                                      "leakage": leakage(pair["persona"], turns[c["id"]]),
                                                      "active": told["active"], "passive": told["passive"]})
     rows: dict[str, list[dict]] = {"kept": [], "rest": []}
-    margins, spreads = [], []
-    for group in by_pair.values():
+    margins, spreads, moments = [], [], []
+    for pair_id, group in by_pair.items():
+        moments.append(pair_fact_moments(pairs[pair_id]["task_id"], pairs[pair_id]["persona_id"],
+                                         [c["logprob"] for c in group], [c["active"] + c["passive"] for c in group]))
         for c in group:
             rows["kept" if c["kept"] else "rest"].append(c)
         rewards = [c["logprob"] for c in group]
@@ -90,6 +131,7 @@ def selection_anatomy(home: Path | str | None, run_id: str | None, iteration: in
         "questioner_turns": sampled, "turns_asking_for_a_fact": asking_for_facts / sampled if sampled else None,
         "kept_minus_pair_mean": {"mean": _mean(margins), "median": statistics.median(margins)},
         "pair_spread": {"mean": _mean(spreads), "median": statistics.median(spreads)},
+        "fact_worth": fact_worth(moments), "fact_moments": moments,
     }
 
 
@@ -99,6 +141,8 @@ def anatomy_table(a: dict) -> str:
 
     def share(value: float | None) -> str:
         return f"{value:.1%}" if value is not None else "-"
+
+    worth = a["fact_worth"]
 
     return "\n".join([
         f"run {a['run']}, iteration {a['iteration']}: {a['pairs']} pairs, {a['conversations']} conversations",
@@ -114,6 +158,9 @@ def anatomy_table(a: dict) -> str:
         (f"within a pair: kept less the pair's mean {a['kept_minus_pair_mean']['mean']:+.1f} nats (median "
          f"{a['kept_minus_pair_mean']['median']:+.1f}); max less min {a['pair_spread']['mean']:.1f} (median "
          f"{a['pair_spread']['median']:.1f})"),
+        ("a fact told, within a pair: no pair's conversations differ in facts told" if worth is None else
+         f"a fact told, within a pair: {worth['mean']:+.1f} nats of log p(gold) [{worth['low']:+.1f}, "
+         f"{worth['high']:+.1f}] ({worth['pairs']} pairs whose conversations differ in facts told)"),
         ("persona leakage: the share of the persona's content words the answers say unasked (the audit's rule), "
          "over conversations with an answer"),
     ])
