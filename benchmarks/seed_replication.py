@@ -3,10 +3,12 @@
 share of its turns that ask, the facts it draws out by asking, its turns holding response text), and the gain
 across seeds. Not a timing.
 
-A seed draws the run's splits, conversations, turn counts, training and probe samples, so each seed's gain is an
-independent draw of everything that varies between two runs of the recipe; the interval across seeds is Student's
-t on the seeds' gains (each seed one observation; the pairs' own uncertainty is inside that spread), which is the
-interval that answers "would another run of this recipe gain?". With a handful of seeds it is wide by design.
+A seed draws a run's conversations, turn counts, training and probe samples, and its splits where the dataset
+leaves them to it (a built-in dataset's splits are fixed: every seed then trains and is probed on the same pairs).
+Each seed's gain is an independent draw of what varies between two runs of the recipe, so the interval across
+seeds is Student's t on the seeds' gains, one observation per seed: it answers "would another run of this recipe
+gain on these pairs?". Whether a gain carries to other pairs is each seed's crossed interval's question. With a
+handful of seeds the t interval is wide by design.
 
     python -m benchmarks.seed_replication PROBE.json [PROBE.json ...] [--split A]
 """
