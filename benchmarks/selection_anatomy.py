@@ -26,16 +26,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    from stargate_lite.evaluation.anatomy import anatomy_table, fact_worth, selection_anatomy
+    from stargate_lite.evaluation.anatomy import anatomy_table, fact_worth, fact_worth_line, selection_anatomy
 
     results = [selection_anatomy(args.home, run, args.iteration) for run in args.run or [None]]
     print("\n\n".join(anatomy_table(result) for result in results))
     if len(results) > 1:
         pooled = fact_worth([m for result in results for m in result["fact_moments"]])
-        print(f"\nover the {len(results)} runs' pairs, a fact told, within a pair: " + (
-            "no pair's conversations differ in facts told" if pooled is None else
-            f"{pooled['mean']:+.1f} nats of log p(gold) [{pooled['low']:+.1f}, {pooled['high']:+.1f}] "
-            f"({pooled['pairs']} pairs, {pooled['tasks']} tasks x {pooled['personas']} personas)"))
+        print(f"\nover the {len(results)} runs' pairs, a fact told, within a pair: {fact_worth_line(pooled)}")
     if args.json:
         args.json.write_text(json.dumps(results if len(results) > 1 else results[0], indent=2))
 

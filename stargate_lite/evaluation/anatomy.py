@@ -72,6 +72,14 @@ def fact_worth(moments: list[dict], resamples: int = 4000) -> dict | None:
             "tasks": len({m["task"] for m in varied}), "personas": len({m["persona"] for m in varied})}
 
 
+def fact_worth_line(worth: dict | None) -> str:
+    """`fact_worth` in words, as the anatomy's table and the benchmark's pooled line print it."""
+    if worth is None:
+        return "no pair's conversations differ in facts told"
+    return (f"{worth['mean']:+.1f} nats of log p(gold) [{worth['low']:+.1f}, {worth['high']:+.1f}] ({worth['pairs']} "
+            f"pairs whose conversations differ in facts told, {worth['tasks']} tasks x {worth['personas']} personas)")
+
+
 def selection_anatomy(home: Path | str | None, run_id: str | None, iteration: int) -> dict:
     """The iteration's anatomy: trained tokens by kind, kept conversations against the rest (means of COMPARED;
     leakage over the conversations it is defined for), the share of sampled Questioner turns asking for a fact,
@@ -142,8 +150,6 @@ def anatomy_table(a: dict) -> str:
     def share(value: float | None) -> str:
         return f"{value:.1%}" if value is not None else "-"
 
-    worth = a["fact_worth"]
-
     return "\n".join([
         f"run {a['run']}, iteration {a['iteration']}: {a['pairs']} pairs, {a['conversations']} conversations",
         (f"SFT trains on {sum(t.values())} tokens: asking turns {t['asking turns']}, other Questioner turns "
@@ -158,9 +164,7 @@ def anatomy_table(a: dict) -> str:
         (f"within a pair: kept less the pair's mean {a['kept_minus_pair_mean']['mean']:+.1f} nats (median "
          f"{a['kept_minus_pair_mean']['median']:+.1f}); max less min {a['pair_spread']['mean']:.1f} (median "
          f"{a['pair_spread']['median']:.1f})"),
-        ("a fact told, within a pair: no pair's conversations differ in facts told" if worth is None else
-         f"a fact told, within a pair: {worth['mean']:+.1f} nats of log p(gold) [{worth['low']:+.1f}, "
-         f"{worth['high']:+.1f}] ({worth['pairs']} pairs whose conversations differ in facts told)"),
+        f"a fact told, within a pair: {fact_worth_line(a['fact_worth'])}",
         ("persona leakage: the share of the persona's content words the answers say unasked (the audit's rule), "
          "over conversations with an answer"),
     ])

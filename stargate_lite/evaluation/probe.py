@@ -300,9 +300,10 @@ def _policy_split(store: Store, ns: str, question_cost: float,
     conversations = {c["id"]: c for c in store.conversations(ns, 0)}
     pairs = {p["id"]: p for p in store.pairs(ns, 0)}
     rewards: dict[str, list[float]] = {}
+    terms = RewardTerms(question_cost)  # the probe reports the gold's log-prob: a fact credit is not its measure
     for s in store.scores(ns, 0):
         questions = conversations[s["conversation_id"]]["questions"] or 0
-        rewards.setdefault(s["pair_id"], []).append(reward(s["logprob"], questions, RewardTerms(question_cost)))
+        rewards.setdefault(s["pair_id"], []).append(reward(s["logprob"], questions, terms))
     by_key = {}
     for pair_id, values in rewards.items():
         p = pairs[pair_id]
